@@ -1,0 +1,41 @@
+# stacklock — two commands do all the set-up on a fresh Debian 12 machine:
+#   make demo   the main job on the local lab: provision dev/staging/prod, configure, verify
+#   make test   the whole test suite (lint, generated files, unit, integration)
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STACKLOCK := $(VENV)/bin/stacklock
+STAMP := $(VENV)/.stacklock-installed
+PYTHON ?= python3
+
+.PHONY: demo test lint unit integration prereqs venv clean-lab render-check help
+
+help:
+	@echo "make demo   provision and verify the local lab (dev, staging, prod)"
+	@echo "make test   run the whole test suite"
+
+prereqs:
+	@scripts/bootstrap.sh
+
+$(STAMP): pyproject.toml
+	@echo "==> creating $(VENV) and installing stacklock with its dev tools"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(STAMP)
+
+demo: prereqs venv
+	@$(STACKLOCK) --manifest examples/lab.yaml demo
+
+test: prereqs venv
+	@scripts/test.sh
+
+lint: venv
+	@$(VENV)/bin/ruff check src tests
+	@$(VENV)/bin/mypy
+	@$(STACKLOCK) render --check && $(STACKLOCK) lock --check
+
+clean-lab: venv
+	@$(STACKLOCK) --manifest examples/lab.yaml destroy --all || true

@@ -1,0 +1,1 @@
+"""Thin adapters: the only code that talks to the outside world."""

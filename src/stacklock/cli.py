@@ -1,0 +1,316 @@
+"""The `stacklock` command line: parses arguments, calls the core, maps errors to exit codes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from stacklock import __version__
+from stacklock.console import emit_json, err, info, print_problems, step
+from stacklock.errors import ExitCode, InvalidInput, Problem, StacklockError
+from stacklock.manifest import LoadedManifest, load_manifest
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_MANIFEST = "stacklock.yaml"
+
+
+class Ctx:
+    def __init__(self, manifest: str, verbose: bool) -> None:
+        self.manifest_path = manifest
+        self.verbose = verbose
+        self._loaded: LoadedManifest | None = None
+
+    def loaded(self) -> LoadedManifest:
+        if self._loaded is None:
+            self._loaded = load_manifest(self.manifest_path)
+        return self._loaded
+
+    def envs(self, names: tuple[str, ...] | list[str], all_envs: bool = False) -> list[str]:
+        known = list(self.loaded().manifest.environments)
+        if all_envs or not names:
+            return known
+        for n in names:
+            if n not in known:
+                raise InvalidInput(
+                    f"unknown environment {n!r}",
+                    problems=[Problem("ENV", f"{n!r} is not an environment of the manifest",
+                                      "use one of: " + ", ".join(known))],
+                )
+        return list(names)
+
+
+_pass_ctx = click.make_pass_decorator(Ctx)
+
+
+def pass_ctx(f: F) -> F:
+    """Pass the Ctx, and accept `--manifest` after the subcommand too."""
+
+    def set_manifest(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+        if value is not None:
+            ctx.ensure_object(Ctx).manifest_path = value
+
+    wrapped = _pass_ctx(f)
+    return click.option("-m", "--manifest", default=None, expose_value=False, is_eager=True,
+                        callback=set_manifest, help="The manifest to use.")(wrapped)  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-m", "--manifest", default=lambda: os.environ.get("STACKLOCK_MANIFEST",
+              DEFAULT_MANIFEST), show_default="stacklock.yaml or $STACKLOCK_MANIFEST",
+              help="The manifest to use.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every command; tracebacks for bugs.")
+@click.version_option(__version__, prog_name="stacklock")
+@click.pass_context
+def cli(ctx: click.Context, manifest: str, verbose: bool) -> None:
+    """Keep the GPU model-serving stack identical in dev, staging and prod."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(name)s: %(message)s", stream=sys.stderr)
+    ctx.obj = Ctx(manifest, verbose)
+
+
+# --------------------------------------------------------------------------- validate
+
+
+def _rules_problems(loaded: LoadedManifest) -> list[Problem]:
+    from stacklock import rules
+
+    return rules.check(loaded.manifest)
+
+
+@cli.command()
+@click.option("--strict", is_flag=True, help="Treat warnings as errors.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+@click.option("--online", is_flag=True,
+              help="Also ask AWS that each instance type is offered and has the expected GPU.")
+@pass_ctx
+def validate(c: Ctx, strict: bool, fmt: str, online: bool) -> None:
+    """Check the manifest's schema and compatibility rules (exit 2 on errors)."""
+    try:
+        loaded = c.loaded()
+        problems = _rules_problems(loaded)
+        if online:
+            from stacklock.adapters import aws
+
+            problems += aws.check_environments(loaded.manifest)
+    except InvalidInput as exc:
+        if fmt == "json":
+            emit_json({"schema": "stacklock.validate/v1", "ok": False,
+                       "problems": [p.as_dict() for p in exc.problems]})
+            raise SystemExit(int(ExitCode.INVALID)) from None
+        raise
+    errors = [p for p in problems if p.severity == "error"]
+    warnings = [p for p in problems if p.severity != "error"]
+    failed = bool(errors) or (strict and bool(warnings))
+    if fmt == "json":
+        emit_json({"schema": "stacklock.validate/v1", "ok": not failed,
+                   "problems": [p.as_dict() for p in problems]})
+    else:
+        print_problems(problems)
+        m = loaded.manifest
+        summary = (f"{loaded.path.name}: {len(m.stacks)} stack(s), "
+                   f"{len(m.environments)} environment(s), "
+                   f"{len(errors)} error(s), {len(warnings)} warning(s)")
+        info(("INVALID " if failed else "OK ") + summary)
+    if failed:
+        raise SystemExit(int(ExitCode.INVALID))
+
+
+def _require_valid(loaded: LoadedManifest) -> None:
+    errors = [p for p in _rules_problems(loaded) if p.severity == "error"]
+    if errors:
+        raise InvalidInput(f"{loaded.path.name} breaks {len(errors)} compatibility rule(s)",
+                           problems=errors)
+
+
+# --------------------------------------------------------------------------- lock
+
+
+@cli.command()
+@click.option("--check", is_flag=True, help="Exit 1 when the lock is stale; write nothing.")
+@click.option("--offline", is_flag=True,
+              help="Never call AWS: reuse the AMI ids of the existing lock.")
+@pass_ctx
+def lock(c: Ctx, check: bool, offline: bool) -> None:
+    """Resolve every pin and write <manifest>.lock (deterministic)."""
+    from stacklock import lock as lockmod
+
+    loaded = c.loaded()
+    if check:
+        status = lockmod.check_lock(loaded)
+        info(status.reason)
+        raise SystemExit(0 if status.current else int(ExitCode.DEVIATION))
+    _require_valid(loaded)
+    existing = lockmod.read_lock(loaded.lock_path)
+    amis = lockmod.amis_from_lock(existing, loaded.manifest)
+    needed = lockmod.ami_regions(loaded.manifest)
+    missing = {s: [r for r in regions if r not in amis.get(s, {})] for s, regions in needed.items()}
+    missing = {s: r for s, r in missing.items() if r}
+    if missing and not offline:
+        from stacklock.adapters import aws
+
+        for stack_name, regions in missing.items():
+            image = loaded.manifest.stacks[stack_name].ami
+            assert image is not None
+            step(f"resolving AMI {image.name} (owner {image.owner}) in {', '.join(regions)}")
+            amis.setdefault(stack_name, {}).update(
+                aws.resolve_amis(image.owner, image.name, regions))
+    data = lockmod.build_lock(loaded, amis)
+    text = lockmod.dump_lock(data)
+    old = loaded.lock_path.read_text("utf-8") if loaded.lock_path.is_file() else None
+    if old == text:
+        info(f"{loaded.lock_path.name} is up to date")
+        return
+    tmp = loaded.lock_path.with_name(f".{loaded.lock_path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(loaded.lock_path)
+    for name, stack in sorted(data["stacks"].items()):
+        info(f"locked stack {name}: {stack['fingerprint']}")
+    info(f"wrote {loaded.lock_path.name}")
+
+
+# --------------------------------------------------------------------------- render
+
+
+@cli.command()
+@click.option("--check", is_flag=True, help="Exit 1 and list stale files; write nothing.")
+@pass_ctx
+def render(c: Ctx, check: bool) -> None:
+    """Generate Terraform roots and Ansible group_vars from the manifest and lock."""
+    from stacklock import lock as lockmod
+    from stacklock import render as rendermod
+
+    loaded = c.loaded()
+    _require_valid(loaded)
+    data = lockmod.load_current_lock(loaded)
+    tree = rendermod.render_tree(loaded, data)
+    if check:
+        stale = rendermod.stale_files(loaded, tree)
+        for rel in stale:
+            info(f"stale: {loaded.output_root / rel}")
+        if stale:
+            info(f"{len(stale)} generated file(s) are stale: run `stacklock render`")
+            raise SystemExit(int(ExitCode.DEVIATION))
+        info(f"{len(tree)} generated file(s) are current")
+        return
+    changed = rendermod.write_tree(loaded, tree)
+    for rel in changed:
+        info(f"wrote {loaded.output_root / rel}")
+    info(f"{len(tree)} file(s) rendered, {len(changed)} changed")
+
+
+# --------------------------------------------------------------------------- infrastructure
+
+
+def _env_option(f: F) -> F:
+    f = click.option("--all", "all_envs", is_flag=True, help="Every environment.")(f)
+    f = click.argument("envs", nargs=-1)(f)
+    return f
+
+
+def _orchestrator(c: Ctx) -> Any:
+    from stacklock.orchestrate import Orchestrator
+
+    return Orchestrator(c.loaded(), verbose=c.verbose)
+
+
+@cli.command()
+@_env_option
+@pass_ctx
+def plan(c: Ctx, envs: tuple[str, ...], all_envs: bool) -> None:
+    """terraform plan for environments (exit 0 no changes, 1 changes pending)."""
+    orch = _orchestrator(c)
+    changes = orch.plan(c.envs(envs, all_envs))
+    raise SystemExit(int(ExitCode.DEVIATION) if changes else 0)
+
+
+@cli.command()
+@_env_option
+@pass_ctx
+def apply(c: Ctx, envs: tuple[str, ...], all_envs: bool) -> None:
+    """terraform apply, then write inventories/<env>/hosts.yml from its outputs."""
+    _orchestrator(c).apply(c.envs(envs, all_envs))
+
+
+@cli.command()
+@_env_option
+@pass_ctx
+def destroy(c: Ctx, envs: tuple[str, ...], all_envs: bool) -> None:
+    """terraform destroy for environments (and remove their hosts.yml)."""
+    if not envs and not all_envs:
+        raise InvalidInput("name the environment(s) to destroy, or --all",
+                           problems=[Problem("ENV", "no environment given",
+                                             "stacklock destroy ENV, or --all")])
+    _orchestrator(c).destroy(c.envs(envs, all_envs))
+
+
+@cli.command()
+@_env_option
+@pass_ctx
+def provision(c: Ctx, envs: tuple[str, ...], all_envs: bool) -> None:
+    """lock check, render, apply, configure (site.yml) and verify."""
+    code = _orchestrator(c).provision(c.envs(envs, all_envs))
+    raise SystemExit(int(code))
+
+
+@cli.command()
+@_env_option
+@pass_ctx
+def configure(c: Ctx, envs: tuple[str, ...], all_envs: bool) -> None:
+    """Run only the Ansible part (site.yml) on environments."""
+    _orchestrator(c).configure(c.envs(envs, all_envs))
+
+
+@cli.command()
+@click.argument("envs", nargs=-1)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
+@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write a JUnit XML report here.")
+@pass_ctx
+def verify(c: Ctx, envs: tuple[str, ...], fmt: str, junit: Path | None) -> None:
+    """Collect the real stack from every node and compare (exit 0 match, 1 deviation, 3 unreachable)."""
+    code = _orchestrator(c).verify(c.envs(envs), fmt=fmt, junit=junit)
+    raise SystemExit(int(code))
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> None:
+    verbose = "-v" in (argv or sys.argv[1:]) or "--verbose" in (argv or sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="stacklock", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except click.Abort:
+        err.print("aborted")
+        raise SystemExit(130) from None
+    except click.ClickException as exc:
+        exc.show()
+        raise SystemExit(int(ExitCode.INVALID)) from None
+    except StacklockError as exc:
+        if exc.problems:
+            print_problems(exc.problems)
+        err.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False)
+        raise SystemExit(int(exc.exit_code)) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except Exception as exc:  # a bug: say so, keep the traceback for --verbose
+        if verbose:
+            traceback.print_exc()
+        err.print(f"internal error (a bug in stacklock): {type(exc).__name__}: {exc}\n"
+                  "run again with --verbose for the traceback", markup=False)
+        raise SystemExit(int(ExitCode.FAILED)) from None
+
+
+if __name__ == "__main__":
+    main()

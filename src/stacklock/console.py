@@ -1,0 +1,35 @@
+"""Output helpers shared by the commands: one console on stderr for people, stdout for data."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+
+from stacklock.errors import Problem
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+
+def print_problems(problems: list[Problem]) -> None:
+    for p in problems:
+        label = "ERROR" if p.severity == "error" else "WARNING"
+        style = "bold red" if p.severity == "error" else "yellow"
+        err.print(f"[{style}]{label}[/] {p.render()}", markup=True)
+        if p.source:
+            err.print(f"        source: {p.source}", markup=False)
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def step(message: str) -> None:
+    err.print(f"[bold cyan]==>[/] {message}", markup=True)
+
+
+def info(message: str) -> None:
+    err.print(message, markup=False)

@@ -1,0 +1,586 @@
+"""The manifest (`stacklock.yaml`): typed, strict, every error reported at once with its path."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from stacklock.errors import InvalidInput, Problem
+
+SCHEMA_VERSION = 1
+
+_NAME = r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$"
+_DRIVER = r"^\d{3}\.\d{2,3}(\.\d{2})?$"  # 580.95.05, 570.26, 535.309.01
+_CUDA = r"^\d{2}\.\d(\.\d{1,3})?$"  # 12.8, 13.0.2, 11.8.89
+_SEMVER = r"^\d+\.\d+\.\d+$"
+_TORCH = r"^\d+\.\d+\.\d+\+(cpu|cu\d{3})$"  # 2.9.1+cu130, 2.13.0+cpu
+_SHA256 = r"^[0-9a-f]{64}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+# --------------------------------------------------------------------------- stack
+
+
+class OperatingSystem(Strict):
+    distribution: Literal["ubuntu", "debian"] = Field(description="Linux distribution of the nodes")
+    release: Literal["22.04", "24.04", "12"] = Field(description="distribution release")
+
+    @model_validator(mode="after")
+    def _release_matches(self) -> OperatingSystem:
+        valid = {"ubuntu": ("22.04", "24.04"), "debian": ("12",)}[self.distribution]
+        if self.release not in valid:
+            raise ValueError(
+                f"release {self.release!r} is not a supported {self.distribution} release; "
+                f"use one of {', '.join(valid)}"
+            )
+        return self
+
+    @property
+    def key(self) -> str:
+        """`ubuntu2404`, `debian12`: the form NVIDIA's repositories use."""
+        return f"{self.distribution}{self.release.replace('.', '')}"
+
+
+class Pinned(Strict):
+    """A component pinned to an exact version; `apt_version` overrides the derived apt string."""
+
+    version: str
+    apt_version: str | None = Field(
+        default=None, description="exact apt version string; derived from the OS when omitted"
+    )
+
+    @field_validator("apt_version")
+    @classmethod
+    def _apt_exact(cls, v: str | None) -> str | None:
+        if v is not None and (not v or any(c in v for c in "*<>= ")):
+            raise ValueError("apt_version must be one exact Debian version string, no wildcards")
+        return v
+
+
+class NvidiaDriver(Pinned):
+    version: Annotated[str, Field(pattern=_DRIVER, description="full driver version, 580.95.05")]
+    kernel_module: Literal["auto", "open", "proprietary"] = Field(
+        default="auto", description="open or proprietary kernel modules; auto picks by GPU"
+    )
+
+    @property
+    def branch(self) -> int:
+        return int(self.version.split(".")[0])
+
+
+class Cuda(Pinned):
+    version: Annotated[str, Field(pattern=_CUDA, description="CUDA toolkit version, 13.0.2")]
+    components: Literal["toolkit", "runtime"] = Field(
+        default="toolkit", description="the whole toolkit, or only the runtime libraries"
+    )
+
+    @property
+    def major_minor(self) -> str:
+        major, minor = self.version.split(".")[:2]
+        return f"{major}.{minor}"
+
+
+class Docker(Pinned):
+    version: Annotated[str, Field(pattern=r"^\d+\.\d+\.\d+$", description="engine version")]
+
+
+class ContainerToolkit(Pinned):
+    version: Annotated[str, Field(pattern=_SEMVER, description="nvidia-container-toolkit version")]
+
+
+class Python(Strict):
+    version: Annotated[str, Field(pattern=r"^3\.\d{1,2}$", description="Python minor version")]
+
+
+class Torch(Strict):
+    version: Annotated[str, Field(pattern=_TORCH, description="torch with its build, 2.9.1+cu130")]
+
+    @property
+    def release(self) -> str:
+        return self.version.split("+")[0]
+
+    @property
+    def variant(self) -> str:
+        return self.version.split("+")[1]
+
+    @property
+    def cuda(self) -> str | None:
+        """`13.0` for a cu130 build, None for a CPU build."""
+        v = self.variant
+        if v == "cpu":
+            return None
+        digits = v[2:]
+        return f"{digits[:-1]}.{digits[-1]}"
+
+
+class TorchServe(Strict):
+    version: Annotated[str, Field(pattern=_SEMVER, description="torchserve version")]
+    model_archiver_version: Annotated[str | None, Field(pattern=_SEMVER)] = Field(
+        default=None, description="torch-model-archiver version; the torchserve version if omitted"
+    )
+
+    @property
+    def archiver(self) -> str:
+        return self.model_archiver_version or self.version
+
+
+class Java(Strict):
+    version: Literal["11", "17", "21"] = Field(description="OpenJDK major version")
+    package: str | None = Field(default=None, description="apt package; openjdk-N-jre-headless")
+    apt_version: str | None = Field(default=None, description="exact apt version of the package")
+
+    @property
+    def apt_package(self) -> str:
+        return self.package or f"openjdk-{self.version}-jre-headless"
+
+
+class Model(Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")]
+    version: Annotated[str, Field(pattern=r"^[0-9][0-9A-Za-z.]*$")]
+    archive: str = Field(description="path (relative to the manifest) or https:// URL of the .mar")
+    sha256: Annotated[str, Field(pattern=_SHA256, description="64 lowercase hex digits")]
+
+    @field_validator("archive")
+    @classmethod
+    def _archive(cls, v: str) -> str:
+        if not v.endswith(".mar"):
+            raise ValueError("archive must be a TorchServe model archive ending in .mar")
+        if "://" in v and not v.startswith("https://"):
+            raise ValueError("archive URLs must use https://")
+        return v
+
+
+def _is_loopback(address: str) -> bool:
+    host = re.sub(r"^https?://", "", address).rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class TorchServeConfig(Strict):
+    inference_address: str = "http://127.0.0.1:8080"
+    management_address: str = "http://127.0.0.1:8081"
+    metrics_address: str = "http://127.0.0.1:8082"
+    default_workers_per_model: Annotated[int, Field(ge=1, le=64)] = 1
+    job_queue_size: Annotated[int, Field(ge=1, le=100000)] = 100
+    max_request_size: Annotated[int, Field(ge=1024)] = 6553500
+    max_response_size: Annotated[int, Field(ge=1024)] = 6553500
+    token_authorization: bool = True
+    enable_model_api: bool = False
+    allowed_urls: list[str] = Field(
+        default_factory=list, description="regexes of model URLs; empty: the model store only"
+    )
+    metrics_mode: Literal["prometheus", "log"] = "prometheus"
+
+    @field_validator("inference_address", "management_address", "metrics_address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+:\d{2,5}$", v):
+            raise ValueError("address must look like http://HOST:PORT")
+        return v
+
+    @property
+    def management_on_loopback(self) -> bool:
+        return _is_loopback(self.management_address)
+
+    @property
+    def metrics_on_loopback(self) -> bool:
+        return _is_loopback(self.metrics_address)
+
+
+class Stack(Strict):
+    os: OperatingSystem
+    nvidia_driver: NvidiaDriver
+    cuda: Cuda
+    docker: Docker
+    nvidia_container_toolkit: ContainerToolkit
+    python: Python
+    torch: Torch
+    torchserve: TorchServe
+    java: Java
+    models: list[Model] = Field(default_factory=list)
+    torchserve_config: TorchServeConfig = Field(default_factory=TorchServeConfig)
+    ami: AmiSpec | None = Field(default=None, description="the machine image for AWS nodes")
+
+    @field_validator("models")
+    @classmethod
+    def _unique_models(cls, v: list[Model]) -> list[Model]:
+        seen: set[str] = set()
+        for m in v:
+            if m.name in seen:
+                raise ValueError(f"model {m.name!r} is listed twice; give each model one entry")
+            seen.add(m.name)
+        return v
+
+
+class AmiSpec(Strict):
+    owner: Annotated[str, Field(pattern=r"^(\d{12}|amazon|self)$", description="AMI owner id")]
+    name: str = Field(min_length=3, description="exact AMI name, no wildcards")
+
+    @field_validator("name")
+    @classmethod
+    def _exact(cls, v: str) -> str:
+        if any(c in v for c in "*?"):
+            raise ValueError("AMI name must be exact: no wildcards (pins are exact)")
+        return v
+
+
+Stack.model_rebuild()
+
+# --------------------------------------------------------------------------- sources
+
+
+class AptRepository(Strict):
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]*$")]
+    uri: Annotated[str, Field(pattern=r"^https?://\S+$")]
+    suite: str = Field(description="suite, or './' style path for a flat repository")
+    components: list[str] = Field(default_factory=list)
+    signing_key: str | None = Field(
+        default=None, description="URL or path (relative to the manifest) of the armored key"
+    )
+    trusted: bool = Field(default=False, description="accept unsigned metadata (test mirrors)")
+
+    @model_validator(mode="after")
+    def _key_or_trusted(self) -> AptRepository:
+        if self.signing_key is None and not self.trusted:
+            raise ValueError(
+                "an apt repository needs signing_key (or trusted: true for an unsigned mirror)"
+            )
+        return self
+
+
+class PipSource(Strict):
+    index_url: Annotated[str, Field(pattern=r"^https?://\S+$")] = "https://pypi.org/simple"
+    extra_index_urls: list[str] | None = Field(
+        default=None,
+        description="defaults to the PyTorch index of the stack's torch build",
+    )
+    find_links: list[str] = Field(default_factory=list)
+    trusted_hosts: list[str] = Field(default_factory=list)
+
+
+class PackageSources(Strict):
+    apt: Literal["official"] | list[AptRepository] = Field(
+        default="official",
+        description="'official' (NVIDIA CUDA + Docker repositories) or a list of repositories",
+    )
+    pip: PipSource = Field(default_factory=PipSource)
+    ca_bundle: str | None = Field(default=None, description="CA bundle (path) for the mirror")
+
+
+# --------------------------------------------------------------------------- environments
+
+
+class AwsEnvironment(Strict):
+    provider: Literal["aws"]
+    stack: str
+    region: Annotated[str, Field(pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d$")]
+    instance_type: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")]
+    count: Annotated[int, Field(ge=1, le=100)] = 1
+    root_volume_size: Annotated[int, Field(ge=30, le=16384)] = 200
+    key_name: str | None = None
+    admin_cidrs: list[str] = Field(min_length=1)
+    client_cidrs: list[str] = Field(min_length=1)
+    vpc_id: Annotated[str | None, Field(pattern=r"^vpc-[0-9a-f]{8,17}$")] = None
+    subnet_ids: list[Annotated[str, Field(pattern=r"^subnet-[0-9a-f]{8,17}$")]] = Field(
+        default_factory=list
+    )
+    availability_zones: list[str] = Field(default_factory=list)
+    account_id: Annotated[str | None, Field(pattern=r"^\d{12}$")] = None
+    access: Literal["public", "bastion", "ssm"] = "public"
+    bastion: str | None = None
+    state_bucket: str | None = None
+    state_region: str | None = None
+
+    @field_validator("admin_cidrs", "client_cidrs")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        for c in v:
+            try:
+                ipaddress.ip_network(c, strict=True)
+            except ValueError as exc:
+                raise ValueError(f"{c!r} is not a CIDR block like 203.0.113.0/24") from exc
+        return v
+
+    @model_validator(mode="after")
+    def _bastion(self) -> AwsEnvironment:
+        if self.access == "bastion" and not self.bastion:
+            raise ValueError("access 'bastion' needs bastion: the jump host (user@host)")
+        return self
+
+
+class StaticHost(Strict):
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]*$")]
+    address: str
+    user: str = "root"
+    port: Annotated[int, Field(ge=1, le=65535)] = 22
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        try:
+            ipaddress.ip_address(v)
+        except ValueError:
+            if not re.match(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$", v):
+                raise ValueError(f"{v!r} is neither an IP address nor a host name") from None
+        return v
+
+
+class StaticEnvironment(Strict):
+    provider: Literal["static"]
+    stack: str
+    hosts: list[StaticHost] = Field(min_length=1)
+
+    @field_validator("hosts")
+    @classmethod
+    def _unique(cls, v: list[StaticHost]) -> list[StaticHost]:
+        names = [h.name for h in v]
+        addrs = [f"{h.address}:{h.port}" for h in v]
+        for label, values in (("name", names), ("address", addrs)):
+            dup = sorted({x for x in values if values.count(x) > 1})
+            if dup:
+                raise ValueError(f"duplicate host {label} {', '.join(dup)}; each host once")
+        return v
+
+    @property
+    def count(self) -> int:
+        return len(self.hosts)
+
+
+class LabEnvironment(Strict):
+    provider: Literal["lab"]
+    stack: str
+    count: Annotated[int, Field(ge=1, le=60)] = 1
+
+
+Environment = Annotated[
+    AwsEnvironment | StaticEnvironment | LabEnvironment, Field(discriminator="provider")
+]
+
+
+class LabSettings(Strict):
+    network: str = Field(default="10.213.0.0/16", description="address range the lab owns")
+    image: str = Field(default="stacklock-lab:bookworm", description="local node image")
+    mirror_port: Annotated[int, Field(ge=1024, le=65535)] = 8700
+
+    @field_validator("network")
+    @classmethod
+    def _net(cls, v: str) -> str:
+        net = ipaddress.ip_network(v, strict=True)
+        if net.prefixlen > 20 or not net.is_private:
+            raise ValueError("lab network must be a private range of /20 or larger")
+        return v
+
+
+PARITY_ALLOWED_CHOICES = ("count", "region", "availability_zones", "subnet_ids", "vpc_id",
+                          "hosts", "key_name", "account_id", "admin_cidrs", "client_cidrs",
+                          "access", "bastion", "state_bucket", "state_region")
+
+
+class Parity(Strict):
+    may_differ: list[str] = Field(
+        default_factory=lambda: ["count", "region", "availability_zones", "subnet_ids",
+                                 "vpc_id", "hosts", "account_id", "state_bucket",
+                                 "state_region", "key_name", "bastion"],
+        description="node attributes that may differ between environments",
+    )
+
+    @field_validator("may_differ")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        for item in v:
+            if item not in PARITY_ALLOWED_CHOICES:
+                raise ValueError(
+                    f"{item!r} cannot differ between environments; allowed: "
+                    + ", ".join(PARITY_ALLOWED_CHOICES)
+                )
+        return v
+
+
+class Manifest(Strict):
+    version: Literal[1] = Field(description="manifest schema version")
+    project: Annotated[str, Field(pattern=_NAME, description="lowercase name, 2-32 chars")]
+    output_dir: str = Field(default=".", description="where render writes, relative to manifest")
+    package_sources: PackageSources = Field(default_factory=PackageSources)
+    stacks: dict[Annotated[str, Field(pattern=_NAME)], Stack] = Field(min_length=1)
+    environments: dict[Annotated[str, Field(pattern=_NAME)], Environment] = Field(min_length=1)
+    parity: Parity = Field(default_factory=Parity)
+    lab: LabSettings = Field(default_factory=LabSettings)
+
+    @field_validator("output_dir")
+    @classmethod
+    def _relative(cls, v: str) -> str:
+        if v.startswith("/") or ".." in Path(v).parts:
+            raise ValueError("output_dir must be a relative path inside the manifest's folder")
+        return v
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class LoadedManifest:
+    """A validated manifest with the file it came from."""
+
+    def __init__(self, manifest: Manifest, path: Path, raw_text: str) -> None:
+        self.manifest = manifest
+        self.path = path
+        self.raw_text = raw_text
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def output_root(self) -> Path:
+        return (self.base_dir / self.manifest.output_dir).resolve()
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_suffix(".lock")
+
+    def stack_of(self, env: str) -> Stack:
+        return self.manifest.stacks[self.manifest.environments[env].stack]
+
+
+def _loc_to_path(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
+        elif item in ("aws", "static", "lab") and parts and parts[0] == "environments":
+            continue  # the discriminator tag of a tagged union adds nothing for the user
+        elif item.startswith(("function-after[", "literal[", "union[")):
+            continue
+        else:
+            parts.append(item)
+    return ".".join(parts)
+
+
+def _hint(err: dict[str, Any]) -> str:
+    kind = err.get("type", "")
+    ctx = err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return "remove it, or check its spelling against the manifest reference in the README"
+    if kind == "missing":
+        return "add this field"
+    if kind == "literal_error":
+        return f"use one of {ctx.get('expected', '')}"
+    if kind == "string_pattern_mismatch":
+        return f"match the pattern {ctx.get('pattern', '')}"
+    if kind == "union_tag_invalid":
+        return "set provider to one of 'aws', 'static', 'lab'"
+    if kind == "union_tag_not_found":
+        return "add provider: aws | static | lab"
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        return "give a value of the expected type"
+    return ""
+
+
+def problems_from_validation(exc: ValidationError) -> list[Problem]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        msg = str(err.get("msg", "invalid"))
+        msg = msg.removeprefix("Value error, ")
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown key"
+        problems.append(
+            Problem(path=_loc_to_path(tuple(err["loc"])), message=msg, hint=_hint(dict(err)),
+                    rule="schema")
+        )
+    return problems
+
+
+def _cross_references(m: Manifest) -> list[Problem]:
+    problems: list[Problem] = []
+    for env_name, env in m.environments.items():
+        if env.stack not in m.stacks:
+            problems.append(
+                Problem(
+                    path=f"environments.{env_name}.stack",
+                    message=f"names stack {env.stack!r}, which is not defined",
+                    hint="use one of: " + ", ".join(sorted(m.stacks)),
+                    rule="schema",
+                )
+            )
+    seen: dict[str, str] = {}
+    for env_name, env in m.environments.items():
+        if isinstance(env, StaticEnvironment):
+            for i, host in enumerate(env.hosts):
+                key = f"{host.address}:{host.port}"
+                if key in seen and seen[key] != env_name:
+                    problems.append(
+                        Problem(
+                            path=f"environments.{env_name}.hosts[{i}].address",
+                            message=f"{key} is already a host of environment {seen[key]!r}",
+                            hint="a host belongs to exactly one environment",
+                            rule="schema",
+                        )
+                    )
+                seen.setdefault(key, env_name)
+    return problems
+
+
+def parse_manifest(text: str, source: str = "stacklock.yaml") -> Manifest:
+    """Parse and validate manifest text; raise InvalidInput listing every problem."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise InvalidInput(
+            f"{source}: YAML syntax error{where}: {problem}",
+            problems=[Problem(path="", message=f"YAML syntax error{where}: {problem}",
+                              hint="fix the YAML syntax", rule="yaml")],
+        ) from None
+    if data is None:
+        raise InvalidInput(
+            f"{source}: the manifest is empty",
+            problems=[Problem(path="", message="the manifest is empty",
+                              hint="start from examples/lab.yaml", rule="schema")],
+        )
+    if not isinstance(data, dict):
+        raise InvalidInput(
+            f"{source}: the manifest must be a mapping, got {type(data).__name__}",
+            problems=[Problem(path="", message="the manifest must be a YAML mapping",
+                              hint="start from examples/lab.yaml", rule="schema")],
+        )
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as exc:
+        problems = problems_from_validation(exc)
+        raise InvalidInput(f"{source}: {len(problems)} problem(s)", problems=problems) from None
+    problems = _cross_references(manifest)
+    if problems:
+        raise InvalidInput(f"{source}: {len(problems)} problem(s)", problems=problems)
+    return manifest
+
+
+def load_manifest(path: Path | str) -> LoadedManifest:
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidInput(
+            f"{p}: no such manifest",
+            problems=[Problem(path="", message=f"{p}: no such file",
+                              hint="pass --manifest PATH, or run where stacklock.yaml is")],
+        )
+    text = p.read_text(encoding="utf-8")
+    return LoadedManifest(parse_manifest(text, source=str(p)), p.resolve(), text)

@@ -1,0 +1,174 @@
+"""Provisioning flows: lock check → render → terraform → inventory → ansible → verify.
+
+This module sequences the core and the adapters; it holds no comparison or rendering logic.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from stacklock import lock as lockmod
+from stacklock import render as rendermod
+from stacklock.console import info, step
+from stacklock.errors import ExitCode, InvalidInput, Problem, ToolFailed
+from stacklock.inventory import hosts_yaml
+from stacklock.manifest import LabEnvironment, LoadedManifest
+
+
+class Orchestrator:
+    def __init__(self, loaded: LoadedManifest, *, verbose: bool = False) -> None:
+        self.loaded = loaded
+        self.verbose = verbose
+        self.root = loaded.output_root
+        self.run_dir = self.root / ".stacklock" / "runs" / time.strftime("%Y%m%dT%H%M%S")
+
+    # ------------------------------------------------------------------ helpers
+
+    def env_dir(self, env: str) -> Path:
+        return self.root / "terraform" / "environments" / env
+
+    def inventory_dir(self, env: str) -> Path:
+        return self.root / "inventories" / env
+
+    def provider(self, env: str) -> str:
+        return self.loaded.manifest.environments[env].provider
+
+    def log_file(self, name: str) -> Path:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        return self.run_dir / name
+
+    def _terraform(self, env: str) -> Any:
+        from stacklock.adapters.terraform import Terraform
+
+        env_dir = self.env_dir(env)
+        if not (env_dir / "main.tf").is_file():
+            raise InvalidInput(
+                f"{env_dir}/main.tf does not exist",
+                problems=[Problem(f"environments.{env}", "not rendered yet",
+                                  "run: stacklock render")],
+            )
+        return Terraform(env_dir, log_file=self.log_file(f"terraform-{env}.log"))
+
+    def ensure_current(self) -> dict[str, Any]:
+        """The lock must be current and the generated files in step with it."""
+        lock = lockmod.load_current_lock(self.loaded)
+        tree = rendermod.render_tree(self.loaded, lock)
+        stale = rendermod.stale_files(self.loaded, tree)
+        if stale:
+            raise InvalidInput(
+                f"{len(stale)} generated file(s) are stale",
+                problems=[Problem(s, "stale generated file", "run: stacklock render")
+                          for s in stale],
+            )
+        return lock
+
+    def _prepare(self, envs: list[str]) -> None:
+        if any(isinstance(self.loaded.manifest.environments[e], LabEnvironment) for e in envs):
+            from stacklock import lab
+
+            lab.prepare(self.loaded, log_dir=self.run_dir)
+
+    # ------------------------------------------------------------------ terraform
+
+    def plan(self, envs: list[str]) -> bool:
+        self.ensure_current()
+        self._prepare(envs)
+        any_changes = False
+        for env in envs:
+            step(f"{env}: terraform plan")
+            tf = self._terraform(env)
+            tf.init()
+            result = tf.plan(detailed_exitcode=True)
+            from stacklock.adapters.terraform import resource_changes
+
+            changes = resource_changes(result.plan_json or {})
+            for ch in changes:
+                info(f"  {'/'.join(ch.actions):>14}  {ch.address}")
+            info(f"  {env}: {'changes pending' if result.changes else 'no changes'}")
+            any_changes |= result.changes
+        return any_changes
+
+    def apply(self, envs: list[str]) -> None:
+        self.ensure_current()
+        self._prepare(envs)
+        for env in envs:
+            step(f"{env}: terraform apply")
+            tf = self._terraform(env)
+            tf.init()
+            started = time.monotonic()
+            tf.apply(auto_approve=True)
+            self.write_inventory(env, tf.output())
+            info(f"  {env}: applied in {time.monotonic() - started:.1f} s, "
+                 f"inventory {self.inventory_dir(env) / 'hosts.yml'}")
+
+    def write_inventory(self, env: str, outputs: dict[str, Any]) -> Path:
+        key = None
+        if self.provider(env) == "lab":
+            key = "{{ inventory_dir }}/../../" + rendermod.LAB_SSH_KEY
+        text = hosts_yaml(env, self.provider(env), outputs, key)
+        path = self.inventory_dir(env) / "hosts.yml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(".hosts.yml.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+        return path
+
+    def destroy(self, envs: list[str]) -> None:
+        for env in envs:
+            step(f"{env}: terraform destroy")
+            tf = self._terraform(env)
+            tf.init()
+            tf.destroy()
+            hosts = self.inventory_dir(env) / "hosts.yml"
+            if hosts.exists():
+                hosts.unlink()
+            info(f"  {env}: destroyed")
+
+    # ------------------------------------------------------------------ ansible
+
+    def _inventories(self, envs: list[str]) -> list[Path]:
+        paths = []
+        for env in envs:
+            inv = self.inventory_dir(env)
+            if not (inv / "hosts.yml").is_file():
+                raise InvalidInput(
+                    f"{inv}/hosts.yml does not exist",
+                    problems=[Problem(f"environments.{env}", "not provisioned yet",
+                                      f"run: stacklock apply {env}")],
+                )
+            paths.append(inv)
+        return paths
+
+    def configure(self, envs: list[str]) -> dict[str, Any]:
+        from stacklock.adapters import ansible
+
+        self.ensure_current()
+        self._prepare(envs)
+        step(f"configure {', '.join(envs)}: ansible-playbook site.yml")
+        recap = ansible.run_playbook(
+            "site.yml", self._inventories(envs), log_file=self.log_file("site.log")
+        )
+        return recap
+
+    def verify(self, envs: list[str], *, fmt: str = "table", junit: Path | None = None) -> ExitCode:
+        from stacklock.verify import run_verify
+
+        self.ensure_current()
+        return run_verify(self, envs, fmt=fmt, junit=junit)
+
+    def provision(self, envs: list[str]) -> ExitCode:
+        started = time.monotonic()
+        self.apply(envs)
+        recap = self.configure(envs)
+        changed = sum(r.get("changed", 0) for r in recap.values())
+        code = self.verify(envs)
+        info(f"provisioned {', '.join(envs)} in {time.monotonic() - started:.0f} s: "
+             f"{len(recap)} host(s), changed={changed}"
+             + (" (nothing changed)" if changed == 0 else "")
+             + f"; logs in {self.run_dir}")
+        return code
+
+
+__all__ = ["Orchestrator", "ToolFailed"]

@@ -354,10 +354,13 @@ class StaticEnvironment(Strict):
     def _unique(cls, v: list[StaticHost]) -> list[StaticHost]:
         names = [h.name for h in v]
         addrs = [f"{h.address}:{h.port}" for h in v]
+        found = []
         for label, values in (("name", names), ("address", addrs)):
             dup = sorted({x for x in values if values.count(x) > 1})
             if dup:
-                raise ValueError(f"duplicate host {label} {', '.join(dup)}; each host once")
+                found.append(f"duplicate host {label} {', '.join(dup)}")
+        if found:
+            raise ValueError("; ".join(found) + "; list each host once")
         return v
 
     @property
@@ -462,21 +465,53 @@ class LoadedManifest:
 
 def _loc_to_path(loc: tuple[int | str, ...]) -> str:
     parts: list[str] = []
-    for item in loc:
+    for i, item in enumerate(loc):
         if isinstance(item, int):
             parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
-        elif item in ("aws", "static", "lab") and parts and parts[0] == "environments":
+        elif i == 2 and item in ("aws", "static", "lab") and loc[0] == "environments":
             continue  # the discriminator tag of a tagged union adds nothing for the user
-        elif item.startswith(("function-after[", "literal[", "union[")):
-            continue
+        elif item.startswith(("function-after[", "literal[", "union[")) or item == "[key]":
+            continue  # "[key]": the error is about the mapping key itself (its name)
         else:
             parts.append(item)
     return ".".join(parts)
 
 
+# What each pattern means, in words: shown instead of the raw regular expression.
+_PATTERN_HELP: dict[str, tuple[str, str]] = {
+    _NAME: ("a name of 2-32 lowercase letters, digits and '-', starting with a letter",
+            "prod-stack"),
+    _DRIVER: ("a full driver version", "580.95.05"),
+    _CUDA: ("a CUDA version", "13.0.2 or 13.0"),
+    _SEMVER: ("an exact version", "1.18.0"),
+    _TORCH: ("a torch version with its build", "2.9.1+cu130 or 2.13.0+cpu"),
+    _SHA256: ("a sha256 of 64 lowercase hex digits", "the output of sha256sum FILE"),
+    r"^3\.\d{1,2}$": ("a Python minor version", '"3.12" (quoted)'),
+    r"^[A-Za-z0-9][A-Za-z0-9_-]*$": ("a model name of letters, digits, '_' and '-'",
+                                     "tiny-linear"),
+    r"^[0-9][0-9A-Za-z.]*$": ("a model version", '"1.0" (quoted)'),
+    r"^(\d{12}|amazon|self)$": ("an AMI owner: a 12-digit account id, amazon or self",
+                                '"099720109477" (quoted)'),
+    r"^[a-z0-9][a-z0-9.-]*$": ("a lowercase name of letters, digits, '.' and '-'", "node-1"),
+    r"^https?://\S+$": ("an http:// or https:// URL", "https://mirror.example.com/apt"),
+    r"^[a-z]{2}(-gov)?-[a-z]+-\d$": ("an AWS region", "us-east-1"),
+    r"^[a-z][a-z0-9-]*\.[a-z0-9]+$": ("an EC2 instance type (family.size)", "g6e.xlarge"),
+    r"^vpc-[0-9a-f]{8,17}$": ("a VPC id", "vpc-0123456789abcdef0"),
+    r"^subnet-[0-9a-f]{8,17}$": ("a subnet id", "subnet-0123456789abcdef0"),
+    r"^\d{12}$": ("a 12-digit AWS account id", '"111122223333" (quoted)'),
+}
+
+
 def _hint(err: dict[str, Any]) -> str:
     kind = err.get("type", "")
     ctx = err.get("ctx") or {}
+    if kind == "string_type" and isinstance(err.get("input"), int | float):
+        return ('quote it: YAML reads an unquoted 13.0 or 3.10 as a number '
+                '(write "13.0.2", "3.10")')
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") in _PATTERN_HELP:
+        return f"write {_PATTERN_HELP[ctx['pattern']][0]}, like {_PATTERN_HELP[ctx['pattern']][1]}"
+    if kind == "literal_error" and isinstance(err.get("input"), int | float):
+        return f"use one of {ctx.get('expected', '')}, quoted (YAML reads 17 as a number)"
     if kind == "extra_forbidden":
         return "remove it, or check its spelling against the manifest reference in the README"
     if kind == "missing":
@@ -499,8 +534,15 @@ def problems_from_validation(exc: ValidationError) -> list[Problem]:
     for err in exc.errors(include_url=False):
         msg = str(err.get("msg", "invalid"))
         msg = msg.removeprefix("Value error, ")
-        if err.get("type") == "extra_forbidden":
+        kind = err.get("type")
+        ctx = err.get("ctx") or {}
+        if kind == "extra_forbidden":
             msg = "unknown key"
+        elif kind == "string_pattern_mismatch" and ctx.get("pattern") in _PATTERN_HELP:
+            what = "name" if err["loc"] and err["loc"][-1] == "[key]" else "value"
+            msg = f"{what} {err.get('input')!r} is not {_PATTERN_HELP[ctx['pattern']][0]}"
+        elif kind == "string_type" and isinstance(err.get("input"), int | float):
+            msg = f"expected a string, got the number {err.get('input')!r}"
         problems.append(
             Problem(path=_loc_to_path(tuple(err["loc"])), message=msg, hint=_hint(dict(err)),
                     rule="schema")
@@ -509,32 +551,53 @@ def problems_from_validation(exc: ValidationError) -> list[Problem]:
 
 
 def _cross_references(m: Manifest) -> list[Problem]:
+    return _raw_cross_references(m.model_dump())
+
+
+def _raw_cross_references(data: dict[str, Any]) -> list[Problem]:
+    """Environments naming unknown stacks, hosts shared between environments.
+
+    Works on the raw mapping too, so that these are reported beside schema errors."""
     problems: list[Problem] = []
-    for env_name, env in m.environments.items():
-        if env.stack not in m.stacks:
+    stacks = data.get("stacks")
+    envs = data.get("environments")
+    if not isinstance(envs, dict):
+        return problems
+    stack_names = sorted(str(k) for k in stacks) if isinstance(stacks, dict) else []
+    for env_name, env in envs.items():
+        if not isinstance(env, dict) or not isinstance(stacks, dict):
+            continue
+        ref = env.get("stack")
+        if isinstance(ref, str) and ref not in stacks:
             problems.append(
                 Problem(
                     path=f"environments.{env_name}.stack",
-                    message=f"names stack {env.stack!r}, which is not defined",
-                    hint="use one of: " + ", ".join(sorted(m.stacks)),
+                    message=f"names stack {ref!r}, which is not defined under stacks",
+                    hint="use one of: " + (", ".join(stack_names) or "(no stacks defined)"),
                     rule="schema",
                 )
             )
     seen: dict[str, str] = {}
-    for env_name, env in m.environments.items():
-        if isinstance(env, StaticEnvironment):
-            for i, host in enumerate(env.hosts):
-                key = f"{host.address}:{host.port}"
-                if key in seen and seen[key] != env_name:
-                    problems.append(
-                        Problem(
-                            path=f"environments.{env_name}.hosts[{i}].address",
-                            message=f"{key} is already a host of environment {seen[key]!r}",
-                            hint="a host belongs to exactly one environment",
-                            rule="schema",
-                        )
+    for env_name, env in envs.items():
+        if not isinstance(env, dict) or env.get("provider") != "static":
+            continue
+        hosts = env.get("hosts")
+        if not isinstance(hosts, list):
+            continue
+        for i, host in enumerate(hosts):
+            if not isinstance(host, dict) or not isinstance(host.get("address"), str):
+                continue
+            key = f"{host['address']}:{host.get('port', 22)}"
+            if key in seen and seen[key] != env_name:
+                problems.append(
+                    Problem(
+                        path=f"environments.{env_name}.hosts[{i}].address",
+                        message=f"{key} is already a host of environment {seen[key]!r}",
+                        hint="a host belongs to exactly one environment",
+                        rule="schema",
                     )
-                seen.setdefault(key, env_name)
+                )
+            seen.setdefault(key, env_name)
     return problems
 
 
@@ -567,6 +630,8 @@ def parse_manifest(text: str, source: str = "stacklock.yaml") -> Manifest:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
         problems = problems_from_validation(exc)
+        known = {p.path for p in problems}
+        problems += [p for p in _raw_cross_references(data) if p.path not in known]
         raise InvalidInput(f"{source}: {len(problems)} problem(s)", problems=problems) from None
     problems = _cross_references(manifest)
     if problems:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -219,7 +220,9 @@ def _env_option(f: F) -> F:
 def _orchestrator(c: Ctx) -> Any:
     from stacklock.orchestrate import Orchestrator
 
-    return Orchestrator(c.loaded(), verbose=c.verbose)
+    orch = Orchestrator(c.loaded(), verbose=c.verbose)
+    click.get_current_context().call_on_close(orch.close)
+    return orch
 
 
 @cli.command()
@@ -279,6 +282,62 @@ def configure(c: Ctx, envs: tuple[str, ...], all_envs: bool) -> None:
 def verify(c: Ctx, envs: tuple[str, ...], fmt: str, junit: Path | None) -> None:
     """Collect the real stack from every node and compare (exit 0 match, 1 deviation, 3 unreachable)."""
     code = _orchestrator(c).verify(c.envs(envs), fmt=fmt, junit=junit)
+    raise SystemExit(int(code))
+
+
+# --------------------------------------------------------------------------- lab and demo
+
+
+@cli.group()
+def lab() -> None:
+    """The local lab: its node image and its air-gapped package mirror."""
+
+
+@lab.command("image")
+@click.option("--force", is_flag=True, help="Rebuild even when the image exists.")
+@pass_ctx
+def lab_image(c: Ctx, force: bool) -> None:
+    """Build (or rebuild) the Debian 12 systemd image of lab nodes."""
+    from stacklock.adapters import docker
+
+    image = c.loaded().manifest.lab.image if Path(c.manifest_path).is_file() else docker.LAB_IMAGE
+    docker.ensure_daemon()
+    step(f"building {image} (debootstrap + docker import)")
+    built = docker.build_image(image, force=force)
+    info(f"{image}: {'built' if built else 'already present (use --force to rebuild)'}")
+
+
+@lab.command("mirror")
+@pass_ctx
+def lab_mirror(c: Ctx) -> None:
+    """Download and index the lab's local apt and pip mirror (cached)."""
+    from stacklock.adapters import mirror
+
+    step("building the local mirror (real Debian packages, test toolkit packages, wheels)")
+    info(f"mirror ready in {mirror.build_mirror()}")
+
+
+@cli.command()
+@pass_ctx
+def demo(c: Ctx) -> None:
+    """The main job on the local lab: validate, lock check, render, provision all, verify."""
+    from stacklock import lock as lockmod
+    from stacklock import render as rendermod
+
+    started = time.monotonic()
+    loaded = c.loaded()
+    step(f"validate {loaded.path.name}")
+    problems = _rules_problems(loaded)
+    print_problems(problems)
+    if any(p.severity == "error" for p in problems):
+        raise InvalidInput(f"{loaded.path.name} is invalid")
+    data = lockmod.load_current_lock(loaded)
+    info(f"  lock is current: {len(data['stacks'])} stack(s)")
+    tree = rendermod.render_tree(loaded, data)
+    changed = rendermod.write_tree(loaded, tree)
+    info(f"  rendered {len(tree)} file(s), {len(changed)} changed")
+    code = _orchestrator(c).provision(list(loaded.manifest.environments))
+    info(f"demo finished in {time.monotonic() - started:.0f} s with exit code {int(code)}")
     raise SystemExit(int(code))
 
 

@@ -6,6 +6,7 @@ This module sequences the core and the adapters; it holds no comparison or rende
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,18 @@ class Orchestrator:
         self.verbose = verbose
         self.root = loaded.output_root
         self.run_dir = self.root / ".stacklock" / "runs" / time.strftime("%Y%m%dT%H%M%S")
+        self._resources = ExitStack()
+        self._prepared: set[bool] = set()
+
+    def __enter__(self) -> Orchestrator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop what this run started (the lab's mirror server); lab nodes stay."""
+        self._resources.close()
 
     # ------------------------------------------------------------------ helpers
 
@@ -64,11 +77,14 @@ class Orchestrator:
             )
         return lock
 
-    def _prepare(self, envs: list[str]) -> None:
+    def _prepare(self, envs: list[str], *, need_mirror: bool = False) -> None:
+        if need_mirror in self._prepared or True in self._prepared:
+            return
         if any(isinstance(self.loaded.manifest.environments[e], LabEnvironment) for e in envs):
             from stacklock import lab
 
-            lab.prepare(self.loaded, log_dir=self.run_dir)
+            lab.prepare(self.loaded, stack=self._resources, need_mirror=need_mirror)
+            self._prepared.add(need_mirror)
 
     # ------------------------------------------------------------------ terraform
 
@@ -145,7 +161,7 @@ class Orchestrator:
         from stacklock.adapters import ansible
 
         self.ensure_current()
-        self._prepare(envs)
+        self._prepare(envs, need_mirror=True)
         step(f"configure {', '.join(envs)}: ansible-playbook site.yml")
         recap = ansible.run_playbook(
             "site.yml", self._inventories(envs), log_file=self.log_file("site.log")

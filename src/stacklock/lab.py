@@ -1,0 +1,73 @@
+"""The local lab: what must exist on this machine before lab nodes are created and configured.
+
+An SSH key pair per project (kept out of git), a Docker daemon, the Debian 12 systemd image,
+the local apt/pip mirror and its HTTP server on the lab's mirror address (a dummy interface
+on the host; every node routes to it through its own veth pair). Nothing else is reachable
+from a node: the lab is air-gapped by construction.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from contextlib import ExitStack
+from pathlib import Path
+
+from stacklock.adapters.proc import run_command
+from stacklock.console import info, step
+from stacklock.manifest import LoadedManifest
+from stacklock.render import LAB_SSH_KEY
+
+log = logging.getLogger("stacklock.lab")
+
+MIRROR_IFACE = "sl-mirror"
+
+
+def mirror_address(loaded: LoadedManifest) -> str:
+    net = ipaddress.ip_network(loaded.manifest.lab.network)
+    return str(net.network_address + 1)  # 10.213.0.1: the host side, never a node
+
+
+def ssh_key(loaded: LoadedManifest) -> Path:
+    key = loaded.output_root / LAB_SSH_KEY
+    if not key.is_file():
+        key.parent.mkdir(parents=True, exist_ok=True)
+        key.parent.chmod(0o700)
+        run_command(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",
+                     f"stacklock-lab-{loaded.manifest.project}", "-f", str(key)])
+        info(f"  generated the lab's SSH key {key} (kept out of git)")
+    return key
+
+
+def ensure_mirror_address(address: str) -> None:
+    """A dummy interface on the host carrying the mirror address (idempotent)."""
+    shown = run_command(["ip", "-o", "addr", "show", "dev", MIRROR_IFACE], check=False)
+    if shown.returncode != 0:
+        run_command(["ip", "link", "add", MIRROR_IFACE, "type", "dummy"], check=False)
+        run_command(["ip", "link", "set", MIRROR_IFACE, "up"])
+        shown = run_command(["ip", "-o", "addr", "show", "dev", MIRROR_IFACE], check=False)
+    if f" {address}/" not in shown.stdout:
+        run_command(["ip", "addr", "add", f"{address}/32", "dev", MIRROR_IFACE])
+    run_command(["ip", "link", "set", MIRROR_IFACE, "up"])
+
+
+def prepare(loaded: LoadedManifest, *, stack: ExitStack, need_mirror: bool = True) -> None:
+    """Make the lab ready; servers started here are stopped when `stack` closes."""
+    from stacklock.adapters import docker, mirror
+
+    step("lab: SSH key, Docker daemon, node image" + (", local mirror" if need_mirror else ""))
+    ssh_key(loaded)
+    handle = docker.ensure_daemon()
+    if handle.started:
+        info(f"  started dockerd (log {handle.log_file}); it keeps the lab's nodes running")
+    if docker.build_image(loaded.manifest.lab.image):
+        info(f"  built the lab image {loaded.manifest.lab.image}")
+    if not need_mirror:
+        return
+    root = mirror.build_mirror()
+    address = mirror_address(loaded)
+    ensure_mirror_address(address)
+    server = mirror.start_server(address, loaded.manifest.lab.mirror_port, root)
+    if server.started:
+        info(f"  serving the local mirror on {server.url} (log {server.log_file})")
+        stack.callback(mirror.stop_server, server)

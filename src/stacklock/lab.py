@@ -16,12 +16,9 @@ from pathlib import Path
 from stacklock.adapters.proc import run_command
 from stacklock.console import info, step
 from stacklock.manifest import LoadedManifest
-from stacklock.render import LAB_SSH_KEY
+from stacklock.render import LAB_SSH_KEY, repo_root
 
 log = logging.getLogger("stacklock.lab")
-
-MIRROR_IFACE = "sl-mirror"
-
 
 def mirror_address(loaded: LoadedManifest) -> str:
     net = ipaddress.ip_network(loaded.manifest.lab.network)
@@ -40,15 +37,10 @@ def ssh_key(loaded: LoadedManifest) -> Path:
 
 
 def ensure_mirror_address(address: str) -> None:
-    """A dummy interface on the host carrying the mirror address (idempotent)."""
-    shown = run_command(["ip", "-o", "addr", "show", "dev", MIRROR_IFACE], check=False)
-    if shown.returncode != 0:
-        run_command(["ip", "link", "add", MIRROR_IFACE, "type", "dummy"], check=False)
-        run_command(["ip", "link", "set", MIRROR_IFACE, "up"])
-        shown = run_command(["ip", "-o", "addr", "show", "dev", MIRROR_IFACE], check=False)
-    if f" {address}/" not in shown.stdout:
-        run_command(["ip", "addr", "add", f"{address}/32", "dev", MIRROR_IFACE])
-    run_command(["ip", "link", "set", MIRROR_IFACE, "up"])
+    """The mirror address on the host (idempotent): a dummy interface where the kernel has
+    the driver, else a /32 on `lo`. Every node routes to it through its own veth pair."""
+    script = repo_root() / "scripts" / "lab-node.sh"
+    run_command([str(script), "mirror", address], timeout=30)
 
 
 def prepare(loaded: LoadedManifest, *, stack: ExitStack, need_mirror: bool = True) -> None:

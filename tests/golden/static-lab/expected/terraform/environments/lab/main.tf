@@ -21,7 +21,6 @@ module "nodes" {
   network_base      = "10.213"
   env_index         = 0
   mirror_address    = "10.213.0.1"
-  repo_root         = abspath("${path.root}/../../../../../../..")
   ssh_public_key    = file("${path.root}/../../../.stacklock/ssh/id_ed25519.pub")
 }
 

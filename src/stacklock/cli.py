@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from rich.markup import escape
 
 from stacklock import __version__
 from stacklock.console import emit_json, err, info, print_problems, step
@@ -359,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
     except StacklockError as exc:
         if exc.problems:
             print_problems(exc.problems)
-        err.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False)
+        err.print(f"[bold red]error:[/] {escape(exc.message)}", markup=True, highlight=False)
         raise SystemExit(int(exc.exit_code)) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None

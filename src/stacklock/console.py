@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from stacklock.errors import Problem
 
@@ -18,7 +19,7 @@ def print_problems(problems: list[Problem]) -> None:
     for p in problems:
         label = "ERROR" if p.severity == "error" else "WARNING"
         style = "bold red" if p.severity == "error" else "yellow"
-        err.print(f"[{style}]{label}[/] {p.render()}", markup=True)
+        err.print(f"[{style}]{label}[/] {escape(p.render())}", markup=True)
         if p.source:
             err.print(f"        source: {p.source}", markup=False)
 

@@ -470,7 +470,7 @@ def _loc_to_path(loc: tuple[int | str, ...]) -> str:
             parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
         elif i == 2 and item in ("aws", "static", "lab") and loc[0] == "environments":
             continue  # the discriminator tag of a tagged union adds nothing for the user
-        elif item.startswith(("function-after[", "literal[", "union[")) or item == "[key]":
+        elif item.startswith(("function-after[", "literal[", "union[", "list[")) or item == "[key]":
             continue  # "[key]": the error is about the mapping key itself (its name)
         else:
             parts.append(item)
@@ -529,9 +529,21 @@ def _hint(err: dict[str, Any]) -> str:
     return ""
 
 
+def _other_union_branch(err: Any) -> bool:
+    """An error from the branch of `'official' | list[...]` the input evidently did not mean."""
+    loc = [str(x) for x in err["loc"]]
+    value = err.get("input")
+    if any(x.startswith("literal[") for x in loc) and isinstance(value, list | dict):
+        return True
+    return (err.get("type") == "list_type" and any(x.startswith("list[") for x in loc)
+            and isinstance(value, str))
+
+
 def problems_from_validation(exc: ValidationError) -> list[Problem]:
     problems = []
     for err in exc.errors(include_url=False):
+        if _other_union_branch(err):
+            continue
         msg = str(err.get("msg", "invalid"))
         msg = msg.removeprefix("Value error, ")
         kind = err.get("type")
@@ -565,15 +577,15 @@ def _raw_cross_references(data: dict[str, Any]) -> list[Problem]:
         return problems
     stack_names = sorted(str(k) for k in stacks) if isinstance(stacks, dict) else []
     for env_name, env in envs.items():
-        if not isinstance(env, dict) or not isinstance(stacks, dict):
-            continue
+        if not isinstance(env, dict) or not stack_names:
+            continue  # no stacks at all: that is the problem reported
         ref = env.get("stack")
-        if isinstance(ref, str) and ref not in stacks:
+        if isinstance(ref, str) and ref not in stack_names:
             problems.append(
                 Problem(
                     path=f"environments.{env_name}.stack",
                     message=f"names stack {ref!r}, which is not defined under stacks",
-                    hint="use one of: " + (", ".join(stack_names) or "(no stacks defined)"),
+                    hint="use one of: " + ", ".join(stack_names),
                     rule="schema",
                 )
             )
@@ -601,10 +613,30 @@ def _raw_cross_references(data: dict[str, Any]) -> list[Problem]:
     return problems
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that rejects a key given twice in one mapping (YAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                continue  # an unhashable key: construct_mapping reports it
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found duplicate key {key!r}", key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_manifest(text: str, source: str = "stacklock.yaml") -> Manifest:
     """Parse and validate manifest text; raise InvalidInput listing every problem."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -647,5 +679,13 @@ def load_manifest(path: Path | str) -> LoadedManifest:
             problems=[Problem(path="", message=f"{p}: no such file",
                               hint="pass --manifest PATH, or run where stacklock.yaml is")],
         )
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        message = f"not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}"
+        raise InvalidInput(
+            f"{p}: {message}",
+            problems=[Problem(path="", message=message,
+                              hint="save the manifest as UTF-8", rule="yaml")],
+        ) from None
     return LoadedManifest(parse_manifest(text, source=str(p)), p.resolve(), text)

@@ -141,6 +141,7 @@ def group_vars(
         "torchserve_config_path": locked["torchserve"]["config_path"],
         "torchserve_config": locked["torchserve"]["config"],
         "torchserve_config_sha256": locked["torchserve"]["config_sha256"],
+        "torchserve_model_store": locked["torchserve"]["config"]["model_store"],
         "torchserve_models": models,
     }
 
@@ -182,7 +183,9 @@ def render_tree(loaded: LoadedManifest, lock: dict[str, Any]) -> dict[str, str]:
         for name, text in _templates(env.provider):
             rel = f"terraform/environments/{env_name}/{name}"
             files[rel] = jinja.from_string(text).render(**context)
-        files[f"inventories/{env_name}/group_vars/all/stacklock.yml"] = _yaml(
+        # group_vars/<env>/, not group_vars/all/: with several `-i` inventories (verify across
+        # environments) every inventory's `all` vars would apply to every host.
+        files[f"inventories/{env_name}/group_vars/{env_name}/stacklock.yml"] = _yaml(
             group_vars(loaded, env_name, locked, inv_dir)
         )
     return dict(sorted(files.items()))
@@ -228,8 +231,13 @@ def write_tree(loaded: LoadedManifest, tree: dict[str, str]) -> list[str]:
         changed.append(rel)
     for rel in _generated_on_disk(root):
         if rel not in tree:
-            (root / rel).unlink()
+            path = root / rel
+            path.unlink()
             changed.append(rel)
+            folder = path.parent
+            while folder != root and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+                folder = folder.parent
     return sorted(changed)
 
 

@@ -59,11 +59,11 @@ def test_render_check_names_stale_file(case: Path) -> None:
     m = str(case)
     assert run("-m", m, "lock").returncode == 0
     assert run("-m", m, "render").returncode == 0
-    gv = case.parent / "expected/inventories/lab/group_vars/all/stacklock.yml"
+    gv = case.parent / "expected/inventories/lab/group_vars/lab/stacklock.yml"
     gv.write_text(gv.read_text().replace("28.5.1", "28.5.0"))
     r = run("-m", m, "render", "--check")
     assert r.returncode == 1
-    assert "inventories/lab/group_vars/all/stacklock.yml" in r.stderr
+    assert "inventories/lab/group_vars/lab/stacklock.yml" in r.stderr
 
 
 def test_changed_pin_makes_lock_stale(case: Path) -> None:

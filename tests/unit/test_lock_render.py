@@ -92,8 +92,8 @@ def test_render_is_deterministic_and_headed(golden_copy: Path) -> None:
     assert set(one) == {
         "terraform/environments/onprem/main.tf",
         "terraform/environments/lab/main.tf",
-        "inventories/onprem/group_vars/all/stacklock.yml",
-        "inventories/lab/group_vars/all/stacklock.yml",
+        "inventories/onprem/group_vars/onprem/stacklock.yml",
+        "inventories/lab/group_vars/lab/stacklock.yml",
     }
     for text in one.values():
         assert rendermod.HEADER in text.splitlines()[0] + text.splitlines()[1]
@@ -116,12 +116,12 @@ def test_group_vars_carry_the_lock(golden_copy: Path) -> None:
     loaded = load_manifest(golden_copy)
     data = lockmod.build_lock(loaded)
     tree = rendermod.render_tree(loaded, data)
-    gv = yaml.safe_load(tree["inventories/lab/group_vars/all/stacklock.yml"])
+    gv = yaml.safe_load(tree["inventories/lab/group_vars/lab/stacklock.yml"])
     stack = data["stacks"]["s1"]
     assert gv["stacklock_fingerprint"] == stack["fingerprint"]
     assert gv["docker_packages"] == stack["apt"]["docker"]
     assert gv["nvidia_driver_require_gpu"] is False  # the lab has no GPU
-    onprem = yaml.safe_load(tree["inventories/onprem/group_vars/all/stacklock.yml"])
+    onprem = yaml.safe_load(tree["inventories/onprem/group_vars/onprem/stacklock.yml"])
     assert onprem["nvidia_driver_require_gpu"] is True
     text = lockmod.config_text(gv["torchserve_config"])
     assert lockmod.hashlib.sha256(text.encode()).hexdigest() == gv["torchserve_config_sha256"]

@@ -1,0 +1,336 @@
+"""The manifest schema (`stacklock.manifest`): each rule with a failing and a passing case.
+
+Cases edit the valid manifests of `tests/corpus/valid/` one field at a time and go through
+`parse_manifest`, the function every command uses.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from stacklock.errors import ExitCode, InvalidInput, Problem
+from stacklock.manifest import load_manifest, parse_manifest
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+VALID = ROOT / "tests" / "corpus" / "valid"
+DELETE = object()
+S = "stacks.prod-stack"
+DEV = "environments.dev"
+
+
+def base(name: str = "aws") -> dict[str, Any]:
+    data = yaml.safe_load((VALID / f"{name}.yaml").read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def edit(data: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    data = copy.deepcopy(data)
+    node: Any = data
+    *parents, last = dotted.split(".")
+    for key in parents:
+        node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
+    if value is DELETE:
+        node.pop(last, None)
+    elif isinstance(node, list) and int(last) == len(node):
+        node.append(value)
+    elif isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return data
+
+
+def problems(data: Any) -> list[Problem]:
+    text = data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False)
+    try:
+        parse_manifest(text, source="test.yaml")
+    except InvalidInput as exc:
+        assert exc.exit_code == ExitCode.INVALID
+        assert exc.problems, "InvalidInput without problems"
+        return exc.problems
+    return []
+
+
+# (base, field edited, bad value, path the problem must name, good value)
+CASES: list[tuple[str, str, Any, str, Any]] = [
+    # unknown keys anywhere
+    ("aws", "owner", "team-a", "owner", DELETE),
+    ("aws", f"{S}.nvidia_driver.kernel_modul", "open", f"{S}.nvidia_driver.kernel_modul", DELETE),
+    ("aws", f"{S}.torchserve_config.workers", 2, f"{S}.torchserve_config.workers", DELETE),
+    ("aws", f"{DEV}.instance_count", 2, f"{DEV}.instance_count", DELETE),
+    ("aws", "package_sources.pip.index", "x", "package_sources.pip.index", DELETE),
+    ("static", "environments.prod.hosts.0.ip", "192.0.2.9", "environments.prod.hosts[0].ip",
+     DELETE),
+    # missing required fields
+    ("aws", "version", DELETE, "version", 1),
+    ("aws", "project", DELETE, "project", "corpus-aws"),
+    ("aws", "environments", DELETE, "environments", base()["environments"]),
+    ("aws", f"{S}.cuda", DELETE, f"{S}.cuda", {"version": "13.0.2"}),
+    ("aws", f"{S}.os", DELETE, f"{S}.os", {"distribution": "ubuntu", "release": "24.04"}),
+    ("aws", f"{DEV}.region", DELETE, f"{DEV}.region", "eu-west-1"),
+    ("aws", f"{DEV}.admin_cidrs", DELETE, f"{DEV}.admin_cidrs", ["10.0.0.0/8"]),
+    ("aws", f"{DEV}.provider", DELETE, DEV, "aws"),
+    ("static", "environments.prod.hosts", DELETE, "environments.prod.hosts",
+     [{"name": "h", "address": "192.0.2.99"}]),
+    # empty collections
+    ("aws", "stacks", {}, "stacks", base()["stacks"]),
+    ("aws", f"{DEV}.client_cidrs", [], f"{DEV}.client_cidrs", ["0.0.0.0/0"]),
+    ("static", "environments.prod.hosts", [], "environments.prod.hosts",
+     [{"name": "h", "address": "192.0.2.99"}]),
+    # wrong types
+    ("aws", "environments.prod.count", "two", "environments.prod.count", 3),
+    ("aws", f"{S}.torchserve_config.token_authorization", "maybe",
+     f"{S}.torchserve_config.token_authorization", True),
+    ("aws", f"{S}.python.version", 3.1, f"{S}.python.version", "3.10"),
+    ("aws", f"{S}.cuda.version", 13.0, f"{S}.cuda.version", "13.0"),
+    ("aws", f"{S}.java.version", 17, f"{S}.java.version", "17"),
+    ("aws", f"{S}.models", {"name": "x"}, f"{S}.models", []),
+    ("aws", "stacks", ["prod-stack"], "stacks", base()["stacks"]),
+    # patterns
+    ("aws", "project", "Corpus_AWS", "project", "corpus-aws"),
+    ("aws", f"{S}.nvidia_driver.version", "580", f"{S}.nvidia_driver.version", "570.26"),
+    ("aws", f"{S}.nvidia_driver.version", "580.95.05.1", f"{S}.nvidia_driver.version",
+     "535.309.01"),
+    ("aws", f"{S}.cuda.version", "13", f"{S}.cuda.version", "13.0.88"),
+    ("aws", f"{S}.docker.version", "28.5", f"{S}.docker.version", "27.3.1"),
+    ("aws", f"{S}.nvidia_container_toolkit.version", "1.18", f"{S}.nvidia_container_toolkit.version",
+     "1.18.1"),
+    ("aws", f"{S}.torch.version", "2.9.1", f"{S}.torch.version", "2.9.1+cu130"),
+    ("aws", f"{S}.torch.version", "2.9.1+rocm6.4", f"{S}.torch.version", "2.9.1+cu130"),
+    ("aws", f"{S}.torchserve.version", "0.12", f"{S}.torchserve.version", "0.12.0"),
+    ("aws", f"{S}.python.version", "2.7", f"{S}.python.version", "3.11"),
+    ("aws", f"{S}.models.0.sha256", "0" * 63, f"{S}.models[0].sha256", "a" * 64),
+    ("aws", f"{S}.models.0.sha256", "A" * 64, f"{S}.models[0].sha256", "f" * 64),
+    ("aws", f"{S}.models.0.name", "tiny linear", f"{S}.models[0].name", "tiny_linear"),
+    ("aws", f"{S}.models.0.version", "v1", f"{S}.models[0].version", "1.0.2"),
+    ("aws", f"{DEV}.region", "us_east_1", f"{DEV}.region", "us-gov-west-1"),
+    ("aws", f"{DEV}.instance_type", "g6e", f"{DEV}.instance_type", "g6e.2xlarge"),
+    ("aws", f"{DEV}.vpc_id", "vpc-xyz", f"{DEV}.vpc_id", "vpc-0123456789abcdef0"),
+    ("aws", f"{DEV}.subnet_ids", ["subnet-1"], f"{DEV}.subnet_ids[0]",
+     ["subnet-0123456789abcdef0"]),
+    ("aws", f"{DEV}.account_id", "1234", f"{DEV}.account_id", "111122223333"),
+    ("aws", f"{S}.ami", {"owner": "canonical", "name": "ubuntu-noble"}, f"{S}.ami.owner",
+     {"owner": "099720109477", "name": "ubuntu-noble"}),
+    ("aws", "package_sources.pip.index_url", "pypi.org/simple", "package_sources.pip.index_url",
+     "https://pypi.example.com/simple"),
+    # names of stacks and environments (mapping keys)
+    ("aws", "stacks.Prod_Stack", base()["stacks"]["prod-stack"], "stacks.Prod_Stack", DELETE),
+    ("aws", "environments.x", {"provider": "lab", "stack": "prod-stack"}, "environments.x",
+     DELETE),
+    # choices
+    ("aws", f"{S}.os", {"distribution": "centos", "release": "24.04"},
+     f"{S}.os.distribution", {"distribution": "debian", "release": "12"}),
+    ("aws", f"{S}.os", {"distribution": "ubuntu", "release": "12"}, f"{S}.os",
+     {"distribution": "debian", "release": "12"}),
+    ("aws", f"{S}.nvidia_driver.kernel_module", "closed", f"{S}.nvidia_driver.kernel_module",
+     "auto"),
+    ("aws", f"{S}.cuda.components", "all", f"{S}.cuda.components", "runtime"),
+    ("aws", f"{S}.java.version", "8", f"{S}.java.version", "21"),
+    ("aws", f"{S}.torchserve_config.metrics_mode", "json", f"{S}.torchserve_config.metrics_mode",
+     "log"),
+    ("aws", f"{DEV}.provider", "gcp", DEV, "aws"),
+    ("aws", f"{DEV}.access", "vpn", f"{DEV}.access", "ssm"),
+    ("aws", "version", 2, "version", 1),
+    # ranges
+    ("aws", "environments.prod.count", 0, "environments.prod.count", 100),
+    ("aws", f"{DEV}.root_volume_size", 20, f"{DEV}.root_volume_size", 30),
+    ("aws", f"{S}.torchserve_config.default_workers_per_model", 0,
+     f"{S}.torchserve_config.default_workers_per_model", 64),
+    ("aws", f"{S}.torchserve_config.max_request_size", 100,
+     f"{S}.torchserve_config.max_request_size", 1024),
+    ("static", "environments.prod.hosts.0.port", 0, "environments.prod.hosts[0].port", 65535),
+    ("aws", "lab.mirror_port", 80, "lab.mirror_port", 8080),
+    # values checked by validators
+    ("aws", f"{DEV}.admin_cidrs", ["203.0.113.7/24"], f"{DEV}.admin_cidrs", ["203.0.113.7/32"]),
+    ("aws", f"{DEV}.admin_cidrs", ["office"], f"{DEV}.admin_cidrs", ["2001:db8::/32"]),
+    ("aws", f"{DEV}.access", "bastion", DEV, "public"),
+    ("aws", f"{S}.ami", {"owner": "099720109477", "name": "ubuntu-noble-24.04-*"},
+     f"{S}.ami.name", {"owner": "099720109477", "name": "ubuntu-noble-24.04-20251022"}),
+    ("aws", f"{S}.models.0.archive", "models/tiny.tar.gz", f"{S}.models[0].archive",
+     "models/tiny.mar"),
+    ("aws", f"{S}.models.0.archive", "http://models.example.com/tiny.mar",
+     f"{S}.models[0].archive", "https://models.example.com/tiny.mar"),
+    ("aws", f"{S}.models.1", base()["stacks"]["prod-stack"]["models"][0], f"{S}.models",
+     {**base()["stacks"]["prod-stack"]["models"][0], "name": "other"}),
+    ("aws", f"{S}.docker.apt_version", "28.5.*", f"{S}.docker.apt_version",
+     "5:28.5.1-1~ubuntu.24.04~noble"),
+    ("aws", f"{S}.torchserve_config.management_address", "127.0.0.1:8081",
+     f"{S}.torchserve_config.management_address", "http://127.0.0.1:9081"),
+    ("aws", "package_sources.apt", [{"name": "m", "uri": "http://m/apt", "suite": "./"}],
+     "package_sources.apt[0]", [{"name": "m", "uri": "http://m/apt", "suite": "./",
+                              "trusted": True}]),
+    ("aws", "package_sources.apt", "mirror", "package_sources.apt", "official"),
+    ("static", "environments.prod.hosts.0.address", "not an address!",
+     "environments.prod.hosts[0].address", "gpu-p1.example.com"),
+    ("aws", "lab.network", "8.8.0.0/16", "lab.network", "10.213.0.0/16"),
+    ("aws", "lab.network", "10.213.0.0/24", "lab.network", "10.200.0.0/20"),
+    ("aws", "parity.may_differ", ["instance_type"], "parity.may_differ", ["count"]),
+    ("aws", "output_dir", "/etc", "output_dir", "out/dir"),
+    ("aws", "output_dir", "../elsewhere", "output_dir", "."),
+    # cross references
+    ("aws", "environments.prod.stack", "prod-stak", "environments.prod.stack", "prod-stack"),
+    ("static", "environments.prod.hosts.1", {"name": "gpu-p2", "address": "192.0.2.20"},
+     "environments.prod.hosts", {"name": "gpu-p2", "address": "192.0.2.21"}),
+    ("static", "environments.prod.hosts.1.name", "gpu-p1", "environments.prod.hosts", "gpu-p3"),
+    ("static", "environments.prod.hosts.0.address", "192.0.2.10",
+     "environments.prod.hosts[0].address", "192.0.2.11"),
+]
+
+
+@pytest.mark.parametrize(
+    ("which", "field", "bad", "path", "good"),
+    CASES,
+    ids=[f"{c[3]}-{i}" for i, c in enumerate(CASES)],
+)
+def test_schema_rule_fails_and_passes(
+    which: str, field: str, bad: Any, path: str, good: Any
+) -> None:
+    found = problems(edit(base(which), field, bad))
+    assert [p.path for p in found] == [path], [p.render() for p in found]
+    (p,) = found
+    assert p.message and p.severity == "error"
+    assert "^" not in p.message and "\\d" not in p.message, "a raw regex in the message"
+    assert problems(edit(base(which), field, good)) == []
+
+
+def test_the_valid_bases_are_valid() -> None:
+    assert problems(base("aws")) == []
+    assert problems(base("static")) == []
+
+
+def test_a_port_makes_a_second_host_on_the_same_address_distinct() -> None:
+    data = edit(base("static"), "environments.prod.hosts.0.address", "192.0.2.10")
+    assert problems(edit(data, "environments.prod.hosts.0.port", 2200)) == []
+
+
+# --------------------------------------------------------------------------- messages
+
+
+@pytest.mark.parametrize(
+    ("field", "bad", "words"),
+    [
+        (f"{S}.nvidia_driver.version", "580", "full driver version"),
+        (f"{S}.models.0.sha256", "abc", "64 lowercase hex"),
+        (f"{S}.torch.version", "2.9.1", "with its build"),
+        (f"{DEV}.instance_type", "g6e", "instance type"),
+    ],
+)
+def test_pattern_errors_are_explained_in_words(field: str, bad: str, words: str) -> None:
+    (p,) = problems(edit(base(), field, bad))
+    assert words in p.message and repr(bad) in p.message
+    assert "like" in p.hint
+
+
+def test_unquoted_numbers_get_a_quoting_hint() -> None:
+    (p,) = problems(edit(base(), f"{S}.python.version", 3.1))
+    assert "number" in p.message and "quote" in p.hint
+
+
+def test_unknown_key_hint() -> None:
+    (p,) = problems(edit(base(), "projekt", "x"))
+    assert p.message == "unknown key" and "spelling" in p.hint
+
+
+def test_unknown_stack_lists_the_defined_ones() -> None:
+    (p,) = problems(edit(base(), "environments.prod.stack", "nope"))
+    assert "'nope'" in p.message and "prod-stack" in p.hint
+
+
+# --------------------------------------------------------------------------- all at once
+
+
+def test_three_independent_mistakes_are_three_problems() -> None:
+    data = edit(base(), f"{S}.models.0.sha256", "xyz")
+    data = edit(data, "environments.prod.count", "many")
+    data = edit(data, f"{S}.nvidia_driver.colour", "green")
+    assert sorted(p.path for p in problems(data)) == [
+        "environments.prod.count",
+        f"{S}.models[0].sha256",
+        f"{S}.nvidia_driver.colour",
+    ]
+
+
+def test_cross_references_are_reported_beside_schema_errors() -> None:
+    data = edit(base("static"), "environments.staging.hosts.0.address", "192.0.2.20")
+    data = edit(data, "environments.prod.stack", "missing")
+    data = edit(data, "project", "BAD")
+    assert sorted(p.path for p in problems(data)) == [
+        "environments.prod.hosts[0].address",
+        "environments.prod.stack",
+        "project",
+    ]
+
+
+def test_many_mistakes_all_reported() -> None:
+    chosen = [c for c in CASES if c[0] == "aws" and c[2] is not DELETE
+              and c[1].startswith((f"{S}.torchserve_config.", f"{S}.nvidia_driver.", f"{DEV}."))
+              and not c[1].endswith(".provider")]
+    fields = [c[1] for c in chosen]
+    chosen = [c for c in chosen if fields.count(c[1]) == 1]
+    data = base()
+    for _, field, bad, _, _ in chosen:
+        data = edit(data, field, bad)
+    assert len(chosen) >= 10
+    assert sorted(p.path for p in problems(data)) == sorted(c[3] for c in chosen)
+
+
+# --------------------------------------------------------------------------- not a manifest
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("", "the manifest is empty"),
+        ("# only a comment\n", "the manifest is empty"),
+        ("- a\n- b\n", "must be a YAML mapping"),
+        ("just a string\n", "must be a YAML mapping"),
+        ("version: 1\nproject: [unclosed\n", "YAML syntax error at line 3"),
+        ("version: 1\n\tproject: tab\n", "YAML syntax error"),
+        ("version: 1\nproject: ab\nproject: cd\n", "duplicate key 'project'"),
+    ],
+)
+def test_text_that_is_not_a_manifest(text: str, words: str) -> None:
+    (p,) = problems(text)
+    assert words in p.message and p.hint
+
+
+def test_duplicate_environment_keys_are_not_silently_merged() -> None:
+    text = (VALID / "aws.yaml").read_text(encoding="utf-8")
+    text = text.replace("  prod:\n    provider: aws", "  dev:\n    provider: aws")
+    (p,) = problems(text)
+    assert "duplicate key 'dev'" in p.message and "line" in p.message
+
+
+def test_load_manifest_of_a_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput) as info:
+        load_manifest(tmp_path / "nope.yaml")
+    assert info.value.exit_code == ExitCode.INVALID
+    assert "no such file" in info.value.problems[0].message
+
+
+def test_load_manifest_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text("version: 1\n", encoding="utf-8")
+    with pytest.raises(InvalidInput) as info:
+        load_manifest(path)
+    assert str(path) in info.value.message
+    assert {p.path for p in info.value.problems} == {"project", "stacks", "environments"}
+
+
+def test_load_manifest_of_a_file_that_is_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes((VALID / "aws.yaml").read_bytes().replace(b"corpus-aws", b"corpus-aws #\xe9", 1))
+    with pytest.raises(InvalidInput) as info:
+        load_manifest(path)
+    assert "not UTF-8" in info.value.problems[0].message
+    assert "UTF-8" in info.value.problems[0].hint
+    path.write_bytes((VALID / "aws.yaml").read_bytes())
+    assert load_manifest(path).manifest.project == "corpus-aws"

@@ -1,0 +1,944 @@
+#!/usr/bin/python
+# Copyright: stacklock contributors. Apache-2.0.
+"""Gather the GPU model-serving stack of one node, read-only, in a single execution.
+
+Python standard library only: it runs on the node with the node's python3.
+Every probe is bounded by a timeout; a failed probe records an ``error`` for its section and
+never fails the module. The schema (``stacklock.facts/v1``) is documented in docs/facts.md.
+"""
+
+from __future__ import annotations
+
+import glob as _glob
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+DOCUMENTATION = r"""
+---
+module: stacklock_stack_facts
+short_description: Gather the pinned GPU serving stack of a node (stacklock.facts/v1)
+description:
+  - Reads, in one execution and without changing anything, the OS, the GPUs, the running
+    NVIDIA driver and the installed driver packages, the CUDA toolkit, Docker and its default
+    runtime, the nvidia-container-toolkit, Java, Python, torch and TorchServe inside the
+    service's virtualenv, the sha256 of TorchServe's config and of every model archive, the
+    models TorchServe serves, the systemd state of torchserve and docker, dpkg holds and the
+    installed version of each package named in O(packages).
+  - Every probe is bounded by O(probe_timeout); a probe that fails records C(error) in its
+    section (and in C(errors)) instead of failing the module.
+  - Returns C(ansible_facts.stacklock_stack); the schema is documented in docs/facts.md.
+version_added: "0.1.0"
+options:
+  packages:
+    description: apt package names whose installed version and hold state are reported.
+    type: list
+    elements: str
+    default: []
+  pip_packages:
+    description: extra Python distributions whose version is read inside the venv.
+    type: list
+    elements: str
+    default: []
+  torchserve_venv:
+    description: TorchServe's virtualenv.
+    type: path
+    default: /opt/torchserve/venv
+  torchserve_config:
+    description: TorchServe's config.properties.
+    type: path
+    default: /etc/torchserve/config.properties
+  torchserve_model_store:
+    description: the model store whose C(.mar) files are hashed.
+    type: path
+    default: /var/lib/torchserve/model-store
+  torchserve_key_file:
+    description:
+      - TorchServe's key_file.json (token authorization). When not set, the working
+        directories C(/var/lib/torchserve), C(/opt/torchserve) and C(/etc/torchserve) are tried.
+    type: path
+  torchserve_management_url:
+    description: TorchServe's management API.
+    type: str
+    default: http://127.0.0.1:8081
+  probe_timeout:
+    description: seconds each probe (command, HTTP request) may take.
+    type: float
+    default: 10
+  use_nvml:
+    description: read GPUs through NVML first when pynvml is importable.
+    type: bool
+    default: true
+attributes:
+  check_mode:
+    support: full
+author: stacklock
+"""
+
+EXAMPLES = r"""
+- name: Gather the stack
+  stacklock_stack_facts:
+    packages: [docker.io, nvidia-driver]
+"""
+
+RETURN = r"""
+ansible_facts:
+  description: C(stacklock_stack), a dict with C(schema=stacklock.facts/v1).
+  returned: always
+  type: dict
+"""
+
+SCHEMA = "stacklock.facts/v1"
+
+DEFAULT_KEY_FILES = (
+    "/var/lib/torchserve/key_file.json",
+    "/opt/torchserve/key_file.json",
+    "/etc/torchserve/key_file.json",
+)
+
+#: dpkg names that carry the NVIDIA driver (Debian, Ubuntu, NVIDIA's CUDA repository)
+DRIVER_PACKAGE_RE = re.compile(
+    r"^(nvidia-driver(-\d+)?(-open|-server|-server-open)?|nvidia-open(-\d+)?|cuda-drivers(-\d+)?"
+    r"|nvidia-kernel-(dkms|open-dkms|source|common(-\d+)?)|nvidia-open-kernel-dkms"
+    r"|nvidia-dkms-\d+(-open|-server)?"
+    r"|libnvidia-compute-\d+(-server)?|nvidia-utils-\d+(-server)?|nvidia-headless-\d+.*"
+    r"|nvidia-smi|firmware-nvidia-gsp.*|nvidia-firmware-\d+.*|libcuda1)$"
+)
+#: the package whose upstream version is the driver version, most specific first
+DRIVER_VERSION_PACKAGE_RE = (
+    re.compile(r"^nvidia-driver(-\d+)?(-open|-server|-server-open)?$"),
+    re.compile(r"^cuda-drivers(-\d+)?$"),
+    re.compile(r"^nvidia-open(-\d+)?$"),
+    re.compile(r"^nvidia-(open-)?kernel-(open-)?dkms$"),
+    re.compile(r"^nvidia-dkms-\d+(-open|-server)?$"),
+    re.compile(r"^libnvidia-compute-\d+(-server)?$"),
+    re.compile(r"^nvidia-utils-\d+(-server)?$"),
+    re.compile(r"^libcuda1$"),
+)
+CUDA_PACKAGE_RE = re.compile(
+    r"^(cuda-toolkit-\d+-\d+|cuda-cudart-\d+-\d+|cuda-nvcc-\d+-\d+|cuda-runtime-\d+-\d+"
+    r"|cuda-libraries-\d+-\d+|libcudart\d+(\.\d+)?|nvidia-cuda-toolkit)$"
+)
+DOCKER_PACKAGES = ("docker-ce", "docker.io", "moby-engine", "docker-engine")
+TOOLKIT_PACKAGES = ("nvidia-container-toolkit", "nvidia-container-toolkit-base")
+SERVICES = ("torchserve", "docker")
+
+#: run inside TorchServe's venv: versions via importlib.metadata, torch.version.cuda without
+#: importing torch when possible (parsing torch/version.py is ~1000x faster than `import torch`)
+VENV_SCRIPT = r"""
+import ast, importlib.metadata as md, importlib.util, json, os, sys
+out = {"python": "%d.%d.%d" % sys.version_info[:3], "executable": sys.executable,
+       "packages": {}, "torch": {}}
+for name in json.loads(sys.argv[1]):
+    try:
+        out["packages"][name] = md.version(name)
+    except md.PackageNotFoundError:
+        out["packages"][name] = None
+try:
+    spec = importlib.util.find_spec("torch")
+except Exception as exc:
+    spec = None
+    out["torch"]["error"] = "%s: %s" % (type(exc).__name__, exc)
+if spec is not None and spec.origin:
+    path = os.path.join(os.path.dirname(spec.origin), "version.py")
+    try:
+        values = {}
+        with open(path, encoding="utf-8") as fh:
+            tree = ast.parse(fh.read())
+        for node in tree.body:
+            target = None
+            if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                target, value = node.targets[0], node.value
+            elif isinstance(node, ast.AnnAssign) and node.value is not None:
+                target, value = node.target, node.value
+            if isinstance(target, ast.Name):
+                try:
+                    values[target.id] = ast.literal_eval(value)
+                except ValueError:
+                    pass
+        out["torch"] = {"version": values["__version__"], "cuda": values.get("cuda"),
+                        "source": "torch/version.py"}
+    except Exception:
+        try:
+            import torch
+            out["torch"] = {"version": torch.__version__, "cuda": torch.version.cuda,
+                            "source": "import torch"}
+        except Exception as exc:
+            out["torch"] = {"error": "import torch: %s: %s" % (type(exc).__name__, exc)}
+elif "error" not in out["torch"]:
+    out["torch"]["error"] = "torch is not installed in %s" % sys.prefix
+print(json.dumps(out))
+"""
+
+
+class ProbeError(Exception):
+    """A probe could not produce its value; the message is recorded as the section's error."""
+
+
+class ApiError(ProbeError):
+    """The service answered, but not with what was asked for (HTTP 401, 500, not JSON)."""
+
+
+class Result:
+    def __init__(self, rc, stdout, stderr):
+        self.rc = rc
+        self.stdout = stdout
+        self.stderr = stderr
+
+
+class System:
+    """Everything the module reads from the node. Tests replace it with a fake."""
+
+    def __init__(self, timeout=10.0):
+        self.timeout = timeout
+
+    def run(self, argv, timeout=None):
+        """Run argv (no shell). Raises ProbeError when it is missing or times out."""
+        limit = timeout or self.timeout
+        env = dict(os.environ, LC_ALL="C", LANG="C")
+        try:
+            proc = subprocess.run(
+                argv, capture_output=True, text=True, timeout=limit, env=env, check=False,
+                stdin=subprocess.DEVNULL,
+            )
+        except FileNotFoundError:
+            raise ProbeError(f"{argv[0]}: command not found") from None
+        except subprocess.TimeoutExpired:
+            raise ProbeError("{}: timed out after {:.0f} s".format(" ".join(argv), limit)) from None
+        except OSError as exc:
+            raise ProbeError(f"{argv[0]}: {exc}") from None
+        return Result(proc.returncode, proc.stdout or "", proc.stderr or "")
+
+    def which(self, name):
+        path = os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        return shutil.which(name, path=path)
+
+    def realpath(self, path):
+        return os.path.realpath(path)
+
+    def exists(self, path):
+        return os.path.exists(path)
+
+    def read_text(self, path):
+        """The file's text, or None when it does not exist. Other errors raise ProbeError."""
+        try:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                return fh.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ProbeError(f"{path}: {exc}") from None
+
+    def sha256(self, path):
+        digest = hashlib.sha256()
+        try:
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ProbeError(f"{path}: {exc}") from None
+        return digest.hexdigest()
+
+    def listdir(self, path):
+        try:
+            return sorted(os.listdir(path))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ProbeError(f"{path}: {exc}") from None
+
+    def glob(self, pattern):
+        return sorted(_glob.glob(pattern))
+
+    def uname(self):
+        u = platform.uname()
+        return {"kernel": u.release, "architecture": u.machine, "hostname": u.node}
+
+    def python(self):
+        return {
+            "version": "{}.{}.{}".format(*sys.version_info[:3]),
+            "executable": sys.executable,
+        }
+
+    def http_get(self, url, headers, timeout=None):
+        """(status, body). Connection problems raise ProbeError. Never uses a proxy."""
+        import urllib.error
+        import urllib.request
+
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        req = urllib.request.Request(url, headers=headers)
+        try:
+            with opener.open(req, timeout=timeout or self.timeout) as resp:
+                return resp.status, resp.read().decode("utf-8", "replace")
+        except urllib.error.HTTPError as exc:
+            body = exc.read().decode("utf-8", "replace") if exc.fp else ""
+            return exc.code, body
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ProbeError(f"GET {url.split('?')[0]}: {reason}") from None
+
+    def nvml(self, timeout=None):
+        """GPU list through NVML, or None when pynvml is not importable."""
+        try:
+            import pynvml  # type: ignore[import-not-found]
+        except Exception:
+            return None
+        box = {}
+
+        def work():
+            try:
+                pynvml.nvmlInit()
+                try:
+                    driver = pynvml.nvmlSystemGetDriverVersion()
+                    driver = driver.decode() if isinstance(driver, bytes) else driver
+                    gpus = []
+                    for i in range(pynvml.nvmlDeviceGetCount()):
+                        h = pynvml.nvmlDeviceGetHandleByIndex(i)
+                        name = pynvml.nvmlDeviceGetName(h)
+                        name = name.decode() if isinstance(name, bytes) else name
+                        major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(h)
+                        mem = pynvml.nvmlDeviceGetMemoryInfo(h).total // (1024 * 1024)
+                        gpus.append({"index": i, "name": name, "driver_version": driver,
+                                     "compute_capability": f"{major}.{minor}",
+                                     "memory_mib": int(mem)})
+                    box["gpus"] = gpus
+                finally:
+                    pynvml.nvmlShutdown()
+            except Exception as exc:
+                box["error"] = f"NVML: {exc}"
+
+        t = threading.Thread(target=work, daemon=True)
+        t.start()
+        t.join(timeout or self.timeout)
+        if t.is_alive():
+            raise ProbeError("NVML: timed out")
+        if "error" in box:
+            raise ProbeError(box["error"])
+        return box.get("gpus", [])
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def upstream_version(debian_version):
+    """`5:27.3.1-1~debian.12` -> `27.3.1`; `20.10.24+dfsg1-1+deb12u1+b6` -> `20.10.24`."""
+    if not debian_version:
+        return None
+    m = re.match(r"^(?:\d+:)?(\d+(?:\.\d+)*)", debian_version)
+    return m.group(1) if m else None
+
+
+def major_minor(version):
+    if not version:
+        return None
+    m = re.match(r"^(\d+)\.(\d+)", version)
+    return f"{m.group(1)}.{m.group(2)}" if m else None
+
+
+def _first_line(text):
+    text = (text or "").strip()
+    return text.splitlines()[-1] if text else ""
+
+
+def _cmd_error(argv, res):
+    tail = _first_line(res.stderr or res.stdout)
+    return f"{' '.join(argv)} exited {res.rc}: {tail}"
+
+
+# --------------------------------------------------------------------------- probes
+
+
+def probe_os(sy):
+    out = sy.uname()
+    text = sy.read_text("/etc/os-release")
+    values = {}
+    for line in (text or "").splitlines():
+        if "=" in line:
+            k, v = line.split("=", 1)
+            values[k.strip()] = v.strip().strip('"').strip("'")
+    out.update({
+        "distribution": values.get("ID"),
+        "release": values.get("VERSION_ID"),
+        "codename": values.get("VERSION_CODENAME"),
+        "pretty_name": values.get("PRETTY_NAME"),
+    })
+    if text is None:
+        out["error"] = "/etc/os-release not found"
+    return out
+
+
+def probe_dpkg(sy):
+    """All packages dpkg knows: {name: {version, status, held}} (one dpkg-query call)."""
+    argv = ["dpkg-query", "-W", "-f=${Package}\t${Version}\t${db:Status-Abbrev}\n"]
+    res = sy.run(argv)
+    if res.rc != 0:
+        raise ProbeError(_cmd_error(argv, res))
+    pkgs = {}
+    for line in res.stdout.splitlines():
+        parts = line.split("\t")
+        if len(parts) < 3:
+            continue
+        name, version, abbrev = parts[0], parts[1], parts[2]
+        want = abbrev[:1]
+        state = abbrev[1:2]
+        installed = state in ("i", "U", "F", "W", "t")  # installed, or half-way there
+        entry = {"version": version if installed else None,
+                 "status": "installed" if state == "i" else ("config-files" if state == "c"
+                                                             else "not-installed" if state == "n"
+                                                             else "half-installed"),
+                 "held": want == "h"}
+        prev = pkgs.get(name)
+        if prev is None or (entry["version"] and not prev["version"]):
+            pkgs[name] = entry
+    return pkgs
+
+
+def parse_nvidia_smi(text):
+    gpus = []
+    for i, line in enumerate(x for x in text.splitlines() if x.strip()):
+        cols = [c.strip() for c in line.split(",")]
+        if len(cols) < 4:
+            raise ProbeError(f"unexpected nvidia-smi line: {line!r}")
+        mem = re.match(r"^(\d+)", cols[3])
+        gpus.append({
+            "index": i,
+            "name": cols[0],
+            "driver_version": cols[1],
+            "compute_capability": cols[2] if re.match(r"^\d+\.\d+$", cols[2]) else None,
+            "memory_mib": int(mem.group(1)) if mem else None,
+        })
+    return gpus
+
+
+def parse_proc_version(text):
+    """(`580.159.04`, `open`) from /proc/driver/nvidia/version."""
+    m = re.search(r"Kernel Module(?:\s+for\s+\S+)?\s+(\d+\.\d+(?:\.\d+)?)", text or "")
+    if not m:
+        return None, None
+    module = "open" if "Open Kernel Module" in text else "proprietary"
+    return m.group(1), module
+
+
+def probe_gpu(sy, use_nvml):
+    """GPUs and the running driver: NVML, then nvidia-smi, then /proc."""
+    errors = []
+    gpus, source = None, None
+    if use_nvml:
+        try:
+            found = sy.nvml()
+            if found is not None:
+                gpus, source = found, "nvml"
+        except ProbeError as exc:
+            errors.append(str(exc))
+    if gpus is None:
+        smi = sy.which("nvidia-smi")
+        if smi:
+            fields = "name,driver_version,compute_cap,memory.total"
+            argv = [smi, "--query-gpu=" + fields, "--format=csv,noheader"]
+            try:
+                res = sy.run(argv)
+                if res.rc != 0 and "compute_cap" in (res.stdout + res.stderr):
+                    argv = [smi, "--query-gpu=name,driver_version,pci.bus_id,memory.total",
+                            "--format=csv,noheader"]
+                    res = sy.run(argv)
+                if res.rc == 0:
+                    gpus, source = parse_nvidia_smi(res.stdout), "nvidia-smi"
+                else:
+                    errors.append(_cmd_error(argv, res))
+            except ProbeError as exc:
+                errors.append(str(exc))
+    proc_text = None
+    try:
+        proc_text = sy.read_text("/proc/driver/nvidia/version")
+    except ProbeError as exc:
+        errors.append(str(exc))
+    proc_version, kernel_module = parse_proc_version(proc_text) if proc_text else (None, None)
+    if gpus is None and proc_text is not None:
+        gpus, source = [], "proc"
+        for d in sy.glob("/proc/driver/nvidia/gpus/*"):
+            info = sy.read_text(os.path.join(d, "information")) or ""
+            m = re.search(r"^Model:\s*(.+)$", info, re.M)
+            gpus.append({"index": len(gpus), "name": m.group(1).strip() if m else None,
+                         "driver_version": proc_version, "compute_capability": None,
+                         "memory_mib": None})
+    out = {"present": bool(gpus), "count": len(gpus or []), "source": source,
+           "devices": gpus or []}
+    if gpus:
+        first = gpus[0]
+        out.update({"name": first["name"], "compute_capability": first["compute_capability"],
+                    "memory_mib": first["memory_mib"]})
+        names = sorted({g["name"] for g in gpus if g["name"]})
+        if len(names) > 1:
+            out["name"] = ", ".join(names)
+    else:
+        out.update({"name": None, "compute_capability": None, "memory_mib": None})
+    running = None
+    if gpus and gpus[0].get("driver_version"):
+        running = gpus[0]["driver_version"]
+    elif proc_version:
+        running = proc_version
+    if errors and not gpus:
+        out["error"] = "; ".join(errors)
+    return out, {"running": running, "kernel_module": kernel_module,
+                 "proc_version": proc_version,
+                 "running_source": source if running and source != "proc" else
+                 ("proc" if running else None)}
+
+
+def probe_driver(running, dpkg):
+    packages = {}
+    version_from_pkg = None
+    for name in sorted(dpkg or {}):
+        e = dpkg[name]
+        if e["version"] and DRIVER_PACKAGE_RE.match(name):
+            packages[name] = e["version"]
+    for rx in DRIVER_VERSION_PACKAGE_RE:
+        hits = [n for n in packages if rx.match(n)]
+        if hits:
+            version_from_pkg = upstream_version(packages[sorted(hits)[-1]])
+            break
+    out = {
+        "running_version": running["running"],
+        "running_source": running["running_source"],
+        "kernel_module": running["kernel_module"],
+        "packages": packages,
+        "package_version": version_from_pkg,
+        "version": running["running"] or version_from_pkg,
+        "source": running["running_source"] or ("package" if version_from_pkg else None),
+    }
+    return out
+
+
+def probe_cuda(sy, dpkg):
+    out = {"version": None, "full_version": None, "source": None, "nvcc": None,
+           "version_json": None, "packages": {}}
+    errors = []
+    nvcc = sy.which("nvcc")
+    if not nvcc:
+        for cand in ["/usr/local/cuda/bin/nvcc", *sy.glob("/usr/local/cuda-*/bin/nvcc")[::-1]]:
+            if sy.exists(cand):
+                nvcc = cand
+                break
+    if nvcc:
+        try:
+            res = sy.run([nvcc, "--version"])
+            m = re.search(r"release (\d+\.\d+), V(\d+\.\d+\.\d+)", res.stdout)
+            if res.rc == 0 and m:
+                out["nvcc"] = {"path": nvcc, "release": m.group(1), "version": m.group(2)}
+            else:
+                errors.append(_cmd_error([nvcc, "--version"], res))
+        except ProbeError as exc:
+            errors.append(str(exc))
+    try:
+        text = sy.read_text("/usr/local/cuda/version.json")
+        if text is not None:
+            data = json.loads(text)
+            out["version_json"] = (data.get("cuda") or {}).get("version")
+        else:
+            txt = sy.read_text("/usr/local/cuda/version.txt")
+            m = re.search(r"CUDA Version (\d+\.\d+(?:\.\d+)?)", txt or "")
+            if m:
+                out["version_json"] = m.group(1)
+    except (ProbeError, ValueError, AttributeError) as exc:
+        errors.append(f"/usr/local/cuda/version.json: {exc}")
+    for name in sorted(dpkg or {}):
+        if dpkg[name]["version"] and CUDA_PACKAGE_RE.match(name):
+            out["packages"][name] = dpkg[name]["version"]
+    pkg_full = None
+    for rx in (r"^cuda-toolkit-(\d+)-(\d+)$", r"^cuda-cudart-(\d+)-(\d+)$",
+               r"^cuda-runtime-(\d+)-(\d+)$", r"^cuda-nvcc-(\d+)-(\d+)$"):
+        hits = sorted(n for n in out["packages"] if re.match(rx, n))
+        if hits:
+            name = hits[-1]
+            m = re.match(rx, name)
+            mm = f"{m.group(1)}.{m.group(2)}"
+            full = upstream_version(out["packages"][name])
+            pkg_full = full if major_minor(full) == mm else mm
+            break
+    if pkg_full is None:
+        for name in sorted(out["packages"]):
+            if name.startswith("libcudart") or name == "nvidia-cuda-toolkit":
+                pkg_full = upstream_version(out["packages"][name])
+    if out["nvcc"]:
+        out["full_version"], out["source"] = out["nvcc"]["version"], "nvcc"
+    elif out["version_json"]:
+        out["full_version"], out["source"] = out["version_json"], "version.json"
+    elif pkg_full:
+        out["full_version"], out["source"] = pkg_full, "package"
+    out["version"] = major_minor(out["full_version"])
+    if errors and not out["version"]:
+        out["error"] = "; ".join(errors)
+    return out
+
+
+def probe_docker(sy, dpkg):
+    out = {"version": None, "raw_version": None, "source": None, "default_runtime": None,
+           "default_runtime_source": None, "runtimes": [], "package": None}
+    errors = []
+    docker = sy.which("docker")
+    if docker:
+        argv = [docker, "info", "--format", "{{json .}}"]
+        try:
+            res = sy.run(argv)
+            if res.rc == 0:
+                info = json.loads(res.stdout.strip().splitlines()[-1])
+                out["raw_version"] = info.get("ServerVersion")
+                out["source"] = "docker info"
+                out["default_runtime"] = info.get("DefaultRuntime")
+                out["default_runtime_source"] = "docker info" if out["default_runtime"] else None
+                out["runtimes"] = sorted((info.get("Runtimes") or {}).keys())
+            else:
+                errors.append(_cmd_error(argv, res))
+        except (ProbeError, ValueError, IndexError) as exc:
+            errors.append(f"docker info: {exc}")
+    if not out["raw_version"]:
+        dockerd = sy.which("dockerd")
+        if dockerd:
+            try:
+                res = sy.run([dockerd, "--version"])
+                m = re.search(r"version ([0-9][^\s,]*)", res.stdout)
+                if res.rc == 0 and m:
+                    out["raw_version"], out["source"] = m.group(1), "dockerd --version"
+            except ProbeError as exc:
+                errors.append(str(exc))
+    for name in DOCKER_PACKAGES:
+        e = (dpkg or {}).get(name)
+        if e and e["version"]:
+            out["package"] = {"name": name, "version": e["version"]}
+            if not out["raw_version"]:
+                out["raw_version"], out["source"] = e["version"], "package"
+            break
+    out["version"] = upstream_version(out["raw_version"])
+    if not out["default_runtime"]:
+        try:
+            text = sy.read_text("/etc/docker/daemon.json")
+            conf = json.loads(text) if text and text.strip() else {}
+            if conf.get("default-runtime"):
+                out["default_runtime"] = conf["default-runtime"]
+                out["default_runtime_source"] = "/etc/docker/daemon.json"
+            out["runtimes"] = sorted(set(out["runtimes"]) | set(conf.get("runtimes") or {}))
+        except (ProbeError, ValueError, AttributeError) as exc:
+            errors.append(f"/etc/docker/daemon.json: {exc}")
+        if not out["default_runtime"] and out["version"]:
+            out["default_runtime"], out["default_runtime_source"] = "runc", "docker default"
+    if errors:
+        out["warnings"] = errors
+    if errors and not out["version"]:
+        out["error"] = "; ".join(errors)
+    return out
+
+
+def probe_toolkit(sy, dpkg):
+    out = {"version": None, "source": None, "packages": {}}
+    for name in TOOLKIT_PACKAGES:
+        e = (dpkg or {}).get(name)
+        if e and e["version"]:
+            out["packages"][name] = e["version"]
+    ctk = sy.which("nvidia-ctk")
+    err = None
+    if ctk:
+        try:
+            res = sy.run([ctk, "--version"])
+            m = re.search(r"version (\d+\.\d+\.\d+)", res.stdout)
+            if res.rc == 0 and m:
+                out["version"], out["source"] = m.group(1), "nvidia-ctk"
+            else:
+                err = _cmd_error([ctk, "--version"], res)
+        except ProbeError as exc:
+            err = str(exc)
+    if not out["version"]:
+        for name in TOOLKIT_PACKAGES:
+            if name in out["packages"]:
+                out["version"] = upstream_version(out["packages"][name])
+                out["source"] = "package"
+                break
+    if err and not out["version"]:
+        out["error"] = err
+    return out
+
+
+def probe_java(sy, dpkg):
+    out = {"version": None, "major": None, "source": None, "packages": {}}
+    for name in sorted(dpkg or {}):
+        if re.match(r"^openjdk-\d+-(jre|jdk)(-headless)?$", name) and dpkg[name]["version"]:
+            out["packages"][name] = dpkg[name]["version"]
+    java = sy.which("java") or next(iter(sy.glob("/usr/lib/jvm/*/bin/java")[::-1]), None)
+    err = None
+    if java:
+        # the JDK's `release` file next to bin/java: no JVM start (30 nodes on 2 cores...)
+        home = os.path.dirname(os.path.dirname(sy.realpath(java)))
+        try:
+            text = sy.read_text(os.path.join(home, "release")) or ""
+        except ProbeError:
+            text = ""
+        m = re.search(r'^JAVA_VERSION="([^"]+)"', text, re.M)
+        if m:
+            out["version"], out["source"] = m.group(1), os.path.join(home, "release")
+            out["home"] = home
+    if java and not out["version"]:
+        try:
+            res = sy.run([java, "-version"])
+            text = res.stderr + res.stdout
+            m = re.search(r'version "([^"]+)"', text)
+            if res.rc == 0 and m:
+                out["version"], out["source"] = m.group(1), "java -version"
+            else:
+                err = _cmd_error([java, "-version"], res)
+        except ProbeError as exc:
+            err = str(exc)
+    if out["version"]:
+        v = out["version"]
+        out["major"] = v.split(".")[1] if v.startswith("1.") else re.split(r"[.+_-]", v)[0]
+    elif out["packages"]:
+        name = sorted(out["packages"])[-1]
+        out["major"] = re.match(r"^openjdk-(\d+)", name).group(1)
+        out["version"], out["source"] = upstream_version(out["packages"][name]), "package"
+    if err and not out["major"]:
+        out["error"] = err
+    return out
+
+
+def probe_venv(sy, venv, extra):
+    py = os.path.join(venv, "bin", "python")
+    out = {"path": venv, "python": None, "packages": {}, "torch": None}
+    if not sy.exists(py):
+        out["error"] = f"{py} not found"
+        return out
+    names = ["torch", "torchserve", "torch-model-archiver"]
+    names += [n for n in extra if n not in names]
+    argv = [py, "-I", "-c", VENV_SCRIPT, json.dumps(names)]
+    res = sy.run(argv)
+    if res.rc != 0:
+        out["error"] = f"{py} exited {res.rc}: {_first_line(res.stderr)}"
+        return out
+    try:
+        data = json.loads(res.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        out["error"] = f"{py} printed no JSON: {_first_line(res.stdout)}"
+        return out
+    out["python"] = data.get("python")
+    out["packages"] = data.get("packages") or {}
+    out["torch"] = data.get("torch") or {}
+    return out
+
+
+def _key(sy, key_file):
+    candidates = [key_file] if key_file else list(DEFAULT_KEY_FILES)
+    for path in candidates:
+        text = sy.read_text(path)
+        if text is None:
+            continue
+        try:
+            data = json.loads(text)
+            return path, data["management"]["key"]
+        except (ValueError, KeyError, TypeError):
+            raise ProbeError(f"{path}: no management key in it") from None
+    return None, None
+
+
+def probe_torchserve_api(sy, base_url, key_file):
+    """(running, models, error). models: {name: {version, workers, workers_ready}}."""
+    base = base_url.rstrip("/")
+    try:
+        key_path, key = _key(sy, key_file)
+    except ProbeError as exc:
+        return False, {}, str(exc), None
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    models = {}
+    url = base + "/models?limit=1000"
+    names = []
+    for _ in range(100):
+        status, body = sy.http_get(url, headers)
+        if status != 200:
+            where = url.split("?")[0]
+            raise ApiError(f"GET {where}: HTTP {status} {_first_line(body)[:200]}")
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise ApiError(f"GET {url.split('?')[0]}: not JSON") from None
+        names += [m.get("modelName") for m in data.get("models", []) if m.get("modelName")]
+        token = data.get("nextPageToken")
+        if not token:
+            break
+        url = base + f"/models?limit=1000&next_page_token={token}"
+    for name in sorted(set(names)):
+        status, body = sy.http_get(base + "/models/" + name, headers)
+        entry = {"version": None, "workers": 0, "workers_ready": 0}
+        if status == 200:
+            try:
+                desc = json.loads(body)
+                desc = desc[0] if isinstance(desc, list) and desc else desc
+                entry["version"] = str(desc.get("modelVersion")) if desc.get(
+                    "modelVersion") is not None else None
+                workers = desc.get("workers") or []
+                entry["workers"] = len(workers)
+                entry["workers_ready"] = sum(1 for w in workers if w.get("status") == "READY")
+            except (ValueError, AttributeError):
+                entry["error"] = "describe: not JSON"
+        else:
+            entry["error"] = f"GET /models/{name}: HTTP {status}"
+        models[name] = entry
+    return True, models, None, key_path
+
+
+def probe_torchserve(sy, opts):
+    out = {"config": {"path": opts["torchserve_config"], "sha256": None},
+           "model_store": {"path": opts["torchserve_model_store"], "archives": {}},
+           "management_url": opts["torchserve_management_url"],
+           "running": False, "models": {}}
+    try:
+        out["config"]["sha256"] = sy.sha256(opts["torchserve_config"])
+        if out["config"]["sha256"] is None:
+            out["config"]["error"] = "{} not found".format(opts["torchserve_config"])
+    except ProbeError as exc:
+        out["config"]["error"] = str(exc)
+    store = opts["torchserve_model_store"]
+    try:
+        entries = sy.listdir(store)
+        if entries is None:
+            out["model_store"]["error"] = f"{store} not found"
+        for entry in entries or []:
+            if entry.endswith(".mar"):
+                out["model_store"]["archives"][entry] = sy.sha256(os.path.join(store, entry))
+    except ProbeError as exc:
+        out["model_store"]["error"] = str(exc)
+    try:
+        running, models, err, key_path = probe_torchserve_api(
+            sy, opts["torchserve_management_url"], opts.get("torchserve_key_file"))
+        out["running"], out["models"] = running, models
+        out["token_auth"] = key_path is not None
+        if err:
+            out["error"] = err
+    except ApiError as exc:  # it runs, but its models could not be listed
+        out["running"] = True
+        out["error"] = str(exc)
+    except ProbeError as exc:
+        out["running"] = False
+        out["error"] = str(exc)
+    return out
+
+
+def probe_services(sy):
+    out = {}
+    systemctl = sy.which("systemctl")
+    if not systemctl:
+        return {n: {"error": "systemctl not found"} for n in SERVICES}
+    argv = [systemctl, "show", "--no-pager",
+            "-p", "Id", "-p", "LoadState", "-p", "ActiveState", "-p", "SubState",
+            "-p", "UnitFileState"] + [f"{n}.service" for n in SERVICES]
+    try:
+        res = sy.run(argv)
+    except ProbeError as exc:
+        return {n: {"error": str(exc)} for n in SERVICES}
+    blocks = [b for b in re.split(r"\n\s*\n", res.stdout.strip()) if b.strip()]
+    if res.rc != 0 or len(blocks) != len(SERVICES):
+        return {n: {"error": _cmd_error(argv, res)} for n in SERVICES}
+    for name, block in zip(SERVICES, blocks, strict=False):
+        kv = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        out[name] = {
+            "load": kv.get("LoadState"),
+            "active": kv.get("ActiveState"),
+            "sub": kv.get("SubState"),
+            "enabled": kv.get("UnitFileState") or None,
+        }
+    return out
+
+
+def _section(errors, name, fn, *args):
+    """Run one probe; on failure return {"error": ...} and record it in `errors`."""
+    try:
+        value = fn(*args)
+    except ProbeError as exc:
+        value = {"error": str(exc)}
+    except Exception as exc:  # a bug in a probe must not hide the other sections
+        value = {"error": f"{type(exc).__name__}: {exc}"}
+    if isinstance(value, dict) and value.get("error"):
+        errors[name] = value["error"]
+    return value
+
+
+def gather(opts, sy=None):
+    """The `stacklock.facts/v1` dict for this node. `sy` replaces the node (tests)."""
+    started = time.monotonic()
+    sy = sy or System(float(opts.get("probe_timeout") or 10))
+    errors = {}
+    facts = {"schema": SCHEMA}
+    facts["os"] = _section(errors, "os", probe_os, sy)
+    dpkg = None
+    try:
+        dpkg = probe_dpkg(sy)
+    except ProbeError as exc:
+        errors["packages"] = str(exc)
+    gpu_and_driver = _section(errors, "gpu", lambda: probe_gpu(sy, opts.get("use_nvml", True)))
+    if isinstance(gpu_and_driver, tuple):
+        facts["gpu"], running = gpu_and_driver
+    else:
+        facts["gpu"] = dict(gpu_and_driver, present=False, count=0)
+        running = {"running": None, "kernel_module": None, "running_source": None}
+    facts["nvidia_driver"] = _section(errors, "nvidia_driver", probe_driver, running, dpkg)
+    facts["cuda"] = _section(errors, "cuda", probe_cuda, sy, dpkg)
+    facts["docker"] = _section(errors, "docker", probe_docker, sy, dpkg)
+    facts["nvidia_container_toolkit"] = _section(errors, "nvidia_container_toolkit",
+                                                 probe_toolkit, sy, dpkg)
+    facts["java"] = _section(errors, "java", probe_java, sy, dpkg)
+    facts["python"] = _section(errors, "python", sy.python)
+    ts = _section(errors, "torchserve", probe_torchserve, sy, opts)
+    venv = _section(errors, "torchserve_venv", probe_venv, sy, opts["torchserve_venv"],
+                    list(opts.get("pip_packages") or []))
+    ts["venv"] = venv
+    facts["torchserve"] = ts
+    for key in ("config", "model_store"):
+        if isinstance(ts.get(key), dict) and ts[key].get("error"):
+            errors[f"torchserve.{key}"] = ts[key]["error"]
+    facts["services"] = _section(errors, "services", probe_services, sy)
+    for name, svc in (facts["services"] or {}).items():
+        if isinstance(svc, dict) and svc.get("error"):
+            errors[f"services.{name}"] = svc["error"]
+    wanted = list(opts.get("packages") or [])
+    if dpkg is None:
+        facts["packages"] = {n: {"version": None, "held": None, "status": None,
+                                 "error": errors["packages"]} for n in wanted}
+        facts["holds"] = None
+    else:
+        facts["packages"] = {n: dict(dpkg.get(n) or {"version": None, "status": "not-installed",
+                                                     "held": False}) for n in wanted}
+        facts["holds"] = sorted(n for n, e in dpkg.items() if e["held"])
+    facts["errors"] = errors
+    facts["seconds"] = round(time.monotonic() - started, 3)
+    return facts
+
+
+def main():
+    from ansible.module_utils.basic import AnsibleModule
+
+    module = AnsibleModule(
+        argument_spec={
+            "packages": {"type": "list", "elements": "str", "default": []},
+            "pip_packages": {"type": "list", "elements": "str", "default": []},
+            "torchserve_venv": {"type": "path", "default": "/opt/torchserve/venv"},
+            "torchserve_config": {"type": "path",
+                                  "default": "/etc/torchserve/config.properties"},
+            "torchserve_model_store": {"type": "path",
+                                       "default": "/var/lib/torchserve/model-store"},
+            "torchserve_key_file": {"type": "path", "default": None, "no_log": False},
+            "torchserve_management_url": {"type": "str", "default": "http://127.0.0.1:8081"},
+            "probe_timeout": {"type": "float", "default": 10.0},
+            "use_nvml": {"type": "bool", "default": True},
+        },
+        supports_check_mode=True,
+    )
+    facts = gather(dict(module.params))
+    module.exit_json(changed=False, ansible_facts={"stacklock_stack": facts})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,316 @@
+"""The parity comparison (stacklock.parity) on recorded facts (tests/fixtures/facts/)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stacklock.errors import ExitCode
+from stacklock.parity import (
+    REACHABLE,
+    Kind,
+    ParityReport,
+    Status,
+    Unreachable,
+    actual_values,
+    apt_package_names,
+    compare,
+    expected_from_vars,
+)
+from stacklock.report import report_dict
+
+pytestmark = pytest.mark.unit
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "facts"
+ENVS = ("dev", "staging", "prod")
+
+
+def load(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((FIXTURES / name).read_text(encoding="utf-8"))
+    return data
+
+
+LAB_NODE = load("lab-node.json")
+LAB_VARS = load("lab-group-vars.json")
+H100_NODE = load("h100-node.json")
+H100_VARS = load("h100-group-vars.json")
+
+
+def lab_expected() -> dict[str, dict[str, str | None]]:
+    return {env: expected_from_vars(dict(LAB_VARS, stacklock_environment=env)) for env in ENVS}
+
+
+def lab_facts(prod_nodes: int = 2) -> dict[str, dict[str, Any]]:
+    """dev-1, staging-1, prod-1..N: every node the recorded lab node."""
+    facts: dict[str, dict[str, Any]] = {"dev": {}, "staging": {}, "prod": {}}
+    for env in ENVS:
+        for i in range(1, (prod_nodes if env == "prod" else 1) + 1):
+            node = copy.deepcopy(LAB_NODE)
+            node["os"]["hostname"] = f"{env}-{i}"
+            facts[env][f"{env}-{i}"] = node
+    return facts
+
+
+def only(report: ParityReport, *, kind: Kind | None = None) -> list[Any]:
+    return [c for c in report.deviations if kind is None or c.kind is kind]
+
+
+def test_clean_three_environments_exit_0() -> None:
+    report = compare(lab_expected(), lab_facts(), may_differ=["count", "hosts"])
+    assert report.exit_code == ExitCode.OK
+    assert report.deviations == ()
+    assert len(report.nodes) == 4
+    assert all(n.reachable for n in report.nodes)
+    # a meaningful number of real comparisons happened on every node
+    per_node = [c for c in report.checks if c.node == "prod-2" and c.kind is Kind.LOCK]
+    assert len(per_node) >= 25
+    assert all(c.status is Status.MATCH for c in per_node)
+    assert report.problems() == []
+
+
+def test_expected_from_vars_covers_the_contract() -> None:
+    exp = expected_from_vars(LAB_VARS)
+    assert exp["nvidia_driver.version"] == "535.309.01"
+    assert exp["cuda.version"] == "11.8"
+    assert exp["docker.version"] == "20.10.24"
+    assert exp["nvidia_container_toolkit.version"] == "1.17.8"
+    assert exp["java.version"] == "17"
+    assert exp["python.version"] == "3.11"
+    assert exp["torch.version"] == "2.13.0+cpu"
+    assert exp["torch.cuda"] == "none"
+    assert exp["torchserve.version"] == "0.12.0"
+    assert exp["torch-model-archiver.version"] == "0.12.0"
+    assert exp["pip.pyyaml"] == "6.0.3"
+    assert exp["torchserve.running"] == "true"
+    assert exp["torchserve.models"] == "tiny-linear"
+    assert exp["model.tiny-linear.version"] == "1.0"
+    assert exp["archive.tiny-linear.mar.sha256"] == LAB_VARS["torchserve_models"][0]["sha256"]
+    assert exp["package.docker.io"] == "20.10.24+dfsg1-1+deb12u1+b6"
+    assert exp["hold.docker.io"] == "held"
+    assert exp["torchserve.config_sha256"] == LAB_VARS["torchserve_config_sha256"]
+    assert apt_package_names(LAB_VARS) == sorted(
+        p["name"] for v in ("nvidia_driver_packages", "cuda_packages", "docker_packages",
+                            "nvidia_container_toolkit_packages", "torchserve_java_packages")
+        for p in LAB_VARS[v])
+
+
+def test_docker_version_differs_on_one_prod_node() -> None:
+    facts = lab_facts()
+    node = facts["prod"]["prod-2"]
+    node["docker"]["version"] = "24.0.5"
+    node["packages"]["docker.io"]["version"] = "24.0.5+dfsg1-1"
+    report = compare(lab_expected(), facts)
+    assert report.exit_code == ExitCode.DEVIATION
+    found = {(c.environment, c.node, c.component, c.expected, c.actual) for c in only(report)}
+    assert ("prod", "prod-2", "docker.version", "20.10.24", "24.0.5") in found
+    assert ("prod", "prod-2", "package.docker.io", "20.10.24+dfsg1-1+deb12u1+b6",
+            "24.0.5+dfsg1-1") in found
+    assert {c.node for c in only(report)} == {"prod-2"}
+    assert any("prod/prod-2 docker.version: expected 20.10.24, actual 24.0.5" in line
+               for line in report.problems())
+
+
+def test_model_archive_replaced_on_staging() -> None:
+    facts = lab_facts()
+    other = "f" * 64
+    facts["staging"]["staging-1"]["torchserve"]["model_store"]["archives"][
+        "tiny-linear.mar"] = other
+    report = compare(lab_expected(), facts)
+    assert report.exit_code == ExitCode.DEVIATION
+    [dev] = only(report)
+    assert (dev.environment, dev.node, dev.component) == (
+        "staging", "staging-1", "archive.tiny-linear.mar.sha256")
+    assert dev.expected == LAB_VARS["torchserve_models"][0]["sha256"]
+    assert dev.actual == other
+
+
+def test_torchserve_stopped_on_dev() -> None:
+    facts = lab_facts()
+    ts = facts["dev"]["dev-1"]["torchserve"]
+    ts["running"], ts["models"] = False, {}
+    ts["error"] = "GET http://127.0.0.1:8081/models: [Errno 111] Connection refused"
+    facts["dev"]["dev-1"]["errors"]["torchserve"] = ts["error"]
+    facts["dev"]["dev-1"]["services"]["torchserve"]["active"] = "inactive"
+    report = compare(lab_expected(), facts)
+    assert report.exit_code == ExitCode.DEVIATION
+    found = {c.component: c for c in only(report)}
+    assert set(found) == {"torchserve.running", "service.torchserve", "torchserve.models",
+                          "model.tiny-linear.version"}
+    running = found["torchserve.running"]
+    assert (running.environment, running.node, running.expected, running.actual) == (
+        "dev", "dev-1", "true", "false")
+    assert "Connection refused" in found["model.tiny-linear.version"].detail
+    assert found["service.torchserve"].actual == "inactive"
+
+
+def test_hold_removed() -> None:
+    facts = lab_facts()
+    facts["prod"]["prod-1"]["packages"]["nvidia-container-toolkit"]["held"] = False
+    report = compare(lab_expected(), facts)
+    assert report.exit_code == ExitCode.DEVIATION
+    [dev] = only(report)
+    assert (dev.environment, dev.node, dev.component, dev.expected, dev.actual) == (
+        "prod", "prod-1", "hold.nvidia-container-toolkit", "held", "not held")
+
+
+def test_driver_differs() -> None:
+    facts = lab_facts()
+    node = facts["staging"]["staging-1"]
+    node["nvidia_driver"]["version"] = "535.247.01"
+    report = compare(lab_expected(), facts)
+    assert report.exit_code == ExitCode.DEVIATION
+    [dev] = only(report)
+    assert (dev.environment, dev.node, dev.component, dev.expected, dev.actual) == (
+        "staging", "staging-1", "nvidia_driver.version", "535.309.01", "535.247.01")
+
+
+def test_cross_environment_difference_not_allowed() -> None:
+    """A kernel differing in prod: no lock value, but environments must agree."""
+    facts = lab_facts(prod_nodes=1)
+    facts["prod"]["prod-1"]["os"]["kernel"] = "6.1.0-99-amd64"
+    report = compare(lab_expected(), facts, may_differ=["count", "hosts"])
+    assert report.exit_code == ExitCode.DEVIATION
+    [dev] = only(report)
+    assert dev.kind is Kind.CROSS
+    assert (dev.environment, dev.node, dev.component, dev.actual) == (
+        "prod", "prod-1", "os.kernel", "6.1.0-99-amd64")
+    assert dev.expected == "6.1.0-27-amd64 (as in dev, staging)"
+    assert "differs between environments" in dev.describe()
+
+
+def test_cross_environment_locks_that_differ() -> None:
+    """dev locked to another docker than staging/prod: reported although dev matches its lock."""
+    expected = lab_expected()
+    expected["dev"]["docker.version"] = "24.0.5"
+    facts = lab_facts(prod_nodes=1)
+    facts["dev"]["dev-1"]["docker"]["version"] = "24.0.5"
+    report = compare(expected, facts)
+    assert report.exit_code == ExitCode.DEVIATION
+    [dev] = only(report)
+    assert (dev.kind, dev.environment, dev.node, dev.component, dev.actual) == (
+        Kind.CROSS, "dev", "*", "docker.version", "24.0.5")
+    assert dev.expected == "20.10.24 (as in staging, prod)"
+    assert dev.detail == "the dev lock differs from staging, prod"
+    # the same comparison with docker allowed to differ passes
+    assert compare(expected, facts, may_differ=["docker.version"]).exit_code == ExitCode.OK
+
+
+def test_may_differ_is_honoured() -> None:
+    facts = lab_facts(prod_nodes=1)
+    facts["prod"]["prod-1"]["os"]["kernel"] = "6.1.0-99-amd64"
+    facts["prod"]["prod-1"]["docker"]["default_runtime"] = "nvidia"
+    assert compare(lab_expected(), facts, may_differ=["os.kernel"]).exit_code == 1
+    report = compare(lab_expected(), facts, may_differ=["os.kernel", "docker.default_runtime"])
+    assert report.exit_code == ExitCode.OK
+    # may_differ never excuses a node that deviates from its own lock
+    facts["prod"]["prod-1"]["docker"]["version"] = "24.0.5"
+    assert compare(lab_expected(), facts, may_differ=["docker"]).exit_code == 1
+
+
+def test_unreachable_node_exit_3_and_named() -> None:
+    facts = lab_facts()
+    facts["prod"]["prod-2"] = Unreachable("ssh: connect to host 10.213.3.2 port 22: No route")
+    facts["staging"]["staging-1"]["docker"]["version"] = "24.0.5"  # 3 wins over 1
+    report = compare(lab_expected(), facts)
+    assert report.exit_code == ExitCode.FAILED
+    [node] = report.unreachable_nodes
+    assert (node.environment, node.node) == ("prod", "prod-2")
+    assert "No route" in node.error
+    assert "prod/prod-2 unreachable: ssh: connect to host 10.213.3.2 port 22: No route" in (
+        report.problems())
+    # never counted as matching: every one of its checks is unreachable
+    mine = [c for c in report.checks if c.node == "prod-2"]
+    assert len(mine) > 20
+    assert all(c.status is Status.UNREACHABLE for c in mine)
+
+
+@pytest.mark.parametrize(
+    "facts",
+    [None, {"unreachable": True, "msg": "Failed to connect"}, {"schema": "other/v9"}, "junk"],
+)
+def test_unqueried_node_forms(facts: Any) -> None:
+    all_facts = lab_facts(prod_nodes=1)
+    all_facts["dev"]["dev-1"] = facts
+    report = compare(lab_expected(), all_facts)
+    assert report.exit_code == ExitCode.FAILED
+    assert [n.node for n in report.unreachable_nodes] == ["dev-1"]
+
+
+def test_empty_is_exit_3() -> None:
+    assert compare({}, {}).exit_code == ExitCode.FAILED
+    report = compare(lab_expected(), {})
+    assert report.exit_code == ExitCode.FAILED
+    assert {c.environment for c in report.unreachable} == set(ENVS)
+    assert all(c.component == REACHABLE for c in report.unreachable)
+    assert any("no nodes" in line for line in report.problems())
+
+
+def test_environment_without_nodes_is_exit_3() -> None:
+    facts = lab_facts()
+    facts["staging"] = {}
+    assert compare(lab_expected(), facts).exit_code == ExitCode.FAILED
+
+
+def test_recorded_h100_node_matches_its_lock() -> None:
+    expected = {"prod": expected_from_vars(H100_VARS)}
+    report = compare(expected, {"prod": {"h100-1": H100_NODE}})
+    assert report.problems() == []
+    assert report.exit_code == ExitCode.OK
+    act = actual_values(H100_NODE)
+    assert act["nvidia_driver.version"] == "580.159.04"
+    assert act["gpu.present"] == "true"
+    assert act["gpu.compute_capability"] == "9.0"
+    assert act["cuda.version"] == "13.0"
+    assert act["torch.version"] == "2.11.0+cu130"
+    assert act["torch.cuda"] == "13.0"
+
+
+def test_recorded_h100_node_against_the_lab_lock_deviates() -> None:
+    report = compare({"prod": expected_from_vars(LAB_VARS)}, {"prod": {"h100-1": H100_NODE}})
+    assert report.exit_code == ExitCode.DEVIATION
+    found = {c.component: (c.expected, c.actual) for c in report.deviations}
+    assert found["nvidia_driver.version"] == ("535.309.01", "580.159.04")
+    assert found["cuda.version"] == ("11.8", "13.0")
+    assert found["torch.cuda"] == ("none", "13.0")
+    assert found["package.nvidia-driver"] == ("535.309.01-0+deb12u1", None)
+
+
+def test_gpu_node_vs_lab_node_across_environments() -> None:
+    """Same lock in both, but one environment has GPUs and the other has none."""
+    h100 = copy.deepcopy(H100_NODE)
+    expected = {"staging": expected_from_vars(H100_VARS), "prod": expected_from_vars(H100_VARS)}
+    no_gpu = copy.deepcopy(H100_NODE)
+    no_gpu["gpu"] = {"present": False, "count": 0, "devices": [], "name": None,
+                     "compute_capability": None, "memory_mib": None, "source": None}
+    report = compare(expected, {"staging": {"s-1": no_gpu}, "prod": {"p-1": h100}})
+    assert report.exit_code == ExitCode.DEVIATION
+    comps = {c.component for c in report.deviations}
+    assert {"gpu.present", "gpu.name", "gpu.count"} <= comps
+    assert all(c.kind is Kind.CROSS for c in report.deviations)
+
+
+def test_probe_error_is_a_deviation_with_its_reason() -> None:
+    facts = lab_facts(prod_nodes=1)
+    node = facts["prod"]["prod-1"]
+    node["docker"] = {"version": None, "error": "docker info: timed out after 10 s"}
+    node["errors"]["docker"] = "docker info: timed out after 10 s"
+    report = compare(lab_expected(), facts)
+    assert report.exit_code == ExitCode.DEVIATION
+    [dev] = [c for c in report.deviations if c.component == "docker.version"]
+    assert dev.actual is None
+    assert "timed out" in dev.detail
+    assert "actual (missing)" in dev.describe()
+
+
+def test_report_dict_is_the_envelope() -> None:
+    facts = lab_facts(prod_nodes=1)
+    facts["prod"]["prod-1"]["packages"]["docker.io"]["held"] = False
+    data = report_dict(compare(lab_expected(), facts))
+    assert data["schema"] == "stacklock.parity/v1"
+    assert data["exit_code"] == 1
+    assert data["deviations"][0]["component"] == "hold.docker.io"
+    json.dumps(data)  # serialisable as is

@@ -1,0 +1,686 @@
+"""The stack facts module (ansible/library/stacklock_stack_facts.py) against fake node outputs.
+
+The module's `gather(opts, system)` takes a `System` that runs commands and reads files; here a
+fake node answers with recorded outputs. Two nodes are modelled: a lab node (Debian 12, no GPU,
+the pinned stack installed from the mirror, TorchServe serving one model) and the real H100 node
+of docs/../shared/reference/compatibility.md (driver 580.159.04 that is no dpkg package, CUDA
+13.0 from `cuda-*-13-0` packages, nvcc 13.0.88, no version.json, torch 2.11.0+cu130).
+
+Their facts are the recorded fixtures tests/fixtures/facts/{lab-node,h100-node}.json used by
+test_parity.py; `STACKLOCK_REGEN_FACTS=1 pytest tests/unit/test_stack_facts.py` rewrites them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
+MODULE_PATH = REPO / "ansible" / "library" / "stacklock_stack_facts.py"
+FIXTURES = REPO / "tests" / "fixtures" / "facts"
+
+
+def load_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("stacklock_stack_facts", MODULE_PATH)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+sf = load_module()
+
+DEFAULT_OPTS: dict[str, Any] = {
+    "packages": [],
+    "pip_packages": [],
+    "torchserve_venv": "/opt/torchserve/venv",
+    "torchserve_config": "/etc/torchserve/config.properties",
+    "torchserve_model_store": "/var/lib/torchserve/model-store",
+    "torchserve_key_file": None,
+    "torchserve_management_url": "http://127.0.0.1:8081",
+    "probe_timeout": 5.0,
+    "use_nvml": True,
+}
+
+Answer = tuple[int, str, str] | Exception
+
+
+class FakeSystem(sf.System):  # type: ignore[name-defined,misc]
+    """A node made of recorded command outputs, files and HTTP answers."""
+
+    def __init__(
+        self,
+        *,
+        commands: Mapping[str, Answer],
+        files: Mapping[str, str | bytes],
+        executables: Mapping[str, str],
+        http: Mapping[str, tuple[int, str] | Exception] | None = None,
+        uname: Mapping[str, str],
+        python: Mapping[str, str],
+        nvml: list[dict[str, Any]] | Exception | None = None,
+        links: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(5.0)
+        self.commands = dict(commands)
+        self.files = dict(files)
+        self.executables = dict(executables)
+        self.http = dict(http or {})
+        self._uname = dict(uname)
+        self._python = dict(python)
+        self._nvml = nvml
+        self.links = dict(links or {})
+        self.ran: list[list[str]] = []
+        self.requests: list[tuple[str, dict[str, str]]] = []
+
+    @staticmethod
+    def key(argv: list[str]) -> str:
+        return " ".join([os.path.basename(argv[0]), *argv[1:2]])
+
+    def run(self, argv: list[str], timeout: float | None = None) -> Any:
+        self.ran.append(list(argv))
+        answer = self.commands.get(self.key(argv))
+        if answer is None:
+            raise sf.ProbeError(f"{argv[0]}: command not found")
+        if isinstance(answer, Exception):
+            raise answer
+        return sf.Result(*answer)
+
+    def which(self, name: str) -> str | None:
+        return self.executables.get(name)
+
+    def realpath(self, path: str) -> str:
+        return self.links.get(path, path)
+
+    def exists(self, path: str) -> bool:
+        return path in self.files or path in self.executables.values()
+
+    def read_text(self, path: str) -> str | None:
+        value = self.files.get(path)
+        if value is None:
+            return None
+        return value.decode() if isinstance(value, bytes) else value
+
+    def sha256(self, path: str) -> str | None:
+        value = self.files.get(path)
+        if value is None:
+            return None
+        data = value if isinstance(value, bytes) else value.encode()
+        return hashlib.sha256(data).hexdigest()
+
+    def listdir(self, path: str) -> list[str] | None:
+        prefix = path.rstrip("/") + "/"
+        names = sorted({p[len(prefix):].split("/")[0] for p in self.files if p.startswith(prefix)})
+        return names or None
+
+    def glob(self, pattern: str) -> list[str]:
+        import fnmatch
+
+        cands = set(self.files) | set(self.executables.values())
+        cands |= {os.path.dirname(p) for p in self.files}
+        return sorted(p for p in cands if fnmatch.fnmatch(p, pattern))
+
+    def uname(self) -> dict[str, str]:
+        return dict(self._uname)
+
+    def python(self) -> dict[str, str]:
+        return dict(self._python)
+
+    def http_get(self, url: str, headers: dict[str, str], timeout: float | None = None) -> Any:
+        self.requests.append((url, dict(headers)))
+        answer = self.http.get(url)
+        if answer is None:
+            raise sf.ProbeError(f"GET {url}: [Errno 111] Connection refused")
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def nvml(self, timeout: float | None = None) -> Any:
+        if isinstance(self._nvml, Exception):
+            raise self._nvml
+        return self._nvml
+
+
+# --------------------------------------------------------------------------- recorded nodes
+
+LAB_CONFIG = (
+    "allowed_urls=file:///var/lib/torchserve/model-store/.*\n"
+    "default_workers_per_model=1\n"
+    "disable_token_authorization=false\n"
+    "enable_envvars_config=false\n"
+    "enable_model_api=false\n"
+    "inference_address=http://127.0.0.1:8080\n"
+    "install_py_dep_per_model=false\n"
+    "job_queue_size=50\n"
+    "load_models=tiny-linear=tiny-linear.mar\n"
+    "management_address=http://127.0.0.1:8081\n"
+    "max_request_size=6553500\n"
+    "max_response_size=6553500\n"
+    "metrics_address=http://127.0.0.1:8082\n"
+    "metrics_mode=prometheus\n"
+    "model_store=/var/lib/torchserve/model-store\n"
+)
+LAB_MAR = b"PK\x03\x04 tiny-linear model archive bytes (recorded fixture)\n"
+LAB_KEY_FILE = json.dumps({
+    "management": {"key": "mgmt-SECRET-123", "expiration time": "2026-11-23T17:00:00Z"},
+    "inference": {"key": "inf-SECRET-456", "expiration time": "2026-11-23T17:00:00Z"},
+    "API": {"key": "api-SECRET-789"},
+})
+
+LAB_DPKG = [
+    ("bash", "5.2.15-2+b8", "ii "),
+    ("python3", "3.11.2-1+b1", "ii "),
+    ("nvidia-driver", "535.309.01-0+deb12u1", "hi "),
+    ("nvidia-kernel-dkms", "535.309.01-0+deb12u1", "hi "),
+    ("libcuda1", "535.309.01-0+deb12u1", "ii "),
+    ("libcudart11.0", "11.8.89~11.8.0-5~deb12u1", "hi "),
+    ("docker.io", "20.10.24+dfsg1-1+deb12u1+b6", "hi "),
+    ("containerd", "1.6.20~ds1-1+deb12u2", "ii "),
+    ("nvidia-container-toolkit", "1.17.8-1", "hi "),
+    ("nvidia-container-toolkit-base", "1.17.8-1", "hi "),
+    ("openjdk-17-jre-headless", "17.0.21.1+2-1~deb12u1", "hi "),
+    ("docker-ce", "", "un "),
+]
+LAB_PACKAGES = ["nvidia-driver", "nvidia-kernel-dkms", "libcudart11.0", "docker.io",
+                "nvidia-container-toolkit", "nvidia-container-toolkit-base",
+                "openjdk-17-jre-headless"]
+LAB_PIP = ["pyyaml", "numpy"]
+
+SYSTEMCTL_ACTIVE = (
+    "Id=torchserve.service\nLoadState=loaded\nActiveState=active\nSubState=running\n"
+    "UnitFileState=enabled\n\n"
+    "Id=docker.service\nLoadState=loaded\nActiveState=active\nSubState=running\n"
+    "UnitFileState=enabled\n"
+)
+
+
+def dpkg_output(rows: list[tuple[str, str, str]]) -> str:
+    return "".join(f"{n}\t{v}\t{s}\n" for n, v, s in rows)
+
+
+def venv_output(python: str, packages: Mapping[str, str | None], torch_cuda: str | None) -> str:
+    torch = {"version": packages["torch"], "cuda": torch_cuda, "source": "torch/version.py"}
+    return json.dumps({"python": python, "executable": "/opt/torchserve/venv/bin/python",
+                       "packages": dict(packages), "torch": torch}) + "\n"
+
+
+def torchserve_api(models: Mapping[str, str], base: str = "http://127.0.0.1:8081") -> dict[
+    str, tuple[int, str]
+]:
+    out = {f"{base}/models?limit=1000": (200, json.dumps({"models": [
+        {"modelName": n, "modelUrl": f"{n}.mar"} for n in models]}))}
+    for name, version in models.items():
+        out[f"{base}/models/{name}"] = (200, json.dumps([{
+            "modelName": name, "modelVersion": version, "modelUrl": f"{name}.mar",
+            "workers": [{"id": "9000", "status": "READY"}]}]))
+    return out
+
+
+def lab_node(**overrides: Any) -> FakeSystem:
+    """A provisioned lab node: Debian 12 container, no GPU, the lab stack installed."""
+    kwargs: dict[str, Any] = {
+        "commands": {
+            "dpkg-query -W": (0, dpkg_output(LAB_DPKG), ""),
+            "docker info": (0, json.dumps({"ServerVersion": "20.10.24+dfsg1",
+                                           "DefaultRuntime": "runc",
+                                           "Runtimes": {"runc": {}, "nvidia": {}}}) + "\n", ""),
+            "nvidia-ctk --version": (0, "NVIDIA Container Toolkit CLI version 1.17.8\n"
+                                        "commit: 6ed6f63\n", ""),
+            "python -I": (0, venv_output("3.11.2", {
+                "torch": "2.13.0+cpu", "torchserve": "0.12.0", "torch-model-archiver": "0.12.0",
+                "pyyaml": "6.0.3", "numpy": "2.3.5"}, None), ""),
+            "systemctl show": (0, SYSTEMCTL_ACTIVE, ""),
+        },
+        "files": {
+            "/etc/os-release": 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nNAME="Debian GNU/'
+                               'Linux"\nVERSION_ID="12"\nVERSION_CODENAME=bookworm\nID=debian\n',
+            "/etc/docker/daemon.json": json.dumps({"runtimes": {"nvidia": {"path": "nvidia-"
+                                                                           "container-runtime"}}}),
+            "/etc/torchserve/config.properties": LAB_CONFIG,
+            "/var/lib/torchserve/model-store/tiny-linear.mar": LAB_MAR,
+            "/var/lib/torchserve/key_file.json": LAB_KEY_FILE,
+            "/opt/torchserve/venv/bin/python": "#!python",
+            "/usr/lib/jvm/java-17-openjdk-amd64/release": 'IMPLEMENTOR="Debian"\n'
+            'JAVA_RUNTIME_VERSION="17.0.21.1+2-Debian-1deb12u1"\nJAVA_VERSION="17.0.21.1"\n',
+        },
+        "executables": {
+            "dpkg-query": "/usr/bin/dpkg-query", "docker": "/usr/bin/docker",
+            "dockerd": "/usr/sbin/dockerd", "nvidia-ctk": "/usr/bin/nvidia-ctk",
+            "java": "/usr/bin/java", "systemctl": "/usr/bin/systemctl",
+        },
+        "links": {"/usr/bin/java": "/usr/lib/jvm/java-17-openjdk-amd64/bin/java"},
+        "http": torchserve_api({"tiny-linear": "1.0"}),
+        "uname": {"kernel": "6.1.0-27-amd64", "architecture": "x86_64", "hostname": "dev-1"},
+        "python": {"version": "3.11.2", "executable": "/usr/bin/python3"},
+        "nvml": None,
+    }
+    kwargs.update(overrides)
+    return FakeSystem(**kwargs)
+
+
+H100_SMI = "NVIDIA H100 80GB HBM3, 580.159.04, 9.0, 81559 MiB\n"
+H100_PROC = ("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release Build  "
+             "(dvs-builder@U22-I3-AM02-24-3)  Thu Oct 30 00:11:57 UTC 2025\n"
+             "GCC version:  gcc version 13.3.0 (Ubuntu 13.3.0-6ubuntu2~24.04)\n")
+H100_DPKG = [
+    ("cuda-toolkit-13-0", "13.0.2-1", "hi "),
+    ("cuda-cudart-13-0", "13.0.96-1", "hi "),
+    ("cuda-nvcc-13-0", "13.0.88-1", "ii "),
+    ("cuda-runtime-13-0", "", "un "),
+    ("docker-ce", "5:28.5.1-1~ubuntu.24.04~noble", "hi "),
+    ("nvidia-container-toolkit", "1.18.0-1", "hi "),
+    ("nvidia-container-toolkit-base", "1.18.0-1", "hi "),
+    ("openjdk-17-jre-headless", "17.0.16+8~us1-0ubuntu1~24.04.1", "hi "),
+    ("nvidia-driver-580-open", "", "un "),  # known to dpkg, never installed: the .run driver
+]
+H100_PACKAGES = ["cuda-toolkit-13-0", "cuda-cudart-13-0", "docker-ce", "nvidia-container-toolkit",
+                 "openjdk-17-jre-headless"]
+
+
+def h100_node(**overrides: Any) -> FakeSystem:
+    """The real H100 node of compatibility.md (November 2026)."""
+    kwargs: dict[str, Any] = {
+        "commands": {
+            "dpkg-query -W": (0, dpkg_output(H100_DPKG), ""),
+            "nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total": (
+                0, H100_SMI, ""),
+            "nvcc --version": (0, "nvcc: NVIDIA (R) Cuda compiler driver\nCopyright (c) "
+                                  "2005-2025 NVIDIA Corporation\nBuilt on Wed_Aug_20_01:58:59_PM"
+                                  "_PDT_2025\nCuda compilation tools, release 13.0, V13.0.88\n"
+                                  "Build cuda_13.0.r13.0/compiler.36424714_0\n", ""),
+            "docker info": (0, json.dumps({"ServerVersion": "28.5.1", "DefaultRuntime": "nvidia",
+                                           "Runtimes": {"runc": {}, "nvidia": {}}}) + "\n", ""),
+            "nvidia-ctk --version": (0, "NVIDIA Container Toolkit CLI version 1.18.0\n", ""),
+            "java -version": (0, "", 'openjdk version "17.0.16" 2025-07-15\n'),
+            "python -I": (0, venv_output("3.12.3", {
+                "torch": "2.11.0+cu130", "torchserve": "0.12.0",
+                "torch-model-archiver": "0.12.0", "pyyaml": "6.0.3", "numpy": "2.3.5"},
+                "13.0"), ""),
+            "systemctl show": (0, SYSTEMCTL_ACTIVE, ""),
+        },
+        "files": {
+            "/etc/os-release": 'PRETTY_NAME="Ubuntu 24.04.3 LTS"\nNAME="Ubuntu"\n'
+                               'VERSION_ID="24.04"\nVERSION_CODENAME=noble\nID=ubuntu\n',
+            "/proc/driver/nvidia/version": H100_PROC,
+            "/proc/driver/nvidia/gpus/0000:18:00.0/information": "Model: \t\t NVIDIA H100 80GB "
+                                                                 "HBM3\nIRQ:   \t\t 16\n",
+            "/usr/local/cuda-13.0/bin/nvcc": "#!elf",
+            "/etc/docker/daemon.json": json.dumps({"default-runtime": "nvidia"}),
+            "/etc/torchserve/config.properties": LAB_CONFIG,
+            "/var/lib/torchserve/model-store/tiny-linear.mar": LAB_MAR,
+            "/var/lib/torchserve/key_file.json": LAB_KEY_FILE,
+            "/opt/torchserve/venv/bin/python": "#!python",
+        },
+        "executables": {
+            "dpkg-query": "/usr/bin/dpkg-query", "nvidia-smi": "/usr/bin/nvidia-smi",
+            "docker": "/usr/bin/docker", "nvidia-ctk": "/usr/bin/nvidia-ctk",
+            "java": "/usr/bin/java", "systemctl": "/usr/bin/systemctl",
+        },
+        "http": torchserve_api({"tiny-linear": "1.0"}),
+        "uname": {"kernel": "6.18.0-1004-nvidia", "architecture": "x86_64", "hostname": "h100-1"},
+        "python": {"version": "3.12.3", "executable": "/usr/bin/python3"},
+        "nvml": None,
+    }
+    kwargs.update(overrides)
+    return FakeSystem(**kwargs)
+
+
+def gather(system: FakeSystem, **opts: Any) -> dict[str, Any]:
+    options = dict(DEFAULT_OPTS, **opts)
+    result: dict[str, Any] = sf.gather(options, system)
+    return result
+
+
+def stable(facts: dict[str, Any]) -> dict[str, Any]:
+    """The facts without the run-dependent timing."""
+    return {k: v for k, v in facts.items() if k != "seconds"}
+
+
+# --------------------------------------------------------------------------- the H100 node
+
+
+def test_h100_driver_from_nvidia_smi_although_no_dpkg_package() -> None:
+    facts = gather(h100_node(), packages=H100_PACKAGES, pip_packages=LAB_PIP)
+    assert facts["schema"] == "stacklock.facts/v1"
+    assert facts["gpu"]["present"] is True
+    assert facts["gpu"]["count"] == 1
+    assert facts["gpu"]["name"] == "NVIDIA H100 80GB HBM3"
+    assert facts["gpu"]["compute_capability"] == "9.0"
+    assert facts["gpu"]["memory_mib"] == 81559
+    assert facts["gpu"]["source"] == "nvidia-smi"
+    drv = facts["nvidia_driver"]
+    assert drv["version"] == "580.159.04"
+    assert drv["running_source"] == "nvidia-smi"
+    assert drv["packages"] == {}  # not a dpkg package, and not invented from un-installed names
+    assert drv["package_version"] is None
+    assert drv["kernel_module"] == "open"
+
+
+def test_h100_cuda_torch_and_os() -> None:
+    facts = gather(h100_node(), packages=H100_PACKAGES, pip_packages=LAB_PIP)
+    assert facts["cuda"]["version"] == "13.0"
+    assert facts["cuda"]["full_version"] == "13.0.88"
+    assert facts["cuda"]["source"] == "nvcc"
+    assert facts["cuda"]["nvcc"]["path"] == "/usr/local/cuda-13.0/bin/nvcc"
+    assert facts["cuda"]["version_json"] is None
+    assert "cuda-toolkit-13-0" in facts["cuda"]["packages"]
+    assert "cuda-runtime-13-0" not in facts["cuda"]["packages"]  # `un`: not installed
+    venv = facts["torchserve"]["venv"]
+    assert venv["torch"]["version"] == "2.11.0+cu130"
+    assert venv["torch"]["cuda"] == "13.0"
+    assert facts["os"]["distribution"] == "ubuntu"
+    assert facts["os"]["release"] == "24.04"
+    assert facts["docker"]["version"] == "28.5.1"
+    assert facts["docker"]["default_runtime"] == "nvidia"
+    assert facts["nvidia_container_toolkit"]["version"] == "1.18.0"
+    assert facts["java"]["major"] == "17"
+    assert facts["java"]["source"] == "java -version"  # no release file there
+    assert facts["errors"] == {}
+
+
+def test_driver_from_proc_when_nvidia_smi_fails() -> None:
+    node = h100_node()
+    node.commands["nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total"] = (
+        9, "", "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.\n")
+    facts = gather(node)
+    assert facts["nvidia_driver"]["version"] == "580.159.04"
+    assert facts["nvidia_driver"]["running_source"] == "proc"
+    assert facts["gpu"]["present"] is True
+    assert facts["gpu"]["source"] == "proc"
+    assert facts["gpu"]["name"] == "NVIDIA H100 80GB HBM3"
+
+
+def test_nvml_first_when_importable() -> None:
+    gpus = [{"index": 0, "name": "NVIDIA H100 80GB HBM3", "driver_version": "580.159.04",
+             "compute_capability": "9.0", "memory_mib": 81559}]
+    node = h100_node(nvml=gpus)
+    facts = gather(node)
+    assert facts["gpu"]["source"] == "nvml"
+    assert facts["nvidia_driver"]["version"] == "580.159.04"
+    assert not any("nvidia-smi" in argv[0] for argv in node.ran)
+
+
+def test_cuda_from_packages_only() -> None:
+    node = h100_node()
+    del node.commands["nvcc --version"]
+    del node.files["/usr/local/cuda-13.0/bin/nvcc"]
+    facts = gather(node)
+    assert facts["cuda"]["source"] == "package"
+    assert facts["cuda"]["version"] == "13.0"
+    assert facts["cuda"]["full_version"] == "13.0.2"
+
+
+# --------------------------------------------------------------------------- the lab node
+
+
+def test_lab_node_no_gpu_is_explicit() -> None:
+    facts = gather(lab_node(), packages=LAB_PACKAGES, pip_packages=LAB_PIP)
+    assert facts["gpu"] == {"present": False, "count": 0, "source": None, "devices": [],
+                            "name": None, "compute_capability": None, "memory_mib": None}
+    drv = facts["nvidia_driver"]
+    assert drv["running_version"] is None
+    assert drv["version"] == "535.309.01"
+    assert drv["source"] == "package"
+    assert drv["packages"]["nvidia-driver"] == "535.309.01-0+deb12u1"
+
+
+def test_lab_node_stack() -> None:
+    node = lab_node()
+    facts = gather(node, packages=LAB_PACKAGES, pip_packages=LAB_PIP)
+    assert facts["cuda"] == {
+        "version": "11.8", "full_version": "11.8.89", "source": "package", "nvcc": None,
+        "version_json": None, "packages": {"libcudart11.0": "11.8.89~11.8.0-5~deb12u1"}}
+    assert facts["docker"]["version"] == "20.10.24"
+    assert facts["docker"]["default_runtime"] == "runc"
+    assert facts["packages"]["docker.io"] == {
+        "version": "20.10.24+dfsg1-1+deb12u1+b6", "status": "installed", "held": True}
+    assert "docker.io" in facts["holds"] and "containerd" not in facts["holds"]
+    ts = facts["torchserve"]
+    assert ts["running"] is True
+    assert ts["models"] == {"tiny-linear": {"version": "1.0", "workers": 1, "workers_ready": 1}}
+    assert ts["config"]["sha256"] == hashlib.sha256(LAB_CONFIG.encode()).hexdigest()
+    assert ts["model_store"]["archives"] == {
+        "tiny-linear.mar": hashlib.sha256(LAB_MAR).hexdigest()}
+    assert ts["venv"]["packages"]["pyyaml"] == "6.0.3"
+    assert ts["venv"]["torch"]["cuda"] is None
+    assert facts["services"]["torchserve"]["active"] == "active"
+    # Java from the JDK's release file, without starting a JVM
+    assert facts["java"]["version"] == "17.0.21.1" and facts["java"]["major"] == "17"
+    assert facts["java"]["source"] == "/usr/lib/jvm/java-17-openjdk-amd64/release"
+    assert not any(os.path.basename(argv[0]) == "java" for argv in node.ran)
+    assert facts["errors"] == {}
+    # the management token is sent, and never lands in the facts
+    assert node.requests[0][1] == {"Authorization": "Bearer mgmt-SECRET-123"}
+    assert "SECRET" not in json.dumps(facts)
+
+
+def test_torchserve_down_records_running_false_and_error() -> None:
+    node = lab_node(http={})
+    node.commands["systemctl show"] = (0, SYSTEMCTL_ACTIVE.replace(
+        "ActiveState=active\nSubState=running\nUnitFileState=enabled\n\nId=docker",
+        "ActiveState=inactive\nSubState=dead\nUnitFileState=enabled\n\nId=docker"), "")
+    facts = gather(node)
+    assert facts["torchserve"]["running"] is False
+    assert "Connection refused" in facts["torchserve"]["error"]
+    assert "Connection refused" in facts["errors"]["torchserve"]
+    assert facts["services"]["torchserve"]["active"] == "inactive"
+    assert facts["services"]["docker"]["active"] == "active"
+
+
+def test_torchserve_answering_401_runs_but_lists_no_models() -> None:
+    node = lab_node(http={"http://127.0.0.1:8081/models?limit=1000": (
+        401, '{"code": 401, "message": "Token Authorization failed"}')})
+    facts = gather(node)
+    assert facts["torchserve"]["running"] is True
+    assert facts["torchserve"]["models"] == {}
+    assert "HTTP 401" in facts["errors"]["torchserve"]
+
+
+def test_failing_probes_record_errors_not_failures() -> None:
+    node = lab_node()
+    node.commands["dpkg-query -W"] = sf.ProbeError("dpkg-query -W: timed out after 5 s")
+    node.commands["docker info"] = sf.ProbeError("docker info: timed out after 5 s")
+    del node.executables["dockerd"]
+    node.commands["python -I"] = (1, "", "Traceback ...\nImportError: broken venv\n")
+    facts = gather(node, packages=["docker.io"])
+    assert facts["schema"] == "stacklock.facts/v1"
+    assert "timed out" in facts["errors"]["packages"]
+    assert "timed out" in facts["errors"]["docker"]
+    assert facts["docker"]["version"] is None
+    assert "broken venv" in facts["errors"]["torchserve_venv"]
+    assert facts["packages"]["docker.io"]["version"] is None
+    assert facts["holds"] is None
+    # the sections that did work are still there
+    assert facts["java"]["major"] == "17"
+    assert facts["torchserve"]["running"] is True
+
+
+def test_venv_missing() -> None:
+    node = lab_node()
+    del node.files["/opt/torchserve/venv/bin/python"]
+    facts = gather(node)
+    assert facts["torchserve"]["venv"]["error"] == "/opt/torchserve/venv/bin/python not found"
+    assert facts["errors"]["torchserve_venv"].endswith("not found")
+
+
+@pytest.mark.parametrize(
+    ("debian", "upstream"),
+    [("5:27.3.1-1~debian.12~bookworm", "27.3.1"), ("20.10.24+dfsg1-1+deb12u1+b6", "20.10.24"),
+     ("535.309.01-0+deb12u1", "535.309.01"), ("", None), (None, None)],
+)
+def test_upstream_version(debian: str | None, upstream: str | None) -> None:
+    assert sf.upstream_version(debian) == upstream
+
+
+def test_proc_version_parsing() -> None:
+    assert sf.parse_proc_version(H100_PROC) == ("580.159.04", "open")
+    legacy = ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.309.01  Tue Oct  7 "
+              "2025\n")
+    assert sf.parse_proc_version(legacy) == ("535.309.01", "proprietary")
+    assert sf.parse_proc_version("garbage") == (None, None)
+
+
+# --------------------------------------------------------------------------- the fixtures
+
+
+RECORDED: dict[str, Callable[[], dict[str, Any]]] = {
+    "lab-node.json": lambda: gather(lab_node(), packages=LAB_PACKAGES, pip_packages=LAB_PIP),
+    "h100-node.json": lambda: gather(h100_node(), packages=H100_PACKAGES, pip_packages=LAB_PIP),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RECORDED))
+def test_recorded_fixtures_are_what_the_module_gathers(name: str) -> None:
+    facts = stable(RECORDED[name]())
+    path = FIXTURES / name
+    if os.environ.get("STACKLOCK_REGEN_FACTS") == "1":
+        path.write_text(json.dumps(facts, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    recorded = json.loads(path.read_text(encoding="utf-8"))
+    recorded.pop("seconds", None)
+    assert recorded == facts
+
+
+# --------------------------------------------------------------------------- for real
+
+
+@pytest.mark.slow
+def test_module_runs_for_real_on_this_machine(tmp_path: Path) -> None:
+    """`ansible localhost -m stacklock_stack_facts`: the schema, and no GPU on this machine."""
+    ansible = shutil.which("ansible", path=str(Path(sys.executable).parent)) or shutil.which(
+        "ansible")
+    if ansible is None:
+        pytest.skip("ansible is not installed")
+    env = dict(os.environ, ANSIBLE_LOCAL_TEMP=str(tmp_path / "tmp"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_STDOUT_CALLBACK="ansible.builtin.minimal")
+    proc = subprocess.run(
+        [ansible, "localhost", "-m", "stacklock_stack_facts", "-M", str(MODULE_PATH.parent),
+         "-c", "local", "-a", "packages=bash,no-such-package-xyz probe_timeout=20",
+         "-e", f"ansible_python_interpreter={sys.executable}"],
+        capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    head, sep, body = proc.stdout.partition(" => ")
+    assert sep and head.startswith("localhost | SUCCESS"), proc.stdout
+    result = json.loads(body)
+    facts = result["ansible_facts"]["stacklock_stack"]
+    assert facts["schema"] == "stacklock.facts/v1"
+    if Path("/proc/driver/nvidia/version").exists():
+        pytest.skip("this machine has an NVIDIA driver: the no-GPU assertion does not apply")
+    assert facts["gpu"]["present"] is False
+    assert facts["gpu"]["count"] == 0
+    assert facts["packages"]["bash"]["version"]
+    assert facts["packages"]["no-such-package-xyz"]["version"] is None
+    assert facts["os"]["kernel"] == os.uname().release
+    assert result["changed"] is False
+
+
+def test_venv_script_reads_torch_without_importing_it() -> None:
+    """The in-venv probe for real, on this project's own virtualenv (torch 2.13.0+cpu)."""
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed in this virtualenv")
+    out = sf.probe_venv(sf.System(60.0), sys.prefix, ["pyyaml", "no-such-dist-xyz"])
+    assert "error" not in out, out
+    assert out["python"].startswith("{}.{}.".format(*sys.version_info[:2]))
+    torch_version = out["packages"]["torch"]
+    assert torch_version and out["torch"]["version"] == torch_version
+    assert out["torch"]["source"] == "torch/version.py"
+    if torch_version.endswith("+cpu"):
+        assert out["torch"]["cuda"] is None
+    else:
+        assert out["torch"]["cuda"]
+    assert out["packages"]["no-such-dist-xyz"] is None
+
+
+# --------------------------------------------------------------------------- the verify play
+
+
+def _ansible_bin(name: str) -> str:
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if found is None:
+        pytest.skip(f"{name} is not installed")
+    return found
+
+
+def _inventory(root: Path, env: str, hosts: dict[str, dict[str, Any]],
+               group_vars: dict[str, Any]) -> Path:
+    import yaml
+
+    inv = root / env
+    (inv / "group_vars" / env).mkdir(parents=True)
+    (inv / "hosts.yml").write_text(yaml.safe_dump(
+        {"all": {"children": {env: {"hosts": hosts}}}}), encoding="utf-8")
+    (inv / "group_vars" / env / "stacklock.yml").write_text(yaml.safe_dump(group_vars),
+                                                            encoding="utf-8")
+    return inv
+
+
+def _play(inventories: list[Path], report: Path, tmp: Path) -> tuple[int, str, dict[str, Any]]:
+    argv = [_ansible_bin("ansible-playbook")]
+    for inv in inventories:
+        argv += ["-i", str(inv)]
+    argv += [str(REPO / "ansible" / "playbooks" / "verify.yml"),
+             "-e", f"stacklock_report_path={report}"]
+    env = dict(os.environ, ANSIBLE_LOCAL_TEMP=str(tmp / "ansible-tmp"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env,
+                          cwd=REPO, check=False)
+    out = proc.stdout + proc.stderr
+    data = json.loads(report.read_text(encoding="utf-8")) if report.exists() else {}
+    return proc.returncode, out, data
+
+
+@pytest.mark.slow
+def test_verify_playbook_on_this_machine(tmp_path: Path) -> None:
+    """verify.yml for real: the module on two 'nodes' (this machine, local connection), the
+    comparison in the action plugin, the JSON report, the play's verdict; -i twice."""
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    os_release = dict(
+        line.split("=", 1) for line in Path("/etc/os-release").read_text().splitlines()
+        if "=" in line)
+    gv = {"stacklock_os_distribution": os_release["ID"].strip('"'),
+          "stacklock_os_release": os_release.get("VERSION_ID", "").strip('"')}
+    dev = _inventory(tmp_path / "inv", "dev", {"dev-1": local}, gv)
+    prod = _inventory(tmp_path / "inv", "prod", {"prod-1": local}, gv)
+
+    rc, out, data = _play([dev, prod], tmp_path / "clean.json", tmp_path)
+    assert rc == 0, out
+    assert data["schema"] == "stacklock.parity/v1"
+    assert data["exit_code"] == 0, data["problems"]
+    assert data["environments"] == ["dev", "prod"]
+    assert {(n["environment"], n["node"]) for n in data["nodes"]} == {("dev", "dev-1"),
+                                                                       ("prod", "prod-1")}
+    assert "stacklock parity" in out and "os.release" in out
+
+    # prod's lock says another release: a deviation naming env, node, component, both values
+    (prod / "group_vars" / "prod" / "stacklock.yml").write_text(
+        json.dumps(dict(gv, stacklock_os_release="99")), encoding="utf-8")
+    rc, out, data = _play([dev, prod], tmp_path / "deviation.json", tmp_path)
+    assert rc != 0
+    assert data["exit_code"] == 1
+    lock = [d for d in data["deviations"] if d["kind"] == "lock"]
+    assert [(d["environment"], d["node"], d["component"], d["expected"], d["actual"])
+            for d in lock] == [("prod", "prod-1", "os.release", "99", gv["stacklock_os_release"])]
+    assert f"prod/prod-1 os.release: expected 99, actual {gv['stacklock_os_release']}" in out
+
+    # a node that cannot be reached: exit 3, named, never matching
+    down = _inventory(tmp_path / "inv", "staging", {"staging-1": {
+        "ansible_host": "127.0.0.1", "ansible_port": 9, "ansible_user": "nobody",
+        "ansible_ssh_common_args": "-o ConnectTimeout=5 -o BatchMode=yes"}}, gv)
+    rc, out, data = _play([dev, down], tmp_path / "unreachable.json", tmp_path)
+    assert rc != 0
+    assert data["exit_code"] == 3
+    assert [(n["environment"], n["node"]) for n in data["unreachable"]] == [
+        ("staging", "staging-1")]
+    assert "staging/staging-1 unreachable" in out

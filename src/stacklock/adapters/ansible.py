@@ -7,6 +7,7 @@ and host goes to the terminal. The PLAY RECAP is parsed into a summary.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -57,7 +58,7 @@ def run_playbook(
     inventories: Sequence[Path],
     *,
     log_file: Path,
-    extra_vars: dict[str, str] | None = None,
+    extra_vars: dict[str, Any] | None = None,
     extra_args: Sequence[str] = (),
     ok_codes: Sequence[int] = (0,),
     quiet: bool = False,
@@ -70,8 +71,8 @@ def run_playbook(
     argv = [_bin("ansible-playbook"), str(path)]
     for inv in inventories:
         argv += ["-i", str(inv)]
-    for k, v in (extra_vars or {}).items():
-        argv += ["-e", f"{k}={v}"]
+    if extra_vars:
+        argv += ["-e", json.dumps(extra_vars, sort_keys=True)]
     argv += list(extra_args)
     rc, recap, failures = stream(argv, log_file=log_file, quiet=quiet)
     if rc not in ok_codes:

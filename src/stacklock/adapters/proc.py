@@ -66,7 +66,7 @@ def run_command(
         if on_line is not None:
             rc = _stream(cmd, full_env, cwd, log_file, on_line, printable, timeout)
             out, err = "", ""
-            proc = subprocess.CompletedProcess(cmd, rc)
+            proc: subprocess.CompletedProcess[str] = subprocess.CompletedProcess(cmd, rc)
         elif log_file is not None and not capture:
             log_file.parent.mkdir(parents=True, exist_ok=True)
             with log_file.open("a", encoding="utf-8") as fh:

@@ -1,0 +1,489 @@
+"""AWS through boto3: AMI ids for the lock, instance-type preflight, live inventory.
+
+Credentials and the endpoint come from the standard AWS chain only (environment variables,
+shared config and credentials files, SSO, an instance role; `AWS_ENDPOINT_URL` for a local
+endpoint such as moto). stacklock never reads credentials from the manifest and never prints
+them: errors name the region, the call and AWS's own error code and message.
+
+Every call names its region explicitly, so environments in different regions get the same
+image by name and their own AMI id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from stacklock.errors import InvalidInput, Problem, ToolFailed
+from stacklock.manifest import AwsEnvironment, Manifest
+
+#: the tags the gpu_node_aws module puts on every resource (see terraform/modules/gpu_node_aws)
+TAG_PROJECT = "project"
+TAG_ENVIRONMENT = "environment"
+TAG_STACK = "stack"
+TAG_FINGERPRINT = "fingerprint"
+TAG_MANAGED_BY = "managed-by"
+MANAGED_BY = "stacklock"
+
+#: instance states that still count as a node (terminated ones are gone)
+LIVE_STATES = ("pending", "running", "stopping", "stopped", "shutting-down")
+
+#: AWS error codes that mean "your credentials are missing, wrong or not allowed"
+_AUTH_CODES = frozenset({
+    "AuthFailure",
+    "InvalidClientTokenId",
+    "UnrecognizedClientException",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "RequestExpired",
+    "UnauthorizedOperation",
+    "AccessDenied",
+    "AccessDeniedException",
+    "OptInRequired",
+})
+
+_CREDENTIALS_HINT = (
+    "provide AWS credentials the standard way (AWS_PROFILE, ~/.aws/credentials, "
+    "AWS SSO, or an instance role); stacklock never reads them from the manifest"
+)
+
+
+# --------------------------------------------------------------------------- clients
+
+
+def ec2_client(region: str) -> Any:
+    """An EC2 client for `region`; `AWS_ENDPOINT_URL(_EC2)` and credentials from the AWS chain."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        region_name=region,
+        connect_timeout=5,
+        read_timeout=30,
+        retries={"max_attempts": 3, "mode": "standard"},
+        user_agent_extra="stacklock",
+    )
+    try:
+        return boto3.session.Session().client("ec2", region_name=region, config=config)
+    except Exception as exc:  # botocore raises many types for a broken configuration
+        raise ToolFailed(f"AWS: cannot create an EC2 client for region {region}: "
+                         f"{type(exc).__name__}: {_safe(exc)}") from None
+
+
+def _safe(exc: BaseException) -> str:
+    """An exception's message without anything that looks like a credential."""
+    text = str(exc)
+    for marker in ("aws_secret_access_key", "SecretAccessKey", "aws_session_token"):
+        if marker.lower() in text.lower():
+            return "(message withheld: it mentions credentials)"
+    return text
+
+
+def _call(
+    region: str,
+    what: str,
+    fn: Callable[..., Any],
+    *,
+    absent_codes: tuple[str, ...] = (),
+    **kwargs: Any,
+) -> Any:
+    """Run one boto3 call; credential, endpoint and API failures become ToolFailed (exit 3).
+
+    An AWS error whose code starts with one of `absent_codes` means "no such thing": None.
+    """
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        NoRegionError,
+        PartialCredentialsError,
+        ReadTimeoutError,
+    )
+
+    try:
+        return fn(**kwargs)
+    except (NoCredentialsError, PartialCredentialsError) as exc:
+        raise ToolFailed(f"AWS {what} in {region}: {type(exc).__name__}: no usable credentials; "
+                         f"{_CREDENTIALS_HINT}") from None
+    except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError) as exc:
+        raise ToolFailed(f"AWS {what} in {region}: cannot reach the EC2 endpoint "
+                         f"({_safe(exc)}); check the network, the region name and "
+                         "AWS_ENDPOINT_URL") from None
+    except NoRegionError:
+        raise ToolFailed(f"AWS {what}: no region given") from None
+    except ClientError as exc:
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", "Unknown"))
+        message = str(err.get("Message", "")).strip()
+        if absent_codes and code.startswith(absent_codes):
+            return None
+        if code in _AUTH_CODES:
+            raise ToolFailed(f"AWS {what} in {region} was refused: {code}: {message} "
+                             f"(fix: {_CREDENTIALS_HINT}, with permission for {what})") from None
+        raise ToolFailed(f"AWS {what} in {region} failed: {code}: {message}") from None
+    except BotoCoreError as exc:
+        raise ToolFailed(f"AWS {what} in {region} failed: {type(exc).__name__}: "
+                         f"{_safe(exc)}") from None
+
+
+# --------------------------------------------------------------------------- AMIs
+
+
+def resolve_amis(
+    owner: str, name: str, regions: Iterable[str], *, where: str = "ami"
+) -> dict[str, str]:
+    """The AMI id of the image `name` of `owner` in every region: {region: ami_id}, sorted.
+
+    The name is matched exactly (the manifest forbids wildcards), deprecated images are
+    included (a pin outlives Canonical's deprecation date), and exactly one available image
+    must match in each region. Every missing or ambiguous region is reported at once as
+    InvalidInput (exit 2) whose problems sit at `where` (e.g. `stacks.prod-stack.ami`).
+    """
+    out: dict[str, str] = {}
+    problems: list[Problem] = []
+    bad: list[str] = []
+    for region in sorted(set(regions)):
+        client = ec2_client(region)
+        response = _call(
+            region, "ec2:DescribeImages", client.describe_images,
+            Owners=[owner],
+            Filters=[{"Name": "name", "Values": [name]}],
+            IncludeDeprecated=True,
+        )
+        images = [
+            img for img in response.get("Images", [])
+            if img.get("Name") == name and img.get("State", "available") == "available"
+        ]
+        if not images:
+            problems.append(Problem(
+                path=where,
+                message=f"image {name!r} of owner {owner} does not exist in region {region}",
+                hint=(f"copy the image to {region} (or pick one published there), fix the "
+                      "owner or name, or move the environment to a region that has it"),
+                rule="aws-ami",
+            ))
+            bad.append(region)
+            continue
+        if len(images) > 1:
+            ids = ", ".join(sorted(str(i["ImageId"]) for i in images))
+            problems.append(Problem(
+                path=where,
+                message=(f"{len(images)} images named {name!r} of owner {owner} in region "
+                         f"{region} ({ids}); a pin must match exactly one"),
+                hint="name the owner account id (not an alias) that publishes exactly one",
+                rule="aws-ami",
+            ))
+            bad.append(region)
+            continue
+        out[region] = str(images[0]["ImageId"])
+    if problems:
+        raise InvalidInput(
+            f"AMI {name!r} (owner {owner}) cannot be pinned in {', '.join(bad)}",
+            problems=problems,
+        )
+    return dict(sorted(out.items()))
+
+
+# --------------------------------------------------------------------------- instance types
+
+
+@dataclass(frozen=True)
+class GpuTable:
+    """stacklock's own table: EC2 family -> GPU key, GPU key -> name (data/compatibility.yaml)."""
+
+    families: dict[str, str]
+    gpu_names: dict[str, str]
+
+    def expected_gpu(self, instance_type: str) -> str | None:
+        return self.families.get(instance_type.split(".", 1)[0])
+
+
+def gpu_table() -> GpuTable:
+    """The GPU table the compatibility rules validated the stack against."""
+    from stacklock.rules import load_compatibility
+
+    data = load_compatibility()
+    return GpuTable(
+        families={fam: str(fact["gpu"]) for fam, fact in data.families.items()},
+        gpu_names={key: str(fact["name"]) for key, fact in data.gpus.items()},
+    )
+
+
+def _norm(text: str) -> str:
+    return "".join(ch for ch in text.upper() if ch.isalnum())
+
+
+def gpu_matches(table_key: str, table_name: str, manufacturer: str, aws_name: str) -> bool:
+    """Whether AWS's GPU (`NVIDIA`, `A100`) is the table's (`A100-40GB`, `NVIDIA A100 40GB`)."""
+    if manufacturer and _norm(manufacturer) != "NVIDIA":
+        return False
+    aws = _norm(aws_name)
+    base = _norm(table_key.split("-", 1)[0])
+    return aws in (base, _norm(table_key)) or aws == _norm(table_name.removeprefix("NVIDIA "))
+
+
+def check_instance_types(
+    env: AwsEnvironment, env_name: str = "", *, table: GpuTable | None = None
+) -> list[Problem]:
+    """Preflight of one AWS environment: the type is offered where it runs and has the GPU
+    the stack was validated for. Problems (errors) are returned, AWS failures raise ToolFailed."""
+    table = table or gpu_table()
+    path = f"environments.{env_name}.instance_type" if env_name else "instance_type"
+    itype = env.instance_type
+    family = itype.split(".", 1)[0]
+    problems: list[Problem] = []
+
+    # 1. our own table first: moto, and a typo in a real account, would accept anything
+    expected = table.expected_gpu(itype)
+    if expected is None:
+        return [Problem(
+            path=path,
+            message=(f"{itype}: family {family!r} is not in stacklock's GPU table, so no stack "
+                     "was validated for it"),
+            hint="use an instance type of one of: " + ", ".join(sorted(table.families)),
+            rule="aws-instance-family",
+        )]
+    client = ec2_client(env.region)
+
+    # 2. offered in the region, and in each named zone
+    if env.availability_zones:
+        resp = _call(
+            env.region, "ec2:DescribeInstanceTypeOfferings",
+            client.describe_instance_type_offerings,
+            LocationType="availability-zone",
+            Filters=[{"Name": "instance-type", "Values": [itype]},
+                     {"Name": "location", "Values": list(env.availability_zones)}],
+        )
+        offered = {o["Location"] for o in resp.get("InstanceTypeOfferings", [])
+                   if o.get("InstanceType") == itype}
+        missing = [z for z in env.availability_zones if z not in offered]
+        if missing:
+            problems.append(Problem(
+                path=path,
+                message=f"{itype} is not offered in availability zone(s) {', '.join(missing)}",
+                hint="pick zones that offer it (aws ec2 describe-instance-type-offerings "
+                     "--location-type availability-zone), or another instance type",
+                rule="aws-offering",
+            ))
+    else:
+        resp = _call(
+            env.region, "ec2:DescribeInstanceTypeOfferings",
+            client.describe_instance_type_offerings,
+            LocationType="region",
+            Filters=[{"Name": "instance-type", "Values": [itype]}],
+        )
+        if not any(o.get("InstanceType") == itype
+                   for o in resp.get("InstanceTypeOfferings", [])):
+            problems.append(Problem(
+                path=path,
+                message=f"{itype} is not offered in region {env.region}",
+                hint="choose a region that offers it, or another instance type of the family",
+                rule="aws-offering",
+            ))
+
+    # 3. the GPU AWS reports is the one our table (and so `validate`) assumed
+    info = _call(env.region, "ec2:DescribeInstanceTypes", client.describe_instance_types,
+                 absent_codes=("InvalidInstanceType",), InstanceTypes=[itype]) or {}
+    types = [t for t in info.get("InstanceTypes", []) if t.get("InstanceType") == itype]
+    if not types:
+        problems.append(Problem(
+            path=path,
+            message=f"AWS does not know instance type {itype} in {env.region}",
+            hint="check the spelling (aws ec2 describe-instance-types)",
+            rule="aws-instance-type",
+        ))
+        return problems
+    gpus = (types[0].get("GpuInfo") or {}).get("Gpus") or []
+    table_name = table.gpu_names.get(expected, expected)
+    if not gpus:
+        problems.append(Problem(
+            path=path,
+            message=(f"{itype} has no GPU according to AWS, but stacklock's table says "
+                     f"family {family!r} has {table_name}"),
+            hint="use a GPU instance type, or correct ec2_families in data/compatibility.yaml",
+            rule="aws-gpu",
+        ))
+        return problems
+    reported = [f"{g.get('Manufacturer', '')} {g.get('Name', '')}".strip() for g in gpus]
+    if not all(gpu_matches(expected, table_name, str(g.get("Manufacturer", "")),
+                           str(g.get("Name", ""))) for g in gpus):
+        problems.append(Problem(
+            path=path,
+            message=(f"{itype}: AWS reports GPU {', '.join(reported)}, but the stack was "
+                     f"validated for {table_name} (stacklock's table, family {family!r})"),
+            hint="correct ec2_families in data/compatibility.yaml and validate again",
+            rule="aws-gpu",
+        ))
+    return problems
+
+
+def check_environments(manifest: Manifest, *, table: GpuTable | None = None) -> list[Problem]:
+    """`validate --online` / provision preflight: check_instance_types for every AWS env."""
+    table = table or gpu_table()
+    problems: list[Problem] = []
+    for name, env in manifest.environments.items():
+        if isinstance(env, AwsEnvironment):
+            problems += check_instance_types(env, name, table=table)
+    return problems
+
+
+# --------------------------------------------------------------------------- live inventory
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One EC2 instance as AWS reports it now."""
+
+    instance_id: str
+    region: str
+    state: str
+    instance_type: str
+    image_id: str
+    availability_zone: str = ""
+    private_ip: str | None = None
+    public_ip: str | None = None
+    launch_time: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.tags.get("Name", self.instance_id)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "instance_id": self.instance_id,
+            "name": self.name,
+            "region": self.region,
+            "state": self.state,
+            "instance_type": self.instance_type,
+            "image_id": self.image_id,
+            "availability_zone": self.availability_zone,
+            "private_ip": self.private_ip,
+            "public_ip": self.public_ip,
+            "launch_time": self.launch_time,
+            "tags": dict(sorted(self.tags.items())),
+        }
+
+
+def _instance(region: str, raw: Mapping[str, Any]) -> Instance:
+    launch: Any = raw.get("LaunchTime")
+    return Instance(
+        instance_id=str(raw["InstanceId"]),
+        region=region,
+        state=str((raw.get("State") or {}).get("Name", "unknown")),
+        instance_type=str(raw.get("InstanceType", "")),
+        image_id=str(raw.get("ImageId", "")),
+        availability_zone=str((raw.get("Placement") or {}).get("AvailabilityZone", "")),
+        private_ip=raw.get("PrivateIpAddress"),
+        public_ip=raw.get("PublicIpAddress"),
+        launch_time=str(launch.isoformat()) if hasattr(launch, "isoformat") else str(launch or ""),
+        tags={str(t["Key"]): str(t["Value"]) for t in raw.get("Tags", []) or []},
+    )
+
+
+def _describe(region: str, filters: list[dict[str, Any]]) -> list[Instance]:
+    client = ec2_client(region)
+    paginator = client.get_paginator("describe_instances")
+    pages = _call(region, "ec2:DescribeInstances",
+                  lambda: list(paginator.paginate(Filters=filters)))
+    out = [
+        _instance(region, inst)
+        for page in pages
+        for reservation in page.get("Reservations", [])
+        for inst in reservation.get("Instances", [])
+    ]
+    return sorted(out, key=lambda i: (i.name, i.instance_id))
+
+
+def _state_filter() -> dict[str, Any]:
+    return {"Name": "instance-state-name", "Values": list(LIVE_STATES)}
+
+
+def live_inventory(project: str, environment: str, region: str) -> list[Instance]:
+    """The live (not terminated) nodes of one environment, found by their stacklock tags."""
+    return _describe(region, [
+        {"Name": f"tag:{TAG_PROJECT}", "Values": [project]},
+        {"Name": f"tag:{TAG_ENVIRONMENT}", "Values": [environment]},
+        _state_filter(),
+    ])
+
+
+def project_instances(project: str, region: str) -> list[Instance]:
+    """Every live instance tagged with the project, whatever its environment."""
+    return _describe(region, [
+        {"Name": f"tag:{TAG_PROJECT}", "Values": [project]},
+        _state_filter(),
+    ])
+
+
+def unmanaged_instances(
+    project: str,
+    region: str,
+    managed_ids: Iterable[str],
+    *,
+    environment: str | None = None,
+) -> list[Instance]:
+    """Live instances tagged for the project (and environment) that Terraform does not manage.
+
+    `managed_ids` are the instance ids from the environments' `terraform output -json`
+    (`instance_ids`); anything else carrying the tags was made by hand or left behind.
+    """
+    managed = set(managed_ids)
+    found = (live_inventory(project, environment, region) if environment
+             else project_instances(project, region))
+    return [i for i in found if i.instance_id not in managed]
+
+
+def inventory_deviations(
+    instances: Iterable[Instance],
+    *,
+    ami_id: str,
+    instance_type: str,
+    fingerprint: str,
+    environment: str,
+) -> list[Problem]:
+    """Live nodes that differ from the lock: another AMI, type or stack fingerprint tag."""
+    problems: list[Problem] = []
+    for inst in instances:
+        where = f"environments.{environment}.nodes.{inst.name}"
+        if inst.image_id != ami_id:
+            problems.append(Problem(where, f"{inst.instance_id} runs AMI {inst.image_id}, "
+                                    f"the lock pins {ami_id}", "re-apply the environment",
+                                    rule="aws-drift"))
+        if inst.instance_type != instance_type:
+            problems.append(Problem(where, f"{inst.instance_id} is a {inst.instance_type}, "
+                                    f"the manifest says {instance_type}",
+                                    "re-apply the environment", rule="aws-drift"))
+        tag = inst.tags.get(TAG_FINGERPRINT)
+        if tag != fingerprint:
+            problems.append(Problem(where, f"{inst.instance_id} is tagged fingerprint {tag}, "
+                                    f"the lock says {fingerprint}",
+                                    "apply, then configure the environment", rule="aws-drift"))
+    return problems
+
+
+__all__ = [
+    "LIVE_STATES",
+    "MANAGED_BY",
+    "TAG_ENVIRONMENT",
+    "TAG_FINGERPRINT",
+    "TAG_MANAGED_BY",
+    "TAG_PROJECT",
+    "TAG_STACK",
+    "GpuTable",
+    "Instance",
+    "check_environments",
+    "check_instance_types",
+    "ec2_client",
+    "gpu_matches",
+    "gpu_table",
+    "inventory_deviations",
+    "live_inventory",
+    "project_instances",
+    "resolve_amis",
+    "unmanaged_instances",
+]

@@ -1,0 +1,56 @@
+"""`stacklock verify`: run the verify play (the one comparison lives in `stacklock.parity`,
+called by the play's controller-side action), then show its report as a table, JSON or JUnit.
+
+The CLI and a plain `ansible-playbook ... verify.yml` therefore reach the same verdict.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from stacklock import report as reportmod
+from stacklock.console import emit_json, out, step
+from stacklock.errors import ExitCode, ToolFailed
+from stacklock.parity import ParityReport
+
+if TYPE_CHECKING:
+    from stacklock.orchestrate import Orchestrator
+
+
+def collect(orch: Orchestrator, envs: list[str], *, quiet: bool = False) -> ParityReport:
+    """Run the verify play over the environments' inventories; return the parity report."""
+    from stacklock.adapters import ansible
+
+    report_path = orch.log_file("verify.json")
+    report_path.unlink(missing_ok=True)
+    if not quiet:
+        step(f"verify {', '.join(envs)}: stack facts from every node, one comparison")
+    ansible.run_playbook(
+        "verify.yml",
+        orch._inventories(envs),
+        log_file=orch.log_file("verify.log"),
+        extra_vars={"stacklock_report_path": str(report_path), "stacklock_verify_fail": False,
+                    "stacklock_verify_environments": envs},
+        # 4: some hosts unreachable; the report says which (exit 3 below)
+        ok_codes=(0, 2, 4),
+        quiet=quiet,
+    )
+    if not report_path.is_file():
+        raise ToolFailed(f"the verify play wrote no report; see {orch.log_file('verify.log')}")
+    return reportmod.from_dict(json.loads(report_path.read_text("utf-8")))
+
+
+def run_verify(
+    orch: Orchestrator, envs: list[str], *, fmt: str = "table", junit: Path | None = None
+) -> ExitCode:
+    report = collect(orch, envs, quiet=fmt == "json")
+    if junit is not None:
+        junit.parent.mkdir(parents=True, exist_ok=True)
+        junit.write_text(reportmod.to_junit(report), encoding="utf-8")
+    if fmt == "json":
+        emit_json(reportmod.report_dict(report))
+    else:
+        reportmod.print_report(report, out, compact=True)
+    return report.exit_code

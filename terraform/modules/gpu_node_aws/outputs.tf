@@ -1,0 +1,49 @@
+output "hosts" {
+  description = "The nodes by Name tag: instance id, addresses, zone, AMI and type; `address` is the one the controller connects to (public IP for public access, private IP for bastion, instance id for SSM)."
+  value = {
+    for i in aws_instance.this : i.tags["Name"] => {
+      instance_id       = i.id
+      address           = var.access == "public" ? i.public_ip : (var.access == "bastion" ? i.private_ip : i.id)
+      public_ip         = i.public_ip
+      private_ip        = i.private_ip
+      availability_zone = i.availability_zone
+      ami               = i.ami
+      instance_type     = i.instance_type
+    }
+  }
+}
+
+output "instance_ids" {
+  description = "Ids of the GPU nodes, in creation order."
+  value       = aws_instance.this[*].id
+}
+
+output "ami_id" {
+  description = "The pinned AMI id the nodes were launched from."
+  value       = var.ami_id
+}
+
+output "instance_type" {
+  description = "The instance type of every node."
+  value       = var.instance_type
+}
+
+output "security_group_id" {
+  description = "Id of the nodes' security group."
+  value       = aws_security_group.this.id
+}
+
+output "iam_role_arn" {
+  description = "ARN of the nodes' IAM role (AmazonSSMManagedInstanceCore only)."
+  value       = aws_iam_role.this.arn
+}
+
+output "instance_profile_name" {
+  description = "Name of the nodes' instance profile."
+  value       = aws_iam_instance_profile.this.name
+}
+
+output "tags" {
+  description = "The stacklock tags every resource carries."
+  value       = local.stacklock_tags
+}

@@ -6,6 +6,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STACKLOCK := $(VENV)/bin/stacklock
 STAMP := $(VENV)/.stacklock-installed
+# checkov lives in its own virtual environment: it pins older boto3/packaging than stacklock
+CHECKOV_VENV := .cache/checkov-venv
+CHECKOV := $(CHECKOV_VENV)/bin/checkov
 PYTHON ?= python3
 
 .PHONY: demo test lint unit integration prereqs venv clean-lab render-check help
@@ -26,11 +29,17 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+$(CHECKOV):
+	@echo "==> installing checkov into $(CHECKOV_VENV) (security scan of the AWS Terraform)"
+	@$(PYTHON) -m venv $(CHECKOV_VENV)
+	@$(CHECKOV_VENV)/bin/pip install -q --upgrade pip
+	@$(CHECKOV_VENV)/bin/pip install -q checkov==3.3.30
+
 demo: prereqs venv
 	@$(STACKLOCK) --manifest examples/lab.yaml demo
 
-test: prereqs venv
-	@scripts/test.sh
+test: prereqs venv $(CHECKOV)
+	@STACKLOCK_CHECKOV=$(CURDIR)/$(CHECKOV) scripts/test.sh
 
 lint: venv
 	@$(VENV)/bin/ruff check src tests

@@ -28,6 +28,11 @@ def hosts_yaml(env_name: str, provider: str, outputs: dict[str, Any], ssh_key: s
         }
         if provider == "lab":
             entry["stacklock_container"] = h.get("container", name)
+        if h.get("connection") == "ssm":
+            entry["ansible_connection"] = "community.aws.aws_ssm"
+            entry["ansible_aws_ssm_instance_id"] = h.get("instance_id", name)
+        elif h.get("proxy_jump"):
+            entry["ansible_ssh_common_args"] = f"-o ProxyJump={h['proxy_jump']}"
         entries[name] = entry
     group: dict[str, Any] = {"hosts": entries}
     if provider == "lab" and ssh_key:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -11,8 +12,17 @@ from rich.markup import escape
 
 from stacklock.errors import Problem
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
+
+def _width(stream: object) -> int | None:
+    """Rich's own width on a terminal; 160 columns in logs and CI (not 80)."""
+    isatty = getattr(stream, "isatty", None)
+    if callable(isatty) and isatty():
+        return None
+    return int(os.environ.get("COLUMNS", "160"))
+
+
+err = Console(stderr=True, highlight=False, soft_wrap=True, width=_width(sys.stderr))
+out = Console(highlight=False, soft_wrap=True, width=_width(sys.stdout))
 
 
 def print_problems(problems: list[Problem]) -> None:

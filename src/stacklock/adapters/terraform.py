@@ -363,6 +363,7 @@ class Terraform:
         refresh_only: bool = False,
         out: Path | None = None,
         destroy: bool = False,
+        replace: Sequence[str] = (),
     ) -> PlanResult:
         """Plan; the plan is saved (to `out`, or a temporary file) and read back as JSON.
 
@@ -383,6 +384,7 @@ class Terraform:
             args.append("-refresh-only")
         if destroy:
             args.append("-destroy")
+        args += [f"-replace={address}" for address in replace]
         try:
             result = self._run(args, ok_codes=(0, 2) if detailed_exitcode else (0,))
             plan_json = self.show_plan(plan_file)
@@ -399,6 +401,13 @@ class Terraform:
             plan_json=plan_json,
             plan_file=plan_file if keep else None,
         )
+
+    def show_state(self) -> dict[str, Any]:
+        """`show -json` of the current state (never the raw .tfstate file)."""
+        data = self._json("show", self._run(["show", "-json", "-no-color"]).stdout)
+        if not isinstance(data, dict):
+            raise ToolFailed("terraform show -json: not a JSON object")
+        return data
 
     def show_plan(self, plan_file: Path) -> dict[str, Any]:
         """`show -json PLANFILE` as a dict."""

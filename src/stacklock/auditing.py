@@ -16,7 +16,7 @@ from stacklock.orchestrate import Orchestrator
 LAB_NODE_ADDRESS = 'module.nodes.terraform_data.node["{name}"]'
 
 
-def _gone_lab_nodes(outputs: Mapping[str, Any]) -> dict[str, str]:
+def gone_lab_nodes(outputs: Mapping[str, Any]) -> dict[str, str]:
     """Lab nodes in Terraform's state whose container is gone or stopped.
 
     `terraform_data` cannot refresh, so Terraform cannot see a removed container by itself;
@@ -47,7 +47,7 @@ class RealProbes:
                              f"run `stacklock apply {env}` first")
         outside: dict[str, str] = {}
         if isinstance(self.orch.loaded.manifest.environments[env], LabEnvironment):
-            outside = _gone_lab_nodes(outputs)
+            outside = gone_lab_nodes(outputs)
         plan = tf.plan(detailed_exitcode=True, replace=sorted(outside))
         refresh = tf.plan(detailed_exitcode=True, refresh_only=True)
         return auditmod.PlanPair(plan.plan_json, refresh.plan_json, outside)

@@ -114,7 +114,14 @@ class Orchestrator:
             tf = self._terraform(env)
             tf.init()
             started = time.monotonic()
-            tf.apply(auto_approve=True)
+            gone: dict[str, str] = {}
+            if self.provider(env) == "lab":
+                from stacklock.auditing import gone_lab_nodes
+
+                gone = gone_lab_nodes(tf.output())
+                for address, why in gone.items():
+                    info(f"  {env}: {why}: replacing {address}")
+            tf.apply(auto_approve=True, replace=sorted(gone))
             self.write_inventory(env, tf.output())
             info(f"  {env}: applied in {time.monotonic() - started:.1f} s, "
                  f"inventory {self.inventory_dir(env) / 'hosts.yml'}")
@@ -166,6 +173,9 @@ class Orchestrator:
         recap = ansible.run_playbook(
             "site.yml", self._inventories(envs), log_file=self.log_file("site.log")
         )
+        changed = ansible.recap_changed(recap)
+        info(f"configured {', '.join(envs)}: {ansible.summarize(recap)}"
+             + (" — nothing changed" if changed == 0 else ""))
         return recap
 
     def verify(self, envs: list[str], *, fmt: str = "table", junit: Path | None = None) -> ExitCode:

@@ -416,7 +416,13 @@ class Terraform:
             raise ToolFailed(f"terraform show -json {plan_file}: not a JSON object")
         return data
 
-    def apply(self, *, auto_approve: bool = True, plan_file: Path | None = None) -> None:
+    def apply(
+        self,
+        *,
+        auto_approve: bool = True,
+        plan_file: Path | None = None,
+        replace: Sequence[str] = (),
+    ) -> None:
         args = ["apply", "-no-color", "-input=false"]
         if plan_file is not None:
             args.append(str(plan_file.resolve()))
@@ -424,6 +430,7 @@ class Terraform:
             if auto_approve:
                 args.append("-auto-approve")
             args.extend(self._var_args())
+            args += [f"-replace={address}" for address in replace]
         self._run(args)
 
     def output(self) -> dict[str, Any]:

@@ -96,12 +96,14 @@ class Orchestrator:
             step(f"{env}: terraform plan")
             tf = self._terraform(env)
             tf.init()
-            result = tf.plan(detailed_exitcode=True)
+            gone = self._gone_nodes(env, tf)
+            result = tf.plan(detailed_exitcode=True, replace=sorted(gone))
             from stacklock.adapters.terraform import resource_changes
 
             changes = resource_changes(result.plan_json or {})
             for ch in changes:
-                info(f"  {'/'.join(ch.actions):>14}  {ch.address}")
+                action = "replace" if ch.is_replace else "/".join(ch.actions)
+                info(f"  {action:>8}  {ch.address}")
             info(f"  {env}: {'changes pending' if result.changes else 'no changes'}")
             any_changes |= result.changes
         return any_changes
@@ -114,17 +116,22 @@ class Orchestrator:
             tf = self._terraform(env)
             tf.init()
             started = time.monotonic()
-            gone: dict[str, str] = {}
-            if self.provider(env) == "lab":
-                from stacklock.auditing import gone_lab_nodes
-
-                gone = gone_lab_nodes(tf.output())
-                for address, why in gone.items():
-                    info(f"  {env}: {why}: replacing {address}")
+            gone = self._gone_nodes(env, tf)
             tf.apply(auto_approve=True, replace=sorted(gone))
             self.write_inventory(env, tf.output())
             info(f"  {env}: applied in {time.monotonic() - started:.1f} s, "
                  f"inventory {self.inventory_dir(env) / 'hosts.yml'}")
+
+    def _gone_nodes(self, env: str, tf: Any) -> dict[str, str]:
+        """Lab nodes whose container is gone: Terraform replaces them (it cannot see it)."""
+        if self.provider(env) != "lab":
+            return {}
+        from stacklock.auditing import gone_lab_nodes
+
+        gone = gone_lab_nodes(tf.output())
+        for address, why in gone.items():
+            info(f"  {env}: {why}: {address} must be replaced")
+        return gone
 
     def write_inventory(self, env: str, outputs: dict[str, Any]) -> Path:
         key = None

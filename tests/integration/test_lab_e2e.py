@@ -1,0 +1,284 @@
+"""The main job end to end on a real local lab, and real deviations that verify must catch.
+
+One lab (dev, staging, prod; one node each) is provisioned once for this module through the
+CLI: real Terraform creates the node containers, real Ansible configures them over SSH from
+the local mirror, and the verify play collects the real stack. Each deviation test then
+changes one real thing on one real node, checks that `stacklock verify` exits 1 naming the
+environment, the node, the component, expected and actual, and puts the node back. The tests
+run in file order; the last ones stop and remove node containers and need no repair.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+PROJECT = "sle2e"
+NETWORK = "10.214"  # this test's own lab range (the demo's is 10.213): both can coexist
+ENVS = ("dev", "staging", "prod")
+
+
+def _skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "the lab needs root (network namespaces, veth pairs, dockerd)"
+    for tool in ("ip", "ssh", "debootstrap", "dockerd", "dpkg-scanpackages"):
+        if shutil.which(tool) is None:
+            return f"{tool} is missing: run scripts/bootstrap.sh (make test does)"
+    return None
+
+
+def container(env: str) -> str:
+    return f"{PROJECT}-{env}-1"
+
+
+def sl(manifest: Path, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, NO_COLOR="1", COLUMNS="200")
+    return subprocess.run([str(BIN / "stacklock"), "-m", str(manifest), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, env=env, check=False)
+
+
+def on_node(env: str, script: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run(["docker", "exec", container(env), "bash", "-ec", script],
+                         capture_output=True, text=True, timeout=300, check=False)
+    if check and res.returncode != 0:
+        raise AssertionError(f"on {env}: {script}\n{res.stdout}\n{res.stderr}")
+    return res
+
+
+def verify_json(manifest: Path) -> tuple[int, dict[str, Any]]:
+    res = sl(manifest, "verify", "--format", "json", timeout=600)
+    try:
+        return res.returncode, json.loads(res.stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(f"verify printed no JSON (exit {res.returncode}):\n"
+                             f"{res.stdout[-3000:]}\n{res.stderr[-3000:]}") from None
+
+
+def deviation(report: dict[str, Any], env: str, component: str) -> dict[str, Any]:
+    found = [c for c in report["deviations"]
+             if c["environment"] == env and c["component"] == component]
+    assert found, (f"no deviation {env}/{component}; deviations: "
+                   + json.dumps(report["deviations"], indent=1)[:3000])
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    work = tmp_path_factory.mktemp("lab")
+    (work / "models").mkdir()
+    shutil.copy(ROOT / "examples/models/tiny-linear.mar", work / "models/tiny-linear.mar")
+    text = (ROOT / "examples/lab.yaml").read_text()
+    text = re.sub(r"^project: .*$", f"project: {PROJECT}", text, flags=re.M)
+    text = text.replace("10.213.", f"{NETWORK}.")
+    manifest = work / "lab.yaml"
+    manifest.write_text(text)
+    for step in (["lock"], ["render"]):
+        res = sl(manifest, *step)
+        assert res.returncode == 0, res.stderr
+    try:
+        yield manifest
+    finally:
+        sl(manifest, "destroy", "--all", timeout=600)
+        leftovers = subprocess.run(["docker", "ps", "-aq", "--filter", f"name={PROJECT}-"],
+                                   capture_output=True, text=True, check=False).stdout.split()
+        if leftovers:
+            subprocess.run(["docker", "rm", "-f", *leftovers], capture_output=True, check=False)
+
+
+@pytest.fixture(scope="module")
+def provisioned(lab: Path) -> dict[str, Any]:
+    started = time.monotonic()
+    res = sl(lab, "provision", "--all", timeout=2400)
+    seconds = time.monotonic() - started
+    assert res.returncode == 0, f"provision failed ({seconds:.0f} s):\n{res.stderr[-6000:]}"
+    return {"stderr": res.stderr, "stdout": res.stdout, "seconds": seconds}
+
+
+# --------------------------------------------------------------------------- clean lab
+
+
+def test_provision_all_ends_in_parity(lab: Path, provisioned: dict[str, Any]) -> None:
+    out = provisioned["stdout"] + provisioned["stderr"]
+    for env in ENVS:
+        assert container(env) in out
+    assert "parity: all nodes match the lock and each other" in out
+    code, report = verify_json(lab)
+    assert code == 0, report["problems"]
+    assert report["ok"] is True and report["deviations"] == [] and report["unreachable"] == []
+    assert {n["environment"] for n in report["nodes"]} == set(ENVS)
+    # the comparison really saw the stack, not an empty report
+    observed = report["observed"]["prod"][container("prod")]
+    assert observed["docker.version"] == "20.10.24"
+    assert observed["torch.version"] == "2.13.0+cpu"
+    assert observed["torchserve.running"] == "true"
+
+
+def test_second_provision_changes_nothing(lab: Path, provisioned: dict[str, Any]) -> None:
+    res = sl(lab, "configure", "--all", timeout=1800)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "changed=0" in res.stderr and "nothing changed" in res.stderr
+
+
+def test_torchserve_answers_with_the_pinned_model(lab: Path, provisioned: dict[str, Any]) -> None:
+    # a prediction over the node's own loopback, with the inference token from key_file.json
+    script = (
+        "key=$(python3 -c \"import json;print(json.load(open('/var/lib/torchserve/key_file.json'))"
+        "['inference']['key'])\"); "
+        "curl -sf -H \"Authorization: Bearer $key\" -H 'Content-Type: application/json' "
+        "-d '[1.0, 2.0, 3.0]' http://127.0.0.1:8080/predictions/tiny-linear"
+    )
+    res = on_node("staging", script, check=False)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout) == [3.0, 5.0, 7.0]  # y = 2x + 1
+    denied = on_node("staging", "curl -s -o /dev/null -w '%{http_code}' -d '[1.0]' "
+                     "http://127.0.0.1:8080/predictions/tiny-linear", check=False)
+    assert denied.stdout.strip() in ("400", "401", "403")
+
+
+def test_standalone_playbook_reaches_the_same_verdict(
+    lab: Path, provisioned: dict[str, Any]
+) -> None:
+    inv = lab.parent / "lab" / "inventories"
+    argv = [str(BIN / "ansible-playbook"), "-i", str(inv / "dev"), "-i", str(inv / "staging"),
+            "-i", str(inv / "prod"), "ansible/playbooks/verify.yml",
+            "-e", f"stacklock_report_path={lab.parent / 'standalone.json'}"]
+    res = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         check=False)
+    assert res.returncode == 0, res.stdout[-4000:]
+    report = json.loads((lab.parent / "standalone.json").read_text())
+    assert report["exit_code"] == 0 and report["nodes"]
+
+
+def test_clean_lab_audits_without_drift(lab: Path, provisioned: dict[str, Any]) -> None:
+    prom = lab.parent / "audit.prom"
+    res = sl(lab, "audit", "--format", "json", "--prometheus", str(prom), timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    doc = json.loads(res.stdout)
+    assert [e["status"] for e in doc["environments"]] == ["ok", "ok", "ok"]
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {f.name: f for f in text_string_to_metric_families(prom.read_text())}
+    assert "stacklock_drift" in families
+    assert all(s.value == 0 for s in families["stacklock_drift"].samples)
+
+
+# --------------------------------------------------------------------------- deviations
+
+
+def test_other_package_version_on_prod_is_caught(lab: Path, provisioned: dict[str, Any]) -> None:
+    on_node("prod", "apt-mark unhold nvidia-container-toolkit >/dev/null; "
+            "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --allow-downgrades "
+            "--allow-change-held-packages nvidia-container-toolkit=1.18.0-1 >/dev/null")
+    try:
+        code, report = verify_json(lab)
+        assert code == 1
+        dev = deviation(report, "prod", "package.nvidia-container-toolkit")
+        assert dev["node"] == container("prod")
+        assert dev["expected"] == "1.17.8-1" and dev["actual"] == "1.18.0-1"
+        # the same deviation as audit drift, attributed to prod's stack
+        res = sl(lab, "audit", "prod", "--format", "json", timeout=600)
+        assert res.returncode == 1, res.stderr[-3000:]
+        findings = json.loads(res.stdout)["environments"][0]["findings"]
+        assert any(f["kind"] == "stack" and f["component"] == "package.nvidia-container-toolkit"
+                   and f["actual"] == "1.18.0-1" for f in findings), findings
+        # the standalone play fails too, naming it
+        inv = lab.parent / "lab" / "inventories"
+        play = subprocess.run(
+            [str(BIN / "ansible-playbook"), "-i", str(inv / "prod"), "-i", str(inv / "dev"),
+             "ansible/playbooks/verify.yml",
+             "-e", f"stacklock_report_path={lab.parent / 'standalone-dev.json'}"],
+            cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+        assert play.returncode != 0 and "nvidia-container-toolkit" in play.stdout
+    finally:
+        on_node("prod", "DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
+                "--allow-downgrades --allow-change-held-packages "
+                "nvidia-container-toolkit=1.17.8-1 >/dev/null; "
+                "apt-mark hold nvidia-container-toolkit >/dev/null")
+    assert verify_json(lab)[0] == 0
+
+
+def test_replaced_model_archive_on_staging_is_caught(
+    lab: Path, provisioned: dict[str, Any]
+) -> None:
+    store = "/var/lib/torchserve/model-store/tiny-linear.mar"
+    on_node("staging", f"cp -p {store} /root/tiny-linear.mar.orig; "
+            f"printf 'other bytes' >> {store}")
+    try:
+        code, report = verify_json(lab)
+        assert code == 1
+        dev = deviation(report, "staging", "archive.tiny-linear.mar.sha256")
+        assert dev["node"] == container("staging")
+        assert dev["expected"] != dev["actual"] and dev["actual"]
+    finally:
+        on_node("staging", f"cp -p /root/tiny-linear.mar.orig {store}")
+    assert verify_json(lab)[0] == 0
+
+
+def test_hold_removed_is_caught(lab: Path, provisioned: dict[str, Any]) -> None:
+    on_node("dev", "apt-mark unhold docker.io >/dev/null")
+    try:
+        code, report = verify_json(lab)
+        assert code == 1
+        dev = deviation(report, "dev", "hold.docker.io")
+        assert dev["expected"] == "held" and dev["actual"] == "not held"
+    finally:
+        on_node("dev", "apt-mark hold docker.io >/dev/null")
+    assert verify_json(lab)[0] == 0
+
+
+def test_torchserve_stopped_on_dev_is_caught(lab: Path, provisioned: dict[str, Any]) -> None:
+    on_node("dev", "systemctl stop torchserve")
+    try:
+        code, report = verify_json(lab)
+        assert code == 1
+        dev = deviation(report, "dev", "torchserve.running")
+        assert dev["node"] == container("dev")
+        assert dev["expected"] == "true" and dev["actual"] == "false"
+    finally:
+        on_node("dev", "systemctl start torchserve; for i in $(seq 60); do "
+                "curl -sf http://127.0.0.1:8080/ping >/dev/null && exit 0; sleep 1; done; exit 1")
+    assert verify_json(lab)[0] == 0
+
+
+# --------------------------------------------------------------------------- lost nodes (last)
+
+
+def test_stopped_node_is_unreachable_exit_3(lab: Path, provisioned: dict[str, Any]) -> None:
+    subprocess.run(["docker", "stop", "-t", "2", container("staging")], check=True,
+                   capture_output=True)
+    code, report = verify_json(lab)
+    assert code == 3
+    assert [n["node"] for n in report["unreachable"]] == [container("staging")]
+    assert not any(c["node"] == container("staging") and c["status"] == "match"
+                   for c in report["checks"])
+
+
+def test_removed_node_plans_a_replacement(lab: Path, provisioned: dict[str, Any]) -> None:
+    subprocess.run(["docker", "rm", "-f", container("staging")], check=True,
+                   capture_output=True)
+    res = sl(lab, "audit", "staging", "--format", "json", timeout=600)
+    assert res.returncode == 3, res.stderr[-3000:]  # the node cannot be queried: 3 wins
+    env = json.loads(res.stdout)["environments"][0]
+    infra = [f for f in env["findings"] if f["kind"] == "infrastructure"]
+    assert infra, env
+    assert any(container("staging") in f["subject"] + f["detail"] + str(f["actual"])
+               for f in infra), infra
+    res = sl(lab, "plan", "staging", timeout=600)
+    assert res.returncode == 1 and "replace" in res.stderr and container("staging") in res.stderr

@@ -292,6 +292,8 @@ def verify(c: Ctx, envs: tuple[str, ...], fmt: str, junit: Path | None) -> None:
 @cli.command()
 @click.argument("envs", nargs=-1)
 @click.option("--deep", is_flag=True, help="Also run site.yml --check --diff (configuration drift).")
+@click.option("--kinds", default="infrastructure,stack,cloud", show_default=True,
+              help="Which drift to audit (comma-separated): infrastructure, stack, cloud.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table",
               show_default=True, help="What to print on stdout.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -306,7 +308,7 @@ def verify(c: Ctx, envs: tuple[str, ...], fmt: str, junit: Path | None) -> None:
               help="The JSONL history: one line appended per run "
                    "[default: <output_dir>/.stacklock/audit/history.jsonl].")
 @pass_ctx
-def audit(c: Ctx, envs: tuple[str, ...], deep: bool, fmt: str, json_path: Path | None,
+def audit(c: Ctx, envs: tuple[str, ...], deep: bool, kinds: str, fmt: str, json_path: Path | None,
           md_path: Path | None, junit: Path | None, prometheus: Path | None,
           history: Path | None) -> None:
     """Drift audit: terraform plan, live stack vs lock, cloud inventory (exit 0/1/3).
@@ -332,7 +334,19 @@ def audit(c: Ctx, envs: tuple[str, ...], deep: bool, fmt: str, json_path: Path |
     names = c.envs(envs)
     orch = _orchestrator(c)
     orch.ensure_current()
-    report = auditmod.run_audit(names, RealProbes(orch, deep=deep).probes(),
+    wanted = {k.strip() for k in kinds.split(",") if k.strip()}
+    unknown = wanted - {"infrastructure", "stack", "cloud"}
+    if unknown or not wanted:
+        raise InvalidInput(f"--kinds: unknown kind(s) {', '.join(sorted(unknown)) or '(none)'}",
+                           problems=[Problem("--kinds", f"{kinds!r} is not a list of kinds",
+                                             "use infrastructure, stack, cloud")])
+    probes = RealProbes(orch, deep=deep).probes()
+    probes = auditmod.Probes(
+        plans=probes.plans if "infrastructure" in wanted else None,
+        parity=probes.parity if "stack" in wanted else None,
+        cloud=probes.cloud if "cloud" in wanted else None,
+        deep=probes.deep)
+    report = auditmod.run_audit(names, probes,
                                 workers=len(names) + 1, progress=step)
     audit_report.write_reports(report, audit_report.ReportTargets(
         json=json_path, markdown=md_path, junit=junit, prometheus=prometheus, history=history))

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,3 +58,96 @@ def lab_docker() -> Iterator[str]:
         yield docker.LAB_IMAGE
     finally:
         docker.stop_daemon(handle)
+
+
+# --------------------------------------------------------------------------- moto (AWS API)
+
+#: moto runs as Canonical's account, so images it registers carry the owner id manifests pin
+CANONICAL = "099720109477"
+
+_AWS_VARS = (
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EC2", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
+    "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_EC2_METADATA_DISABLED", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE",
+)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _moto_binary() -> str:
+    here = Path(sys.executable).parent / "moto_server"
+    if here.is_file():
+        return str(here)
+    found = shutil.which("moto_server")
+    if not found:
+        pytest.skip("moto_server is not installed (pip install 'moto[server]')")
+    return found
+
+
+@pytest.fixture(scope="module")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A moto server on 127.0.0.1 (log in a file, stopped at teardown); AWS env pointed at it."""
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("moto") / "moto_server.log"
+    url = f"http://127.0.0.1:{port}"
+    server_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    server_env["MOTO_ACCOUNT_ID"] = CANONICAL
+    with log_path.open("w", encoding="utf-8") as log:
+        proc = subprocess.Popen(  # a daemon for the tests; the code under test uses run_command
+            [_moto_binary(), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=server_env, start_new_session=True,
+        )
+    saved = {k: os.environ.get(k) for k in _AWS_VARS}
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/moto-api/", timeout=1):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"moto_server did not start: {log_path.read_text('utf-8')[-2000:]}"
+                    ) from None
+                time.sleep(0.2)
+        for k in _AWS_VARS:
+            os.environ.pop(k, None)
+        os.environ.update({
+            "AWS_ENDPOINT_URL": url,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_SESSION_TOKEN": "testing",
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            "AWS_EC2_METADATA_DISABLED": "true",
+        })
+        yield url
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def moto(moto_server: str) -> str:
+    """A clean moto for each test."""
+    req = urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST")
+    with urllib.request.urlopen(req, timeout=10):
+        pass
+    return moto_server
+
+

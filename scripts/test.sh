@@ -15,6 +15,8 @@ for m in stacklock.yaml examples/static.yaml examples/lab.yaml; do
   stacklock --manifest "$m" lock --check
   stacklock --manifest "$m" render --check
 done
+echo "==> docs/roles.md matches the roles' argument_specs"
+python scripts/role_docs.py --check
 echo "==> pytest"
 set +e
 pytest -p no:cacheprovider "$@"

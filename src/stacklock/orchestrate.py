@@ -191,8 +191,30 @@ class Orchestrator:
         self.ensure_current()
         return run_verify(self, envs, fmt=fmt, junit=junit)
 
+    def preflight(self, envs: list[str]) -> None:
+        """AWS environments: the instance type is offered and has the GPU validated for."""
+        from stacklock.manifest import AwsEnvironment
+
+        aws_envs = [e for e in envs
+                    if isinstance(self.loaded.manifest.environments[e], AwsEnvironment)]
+        if not aws_envs:
+            return
+        from stacklock.adapters import aws
+
+        step(f"preflight {', '.join(aws_envs)}: instance types offered, GPUs as validated")
+        problems = []
+        for name in aws_envs:
+            spec = self.loaded.manifest.environments[name]
+            assert isinstance(spec, AwsEnvironment)
+            problems += [p for p in aws.check_instance_types(spec, name)
+                         if p.severity == "error"]
+        if problems:
+            raise InvalidInput("AWS preflight failed: nothing was provisioned", problems=problems)
+
     def provision(self, envs: list[str]) -> ExitCode:
         started = time.monotonic()
+        self.ensure_current()
+        self.preflight(envs)
         self.apply(envs)
         recap = self.configure(envs)
         changed = sum(r.get("changed", 0) for r in recap.values())

@@ -94,7 +94,10 @@ def _apt_packages(stack: Stack, component: str) -> list[dict[str, str]]:
     out = []
     for spec in specs:
         name = spec["name"].format(**fmt)
-        version = pinned.apt_version or spec["version"].format(version=pinned.version, **fmt)
+        if spec.get("fixed"):
+            version = spec["version"]
+        else:
+            version = pinned.apt_version or spec["version"].format(version=pinned.version, **fmt)
         out.append({"name": name, "version": version})
     return out
 

@@ -15,7 +15,7 @@ module "nodes" {
   project           = "stacklock-lab"
   environment       = "staging"
   stack_name        = "lab-2026-11"
-  stack_fingerprint = "sha256:698522413962e14d8bd1a10eb333c1bd3b4928b5e4253ed31e882fc4b3e516d9"
+  stack_fingerprint = "sha256:40128129153075df696754b43d43cb9fec539b2bdaed951575eadbb8b847c40b"
   image             = "stacklock-lab:bookworm"
   node_count        = 1
   network_base      = "10.213"

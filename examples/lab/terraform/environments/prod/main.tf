@@ -15,7 +15,7 @@ module "nodes" {
   project           = "stacklock-lab"
   environment       = "prod"
   stack_name        = "lab-2026-11"
-  stack_fingerprint = "sha256:40128129153075df696754b43d43cb9fec539b2bdaed951575eadbb8b847c40b"
+  stack_fingerprint = "sha256:87f22d9541ae5df44d3a344cdf3104fa402893e434722ebdb875a1944515b623"
   image             = "stacklock-lab:bookworm"
   node_count        = 1
   network_base      = "10.213"

@@ -49,7 +49,7 @@ def build(output_dir: Path) -> Path:
             Path(sys.executable).parent / "torch-model-archiver"
         )
         # the build script is a developer tool, not part of the stacklock package
-        subprocess.run(  # noqa: S603
+        subprocess.run(
             [
                 archiver,
                 "--model-name", NAME,

@@ -136,20 +136,39 @@ def test_second_provision_changes_nothing(lab: Path, provisioned: dict[str, Any]
     assert "changed=0" in res.stderr and "nothing changed" in res.stderr
 
 
-def test_torchserve_answers_with_the_pinned_model(lab: Path, provisioned: dict[str, Any]) -> None:
-    # a prediction over the node's own loopback, with the inference token from key_file.json
-    script = (
-        "key=$(python3 -c \"import json;print(json.load(open('/var/lib/torchserve/key_file.json'))"
-        "['inference']['key'])\"); "
-        "curl -sf -H \"Authorization: Bearer $key\" -H 'Content-Type: application/json' "
-        "-d '[1.0, 2.0, 3.0]' http://127.0.0.1:8080/predictions/tiny-linear"
-    )
-    res = on_node("staging", script, check=False)
+HTTP_PROBE = """
+import json, sys, urllib.request, urllib.error
+url, body, token = sys.argv[1], sys.argv[2], sys.argv[3]
+headers = {"Content-Type": "application/json"}
+if token:
+    keys = json.load(open("/var/lib/torchserve/key_file.json"))
+    headers["Authorization"] = "Bearer " + keys[token]["key"]
+req = urllib.request.Request(url, data=body.encode() or None, headers=headers)
+try:
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        print(resp.status, resp.read().decode())
+except urllib.error.HTTPError as exc:
+    print(exc.code, exc.read().decode())
+"""
+
+
+def node_http(env: str, url: str, body: str = "", token: str = "") -> tuple[int, str]:
+    """An HTTP request made on the node itself (its own loopback), as a client there would."""
+    res = subprocess.run(["docker", "exec", container(env), "python3", "-c", HTTP_PROBE, url,
+                          body, token], capture_output=True, text=True, timeout=120,
+                         check=False)
     assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout) == [3.0, 5.0, 7.0]  # y = 2x + 1
-    denied = on_node("staging", "curl -s -o /dev/null -w '%{http_code}' -d '[1.0]' "
-                     "http://127.0.0.1:8080/predictions/tiny-linear", check=False)
-    assert denied.stdout.strip() in ("400", "401", "403")
+    code, _, text = res.stdout.strip().partition(" ")
+    return int(code), text
+
+
+def test_torchserve_answers_with_the_pinned_model(lab: Path, provisioned: dict[str, Any]) -> None:
+    url = "http://127.0.0.1:8080/predictions/tiny-linear"
+    code, text = node_http("staging", url, "[1.0, 2.0, 3.0]", token="inference")
+    assert code == 200, text
+    assert json.loads(text) == [3.0, 5.0, 7.0]  # y = 2x + 1
+    code, _ = node_http("staging", url, "[1.0, 2.0, 3.0]")  # no token: refused
+    assert code in (400, 401, 403)
 
 
 def test_standalone_playbook_reaches_the_same_verdict(
@@ -252,8 +271,11 @@ def test_torchserve_stopped_on_dev_is_caught(lab: Path, provisioned: dict[str, A
         assert dev["node"] == container("dev")
         assert dev["expected"] == "true" and dev["actual"] == "false"
     finally:
-        on_node("dev", "systemctl start torchserve; for i in $(seq 60); do "
-                "curl -sf http://127.0.0.1:8080/ping >/dev/null && exit 0; sleep 1; done; exit 1")
+        on_node("dev", "systemctl start torchserve")
+        for _ in range(60):
+            if node_http("dev", "http://127.0.0.1:8080/ping", token="inference")[0] == 200:
+                break
+            time.sleep(1)
     assert verify_json(lab)[0] == 0
 
 

@@ -2,7 +2,7 @@
 
 The module fixture starts what the tests need and stops what it started: a Docker daemon
 (reused when one answers), the lab image (built once, cached), the local mirror (real Debian
-packages + the toolkit test packages + a pip index, cached under .cache/mirror) served on
+packages + the toolkit test packages + a pip index, cached in the mirror directory) served on
 127.0.0.1, and the community.docker collection taken from the `ansible` wheel.
 
 The molecule scenario `stack` (ansible/molecule/stack) converges ansible/playbooks/site.yml,

@@ -1,6 +1,7 @@
 """The local air-gapped mirror: a flat apt repository and a PEP 503 pip index, over HTTP.
 
-What is in it (all cached under `.cache/mirror`, so a second build takes seconds):
+What is in it (cached in `/var/cache/stacklock/mirror` for root, else `.cache/mirror`, so a
+second build takes seconds):
 
 * `apt/`: the real Debian 12 packages the lab image lacks for the pinned stack — `docker.io`,
   the non-free `nvidia-driver` 535 packages, the CUDA 11.8 runtime (`libcudart11.0`),
@@ -87,6 +88,13 @@ TORCH_WHEEL_DIR = Path("/opt/wheels")
 
 
 def mirror_dir() -> Path:
+    """Where the mirror lives: $STACKLOCK_MIRROR_DIR, else a machine-wide cache for root (so
+    fresh clones, CI runs and the demo share one download), else the checkout's .cache."""
+    env = os.environ.get("STACKLOCK_MIRROR_DIR")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/cache/stacklock/mirror")
     return lab_docker.cache_dir() / "mirror"
 
 

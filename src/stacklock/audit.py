@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from stacklock.adapters.terraform import resource_changes, resource_drift
 from stacklock.errors import ExitCode, InvalidInput, StacklockError
+from stacklock.plan_json import contains_true, resource_changes, resource_drift
 
 SCHEMA = "stacklock.audit/v1"
 PARITY_SCHEMA = "stacklock.parity/v1"
@@ -269,17 +269,7 @@ def _resource_type(entry: Mapping[str, Any], address: str) -> str:
 
 def _truthy_mark(marks: Any, name: str) -> bool:
     value = marks.get(name) if isinstance(marks, Mapping) else marks
-    return _contains_true(value)
-
-
-def _contains_true(value: Any) -> bool:
-    if value is True:
-        return True
-    if isinstance(value, Mapping):
-        return any(_contains_true(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_contains_true(v) for v in value)
-    return False
+    return contains_true(value)
 
 
 def _value_text(value: Any, limit: int = 60) -> str:

@@ -77,10 +77,12 @@ def deviation(report: dict[str, Any], env: str, component: str) -> dict[str, Any
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def lab(tmp_path_factory: pytest.TempPathFactory, lab_docker: str) -> Iterator[Path]:
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
+    # `lab_docker`: the session's Docker daemon and image (conftest: started if none runs,
+    # and then stopped at the end of the session)
     work = tmp_path_factory.mktemp("lab")
     (work / "models").mkdir()
     shutil.copy(ROOT / "examples/models/tiny-linear.mar", work / "models/tiny-linear.mar")
@@ -201,10 +203,21 @@ def test_clean_lab_audits_without_drift(lab: Path, provisioned: dict[str, Any]) 
 # --------------------------------------------------------------------------- deviations
 
 
-def test_other_package_version_on_prod_is_caught(lab: Path, provisioned: dict[str, Any]) -> None:
-    on_node("prod", "apt-mark unhold nvidia-container-toolkit >/dev/null; "
+TOOLKIT = ("nvidia-container-toolkit", "nvidia-container-toolkit-base",
+           "libnvidia-container-tools", "libnvidia-container1")
+
+
+def install_toolkit(env: str, version: str, hold: bool) -> None:
+    """Another (or the pinned) toolkit on a node, by hand: what an operator might do."""
+    pins = " ".join(f"{p}={version}" for p in TOOLKIT)
+    on_node(env, f"apt-mark unhold {' '.join(TOOLKIT)} >/dev/null; "
             "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --allow-downgrades "
-            "--allow-change-held-packages nvidia-container-toolkit=1.18.0-1 >/dev/null")
+            f"--allow-change-held-packages {pins} >/dev/null"
+            + (f"; apt-mark hold {' '.join(TOOLKIT)} >/dev/null" if hold else ""))
+
+
+def test_other_package_version_on_prod_is_caught(lab: Path, provisioned: dict[str, Any]) -> None:
+    install_toolkit("prod", "1.18.0-1", hold=False)
     try:
         code, report = verify_json(lab)
         assert code == 1
@@ -226,10 +239,7 @@ def test_other_package_version_on_prod_is_caught(lab: Path, provisioned: dict[st
             cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
         assert play.returncode != 0 and "nvidia-container-toolkit" in play.stdout
     finally:
-        on_node("prod", "DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
-                "--allow-downgrades --allow-change-held-packages "
-                "nvidia-container-toolkit=1.17.8-1 >/dev/null; "
-                "apt-mark hold nvidia-container-toolkit >/dev/null")
+        install_toolkit("prod", "1.17.8-1", hold=True)
     assert verify_json(lab)[0] == 0
 
 

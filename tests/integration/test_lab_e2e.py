@@ -216,7 +216,21 @@ def install_toolkit(env: str, version: str, hold: bool) -> None:
             + (f"; apt-mark hold {' '.join(TOOLKIT)} >/dev/null" if hold else ""))
 
 
-def test_other_package_version_on_prod_is_caught(lab: Path, provisioned: dict[str, Any]) -> None:
+@pytest.fixture()
+def mirror_served(provisioned: dict[str, Any]) -> Iterator[None]:
+    """The lab's mirror, served while a test installs packages by hand (stopped after)."""
+    from stacklock.adapters import mirror
+
+    handle = mirror.start_server(f"{NETWORK}.0.1", 8700)
+    try:
+        yield
+    finally:
+        mirror.stop_server(handle)
+
+
+def test_other_package_version_on_prod_is_caught(
+    lab: Path, provisioned: dict[str, Any], mirror_served: None
+) -> None:
     install_toolkit("prod", "1.18.0-1", hold=False)
     try:
         code, report = verify_json(lab)

@@ -151,6 +151,8 @@ try:
         print(resp.status, resp.read().decode())
 except urllib.error.HTTPError as exc:
     print(exc.code, exc.read().decode())
+except OSError as exc:  # not listening (yet)
+    print(0, exc)
 """
 
 

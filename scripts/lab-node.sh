@@ -35,11 +35,21 @@ die() {
 }
 say() { echo "lab-node.sh: $*" >&2; }
 
-host_ifname() { # NODE_ADDR -> slv-<o3>-<o4>
-    local a=$1 o3 o4
-    IFS=. read -r _ _ o3 o4 <<<"$a"
+host_ifname() { # NODE_ADDR -> slv-<o2>-<o3>-<o4> (at most 15 characters; unique per address,
+    # so labs in different ranges, e.g. the demo's and the tests', never share an interface)
+    local a=$1 o2 o3 o4
+    IFS=. read -r _ o2 o3 o4 <<<"$a"
     [[ -n ${o4:-} ]] || die "not an IPv4 address: $a"
-    echo "slv-${o3}-${o4}"
+    echo "slv-${o2}-${o3}-${o4}"
+}
+
+ensure_lab_unreachable() { # ADDR: the /16 of the lab never leaves this machine
+    # Node /30s are routed by their veth pairs (more specific); any other lab address,
+    # e.g. a node whose veth is gone, is answered "unreachable" here instead of being sent
+    # to the default gateway.
+    local o1 o2
+    IFS=. read -r o1 o2 _ _ <<<"$1"
+    ip route replace unreachable "${o1}.${o2}.0.0/16"
 }
 
 check_ipv4() {
@@ -48,6 +58,7 @@ check_ipv4() {
 
 ensure_mirror_address() { # MIRROR_ADDR: one host address every node reaches via its veth
     local mirror=$1
+    ensure_lab_unreachable "$mirror"
     if ip -o addr show | grep -qF " inet ${mirror}/"; then
         return 0
     fi

@@ -254,4 +254,4 @@ def test_lab_nodes(lab_root: tuple[Terraform, Path]) -> None:
     for name, host in hosts.items():
         assert not _exists(["docker", "container", "inspect", name])
         octets = host["address"].split(".")
-        assert not _exists(["ip", "link", "show", f"slv-{octets[2]}-{octets[3]}"])
+        assert not _exists(["ip", "link", "show", f"slv-{octets[1]}-{octets[2]}-{octets[3]}"])

@@ -17,7 +17,7 @@ module "nodes" {
   stack_name        = "onprem-2026-11"
   stack_fingerprint = "sha256:61f18ad7ec4f242943ae270c3043b4793adb33615ed784a50306fe4a514a86dc"
   hosts = [
-    { name = "gpu-dev-01", address = "192.0.2.11", user = "ubuntu", port = 22 },
+    { name = "gpu-dev-01", address = "198.51.100.11", user = "ubuntu", port = 22 },
   ]
 }
 

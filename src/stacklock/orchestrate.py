@@ -25,7 +25,8 @@ class Orchestrator:
         self.root = loaded.output_root
         self.run_dir = self.root / ".stacklock" / "runs" / time.strftime("%Y%m%dT%H%M%S")
         self._resources = ExitStack()
-        self._prepared: set[bool] = set()
+        #: what the lab has been made ready for in this run: "", "nodes", or "nodes+mirror"
+        self._lab_ready = ""
 
     def __enter__(self) -> Orchestrator:
         return self
@@ -78,13 +79,14 @@ class Orchestrator:
         return lock
 
     def _prepare(self, envs: list[str], *, need_mirror: bool = False) -> None:
-        if need_mirror in self._prepared or True in self._prepared:
+        wanted = "nodes+mirror" if need_mirror else "nodes"
+        if self._lab_ready == "nodes+mirror" or self._lab_ready == wanted:
             return
         if any(isinstance(self.loaded.manifest.environments[e], LabEnvironment) for e in envs):
             from stacklock import lab
 
             lab.prepare(self.loaded, stack=self._resources, need_mirror=need_mirror)
-            self._prepared.add(need_mirror)
+            self._lab_ready = wanted
 
     # ------------------------------------------------------------------ terraform
 

@@ -43,11 +43,29 @@ def ensure_mirror_address(address: str) -> None:
     run_command([str(script), "mirror", address], timeout=30)
 
 
+#: every node runs systemd, which takes several inotify instances; the kernel's default of
+#: 128 per user stops a lab at about 20 nodes (systemd then exits at once)
+INOTIFY_INSTANCES = 8192
+INOTIFY_SETTING = Path("/proc/sys/fs/inotify/max_user_instances")
+
+
+def ensure_inotify_instances() -> None:
+    try:
+        current = int(INOTIFY_SETTING.read_text().strip())
+        if current < INOTIFY_INSTANCES:
+            INOTIFY_SETTING.write_text(f"{INOTIFY_INSTANCES}\n")
+            info(f"  raised fs.inotify.max_user_instances {current} -> {INOTIFY_INSTANCES} "
+                 "(systemd in every node)")
+    except OSError as exc:
+        log.warning("could not raise fs.inotify.max_user_instances: %s", exc)
+
+
 def prepare(loaded: LoadedManifest, *, stack: ExitStack, need_mirror: bool = True) -> None:
     """Make the lab ready; servers started here are stopped when `stack` closes."""
     from stacklock.adapters import docker, mirror
 
     step("lab: SSH key, Docker daemon, node image" + (", local mirror" if need_mirror else ""))
+    ensure_inotify_instances()
     ssh_key(loaded)
     handle = docker.ensure_daemon()
     if handle.started:

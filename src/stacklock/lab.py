@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -74,7 +75,13 @@ def prepare(loaded: LoadedManifest, *, stack: ExitStack, need_mirror: bool = Tru
         info(f"  built the lab image {loaded.manifest.lab.image}")
     if not need_mirror:
         return
+    fresh = not (mirror.mirror_dir() / mirror.MARKER).exists()
+    if fresh:
+        info(f"  building the local mirror in {mirror.mirror_dir()} (apt and pip downloads, once)")
+    started = time.monotonic()
     root = mirror.build_mirror()
+    if fresh:
+        info(f"  built the local mirror in {time.monotonic() - started:.0f} s")
     address = mirror_address(loaded)
     ensure_mirror_address(address)
     server = mirror.start_server(address, loaded.manifest.lab.mirror_port, root)

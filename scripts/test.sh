@@ -19,7 +19,7 @@ echo "==> docs/roles.md matches the roles' argument_specs"
 python scripts/role_docs.py --check
 echo "==> pytest"
 set +e
-pytest -p no:cacheprovider "$@"
+pytest -p no:cacheprovider --durations=12 "$@"
 rc=$?
 set -e
 if [ $rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi

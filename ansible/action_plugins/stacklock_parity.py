@@ -35,9 +35,11 @@ from ansible.utils.display import Display
 
 try:
     from stacklock import parity, report
+    from stacklock.files import atomic_write
 except ImportError:  # a checkout without `pip install -e .`: use its src/ directly
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
     from stacklock import parity, report
+    from stacklock.files import atomic_write
 
 display = Display()
 
@@ -121,18 +123,10 @@ class ActionModule(ActionBase):
                 expected[env] = {}
         rep = parity.compare(expected, facts, list(may_differ or []))
 
-        report_path = args.get("report_path")
-        if report_path:
-            path = Path(os.path.expanduser(str(report_path))).resolve()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(report.to_json(rep), encoding="utf-8")
-            result["report_path"] = str(path)
-        junit_path = args.get("junit_path")
-        if junit_path:
-            jpath = Path(os.path.expanduser(str(junit_path))).resolve()
-            jpath.parent.mkdir(parents=True, exist_ok=True)
-            jpath.write_text(report.to_junit(rep), encoding="utf-8")
-            result["junit_path"] = str(jpath)
+        for key, render in (("report_path", report.to_json), ("junit_path", report.to_junit)):
+            if args.get(key):
+                path = Path(os.path.expanduser(str(args[key]))).resolve()
+                result[key] = str(atomic_write(path, render(rep)))
 
         width = int(args.get("table_width", 160))
         display.display(report.to_text(rep, width=width, compact=True,

@@ -13,7 +13,6 @@ import fcntl
 import io
 import json
 import os
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -34,6 +33,7 @@ from stacklock.audit import (
     Finding,
 )
 from stacklock.errors import InvalidInput, ToolFailed
+from stacklock.files import atomic_write
 
 HISTORY_SCHEMA = "stacklock.audit-history/v1"
 #: at most this many "kind:component" names are kept per environment in a history line
@@ -44,35 +44,6 @@ _STATUS_STYLE = {OK: "green", DRIFT: "bold yellow", ERROR: "bold red"}
 
 def _show(value: str | None) -> str:
     return "(missing)" if value is None else (value if value != "" else "(none)")
-
-
-# --------------------------------------------------------------------------- atomic files
-
-
-def atomic_write_text(path: Path | str, text: str, *, mode: int = 0o644) -> Path:
-    """Write `text` to `path` atomically: temporary file in the same folder, fsync, rename.
-
-    The temporary name starts with a dot and does not end in `.prom`, so node_exporter's
-    textfile collector never reads it. Raises ToolFailed (exit 3) when the folder is not
-    writable.
-    """
-    target = Path(path)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    except OSError as exc:
-        raise ToolFailed(f"cannot write {target}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise ToolFailed(f"cannot write {target}: {exc.strerror or exc}") from exc
-    return target
 
 
 # --------------------------------------------------------------------------- table
@@ -323,7 +294,7 @@ def write_reports(report: AuditReport, targets: ReportTargets) -> list[Path]:
     )
     for path, render in renderers:
         if path is not None:
-            written.append(atomic_write_text(path, render(report)))
+            written.append(atomic_write(path, render(report)))
     if targets.history is not None:
         written.append(append_history(targets.history, report))
     return written
@@ -589,7 +560,6 @@ __all__ = [
     "ReportTargets",
     "Transition",
     "append_history",
-    "atomic_write_text",
     "history_entry",
     "history_summary",
     "history_table",

@@ -17,6 +17,7 @@ from rich.markup import escape
 from stacklock import __version__
 from stacklock.console import emit_json, err, info, print_problems, step
 from stacklock.errors import ExitCode, InvalidInput, Problem, StacklockError
+from stacklock.files import atomic_write
 from stacklock.manifest import LoadedManifest, load_manifest
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -171,9 +172,7 @@ def lock(c: Ctx, check: bool, offline: bool) -> None:
     if old == text:
         info(f"{loaded.lock_path.name} is up to date")
         return
-    tmp = loaded.lock_path.with_name(f".{loaded.lock_path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(loaded.lock_path)
+    atomic_write(loaded.lock_path, text)
     for name, stack in sorted(data["stacks"].items()):
         info(f"locked stack {name}: {stack['fingerprint']}")
     info(f"wrote {loaded.lock_path.name}")

@@ -14,6 +14,7 @@ from stacklock import lock as lockmod
 from stacklock import render as rendermod
 from stacklock.console import info, step
 from stacklock.errors import ExitCode, InvalidInput, Problem, ToolFailed
+from stacklock.files import atomic_write
 from stacklock.inventory import hosts_yaml
 from stacklock.manifest import LabEnvironment, LoadedManifest
 
@@ -140,12 +141,7 @@ class Orchestrator:
         if self.provider(env) == "lab":
             key = "{{ inventory_dir }}/../../" + rendermod.LAB_SSH_KEY
         text = hosts_yaml(env, self.provider(env), outputs, key)
-        path = self.inventory_dir(env) / "hosts.yml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(".hosts.yml.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-        return path
+        return atomic_write(self.inventory_dir(env) / "hosts.yml", text)
 
     def destroy(self, envs: list[str]) -> None:
         for env in envs:

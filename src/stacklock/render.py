@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from jinja2 import Environment, StrictUndefined
 
+from stacklock.files import atomic_write
 from stacklock.lock import config_text
 from stacklock.manifest import (
     AwsEnvironment,
@@ -224,10 +225,7 @@ def write_tree(loaded: LoadedManifest, tree: dict[str, str]) -> list[str]:
         path = root / rel
         if path.is_file() and path.read_text("utf-8") == text:
             continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+        atomic_write(path, text)
         changed.append(rel)
     for rel in _generated_on_disk(root):
         if rel not in tree:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from stacklock import report as reportmod
 from stacklock.console import emit_json, out, step
 from stacklock.errors import ExitCode, ToolFailed
+from stacklock.files import atomic_write
 from stacklock.parity import ParityReport
 
 if TYPE_CHECKING:
@@ -47,8 +48,7 @@ def run_verify(
 ) -> ExitCode:
     report = collect(orch, envs, quiet=fmt == "json")
     if junit is not None:
-        junit.parent.mkdir(parents=True, exist_ok=True)
-        junit.write_text(reportmod.to_junit(report), encoding="utf-8")
+        atomic_write(junit, reportmod.to_junit(report))
     if fmt == "json":
         emit_json(reportmod.report_dict(report))
     else:

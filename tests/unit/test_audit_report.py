@@ -29,7 +29,6 @@ from stacklock.audit_report import (
     HISTORY_SCHEMA,
     ReportTargets,
     append_history,
-    atomic_write_text,
     history_entry,
     history_summary,
     read_history,
@@ -42,6 +41,7 @@ from stacklock.audit_report import (
     write_reports,
 )
 from stacklock.errors import InvalidInput, ToolFailed
+from stacklock.files import atomic_write
 
 pytestmark = pytest.mark.unit
 
@@ -211,7 +211,7 @@ def test_write_reports_atomically(tmp_path: Path) -> None:
 def test_atomic_write_replaces_and_never_leaves_partial_files(tmp_path: Path) -> None:
     target = tmp_path / "x.prom"
     target.write_text("old\n")
-    atomic_write_text(target, "new\n")
+    atomic_write(target, "new\n")
     assert target.read_text() == "new\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.prom"]
 
@@ -222,13 +222,13 @@ def test_atomic_write_unwritable_folder_is_tool_failed(tmp_path: Path) -> None:
     ro.mkdir()
     ro.chmod(0o555)
     with pytest.raises(ToolFailed, match="cannot write"):
-        atomic_write_text(ro / "x.prom", "x")
+        atomic_write(ro / "x.prom", "x")
 
 
 def test_atomic_write_into_a_file_path_is_tool_failed(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(ToolFailed, match="cannot write"):
-        atomic_write_text(tmp_path / "file" / "x.prom", "x")
+        atomic_write(tmp_path / "file" / "x.prom", "x")
 
 
 # --------------------------------------------------------------------------- history

@@ -46,6 +46,7 @@ from pathlib import Path
 from stacklock.adapters import docker as lab_docker
 from stacklock.adapters.proc import run_command
 from stacklock.errors import StacklockError, ToolFailed
+from stacklock.files import atomic_write
 
 log = logging.getLogger("stacklock.mirror")
 
@@ -330,21 +331,14 @@ def build_toolkit_test_packages(dest: Path, versions: Sequence[str] = TOOLKIT_TE
     return built
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` in one step: a server may be reading the mirror while it is refreshed."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def index_apt(repo: Path) -> None:
     """Flat repository: Packages, Packages.gz and a Release file with their hashes."""
     if not shutil.which("dpkg-scanpackages"):
         lab_docker.apt_install("dpkg-dev")
     res = run_command(["dpkg-scanpackages", "--multiversion", "."], cwd=repo, timeout=600)
     packages = res.stdout.encode()
-    _write_atomic(repo / "Packages", packages)
-    _write_atomic(repo / "Packages.gz", gzip.compress(packages, mtime=0))
+    atomic_write(repo / "Packages", packages)
+    atomic_write(repo / "Packages.gz", gzip.compress(packages, mtime=0))
     lines = [
         "Origin: stacklock",
         "Label: stacklock local mirror",
@@ -360,7 +354,7 @@ def index_apt(repo: Path) -> None:
             data = (repo / fname).read_bytes()
             digest = hashlib.new(algo, data).hexdigest()
             lines.append(f" {digest} {len(data)} {fname}")
-    _write_atomic(repo / "Release", ("\n".join(lines) + "\n").encode())
+    atomic_write(repo / "Release", ("\n".join(lines) + "\n").encode())
 
 
 def apt_versions(repo: Path | None = None) -> dict[str, list[str]]:

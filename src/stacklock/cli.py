@@ -408,11 +408,11 @@ def lab_image(c: Ctx, force: bool) -> None:
 @lab.command("mirror")
 @pass_ctx
 def lab_mirror(c: Ctx) -> None:
-    """Download and index the lab's local apt and pip mirror (cached)."""
+    """Download and index the lab's local apt and pip mirror again (downloads are cached)."""
     from stacklock.adapters import mirror
 
     step("building the local mirror (real Debian packages, test toolkit packages, wheels)")
-    info(f"mirror ready in {mirror.build_mirror()}")
+    info(f"mirror ready in {mirror.build_mirror(force=True)}")
 
 
 @cli.command()

@@ -26,6 +26,7 @@ import email.utils
 import gzip
 import hashlib
 import html
+import json
 import logging
 import os
 import re
@@ -429,9 +430,43 @@ def index_pip(root: Path) -> None:
 # --------------------------------------------------------------------------- build
 
 
-def build_mirror(*, skip_pip: bool = False) -> Path:
-    """Build (or refresh from cache) the whole mirror; return its root directory."""
+#: a mirror built from the same inputs within this many seconds is reused as it is
+MIRROR_FRESH_SECONDS = 86400
+
+
+def _inputs_fingerprint(skip_pip: bool) -> str:
+    """What the mirror is built from: package lists, test packages, wheel requirements."""
+    inputs = {
+        "apt": APT_PACKAGES,
+        "debian": lab_docker.debian_mirror(),
+        "toolkit": TOOLKIT_TEST_VERSIONS,
+        "ctk": hashlib.sha256(_CTK_SCRIPT.encode()).hexdigest(),
+        "pip": None if skip_pip else PIP_REQUIREMENTS,
+        "torch_wheels": TORCH_WHEEL_DIR.is_dir(),
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def _is_fresh(root: Path, fingerprint: str, skip_pip: bool) -> bool:
+    marker = root / MARKER
+    try:
+        text, age = marker.read_text(), time.time() - marker.stat().st_mtime
+    except OSError:
+        return False
+    indexes = [root / "apt" / "Packages"] + ([] if skip_pip else [root / "simple" / "index.html"])
+    return fingerprint in text and age < MIRROR_FRESH_SECONDS and all(p.is_file() for p in indexes)
+
+
+def build_mirror(*, skip_pip: bool = False, force: bool = False) -> Path:
+    """Build (or refresh from cache) the whole mirror; return its root directory.
+
+    A mirror built from the same inputs less than a day ago is returned as it is (no apt or
+    pip resolution, no re-indexing); `force` refreshes it anyway.
+    """
     root = mirror_dir()
+    fingerprint = _inputs_fingerprint(skip_pip)
+    if not force and _is_fresh(root, fingerprint, skip_pip):
+        return root
     repo = root / "apt"
     download_debs(repo)
     build_toolkit_test_packages(repo)
@@ -439,7 +474,7 @@ def build_mirror(*, skip_pip: bool = False) -> Path:
     if not skip_pip:
         download_wheels(root / "wheels")
         index_pip(root)
-    (root / MARKER).write_text("stacklock local mirror\n")
+    (root / MARKER).write_text(f"stacklock local mirror\ninputs {fingerprint}\n")
     return root
 
 
@@ -564,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if args.command == "build":
-            print(build_mirror(skip_pip=args.skip_pip))
+            print(build_mirror(skip_pip=args.skip_pip, force=True))
         elif args.command == "serve":
             serve(args.root or mirror_dir(), args.host, args.port)
         elif args.command == "serve-bg":

@@ -474,7 +474,7 @@ def build_mirror(*, skip_pip: bool = False, force: bool = False) -> Path:
     if not skip_pip:
         download_wheels(root / "wheels")
         index_pip(root)
-    (root / MARKER).write_text(f"stacklock local mirror\ninputs {fingerprint}\n")
+    atomic_write(root / MARKER, f"stacklock local mirror\ninputs {fingerprint}\n")
     return root
 
 

@@ -165,6 +165,15 @@ class ActionModule(ActionBase):
             msg = str(registered.get("msg") or "").strip()
             if registered.get("unreachable"):
                 reason = msg or "no reason given"
+                from stacklock.core import hostkeys
+
+                if hostkeys.is_host_key_failure(msg):
+                    groups = [g for g in (hv.get("group_names") or [])
+                              if g not in _NOT_ENVIRONMENTS]
+                    name = str(hv.get("inventory_hostname", "?"))
+                    reason = hostkeys.untrusted_hint(
+                        name, str(hv.get("ansible_host", name)), str(hv.get("ansible_port", 22)),
+                        groups[0] if groups else None)
             elif registered.get("skipped"):
                 reason = "the facts task was skipped"
             elif msg:

@@ -6,12 +6,18 @@ from typing import Any
 
 import yaml
 
+from stacklock.core.hostkeys import KNOWN_HOSTS, HostKeyError, ssh_args
 from stacklock.errors import ToolFailed
 
 HOSTS_HEADER = "written by stacklock apply from `terraform output -json` — do not edit"
 
-#: connection settings for lab nodes (their host keys are new on every create)
-LAB_SSH_ARGS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+#: the environment's trusted host keys, resolved by Ansible at run time, so that a plain
+#: `ansible-playbook -i inventories/ENV ...` checks them too
+KNOWN_HOSTS_FILE = "{{ inventory_dir }}/" + KNOWN_HOSTS
+
+#: connection settings of every SSH host: the host key must be the one in the environment's
+#: known_hosts (lab nodes' keys are collected through Docker after apply, others by `trust`)
+SSH_ARGS = ssh_args(KNOWN_HOSTS_FILE)
 
 
 def hosts_yaml(env_name: str, provider: str, outputs: dict[str, Any], ssh_key: str | None) -> str:
@@ -32,15 +38,19 @@ def hosts_yaml(env_name: str, provider: str, outputs: dict[str, Any], ssh_key: s
             entry["ansible_connection"] = "community.aws.aws_ssm"
             entry["ansible_aws_ssm_instance_id"] = h.get("instance_id", name)
         elif h.get("proxy_jump"):
-            entry["ansible_ssh_common_args"] = f"-o ProxyJump={h['proxy_jump']}"
+            try:
+                entry["ansible_ssh_common_args"] = ssh_args(KNOWN_HOSTS_FILE, h["proxy_jump"])
+            except HostKeyError as exc:
+                raise ToolFailed(f"environment {env_name}, host {name}: {exc}") from None
+            entry["stacklock_proxy_jump"] = h["proxy_jump"]
         entries[name] = entry
-    group: dict[str, Any] = {"hosts": entries}
+    group_vars: dict[str, Any] = {"ansible_ssh_common_args": SSH_ARGS}
     if provider == "lab" and ssh_key:
-        group["vars"] = {
+        group_vars.update({
             "ansible_ssh_private_key_file": ssh_key,
-            "ansible_ssh_common_args": LAB_SSH_ARGS,
             "ansible_python_interpreter": "/usr/bin/python3",
-        }
+        })
+    group: dict[str, Any] = {"hosts": entries, "vars": group_vars}
     doc = {"all": {"children": {env_name: group}}}
     body = yaml.safe_dump(doc, sort_keys=True, default_flow_style=False, width=1000)
     return f"---\n# {HOSTS_HEADER}\n{body}"

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from stacklock.adapters.proc import run_command
 from stacklock.console import info, step
+from stacklock.core.hostkeys import HostKeyError, PublicKey, parse_public_key
+from stacklock.errors import ToolFailed
 from stacklock.manifest import LoadedManifest
 from stacklock.render import LAB_SSH_KEY, repo_root
 
@@ -35,6 +37,25 @@ def ssh_key(loaded: LoadedManifest) -> Path:
                      f"stacklock-lab-{loaded.manifest.project}", "-f", str(key)])
         info(f"  generated the lab's SSH key {key} (kept out of git)")
     return key
+
+
+def node_host_key(container: str, *, wait: float = 90.0) -> PublicKey:
+    """The ed25519 host key a lab node generated at first boot, read through Docker (a channel
+    to the node that does not cross the network), waiting until the node has written it."""
+    deadline = time.monotonic() + wait
+    path = "/etc/ssh/ssh_host_ed25519_key.pub"
+    while True:
+        result = run_command(["docker", "exec", container, "cat", path], check=False,
+                             timeout=30)
+        if result.returncode == 0 and result.stdout.strip():
+            try:
+                return parse_public_key(result.stdout.strip())
+            except HostKeyError as exc:
+                raise ToolFailed(f"lab node {container}: {path}: {exc}") from None
+        if time.monotonic() > deadline:
+            why = (result.stderr or result.stdout).strip()[-200:] or "no key file"
+            raise ToolFailed(f"lab node {container}: no SSH host key after {wait:.0f} s ({why})")
+        time.sleep(0.5)
 
 
 def ensure_mirror_address(address: str) -> None:

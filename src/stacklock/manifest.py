@@ -332,6 +332,12 @@ class StaticHost(Strict):
     address: str
     user: str = "root"
     port: Annotated[int, Field(ge=1, le=65535)] = 22
+    host_key: str | None = Field(
+        default=None,
+        exclude=True,  # connection trust, not infrastructure: never rendered into Terraform
+        description="the host's SSH public host key (`ssh-ed25519 AAAA...`, as in "
+                    "/etc/ssh/ssh_host_ed25519_key.pub): apply pins it in the environment's "
+                    "known_hosts, and `stacklock trust` never overrides it")
 
     @field_validator("address")
     @classmethod
@@ -342,6 +348,18 @@ class StaticHost(Strict):
             if not re.match(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$", v):
                 raise ValueError(f"{v!r} is neither an IP address nor a host name") from None
         return v
+
+    @field_validator("host_key")
+    @classmethod
+    def _host_key(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from stacklock.core.hostkeys import HostKeyError, parse_public_key
+
+        try:
+            return parse_public_key(v).line()
+        except HostKeyError as exc:
+            raise ValueError(f"not an OpenSSH public key line: {exc}") from None
 
 
 class StaticEnvironment(Strict):

@@ -16,7 +16,7 @@ from stacklock.console import info, step
 from stacklock.errors import ExitCode, InvalidInput, Problem, ToolFailed
 from stacklock.files import atomic_write
 from stacklock.inventory import hosts_yaml
-from stacklock.manifest import LabEnvironment, LoadedManifest
+from stacklock.manifest import LabEnvironment, LoadedManifest, StaticEnvironment
 
 
 class Orchestrator:
@@ -141,7 +141,47 @@ class Orchestrator:
         if self.provider(env) == "lab":
             key = "{{ inventory_dir }}/../../" + rendermod.LAB_SSH_KEY
         text = hosts_yaml(env, self.provider(env), outputs, key)
-        return atomic_write(self.inventory_dir(env) / "hosts.yml", text)
+        path = atomic_write(self.inventory_dir(env) / "hosts.yml", text)
+        self.write_known_hosts(env, outputs)
+        return path
+
+    def write_known_hosts(self, env: str, outputs: dict[str, Any]) -> Path | None:
+        """The host keys apply can vouch for, in `inventories/ENV/known_hosts`: a lab node's
+        own key read through Docker (the whole file, rewritten on every apply, so a replaced
+        node's new key is recorded), a static host's `host_key` from the manifest (pinned over
+        whatever was there). Other hosts are trusted with `stacklock trust ENV`."""
+        from stacklock.core import hostkeys
+
+        spec = self.loaded.manifest.environments[env]
+        path = hostkeys.known_hosts_path(self.root, env)
+        entries: list[hostkeys.Entry] = []
+        if isinstance(spec, LabEnvironment):
+            from stacklock import lab
+
+            for name, h in sorted((outputs.get("hosts") or {}).items()):
+                key = lab.node_host_key(str(h.get("container", name)))
+                pattern = hostkeys.host_pattern(str(h["address"]), int(h.get("port", 22)))
+                entries.append(hostkeys.Entry(pattern, hostkeys.PublicKey(
+                    key.type, key.body, f"{name} (lab node, read through docker)")))
+                info(f"  {env}: host key of {name} ({pattern}): {key.type} {key.fingerprint}")
+        elif isinstance(spec, StaticEnvironment):
+            pinned = []
+            for host in spec.hosts:
+                if host.host_key:
+                    key = hostkeys.parse_public_key(host.host_key)
+                    pinned.append(hostkeys.Entry(
+                        hostkeys.host_pattern(host.address, host.port),
+                        hostkeys.PublicKey(key.type, key.body,
+                                           f"{host.name} (pinned in the manifest)")))
+            if not pinned:
+                return None
+            entries = hostkeys.merge(hostkeys.load_known_hosts(path), pinned)
+        else:
+            return None
+        text = hostkeys.format_known_hosts(env, entries)
+        if path.is_file() and path.read_text("utf-8") == text:
+            return path
+        return atomic_write(path, text)
 
     def destroy(self, envs: list[str]) -> None:
         for env in envs:

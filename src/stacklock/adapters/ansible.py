@@ -43,6 +43,8 @@ def ansible_env() -> dict[str, str]:
         "ANSIBLE_FORCE_COLOR": "0",
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_RETRY_FILES_ENABLED": "0",
+        # every SSH connection is checked against the environment's known_hosts
+        "ANSIBLE_HOST_KEY_CHECKING": "True",
         "PYTHONUNBUFFERED": "1",
     }
 
@@ -76,11 +78,47 @@ def run_playbook(
     argv += list(extra_args)
     rc, recap, failures = stream(argv, log_file=log_file, quiet=quiet)
     if rc not in ok_codes:
-        detail = "\n".join(failures[-10:])
+        detail = "\n".join(f[:400] for f in failures[-10:])
+        hints = host_key_hints(failures, inventories)
+        if hints:
+            detail += "\n" + "\n".join(hints)
         raise ToolFailed(
             f"ansible-playbook {playbook} failed (exit {rc}); full log: {log_file}\n{detail}"
         )
     return recap
+
+
+def host_key_hints(failures: Sequence[str], inventories: Sequence[Path]) -> list[str]:
+    """For each host whose failure is a host key check (unknown or changed key): the hint
+    naming the host, its address and how to trust it again."""
+    import yaml
+
+    from stacklock.core.hostkeys import is_host_key_failure, untrusted_hint
+
+    failed = []
+    for line in failures:
+        host = line.split(":", 1)[0]
+        if is_host_key_failure(line) and host not in failed:
+            failed.append(host)
+    if not failed:
+        return []
+    where: dict[str, tuple[str, str, str]] = {}
+    for inv in inventories:
+        try:
+            doc = yaml.safe_load((Path(inv) / "hosts.yml").read_text("utf-8")) or {}
+            children = doc["all"]["children"]
+        except (OSError, yaml.YAMLError, KeyError, TypeError):
+            continue
+        for env, group in (children or {}).items():
+            for name, hv in ((group or {}).get("hosts") or {}).items():
+                hv = hv or {}
+                where[name] = (env, str(hv.get("ansible_host", name)),
+                               str(hv.get("ansible_port", 22)))
+    hints = []
+    for host in failed:
+        env, address, port = where.get(host, (None, host, "22"))
+        hints.append(untrusted_hint(host, address, port, env))
+    return hints
 
 
 def stream(
@@ -110,7 +148,7 @@ def stream(
             status, host = m["status"], m["host"]
             if status in ("fatal", "failed", "unreachable"):
                 failures.append(f"{host}: {state['task']}: "
-                                f"{line[line.find(']') + 1:].strip()[:400]}")
+                                f"{line[line.find(']') + 1:].strip()[:4000]}")
             if not quiet and status != "skipping":
                 style = {"ok": "green", "changed": "yellow"}.get(status, "bold red")
                 err.print(f"  [{style}]{status:>11}[/] {host}: {state['task']} "

@@ -1,0 +1,1 @@
+"""One module per user-facing flow: each composes the core and the adapters."""

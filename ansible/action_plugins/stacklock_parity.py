@@ -16,6 +16,7 @@ Options (all optional):
                 `stacklock_parity_may_differ` variable of the first host
   facts_var     host fact holding the stack facts (stacklock_stack)
   result_var    registered result of the facts task, for the reason a host has no facts
+  run_id        this run's id, given to the facts task: facts without it are stale (exit 3)
   fail          fail the task when the verdict is not 0 (true)
   table_width   width of the printed table (160)
   max_lines     problem lines in the failure message (60; all of them are in the report)
@@ -121,7 +122,9 @@ class ActionModule(ActionBase):
                     may_differ = hv.get("stacklock_parity_may_differ")
             else:
                 expected[env] = {}
-        rep = parity.compare(expected, facts, list(may_differ or []))
+        run_id = args.get("run_id")
+        rep = parity.compare(expected, facts, list(may_differ or []),
+                             run_id=str(run_id) if run_id else None)
 
         for key, render in (("report_path", report.to_json), ("junit_path", report.to_junit)):
             if args.get(key):

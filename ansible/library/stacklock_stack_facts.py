@@ -33,7 +33,14 @@ description:
     models TorchServe serves, the systemd state of torchserve and docker, dpkg holds and the
     installed version of each package named in O(packages).
   - Every probe is bounded by O(probe_timeout); a probe that fails records C(error) in its
-    section (and in C(errors)) instead of failing the module.
+    section (and in C(errors)) instead of failing the module. A probe that could not look
+    (permission denied, timeout, token refused, a crash) says so with C(could not look:) and is
+    listed in C(blocked): its value is unknown, not absent.
+  - Read-only, with one exception: when TorchServe refuses the management key (the keys in
+    key_file.json expire C(token_expiration_min) after TorchServe started, 60 minutes by
+    default), the module asks TorchServe's own token API for a fresh management key with the
+    API key (which does not expire) and retries once. A refused key is an expired key, so no
+    working key is taken from anyone.
   - Returns C(ansible_facts.stacklock_stack); the schema is documented in docs/facts.md.
 version_added: "0.1.0"
 options:
@@ -76,6 +83,11 @@ options:
     description: read GPUs through NVML first when pynvml is importable.
     type: bool
     default: true
+  run_id:
+    description:
+      - an identifier of this verification run, returned as C(run_id), so that the comparison
+        can tell facts of this run from stale facts (a fact cache, an earlier run).
+    type: str
 attributes:
   check_mode:
     support: full
@@ -183,7 +195,24 @@ class ProbeError(Exception):
 
 
 class ApiError(ProbeError):
-    """The service answered, but not with what was asked for (HTTP 401, 500, not JSON)."""
+    """The service answered, but not with what was asked for (HTTP 500, not JSON)."""
+
+
+#: every message of a probe that could not look starts with this (the parity comparison
+#: reports such a component as "could not look", exit 3, never as a deviation)
+CANNOT_LOOK = "could not look: "
+
+
+class CannotLook(ProbeError):
+    """The probe could not look (permission denied, timeout, authentication refused, a crash):
+    the value is unknown, which is not the same as absent or different."""
+
+    def __init__(self, message):
+        super().__init__(message if message.startswith(CANNOT_LOOK) else CANNOT_LOOK + message)
+
+
+#: HTTP statuses TorchServe answers a missing, wrong or expired token with
+AUTH_REFUSED = (400, 401, 403)
 
 
 class Result:
@@ -211,9 +240,9 @@ class System:
         except FileNotFoundError:
             raise ProbeError(f"{argv[0]}: command not found") from None
         except subprocess.TimeoutExpired:
-            raise ProbeError("{}: timed out after {:.0f} s".format(" ".join(argv), limit)) from None
+            raise CannotLook("{}: timed out after {:.0f} s".format(" ".join(argv), limit)) from None
         except OSError as exc:
-            raise ProbeError(f"{argv[0]}: {exc}") from None
+            raise CannotLook(f"{argv[0]}: {exc}") from None
         return Result(proc.returncode, proc.stdout or "", proc.stderr or "")
 
     def which(self, name):
@@ -234,7 +263,7 @@ class System:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise ProbeError(f"{path}: {exc}") from None
+            raise CannotLook(f"{path}: {exc}") from None
 
     def sha256(self, path):
         digest = hashlib.sha256()
@@ -245,7 +274,7 @@ class System:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise ProbeError(f"{path}: {exc}") from None
+            raise CannotLook(f"{path}: {exc}") from None
         return digest.hexdigest()
 
     def listdir(self, path):
@@ -254,10 +283,16 @@ class System:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise ProbeError(f"{path}: {exc}") from None
+            raise CannotLook(f"{path}: {exc}") from None
 
     def glob(self, pattern):
         return sorted(_glob.glob(pattern))
+
+    def walk_files(self, top):
+        """Every file path below `top` (no symlinked directories followed)."""
+        for base, _dirs, files in os.walk(top):
+            for name in files:
+                yield os.path.join(base, name)
 
     def uname(self):
         u = platform.uname()
@@ -284,7 +319,11 @@ class System:
             return exc.code, body
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise ProbeError(f"GET {url.split('?')[0]}: {reason}") from None
+            where = url.split("?")[0]
+            if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+                raise CannotLook(f"GET {where}: no answer within {timeout or self.timeout:.0f} s") \
+                    from None
+            raise ProbeError(f"GET {where}: {reason}") from None
 
     def nvml(self, timeout=None):
         """GPU list through NVML, or None when pynvml is not importable."""
@@ -320,7 +359,7 @@ class System:
         t.start()
         t.join(timeout or self.timeout)
         if t.is_alive():
-            raise ProbeError("NVML: timed out")
+            raise CannotLook("NVML: timed out")
         if "error" in box:
             raise ProbeError(box["error"])
         return box.get("gpus", [])
@@ -381,7 +420,7 @@ def probe_dpkg(sy):
     argv = ["dpkg-query", "-W", "-f=${Package}\t${Version}\t${db:Status-Abbrev}\n"]
     res = sy.run(argv)
     if res.rc != 0:
-        raise ProbeError(_cmd_error(argv, res))
+        raise CannotLook(_cmd_error(argv, res))
     pkgs = {}
     for line in res.stdout.splitlines():
         parts = line.split("\t")
@@ -492,6 +531,24 @@ def probe_gpu(sy, use_nvml):
                  "proc_version": proc_version,
                  "running_source": source if running and source != "proc" else
                  ("proc" if running else None)}
+
+
+#: the driver's main kernel module file (Debian's DKMS package names it nvidia-current)
+NVIDIA_KO_RE = re.compile(r"^nvidia(-current)?\.ko(\.(xz|zst|gz))?$")
+
+
+def probe_kernels(sy, root="/lib/modules"):
+    """{kernel release: True/False}: whether each installed kernel has the NVIDIA module.
+
+    A kernel update whose DKMS build failed leaves the next boot without a driver; this shows
+    it before the reboot. Kernels without modules.dep (leftover directories) are skipped."""
+    out = {}
+    for kdir in sy.glob(os.path.join(root, "*")):
+        if not sy.exists(os.path.join(kdir, "modules.dep")):
+            continue
+        out[os.path.basename(kdir)] = any(
+            NVIDIA_KO_RE.match(os.path.basename(f)) for f in sy.walk_files(kdir))
+    return out
 
 
 def probe_driver(running, dpkg):
@@ -731,7 +788,9 @@ def probe_venv(sy, venv, extra):
     return out
 
 
-def _key(sy, key_file):
+def _keys(sy, key_file):
+    """(path, management key, API key) from TorchServe's key_file.json; (None, None, None)
+    when there is none (token authorization off). Unreadable: CannotLook."""
     candidates = [key_file] if key_file else list(DEFAULT_KEY_FILES)
     for path in candidates:
         text = sy.read_text(path)
@@ -739,25 +798,58 @@ def _key(sy, key_file):
             continue
         try:
             data = json.loads(text)
-            return path, data["management"]["key"]
-        except (ValueError, KeyError, TypeError):
-            raise ProbeError(f"{path}: no management key in it") from None
-    return None, None
+            return path, data["management"]["key"], (data.get("API") or {}).get("key")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise CannotLook(f"{path}: no management key in it") from None
+    return None, None, None
+
+
+def refresh_key(sy, base, api_key, kind):
+    """Ask TorchServe for a fresh `kind` key (its own token API, authorized by the API key,
+    which never expires); TorchServe rewrites key_file.json. True when it said yes.
+
+    Used only after the current key was refused: a key TorchServe refuses is expired (the
+    inference and management keys live `token_expiration_min`, 60 minutes by default), so
+    nobody loses a working key by this."""
+    if not api_key:
+        return False
+    try:
+        status, _body = sy.http_get(f"{base}/token?type={kind}",
+                                    {"Authorization": f"Bearer {api_key}"})
+    except ProbeError:
+        return False
+    return status == 200
 
 
 def probe_torchserve_api(sy, base_url, key_file):
-    """(running, models, error). models: {name: {version, workers, workers_ready}}."""
+    """(running, models, error, key_path, refreshed). models: {name: {version, workers,
+    workers_ready}}. A refused key is renewed once through TorchServe's token API."""
     base = base_url.rstrip("/")
-    try:
-        key_path, key = _key(sy, key_file)
-    except ProbeError as exc:
-        return False, {}, str(exc), None
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    key_path, key, api_key = _keys(sy, key_file)
+    refreshed = False
+
+    def get(url):
+        nonlocal key_path, key, api_key, refreshed
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        status, body = sy.http_get(url, headers)
+        if status in AUTH_REFUSED and key and not refreshed:
+            refreshed = refresh_key(sy, base, api_key, "management")
+            if refreshed:
+                key_path, key, api_key = _keys(sy, key_file)
+                status, body = sy.http_get(url, {"Authorization": f"Bearer {key}"})
+        if status in AUTH_REFUSED:
+            where = url.split("?")[0]
+            how = ("even with a fresh key from TorchServe's token API" if refreshed else
+                   "and no fresh key could be had (API key missing or refused)" if key else
+                   "and no key file was found")
+            raise CannotLook(f"GET {where}: HTTP {status}: the management key was refused {how}")
+        return status, body
+
     models = {}
     url = base + "/models?limit=1000"
     names = []
     for _ in range(100):
-        status, body = sy.http_get(url, headers)
+        status, body = get(url)
         if status != 200:
             where = url.split("?")[0]
             raise ApiError(f"GET {where}: HTTP {status} {_first_line(body)[:200]}")
@@ -771,7 +863,7 @@ def probe_torchserve_api(sy, base_url, key_file):
             break
         url = base + f"/models?limit=1000&next_page_token={token}"
     for name in sorted(set(names)):
-        status, body = sy.http_get(base + "/models/" + name, headers)
+        status, body = get(base + "/models/" + name)
         entry = {"version": None, "workers": 0, "workers_ready": 0}
         if status == 200:
             try:
@@ -787,7 +879,7 @@ def probe_torchserve_api(sy, base_url, key_file):
         else:
             entry["error"] = f"GET /models/{name}: HTTP {status}"
         models[name] = entry
-    return True, models, None, key_path
+    return True, models, None, key_path, refreshed
 
 
 def probe_torchserve(sy, opts):
@@ -812,16 +904,20 @@ def probe_torchserve(sy, opts):
     except ProbeError as exc:
         out["model_store"]["error"] = str(exc)
     try:
-        running, models, err, key_path = probe_torchserve_api(
+        running, models, err, key_path, refreshed = probe_torchserve_api(
             sy, opts["torchserve_management_url"], opts.get("torchserve_key_file"))
         out["running"], out["models"] = running, models
         out["token_auth"] = key_path is not None
+        out["token_refreshed"] = refreshed
         if err:
             out["error"] = err
     except ApiError as exc:  # it runs, but its models could not be listed
         out["running"] = True
         out["error"] = str(exc)
-    except ProbeError as exc:
+    except CannotLook as exc:  # the key could not be read or was refused: unknown
+        out["running"] = None
+        out["error"] = str(exc)
+    except ProbeError as exc:  # nothing answers: not running
         out["running"] = False
         out["error"] = str(exc)
     return out
@@ -860,7 +956,7 @@ def _section(errors, name, fn, *args):
     except ProbeError as exc:
         value = {"error": str(exc)}
     except Exception as exc:  # a bug in a probe must not hide the other sections
-        value = {"error": f"{type(exc).__name__}: {exc}"}
+        value = {"error": f"{CANNOT_LOOK}the {name} probe crashed: {type(exc).__name__}: {exc}"}
     if isinstance(value, dict) and value.get("error"):
         errors[name] = value["error"]
     return value
@@ -885,6 +981,14 @@ def gather(opts, sy=None):
         facts["gpu"] = dict(gpu_and_driver, present=False, count=0)
         running = {"running": None, "kernel_module": None, "running_source": None}
     facts["nvidia_driver"] = _section(errors, "nvidia_driver", probe_driver, running, dpkg)
+    if isinstance(facts["nvidia_driver"], dict) and "error" not in facts["nvidia_driver"]:
+        try:
+            kernels = probe_kernels(sy)
+            facts["nvidia_driver"]["kernels"] = kernels
+            facts["nvidia_driver"]["kernels_without_module"] = sorted(
+                k for k, ok in kernels.items() if not ok)
+        except ProbeError as exc:
+            facts["nvidia_driver"]["kernels_error"] = str(exc)
     facts["cuda"] = _section(errors, "cuda", probe_cuda, sy, dpkg)
     facts["docker"] = _section(errors, "docker", probe_docker, sy, dpkg)
     facts["nvidia_container_toolkit"] = _section(errors, "nvidia_container_toolkit",
@@ -913,6 +1017,10 @@ def gather(opts, sy=None):
                                                      "held": False}) for n in wanted}
         facts["holds"] = sorted(n for n, e in dpkg.items() if e["held"])
     facts["errors"] = errors
+    # what could not be looked at: unknown, never "absent" or "different" (parity: exit 3)
+    facts["blocked"] = {k: v for k, v in errors.items() if CANNOT_LOOK in str(v)}
+    if opts.get("run_id"):
+        facts["run_id"] = str(opts["run_id"])
     facts["seconds"] = round(time.monotonic() - started, 3)
     return facts
 
@@ -933,6 +1041,7 @@ def main():
             "torchserve_management_url": {"type": "str", "default": "http://127.0.0.1:8081"},
             "probe_timeout": {"type": "float", "default": 10.0},
             "use_nvml": {"type": "bool", "default": True},
+            "run_id": {"type": "str", "default": None},
         },
         supports_check_mode=True,
     )

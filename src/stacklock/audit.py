@@ -455,6 +455,11 @@ def stack_errors(parity_report: Mapping[str, Any]) -> dict[str, list[str]]:
         seen.add((env, name))
         out.setdefault(env, []).append(f"{name} unreachable: {node.get('error') or 'no facts'}")
     for check in report.get("checks") or []:
+        if check.get("status") == "could-not-look":
+            env, name = str(check.get("environment", "")), str(check.get("node", ""))
+            out.setdefault(env, []).append(
+                f"{name} {check.get('component')}: {check.get('detail') or 'could not look'}")
+            continue
         if check.get("status") != "unreachable":
             continue
         env, name = str(check.get("environment", "")), str(check.get("node", ""))

@@ -189,6 +189,11 @@ class TorchServeConfig(Strict):
         default_factory=list, description="regexes of model URLs; empty: the model store only"
     )
     metrics_mode: Literal["prometheus", "log"] = "prometheus"
+    token_expiration_min: Annotated[int | None, Field(ge=1, le=525600)] = Field(
+        default=None,
+        description="minutes TorchServe's inference and management keys live (TorchServe's "
+                    "`token_expiration_min`; unset: its default, 60). stacklock renews an "
+                    "expired key through TorchServe's token API, so verify works at any hour")
 
     @field_validator("inference_address", "management_address", "metrics_address")
     @classmethod
@@ -309,6 +314,11 @@ class AwsEnvironment(Strict):
     bastion: str | None = None
     state_bucket: str | None = None
     state_region: str | None = None
+    gpu: bool = Field(
+        default=True,
+        description="the nodes have an NVIDIA GPU (false: CPU-only hosts or a test bed; the "
+                    "driver packages are installed and held, GPU-only steps are skipped, and "
+                    "verify does not require a GPU or a loaded driver)")
 
     @field_validator("admin_cidrs", "client_cidrs")
     @classmethod
@@ -366,6 +376,11 @@ class StaticEnvironment(Strict):
     provider: Literal["static"]
     stack: str
     hosts: list[StaticHost] = Field(min_length=1)
+    gpu: bool = Field(
+        default=True,
+        description="the nodes have an NVIDIA GPU (false: CPU-only hosts or a test bed; the "
+                    "driver packages are installed and held, GPU-only steps are skipped, and "
+                    "verify does not require a GPU or a loaded driver)")
 
     @field_validator("hosts")
     @classmethod
@@ -390,6 +405,11 @@ class LabEnvironment(Strict):
     provider: Literal["lab"]
     stack: str
     count: Annotated[int, Field(ge=1, le=60)] = 1
+
+    @property
+    def gpu(self) -> bool:
+        """Lab nodes are containers on this machine: never a GPU."""
+        return False
 
 
 Environment = Annotated[

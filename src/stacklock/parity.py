@@ -17,7 +17,15 @@ or None when the node did not report it ("missing"). Two kinds of checks:
   reference; the others are reported.
 
 A node that could not be reached or queried is `unreachable` for each of its checks and never
-counts as matching; an environment without nodes is unreachable too.
+counts as matching; an environment without nodes is unreachable too. A component whose probe
+could not look (permission denied, a timeout, TorchServe refusing the key, a probe crash: the
+facts' `blocked` sections) is `could-not-look`, never a deviation: exit 1 only for a value that
+was read and differs, exit 3 for everything that means "could not look".
+
+Where the lock pins it, a single environment is checked as strictly as several: a GPU visible
+and the pinned driver loaded (NVML, nvidia-smi or /proc, not the package) when the environment
+has GPUs, Docker and TorchServe active, and every pinned model registered with all its workers
+ready.
 """
 
 from __future__ import annotations
@@ -130,6 +138,8 @@ GROUP_VAR_KEYS = (
     "torchserve_torch_cuda",
     "torchserve_config_sha256",
     "torchserve_models",
+    "nvidia_driver_require_gpu",
+    "nvidia_driver_kernel_module",
     "stacklock_os_distribution",
     "stacklock_os_release",
     *APT_PIN_VARS,
@@ -140,6 +150,8 @@ class Status(StrEnum):
     MATCH = "match"
     DEVIATION = "deviation"
     UNREACHABLE = "unreachable"
+    #: the node answered, but this value could not be read (permission, timeout, auth, crash)
+    UNVERIFIED = "could-not-look"
 
 
 class Kind(StrEnum):
@@ -171,6 +183,8 @@ class Check:
         where = f"{self.environment}/{self.node}"
         if self.status is Status.UNREACHABLE:
             return f"{where} unreachable: {self.detail or 'no facts'}"
+        if self.status is Status.UNVERIFIED:
+            return f"{where} {self.component}: {self.detail or 'could not look'}"
         text = (
             f"{where} {self.component}: expected {show(self.expected)}, "
             f"actual {show(self.actual)}"
@@ -232,13 +246,20 @@ class ParityReport:
         return tuple(c for c in self.checks if c.status is Status.UNREACHABLE)
 
     @property
+    def unverified(self) -> tuple[Check, ...]:
+        """Checks whose value could not be read on a reachable node."""
+        return tuple(c for c in self.checks if c.status is Status.UNVERIFIED)
+
+    @property
     def unreachable_nodes(self) -> tuple[NodeResult, ...]:
         return tuple(n for n in self.nodes if not n.reachable)
 
     @property
     def exit_code(self) -> ExitCode:
-        """3 if any node is unreachable or there is no node at all, else 1 on any deviation."""
-        if not self.nodes or not self.checks or self.unreachable or self.unreachable_nodes:
+        """3 if any node is unreachable, any value could not be read, or there is no node at
+        all; else 1 on any deviation."""
+        if (not self.nodes or not self.checks or self.unreachable or self.unreachable_nodes
+                or self.unverified):
             return ExitCode.FAILED
         if self.deviations:
             return ExitCode.DEVIATION
@@ -254,6 +275,8 @@ class ParityReport:
             f"({reachable} reached), {len(self.checks)} checks: "
             f"{len(self.deviations)} deviation(s), "
             f"{len(self.unreachable_nodes)} unreachable node(s)"
+            + (f", {len(self.unverified)} value(s) that could not be read"
+               if self.unverified else "")
         )
 
     def problems(self) -> list[str]:
@@ -265,6 +288,7 @@ class ParityReport:
             if (c.environment, c.node) not in known:
                 known.add((c.environment, c.node))
                 lines.append(c.describe())
+        lines += [c.describe() for c in self.unverified]
         lines += [c.describe() for c in self.deviations]
         if not self.nodes and not lines:
             lines.append("no nodes were verified")
@@ -323,8 +347,20 @@ def expected_from_vars(group_vars: Mapping[str, Any]) -> dict[str, str | None]:
             exp[component] = transform(value) if transform else _s(value)
 
     put("nvidia_driver.version", "nvidia_driver_version")
+    if gv.get("nvidia_driver_require_gpu") and gv.get("nvidia_driver_version"):
+        # the driver that runs, not the package: no GPU, not loaded, or another loaded version
+        # (a kernel update that broke the DKMS module, a reboot pending) are deviations
+        exp["gpu.present"] = "true"
+        exp["nvidia_driver.loaded"] = _s(gv["nvidia_driver_version"])
+        # an installed kernel the driver module was not built for boots without a driver
+        exp["nvidia_driver.kernels_without_module"] = "none"
+        module = gv.get("nvidia_driver_kernel_module")
+        if module in ("open", "proprietary"):
+            exp["nvidia_driver.kernel_module"] = str(module)
     put("cuda.version", "cuda_version", lambda v: _major_minor(str(v)) or str(v))
     put("docker.version", "docker_version")
+    if gv.get("docker_version"):
+        exp["service.docker"] = "active"
     put("nvidia_container_toolkit.version", "nvidia_container_toolkit_version")
     put("java.version", "torchserve_java_version")
     put("python.version", "torchserve_python_version")
@@ -349,6 +385,7 @@ def expected_from_vars(group_vars: Mapping[str, Any]) -> dict[str, str | None]:
             file = str(m.get("file") or f"{m['name']}.mar")
             exp[f"archive.{file}.sha256"] = _s(m.get("sha256"))
             exp[f"model.{m['name']}.version"] = _s(m.get("version"))
+            exp[f"model.{m['name']}.ready"] = "true"
     for var in APT_PIN_VARS:
         for pin in gv.get(var) or []:
             exp[f"package.{pin['name']}"] = _s(pin["version"])
@@ -388,6 +425,11 @@ def actual_values(facts: Mapping[str, Any]) -> dict[str, str | None]:
         act[f"gpu.{key}"] = _s(_get(gpu, key))
     act["nvidia_driver.version"] = _s(_get(facts, "nvidia_driver", "version"))
     act["nvidia_driver.kernel_module"] = _s(_get(facts, "nvidia_driver", "kernel_module"))
+    act["nvidia_driver.loaded"] = _s(_get(facts, "nvidia_driver", "running_version")) or (
+        "not loaded")
+    missing = _get(facts, "nvidia_driver", "kernels_without_module")
+    act["nvidia_driver.kernels_without_module"] = (
+        ",".join(str(k) for k in missing) or "none") if isinstance(missing, list) else None
     act["cuda.version"] = _s(_get(facts, "cuda", "version"))
     act["docker.version"] = _s(_get(facts, "docker", "version"))
     act["docker.default_runtime"] = _s(_get(facts, "docker", "default_runtime"))
@@ -417,6 +459,7 @@ def actual_values(facts: Mapping[str, Any]) -> dict[str, str | None]:
     if isinstance(models, Mapping):
         for name, desc in models.items():
             act[f"model.{name}.version"] = _s(_get(desc, "version"))
+            act[f"model.{name}.ready"] = _ready(desc)
     archives = _get(ts, "model_store", "archives")
     if isinstance(archives, Mapping) and not _get(ts, "model_store", "error"):
         act["model_store.archives"] = ",".join(sorted(str(a) for a in archives))
@@ -437,6 +480,17 @@ def actual_values(facts: Mapping[str, Any]) -> dict[str, str | None]:
     return act
 
 
+def _ready(desc: Any) -> str:
+    """`true` when a model has workers and every one is READY, else `N/M workers ready`."""
+    workers = _get(desc, "workers")
+    ready = _get(desc, "workers_ready")
+    if not isinstance(workers, int) or not isinstance(ready, int):
+        return "unknown"
+    if workers > 0 and ready == workers:
+        return "true"
+    return f"{ready}/{workers} workers ready"
+
+
 def _error_for(component: str, errors: Mapping[str, Any]) -> str:
     if not errors:
         return ""
@@ -449,7 +503,7 @@ def _error_for(component: str, errors: Mapping[str, Any]) -> str:
     return ""
 
 
-def _reason_unqueried(facts: Any) -> str | None:
+def _reason_unqueried(facts: Any, run_id: str | None = None) -> str | None:
     """None when `facts` is a usable facts dict, else why the node counts as unreachable."""
     if facts is None:
         return "no facts (host unreachable or not queried)"
@@ -462,6 +516,10 @@ def _reason_unqueried(facts: Any) -> str | None:
     schema = facts.get("schema")
     if schema != FACTS_SCHEMA:
         return f"facts schema {schema!r} is not {FACTS_SCHEMA!r}"
+    if run_id is not None and str(facts.get("run_id")) != run_id:
+        return (f"stale facts: gathered by another run ({facts.get('run_id') or 'no run id'}, "
+                f"this run is {run_id}), e.g. from a fact cache; the node was not queried now: "
+                "check that it is reachable and that the facts task ran")
     return None
 
 
@@ -472,22 +530,27 @@ def compare(
     expected: Mapping[str, Mapping[str, str | None]],
     facts: Mapping[str, Mapping[str, Any]],
     may_differ: Sequence[str] = (),
+    run_id: str | None = None,
 ) -> ParityReport:
     """Compare every node with its environment's expectation, and environments with each other.
 
     `expected`: environment -> component -> value (`expected_from_vars`).
     `facts`: environment -> node -> facts dict, or None / `Unreachable` / {"unreachable": true}.
+    `run_id`: when given, facts that do not carry it are stale (not gathered by this run).
     Environment order: `expected` first, then environments only in `facts`.
     """
     envs = list(expected) + [e for e in facts if e not in expected]
     nodes: list[NodeResult] = []
     checks: list[Check] = []
     actuals: dict[str, dict[str, dict[str, str | None]]] = {}
+    #: what the cross-environment comparison may use: values that were really read
+    readable: dict[str, dict[str, dict[str, str | None]]] = {}
 
     for env in envs:
         exp = dict(expected.get(env) or {})
         env_facts = facts.get(env) or {}
         actuals[env] = {}
+        readable[env] = {}
         if not env_facts:
             checks.append(Check(env, "(none)", REACHABLE, "at least one node", "no nodes",
                                 Status.UNREACHABLE, Kind.NODE,
@@ -495,7 +558,7 @@ def compare(
             continue
         for node in sorted(env_facts):
             node_facts = env_facts[node]
-            reason = _reason_unqueried(node_facts)
+            reason = _reason_unqueried(node_facts, run_id)
             if reason is not None:
                 nodes.append(NodeResult(env, node, False, reason))
                 checks.append(Check(env, node, REACHABLE, "true", "false",
@@ -512,16 +575,18 @@ def compare(
             act = actual_values(node_facts)
             actuals[env][node] = act
             errors = node_facts.get("errors") or {}
+            blocked = node_facts.get("blocked") or {}
+            readable[env][node] = {c: v for c, v in act.items() if not _error_for(c, blocked)}
             for comp in sort_components(exp):
                 want, got = exp[comp], act.get(comp)
                 ok = want == got
-                checks.append(Check(
-                    env, node, comp, want, got,
-                    Status.MATCH if ok else Status.DEVIATION, Kind.LOCK,
-                    "" if ok else _error_for(comp, errors),
-                ))
+                status = Status.MATCH if ok else Status.DEVIATION
+                detail = "" if ok else _error_for(comp, errors)
+                if not ok and (cause := _error_for(comp, blocked)):
+                    status, detail = Status.UNVERIFIED, cause + _HINT
+                checks.append(Check(env, node, comp, want, got, status, Kind.LOCK, detail))
 
-    checks += _cross_environment(envs, expected, actuals, may_differ)
+    checks += _cross_environment(envs, expected, readable, may_differ)
     return ParityReport(
         environments=tuple(envs),
         nodes=tuple(nodes),
@@ -530,6 +595,12 @@ def compare(
         expected={e: dict(expected.get(e) or {}) for e in envs},
         observed=actuals,
     )
+
+
+#: what to do about a value that could not be read
+_HINT = (" -- run verify again; if it persists, check the facts task's privilege escalation "
+         "(stacklock_verify_become), the probe timeout (stacklock_verify_probe_timeout) and the "
+         "service on the node")
 
 
 def _reference(sets: Mapping[str, frozenset[str | None]], order: Sequence[str]) -> frozenset[
@@ -558,6 +629,8 @@ def _cross_environment(
     may_differ: Sequence[str],
 ) -> list[Check]:
     live = [e for e in envs if actuals.get(e)]
+    if len(live) == 1:
+        return _within_environment(live[0], expected, actuals, may_differ)
     if len(live) < 2:
         return []
     out: list[Check] = []
@@ -576,13 +649,17 @@ def _cross_environment(
                 exp = expected.get(env) or {}
                 sets[env] = frozenset([exp.get(comp, "(not pinned)")])
             else:
-                sets[env] = frozenset(a.get(comp) for a in actuals[env].values())
+                sets[env] = frozenset(a.get(comp) for a in actuals[env].values() if comp in a)
+                if not sets[env]:  # no node of this environment could read it
+                    del sets[env]
+                    continue
         if len(set(sets.values())) <= 1:
             continue
-        ref = _reference(sets, live)
-        ref_envs = [e for e in live if sets[e] == ref]
+        live_here = [e for e in live if e in sets]
+        ref = _reference(sets, live_here)
+        ref_envs = [e for e in live_here if sets[e] == ref]
         expected_text = f"{_fmt_set(ref)} (as in {', '.join(ref_envs)})"
-        for env in live:
+        for env in live_here:
             if sets[env] == ref:
                 continue
             if pinned:  # the locks differ: one finding for the environment ("*": all its nodes)
@@ -592,6 +669,8 @@ def _cross_environment(
                 continue
             flagged = False
             for node, act in sorted(actuals[env].items()):
+                if comp not in act:
+                    continue
                 value = act.get(comp)
                 if value not in ref:
                     flagged = True
@@ -603,6 +682,40 @@ def _cross_environment(
                 out.append(Check(env, "*", comp, expected_text, _fmt_set(sets[env]),
                                  Status.DEVIATION, Kind.CROSS,
                                  f"{env} lacks {_fmt_set(ref - sets[env])}"))
+    return out
+
+
+def _within_environment(
+    env: str,
+    expected: Mapping[str, Mapping[str, str | None]],
+    actuals: Mapping[str, Mapping[str, Mapping[str, str | None]]],
+    may_differ: Sequence[str],
+) -> list[Check]:
+    """With one environment, its nodes must agree on what no lock pins (kernel, GPU model,
+    default runtime, ...), as environments must agree with each other when there are several:
+    a single-environment verify is as strict as a multi-environment one."""
+    nodes = actuals[env]
+    if len(nodes) < 2:
+        return []
+    pinned = set(expected.get(env) or {})
+    out: list[Check] = []
+    components = sorted({c for act in nodes.values() for c in act} - pinned - {REACHABLE})
+    for comp in sort_components(components):
+        if may_differ_matches(comp, may_differ):
+            continue
+        values = {n: act[comp] for n, act in nodes.items() if comp in act}
+        counts: dict[str | None, int] = {}
+        for v in values.values():
+            counts[v] = counts.get(v, 0) + 1
+        if len(counts) <= 1:
+            continue
+        best = max(counts.values())
+        ref = next(v for n, v in sorted(values.items()) if counts[v] == best)
+        for node, value in sorted(values.items()):
+            if value != ref:
+                out.append(Check(env, node, comp, f"{show(ref)} (as on the other {env} nodes)",
+                                 value, Status.DEVIATION, Kind.CROSS,
+                                 f"differs between the nodes of {env}"))
     return out
 
 

@@ -121,7 +121,7 @@ def group_vars(
         "nvidia_driver_branch": comp["nvidia_driver"]["branch"],
         "nvidia_driver_kernel_module": comp["nvidia_driver"]["kernel_module"],
         "nvidia_driver_packages": locked["apt"]["nvidia_driver"],
-        "nvidia_driver_require_gpu": not isinstance(env, LabEnvironment),
+        "nvidia_driver_require_gpu": env.gpu,
         "cuda_version": comp["cuda"]["major_minor"],
         "cuda_full_version": comp["cuda"]["version"],
         "cuda_components": comp["cuda"]["components"],

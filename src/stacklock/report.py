@@ -120,7 +120,7 @@ def to_junit(report: ParityReport, name: str = "stacklock verify") -> str:
     for env in report.environments:
         cases = [c for c in report.checks if c.environment == env]
         failures = sum(1 for c in cases if c.status is Status.DEVIATION)
-        errors = sum(1 for c in cases if c.status is Status.UNREACHABLE)
+        errors = sum(1 for c in cases if c.status in (Status.UNREACHABLE, Status.UNVERIFIED))
         suite = ET.SubElement(root, "testsuite", name=env, tests=str(len(cases)),
                               failures=str(failures), errors=str(errors), skipped="0")
         totals["tests"] += len(cases)
@@ -133,9 +133,9 @@ def to_junit(report: ParityReport, name: str = "stacklock verify") -> str:
                 fail = ET.SubElement(case, "failure", type="deviation", message=c.describe())
                 fail.text = (f"expected: {show(c.expected)}\nactual: {show(c.actual)}\n"
                              + (f"detail: {c.detail}\n" if c.detail else ""))
-            elif c.status is Status.UNREACHABLE:
-                err = ET.SubElement(case, "error", type="unreachable", message=c.describe())
-                err.text = c.detail or "unreachable"
+            elif c.status in (Status.UNREACHABLE, Status.UNVERIFIED):
+                err = ET.SubElement(case, "error", type=c.status.value, message=c.describe())
+                err.text = c.detail or c.status.value
     for key, value in totals.items():
         root.set(key, str(value))
     ET.indent(root)
@@ -164,7 +164,7 @@ def table_components(report: ParityReport, *, compact: bool = False) -> list[str
     names: set[str] = set(OBSERVED_ONLY)
     for exp in report.expected.values():
         names.update(exp)
-    bad = {c.component for c in report.checks if c.status is Status.DEVIATION}
+    bad = {c.component for c in report.checks if c.status in (Status.DEVIATION, Status.UNVERIFIED)}
     if compact:
         names = {n for n in names if not n.startswith(_COMPACT_HIDDEN)}
     names.update(bad)
@@ -187,6 +187,9 @@ def _cell(report: ParityReport, env: str, component: str,
         bad = [c for c in checks if c.status is not Status.MATCH]
         if any(c.status is Status.UNREACHABLE for c in bad):
             parts.append((node, "unreachable", "bold yellow"))
+            continue
+        if any(c.status is Status.UNVERIFIED for c in bad):
+            parts.append((node, "could not look", "bold yellow"))
             continue
         value = report.observed.get(env, {}).get(node, {}).get(component)
         if bad:
@@ -259,7 +262,10 @@ def verdict(report: ParityReport) -> str:
         return "parity: all nodes match the lock and each other"
     if code == ExitCode.DEVIATION:
         return f"parity: {len(report.deviations)} deviation(s) found"
-    return "parity: could not verify every node (unreachable or no nodes)"
+    if report.unverified and not report.unreachable_nodes:
+        return (f"parity: could not look at {len(report.unverified)} value(s) "
+                "(permission, timeout, token or probe failure): not verified")
+    return "parity: could not verify every node (unreachable, could not look, or no nodes)"
 
 
 def print_report(

@@ -139,7 +139,7 @@ def test_torchserve_stopped_on_dev() -> None:
     assert report.exit_code == ExitCode.DEVIATION
     found = {c.component: c for c in only(report)}
     assert set(found) == {"torchserve.running", "service.torchserve", "torchserve.models",
-                          "model.tiny-linear.version"}
+                          "model.tiny-linear.version", "model.tiny-linear.ready"}
     running = found["torchserve.running"]
     assert (running.environment, running.node, running.expected, running.actual) == (
         "dev", "dev-1", "true", "false")
@@ -290,7 +290,11 @@ def test_gpu_node_vs_lab_node_across_environments() -> None:
     assert report.exit_code == ExitCode.DEVIATION
     comps = {c.component for c in report.deviations}
     assert {"gpu.present", "gpu.name", "gpu.count"} <= comps
-    assert all(c.kind is Kind.CROSS for c in report.deviations)
+    # the lock of a GPU environment requires a GPU and the loaded driver: the node without
+    # one deviates from its own lock, whatever the other environments show
+    lock_devs = {c.component for c in report.deviations if c.kind is Kind.LOCK}
+    assert lock_devs == {"gpu.present"}
+    assert all(c.environment == "staging" for c in report.deviations if c.kind is Kind.LOCK)
 
 
 def test_probe_error_is_a_deviation_with_its_reason() -> None:
@@ -314,3 +318,74 @@ def test_report_dict_is_the_envelope() -> None:
     assert data["exit_code"] == 1
     assert data["deviations"][0]["component"] == "hold.docker.io"
     json.dumps(data)  # serialisable as is
+
+
+def test_gpu_environment_needs_a_visible_gpu_and_the_pinned_driver_loaded() -> None:
+    """One environment alone is checked as strictly: no GPU, driver not loaded, other driver."""
+    expected = {"prod": expected_from_vars(H100_VARS)}
+    assert compare(expected, {"prod": {"p-1": copy.deepcopy(H100_NODE)}}).exit_code == ExitCode.OK
+    not_loaded = copy.deepcopy(H100_NODE)
+    not_loaded["gpu"] = {"present": False, "count": 0, "devices": [], "name": None,
+                         "compute_capability": None, "memory_mib": None, "source": None}
+    not_loaded["nvidia_driver"]["running_version"] = None
+    report = compare(expected, {"prod": {"p-1": not_loaded}})
+    found = {c.component: c for c in report.deviations}
+    assert set(found) >= {"gpu.present", "nvidia_driver.loaded"}
+    assert found["nvidia_driver.loaded"].actual == "not loaded"
+    other = copy.deepcopy(H100_NODE)
+    other["nvidia_driver"]["running_version"] = "580.95.05"
+    found = {c.component: c for c in compare(expected, {"prod": {"p-1": other}}).deviations}
+    assert found["nvidia_driver.loaded"].expected == H100_VARS["nvidia_driver_version"]
+    assert found["nvidia_driver.loaded"].actual == "580.95.05"
+
+
+def test_docker_stopped_and_workers_not_ready_are_deviations_in_one_environment() -> None:
+    facts = lab_facts(prod_nodes=1)
+    node = facts["prod"]["prod-1"]
+    node["services"]["docker"]["active"] = "inactive"
+    node["torchserve"]["models"]["tiny-linear"]["workers_ready"] = 0
+    report = compare({"prod": lab_expected()["prod"]}, {"prod": facts["prod"]})
+    found = {c.component: c for c in report.deviations}
+    assert report.exit_code == ExitCode.DEVIATION
+    assert found["service.docker"].expected == "active"
+    assert found["service.docker"].actual == "inactive"
+    assert found["model.tiny-linear.ready"].actual == "0/1 workers ready"
+
+
+def test_blocked_probe_is_could_not_look_exit_3_not_a_deviation() -> None:
+    facts = lab_facts(prod_nodes=1)
+    node = facts["prod"]["prod-1"]
+    cause = "could not look: /etc/torchserve/config.properties: [Errno 13] Permission denied"
+    node["torchserve"]["config"] = {"path": "/etc/torchserve/config.properties", "sha256": None,
+                                    "error": cause}
+    node["errors"]["torchserve.config"] = cause
+    node["blocked"] = {"torchserve.config": cause}
+    report = compare({"prod": lab_expected()["prod"]}, {"prod": facts["prod"]})
+    assert report.exit_code == ExitCode.FAILED
+    assert not report.deviations
+    (check,) = report.unverified
+    assert check.component == "torchserve.config_sha256"
+    assert "Permission denied" in check.detail and "stacklock_verify_become" in check.detail
+    assert any("could not look" in line for line in report.problems())
+
+
+def test_stale_facts_from_another_run_are_unreachable() -> None:
+    facts = lab_facts(prod_nodes=1)
+    facts["prod"]["prod-1"]["run_id"] = "111"
+    report = compare({"prod": lab_expected()["prod"]}, {"prod": facts["prod"]}, run_id="222")
+    assert report.exit_code == ExitCode.FAILED
+    assert "stale facts" in report.unreachable_nodes[0].error
+    facts["prod"]["prod-1"]["run_id"] = "222"
+    report = compare({"prod": lab_expected()["prod"]}, {"prod": facts["prod"]}, run_id="222")
+    assert report.exit_code == ExitCode.OK
+
+
+def test_nodes_of_one_environment_must_agree_on_what_no_lock_pins() -> None:
+    facts = lab_facts(prod_nodes=3)
+    facts["prod"]["prod-2"]["os"]["kernel"] = "6.1.0-99-amd64"
+    report = compare({"prod": lab_expected()["prod"]}, {"prod": facts["prod"]})
+    (dev,) = report.deviations
+    assert (dev.node, dev.component, dev.actual) == ("prod-2", "os.kernel", "6.1.0-99-amd64")
+    allowed = compare({"prod": lab_expected()["prod"]}, {"prod": facts["prod"]},
+                      may_differ=["os.kernel"])
+    assert allowed.exit_code == ExitCode.OK

@@ -84,6 +84,8 @@ class FakeSystem(sf.System):  # type: ignore[name-defined,misc]
         self.links = dict(links or {})
         self.ran: list[list[str]] = []
         self.requests: list[tuple[str, dict[str, str]]] = []
+        self.handlers: dict[str, Callable[[str, dict[str, str]], tuple[int, str]]] = {}
+        self.denied: set[str] = set()
 
     @staticmethod
     def key(argv: list[str]) -> str:
@@ -108,12 +110,16 @@ class FakeSystem(sf.System):  # type: ignore[name-defined,misc]
         return path in self.files or path in self.executables.values()
 
     def read_text(self, path: str) -> str | None:
+        if path in self.denied:
+            raise sf.CannotLook(f"{path}: [Errno 13] Permission denied")
         value = self.files.get(path)
         if value is None:
             return None
         return value.decode() if isinstance(value, bytes) else value
 
     def sha256(self, path: str) -> str | None:
+        if path in self.denied:
+            raise sf.CannotLook(f"{path}: [Errno 13] Permission denied")
         value = self.files.get(path)
         if value is None:
             return None
@@ -132,6 +138,10 @@ class FakeSystem(sf.System):  # type: ignore[name-defined,misc]
         cands |= {os.path.dirname(p) for p in self.files}
         return sorted(p for p in cands if fnmatch.fnmatch(p, pattern))
 
+    def walk_files(self, top: str) -> list[str]:
+        prefix = top.rstrip("/") + "/"
+        return sorted(p for p in self.files if p.startswith(prefix))
+
     def uname(self) -> dict[str, str]:
         return dict(self._uname)
 
@@ -140,6 +150,8 @@ class FakeSystem(sf.System):  # type: ignore[name-defined,misc]
 
     def http_get(self, url: str, headers: dict[str, str], timeout: float | None = None) -> Any:
         self.requests.append((url, dict(headers)))
+        if url in self.handlers:
+            return self.handlers[url](url, dict(headers))
         answer = self.http.get(url)
         if answer is None:
             raise sf.ProbeError(f"GET {url}: [Errno 111] Connection refused")
@@ -479,13 +491,62 @@ def test_torchserve_down_records_running_false_and_error() -> None:
     assert facts["services"]["docker"]["active"] == "active"
 
 
-def test_torchserve_answering_401_runs_but_lists_no_models() -> None:
+def test_torchserve_refusing_the_key_is_could_not_look_not_a_deviation() -> None:
+    """The key is refused and no fresh one can be had: unknown (blocked), not 'not running'."""
     node = lab_node(http={"http://127.0.0.1:8081/models?limit=1000": (
         401, '{"code": 401, "message": "Token Authorization failed"}')})
     facts = gather(node)
-    assert facts["torchserve"]["running"] is True
+    assert facts["torchserve"]["running"] is None
     assert facts["torchserve"]["models"] == {}
     assert "HTTP 401" in facts["errors"]["torchserve"]
+    assert facts["blocked"]["torchserve"].startswith("could not look: ")
+    # it asked TorchServe's token API for a fresh management key with the API key
+    token_calls = [r for r in node.requests if "/token?" in r[0]]
+    assert token_calls == [("http://127.0.0.1:8081/token?type=management",
+                            {"Authorization": "Bearer api-SECRET-789"})]
+
+
+def test_expired_management_key_is_renewed_through_the_token_api() -> None:
+    """Hours after TorchServe started: the key is refused once, renewed, and the probe works."""
+    fresh = json.loads(LAB_KEY_FILE)
+    fresh["management"]["key"] = "mgmt-FRESH-456"
+    models_url = "http://127.0.0.1:8081/models?limit=1000"
+    node = lab_node()
+    listing = node.http[models_url]
+    node.http[models_url] = (400, '{"code": 400, "message": "Token Authorization failed"}')
+
+    def renew(url: str, headers: dict[str, str]) -> tuple[int, str]:
+        assert headers == {"Authorization": "Bearer api-SECRET-789"}
+        node.files["/var/lib/torchserve/key_file.json"] = json.dumps(fresh)
+        node.http[models_url] = listing
+        return 200, ""
+
+    node.handlers["http://127.0.0.1:8081/token?type=management"] = renew
+    facts = gather(node)
+    assert facts["torchserve"]["running"] is True
+    assert facts["torchserve"]["token_refreshed"] is True
+    assert set(facts["torchserve"]["models"]) == {"tiny-linear"}
+    assert facts["blocked"] == {} and facts["errors"] == {}
+    assert node.requests[-1][1] == {"Authorization": "Bearer mgmt-FRESH-456"}
+    assert "SECRET" not in json.dumps(facts) and "FRESH" not in json.dumps(facts)
+
+
+def test_permission_denied_is_could_not_look() -> None:
+    node = lab_node()
+    node.denied.add("/etc/torchserve/config.properties")
+    node.denied.add("/var/lib/torchserve/key_file.json")
+    facts = gather(node)
+    assert "Permission denied" in facts["blocked"]["torchserve.config"]
+    assert "Permission denied" in facts["blocked"]["torchserve"]
+    assert facts["torchserve"]["running"] is None
+
+
+def test_a_crashing_probe_is_could_not_look() -> None:
+    node = lab_node()
+    node.commands["nvidia-ctk --version"] = RuntimeError("boom")
+    facts = gather(node)
+    assert "crashed" in facts["blocked"]["nvidia_container_toolkit"]
+    assert facts["blocked"]["nvidia_container_toolkit"].startswith("could not look: ")
 
 
 def test_failing_probes_record_errors_not_failures() -> None:
@@ -684,3 +745,19 @@ def test_verify_playbook_on_this_machine(tmp_path: Path) -> None:
     assert [(n["environment"], n["node"]) for n in data["unreachable"]] == [
         ("staging", "staging-1")]
     assert "staging/staging-1 unreachable" in out
+
+
+def test_kernels_without_the_nvidia_module_are_reported() -> None:
+    """A kernel update whose DKMS build failed: seen before the reboot that would lose the GPU."""
+    node = h100_node()
+    node.files["/lib/modules/6.18.0-1-generic/modules.dep"] = ""
+    node.files["/lib/modules/6.18.0-1-generic/updates/dkms/nvidia.ko.zst"] = b"ko"
+    node.files["/lib/modules/6.18.0-2-generic/modules.dep"] = ""
+    node.files["/lib/modules/6.18.0-2-generic/kernel/fs/ext4.ko"] = b"ko"
+    node.files["/lib/modules/6.17.0-9-generic/leftover"] = ""  # no modules.dep: not a kernel
+    facts = gather(node)
+    assert facts["nvidia_driver"]["kernels"] == {"6.18.0-1-generic": True,
+                                                 "6.18.0-2-generic": False}
+    assert facts["nvidia_driver"]["kernels_without_module"] == ["6.18.0-2-generic"]
+    assert sf.NVIDIA_KO_RE.match("nvidia-current.ko")
+    assert not sf.NVIDIA_KO_RE.match("nvidia-uvm.ko")

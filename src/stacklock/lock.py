@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -27,6 +28,157 @@ TORCHSERVE_CONFIG_PATH = "/etc/torchserve/config.properties"
 
 #: apt components whose packages the roles pin and hold
 APT_COMPONENTS = ("nvidia_driver", "cuda", "docker", "nvidia_container_toolkit", "java")
+
+# ------------------------------------------------------------------ pins the roles accept
+#
+# The roles refuse a pin in their preflight; these mirror those checks so that `lock` refuses
+# the same pins first (and a committed lock holding one is refused before render or provision).
+
+#: ansible/roles/stacklock_packages/tasks/main.yml: every apt pin's version (as a string) matches
+ROLE_APT_VERSION_PATTERN = "^[0-9A-Za-z.+~:-]+$"
+#: ansible/roles/torchserve/tasks/preflight.yml: torchserve_version (= the torchserve pip pin)
+ROLE_TORCHSERVE_VERSION_PATTERN = r"^[0-9]+\.[0-9]+\.[0-9]+$"
+
+# Debian policy 5.6.12, [epoch:]upstream[-revision]: the upstream version starts with a digit;
+# it holds a hyphen only when a revision follows the last one; no whitespace, no wildcard `*`,
+# no comparison operator. Every string it accepts also matches ROLE_APT_VERSION_PATTERN, which
+# alone would let 'latest' or 'None' (a missing version, through the role's `string` filter) by.
+_DEBIAN_VERSION = re.compile(r"(?:[0-9]+:)?[0-9][A-Za-z0-9.+~]*(?:-[A-Za-z0-9.+~-]*[A-Za-z0-9.+~])?")
+# PEP 440, one exact release (what `pip install name==version` pins), with an optional local
+# label (+cu130, +cpu); no `*` prefix match, no operator, no whitespace.
+_PIP_VERSION = re.compile(
+    r"(?:[0-9]+!)?[0-9]+(?:\.[0-9]+)*(?:(?:a|b|rc)[0-9]+)?(?:\.post[0-9]+)?(?:\.dev[0-9]+)?"
+    r"(?:\+[A-Za-z0-9]+(?:\.[A-Za-z0-9]+)*)?"
+)
+
+
+def pin_refusal(kind: str, name: object, version: object) -> str | None:
+    """Why the roles refuse the pin `name` = `version`, or None when they accept it.
+
+    The one definition of "a pin the roles accept": `kind` is "apt" (stacklock_packages role)
+    or "pip" (torchserve role).
+    """
+    if kind not in ("apt", "pip"):
+        raise ValueError(f"unknown pin kind {kind!r}")
+    if not isinstance(name, str) or not name:
+        return "the pin has no package name"
+    if version is None:
+        return "no version"
+    if not isinstance(version, str):
+        return f"the version is a {type(version).__name__}, not a string"
+    if not version:
+        return "the version is empty"
+    if version != version.strip() or any(c.isspace() for c in version):
+        return "the version holds whitespace"
+    if "*" in version or any(op in version for op in "<>=!"):
+        return "the version is a range or a wildcard, not one exact version"
+    if kind == "apt":
+        if not re.match(ROLE_APT_VERSION_PATTERN, version) or not _DEBIAN_VERSION.fullmatch(version):
+            return "not an exact Debian version ([epoch:]upstream[-revision], starting with a digit)"
+        return None
+    if not _PIP_VERSION.fullmatch(version):
+        return "not an exact PEP 440 version"
+    if name == "torchserve" and not re.match(ROLE_TORCHSERVE_VERSION_PATTERN, version):
+        return "the torchserve role takes only X.Y.Z"
+    return None
+
+
+def pin_accepted(kind: str, name: object, version: object) -> bool:
+    return pin_refusal(kind, name, version) is None
+
+
+def _pin_field(stack_name: str, kind: str, group: str, name: str) -> str:
+    """The manifest field (or data file) that gives this pin its version."""
+    if kind == "apt":
+        return f"stacks.{stack_name}.{group}.apt_version"
+    fields = {"torch": "torch.version", "torchserve": "torchserve.version",
+              "torch-model-archiver": "torchserve.model_archiver_version"}
+    if name in fields:
+        return f"stacks.{stack_name}.{fields[name]}"
+    return f"torchserve_companions.{name} (src/stacklock/data/packages.yaml)"
+
+
+def _pin_hint(stack_name: str, kind: str, group: str, name: str) -> str:
+    field = _pin_field(stack_name, kind, group, name)
+    if kind == "apt":
+        return (f"set {field} to the exact version your mirror serves, e.g. the Candidate of "
+                f"`apt-cache policy {name}`")
+    return f"set {field} to one exact version (as in `pip install {name}==VERSION`)"
+
+
+def _stack_pins(locked: dict[str, Any]) -> list[tuple[str, str, int, Any]]:
+    """(kind, group, index, pin) of every apt and pip pin of a locked stack, tolerating junk."""
+    out: list[tuple[str, str, int, Any]] = []
+    apt = locked.get("apt")
+    for group, pins in sorted(apt.items()) if isinstance(apt, dict) else []:
+        for i, pin in enumerate(pins if isinstance(pins, list) else [pins]):
+            out.append(("apt", str(group), i, pin))
+    pip = locked.get("pip")
+    for i, pin in enumerate(pip if isinstance(pip, list) else [pip]):
+        out.append(("pip", "pip", i, pin))
+    return out
+
+
+def _torch_build_refusal(locked: dict[str, Any]) -> str | None:
+    """The torchserve role's check that the torch pin's build matches torchserve_torch_cuda."""
+    pip = [p for p in locked.get("pip") or [] if isinstance(p, dict)]
+    torch = [p.get("version") for p in pip if p.get("name") == "torch"]
+    if len(torch) != 1:
+        return f"{len(torch)} torch pins, the torchserve role needs exactly one"
+    cuda = ((locked.get("components") or {}).get("torch") or {}).get("cuda")
+    suffix = "+cu" + str(cuda).replace(".", "") if cuda else "+cpu"
+    if not str(torch[0]).endswith(suffix):
+        return f"torch {torch[0]!r} is not the {suffix[1:]} build the stack names"
+    return None
+
+
+def _os_label(locked: dict[str, Any]) -> str:
+    os_ = locked.get("os")
+    os_ = os_ if isinstance(os_, dict) else {}
+    return f"{os_.get('distribution', '?')} {os_.get('release', '?')}"
+
+
+def pin_problems(stack_name: str, locked: dict[str, Any], source: str = "",
+                 manifest: str = "") -> list[Problem]:
+    """Every pin of a locked stack the roles would refuse, as problems naming the field to set.
+
+    `source` names the lock file when checking a committed lock ("" while locking), `manifest`
+    the manifest to lock again.
+    """
+    problems: list[Problem] = []
+    for kind, group, i, pin in _stack_pins(locked):
+        name = pin.get("name") if isinstance(pin, dict) else None
+        version = pin.get("version") if isinstance(pin, dict) else None
+        reason = pin_refusal(kind, name, version)
+        if reason is None:
+            continue
+        if source:
+            where = f"apt.{group}[{i}]" if kind == "apt" else f"pip[{i}]"
+            what = f"{source} pins {kind} package {name} to {version!r} ({where})"
+        else:
+            what = f"{kind} package {name} would be pinned to {version!r}"
+            if kind == "apt" and group == "java" and not version:
+                what += f": stacklock knows no exact version of it for {_os_label(locked)}"
+        hint = _pin_hint(stack_name, kind, group, str(name))
+        if source:
+            hint += f", then run `stacklock lock{' --manifest ' + manifest if manifest else ''}`"
+        problems.append(Problem(_pin_field(stack_name, kind, group, str(name)),
+                                f"{what}; the roles refuse it: {reason}", hint))
+    torch = _torch_build_refusal(locked)
+    if torch is not None:
+        problems.append(Problem(f"stacks.{stack_name}.torch.version",
+                                f"{source + ': ' if source else ''}{torch}",
+                                "pin the torch build of the stack's CUDA (+cuXYZ) or +cpu"))
+    return problems
+
+
+def lock_pin_problems(lock: dict[str, Any], source: str = "", manifest: str = "") -> list[Problem]:
+    """pin_problems of every stack of a whole lock (a committed one, named by `source`)."""
+    stacks = lock.get("stacks")
+    if not isinstance(stacks, dict):
+        return [Problem(source or "lock", "the lock holds no stacks", "run `stacklock lock`")]
+    return [p for name, locked in sorted(stacks.items())
+            for p in pin_problems(name, locked if isinstance(locked, dict) else {}, source, manifest)]
 
 
 @lru_cache(maxsize=1)
@@ -78,7 +230,7 @@ def _apt_packages(stack: Stack, component: str) -> list[dict[str, str]]:
         "cudart_soname": data["debian_cudart_soname"].get(cuda_major, cuda_major),
     }
     if component == "java":
-        return [{"name": stack.java.apt_package, "version": stack.java.apt_version or ""}]
+        return [{"name": stack.java.apt_package, "version": _java_apt_version(stack)}]
     if component == "nvidia_driver":
         specs = table["nvidia_driver"][kernel_module_for(stack)]
         pinned = stack.nvidia_driver
@@ -100,6 +252,17 @@ def _apt_packages(stack: Stack, component: str) -> list[dict[str, str]]:
             version = pinned.apt_version or spec["version"].format(version=pinned.version, **fmt)
         out.append({"name": name, "version": version})
     return out
+
+
+def _java_apt_version(stack: Stack) -> str:
+    """The manifest's java.apt_version, else the packaged one for the OS ("" when none is known:
+    `lock` then refuses and names stacks.NAME.java.apt_version)."""
+    if stack.java.apt_version is not None:
+        return stack.java.apt_version
+    if stack.java.package is not None:
+        return ""  # another package than openjdk-N-jre-headless: only the user knows its version
+    known = package_data()["os"][stack.os.key].get("java") or {}
+    return str(known.get(stack.java.version) or "")
 
 
 def torchserve_config(stack: Stack) -> dict[str, str]:
@@ -248,6 +411,12 @@ def build_lock(loaded: LoadedManifest, amis: dict[str, dict[str, str]] | None = 
     for name in sorted(m.stacks):
         used = {r: amis[name][r] for r in regions.get(name, [])}
         stacks[name] = lock_stack(loaded, name, used)
+    problems = [p for name, locked in stacks.items() for p in pin_problems(name, locked)]
+    if problems:
+        raise InvalidInput(
+            f"{len(problems)} pin(s) are not exact versions the roles accept; nothing written",
+            problems=problems,
+        )
     return {
         "_comment": LOCK_HEADER,
         "lock_version": LOCK_VERSION,
@@ -302,6 +471,12 @@ def check_lock(loaded: LoadedManifest) -> LockStatus:
     existing = read_lock(loaded.lock_path)
     if existing is None:
         return LockStatus(False, f"{loaded.lock_path.name} does not exist")
+    held = lock_pin_problems(existing, loaded.lock_path.name, loaded.path.name)
+    if held:
+        raise InvalidInput(
+            f"{loaded.lock_path.name} holds {len(held)} pin(s) the roles refuse",
+            problems=held,
+        )
     try:
         fresh = build_lock(loaded, amis_from_lock(existing, loaded.manifest))
     except StacklockError as exc:

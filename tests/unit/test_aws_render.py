@@ -37,7 +37,7 @@ def _manifest(env_over: dict[str, Any], *, os_: dict[str, str] | None = None) ->
             "python": {"version": "3.12"},
             "torch": {"version": "2.9.1+cu130"},
             "torchserve": {"version": "0.12.0"},
-            "java": {"version": "17"},
+            "java": {"version": "17", "apt_version": "17.0.16+8~us1-0ubuntu1~24.04.1"},
             "ami": {"owner": "099720109477",
                     "name": "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-20251022"},
         }},

@@ -46,6 +46,9 @@ def test_lock_resolves_exact_apt_versions(golden_copy: Path) -> None:
     assert stack["apt"]["docker"][0] == {"name": "docker-ce",
                                          "version": "5:28.5.1-1~ubuntu.24.04~noble"}
     assert stack["apt"]["cuda"] == [{"name": "cuda-cudart-13-0", "version": "13.0.2-1"}]
+    # Ubuntu's OpenJDK has no packaged version: the manifest's java.apt_version is the pin
+    assert stack["apt"]["java"] == [{"name": "openjdk-17-jre-headless",
+                                     "version": "17.0.16+8~us1-0ubuntu1~24.04.1"}]
     pins = {p["name"]: p["version"] for p in stack["pip"]}
     assert pins["torch"] == "2.9.1+cu130" and pins["torchserve"] == "0.12.0"
     assert "pyyaml" in pins and "numpy" in pins

@@ -8,7 +8,7 @@ module "gpu_nodes" {
   project     = "acme-serving"
   environment = "dev"
   stack_name  = "serving-2026-11"
-  fingerprint = "sha256:a734837112af251188a8e4dce8bde27e78c7ad2d62ab0702fb79506df6fde2c0"
+  fingerprint = "sha256:69d63926f82c993eecb62016eb003a8e01e3e184110fda4cfc72d47f1e24cd8f"
 
   # ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-20251022 (owner 099720109477), resolved for us-east-1 by `stacklock lock`
   ami_id = "ami-b63550f40f10e5ebb"

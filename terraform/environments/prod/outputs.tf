@@ -14,7 +14,7 @@ output "hosts" {
       public_ip         = h.public_ip
       availability_zone = h.availability_zone
       environment       = "prod"
-      fingerprint       = "sha256:a734837112af251188a8e4dce8bde27e78c7ad2d62ab0702fb79506df6fde2c0"
+      fingerprint       = "sha256:69d63926f82c993eecb62016eb003a8e01e3e184110fda4cfc72d47f1e24cd8f"
     }
   }
 }
@@ -43,6 +43,6 @@ output "stack" {
   description = "The stack and its fingerprint, as locked."
   value = {
     name        = "serving-2026-11"
-    fingerprint = "sha256:a734837112af251188a8e4dce8bde27e78c7ad2d62ab0702fb79506df6fde2c0"
+    fingerprint = "sha256:69d63926f82c993eecb62016eb003a8e01e3e184110fda4cfc72d47f1e24cd8f"
   }
 }

@@ -13,7 +13,7 @@ provider "aws" {
       "project"     = "acme-serving"
       "environment" = "staging"
       "stack"       = "serving-2026-11"
-      "fingerprint" = "sha256:a734837112af251188a8e4dce8bde27e78c7ad2d62ab0702fb79506df6fde2c0"
+      "fingerprint" = "sha256:69d63926f82c993eecb62016eb003a8e01e3e184110fda4cfc72d47f1e24cd8f"
       "managed-by"  = "stacklock"
     }
   }

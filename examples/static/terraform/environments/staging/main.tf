@@ -15,7 +15,7 @@ module "nodes" {
   project           = "acme-onprem"
   environment       = "staging"
   stack_name        = "onprem-2026-11"
-  stack_fingerprint = "sha256:61f18ad7ec4f242943ae270c3043b4793adb33615ed784a50306fe4a514a86dc"
+  stack_fingerprint = "sha256:6a31f68b6391f90eee5fbd6fa8fb687353b1fee9e31db62ea0bc8979f39cb32b"
   hosts = [
     { name = "gpu-stg-01", address = "198.51.100.21", user = "ubuntu", port = 22 },
   ]

@@ -15,7 +15,7 @@ module "nodes" {
   project           = "golden"
   environment       = "lab"
   stack_name        = "s1"
-  stack_fingerprint = "sha256:608c4bb1678c03a916a186349bb2e23778ebabb9f4accb474871cf9a8f6a93d7"
+  stack_fingerprint = "sha256:1dbbe4bebf38065743b55e669dfd61bccd39ec3b326921355ffbe068a96aa60f"
   image             = "stacklock-lab:bookworm"
   node_count        = 2
   network_base      = "10.213"

@@ -15,7 +15,7 @@ module "nodes" {
   project           = "golden"
   environment       = "onprem"
   stack_name        = "s1"
-  stack_fingerprint = "sha256:608c4bb1678c03a916a186349bb2e23778ebabb9f4accb474871cf9a8f6a93d7"
+  stack_fingerprint = "sha256:1dbbe4bebf38065743b55e669dfd61bccd39ec3b326921355ffbe068a96aa60f"
   hosts = [
     { name = "gpu-a", address = "192.0.2.10", user = "root", port = 22 },
     { name = "gpu-b", address = "gpu-b.example.internal", user = "ops", port = 2222 },

@@ -167,10 +167,20 @@ class PlanResult:
 
 
 def _empty_cli_config() -> Path:
-    path = Path(tempfile.gettempdir()) / "stacklock-terraformrc-empty"
-    if not path.exists():
+    """An empty CLI config in a folder of this user's own (never a fixed path in the shared
+    /tmp, where another user could put a config of theirs first); a private temporary folder
+    when the home folder is not writable."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "stacklock"
+    try:
+        base.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = base / "terraformrc-empty"
+        if not path.is_file() or path.stat().st_size:
+            path.write_text("", encoding="utf-8")
+        return path
+    except OSError:
+        path = Path(tempfile.mkdtemp(prefix="stacklock-tf-")) / "terraformrc-empty"
         path.write_text("", encoding="utf-8")
-    return path
+        return path
 
 
 class Terraform:

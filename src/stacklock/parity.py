@@ -195,6 +195,19 @@ class Check:
             text += f" [{self.detail}]"
         return text
 
+    def next_step(self) -> str:
+        """What to do about this finding (deviations)."""
+        env = self.environment
+        if self.kind is Kind.CROSS and self.node == "*":
+            return (f"the {env} lock differs: promote the same stack revision to {env} "
+                    f"(stacklock lock && stacklock render && stacklock provision {env}), or "
+                    f"list {self.component} in parity.may_differ if it may differ")
+        if self.kind is Kind.CROSS:
+            return (f"make {self.node} like the others, or list {self.component} in "
+                    "parity.may_differ if it may differ")
+        return (f"stacklock configure {env} puts the lock back on {self.node}; if the node is "
+                "right and the lock is wrong, change the manifest and run stacklock lock")
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "environment": self.environment,
@@ -280,19 +293,32 @@ class ParityReport:
         )
 
     def problems(self) -> list[str]:
-        """One line per deviation, one per unreachable node (or empty environment)."""
-        lines = [f"{n.environment}/{n.node} unreachable: {n.error or 'no facts'}"
+        """One line per deviation, one per unreachable node (or empty environment), each
+        saying what to do next."""
+        lines = [_with_next(f"{n.environment}/{n.node} unreachable: {n.error or 'no facts'}",
+                            _next_unreachable(n.environment))
                  for n in self.unreachable_nodes]
         known = {(n.environment, n.node) for n in self.unreachable_nodes}
         for c in self.unreachable:
             if (c.environment, c.node) not in known:
                 known.add((c.environment, c.node))
-                lines.append(c.describe())
-        lines += [c.describe() for c in self.unverified]
-        lines += [c.describe() for c in self.deviations]
+                lines.append(_with_next(c.describe(), _next_unreachable(c.environment)))
+        lines += [c.describe() for c in self.unverified]  # the detail says what to do
+        lines += [_with_next(c.describe(), c.next_step()) for c in self.deviations]
         if not self.nodes and not lines:
             lines.append("no nodes were verified")
         return lines
+
+
+def _with_next(line: str, step: str) -> str:
+    return line if ("stacklock trust" in line or not step) else f"{line} -- next: {step}"
+
+
+def _next_unreachable(env: str) -> str:
+    if env and env != "*":
+        return (f"check that the host is up and answers SSH as its inventory user "
+                f"(inventories/{env}/hosts.yml), then run stacklock verify {env} again")
+    return "check the inventory and the hosts, then run verify again"
 
 
 def show(value: str | None) -> str:

@@ -220,8 +220,11 @@ def test_unreachable_node_exit_3_and_named() -> None:
     [node] = report.unreachable_nodes
     assert (node.environment, node.node) == ("prod", "prod-2")
     assert "No route" in node.error
-    assert "prod/prod-2 unreachable: ssh: connect to host 10.213.3.2 port 22: No route" in (
-        report.problems())
+    [line] = [p for p in report.problems() if p.startswith("prod/prod-2 unreachable")]
+    assert line.startswith("prod/prod-2 unreachable: ssh: connect to host 10.213.3.2 port 22: "
+                           "No route")
+    # and what to do next
+    assert "-- next: check that the host is up" in line and "stacklock verify prod" in line
     # never counted as matching: every one of its checks is unreachable
     mine = [c for c in report.checks if c.node == "prod-2"]
     assert len(mine) > 20
@@ -389,3 +392,14 @@ def test_nodes_of_one_environment_must_agree_on_what_no_lock_pins() -> None:
     allowed = compare({"prod": lab_expected()["prod"]}, {"prod": facts["prod"]},
                       may_differ=["os.kernel"])
     assert allowed.exit_code == ExitCode.OK
+
+
+def test_every_problem_line_says_what_to_do_next() -> None:
+    facts = lab_facts()
+    facts["dev"]["dev-1"]["packages"]["docker.io"]["version"] = "24.0.5"
+    facts["prod"]["prod-2"] = Unreachable("ssh: connect to host 10.213.3.2 port 22: No route")
+    report = compare(lab_expected(), facts)
+    lines = report.problems()
+    assert lines and all("-- next: " in line for line in lines)
+    [dev] = [line for line in lines if line.startswith("dev/dev-1 package.docker.io")]
+    assert "stacklock configure dev" in dev

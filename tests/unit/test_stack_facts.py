@@ -761,3 +761,96 @@ def test_kernels_without_the_nvidia_module_are_reported() -> None:
     assert facts["nvidia_driver"]["kernels_without_module"] == ["6.18.0-2-generic"]
     assert sf.NVIDIA_KO_RE.match("nvidia-current.ko")
     assert not sf.NVIDIA_KO_RE.match("nvidia-uvm.ko")
+
+
+# --------------------------------------------------------------------------- exit-code discipline
+
+LAB_VARS = json.loads((FIXTURES / "lab-group-vars.json").read_text(encoding="utf-8"))
+
+
+def _plugin_facts_of(registered: dict[str, Any]) -> Any:
+    """What the verify play's comparison makes of a host's registered facts task result."""
+    spec = importlib.util.spec_from_file_location(
+        "stacklock_parity_plugin", REPO / "ansible" / "action_plugins" / "stacklock_parity.py")
+    assert spec is not None and spec.loader is not None
+    plugin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plugin)
+    hostvars = {"__stacklock_verify_facts": registered, "inventory_hostname": "lab-1",
+                "ansible_host": "10.213.1.2", "group_names": ["prod"]}
+    return plugin.ActionModule._facts_of(hostvars, "stacklock_stack", "__stacklock_verify_facts")
+
+
+def _verdict(node_facts: Any, run_id: str | None = None) -> Any:
+    from stacklock.parity import compare, expected_from_vars
+
+    return compare({"prod": expected_from_vars(LAB_VARS)}, {"prod": {"lab-1": node_facts}},
+                   run_id=run_id)
+
+
+def _timed_out_dpkg(node: FakeSystem) -> None:
+    node.commands["dpkg-query -W"] = sf.CannotLook("dpkg-query -W: timed out after 5 s")
+
+
+def _denied_config(node: FakeSystem) -> None:
+    node.denied.add("/etc/torchserve/config.properties")
+
+
+def _token_refused(node: FakeSystem) -> None:
+    node.http["http://127.0.0.1:8081/models?limit=1000"] = (
+        400, '{"code": 400, "message": "Token Authorization failed"}')
+
+
+def _probe_crash(node: FakeSystem) -> None:
+    node.commands["nvidia-ctk --version"] = RuntimeError("boom")
+
+
+@pytest.mark.parametrize("cause", [_timed_out_dpkg, _denied_config, _token_refused, _probe_crash],
+                         ids=["timeout", "permission-denied", "token-refused", "probe-crash"])
+def test_could_not_look_causes_are_exit_3_never_1(cause: Callable[[FakeSystem], None]) -> None:
+    from stacklock.errors import ExitCode
+
+    clean = gather(lab_node(), packages=LAB_PACKAGES, pip_packages=LAB_PIP)
+    assert _verdict(clean).exit_code == ExitCode.OK  # the baseline is clean
+    node = lab_node()
+    cause(node)
+    report = _verdict(gather(node, packages=LAB_PACKAGES, pip_packages=LAB_PIP))
+    assert report.exit_code == ExitCode.FAILED, report.problems()
+    assert not report.deviations, [c.describe() for c in report.deviations]
+    assert report.unverified and all("could not look" in c.detail for c in report.unverified)
+
+
+@pytest.mark.parametrize(("registered", "words"), [
+    ({"unreachable": True, "msg": "Failed to connect to the host via ssh: deploy@10.213.1.2: "
+      "Permission denied (publickey)."}, "Permission denied (publickey)"),
+    ({"failed": True, "msg": "MODULE FAILURE\nSee stdout/stderr for the exact error"},
+     "the facts module failed: MODULE FAILURE"),
+    ({"unreachable": True, "msg": "Failed to connect to the host via ssh: Connection timed out"},
+     "Connection timed out"),
+], ids=["authentication-refused", "module-crash", "ssh-timeout"])
+def test_host_level_causes_are_exit_3(registered: dict[str, Any], words: str) -> None:
+    from stacklock.errors import ExitCode
+
+    report = _verdict(_plugin_facts_of(registered))
+    assert report.exit_code == ExitCode.FAILED
+    assert not report.deviations
+    assert words in report.unreachable_nodes[0].error
+
+
+def test_stale_cached_facts_are_exit_3() -> None:
+    from stacklock.errors import ExitCode
+
+    facts = gather(lab_node(), packages=LAB_PACKAGES, pip_packages=LAB_PIP, run_id="111")
+    assert facts["run_id"] == "111"
+    assert _verdict(facts, run_id="111").exit_code == ExitCode.OK
+    stale = _verdict(facts, run_id="222")
+    assert stale.exit_code == ExitCode.FAILED and "stale facts" in stale.problems()[0]
+
+
+def test_a_value_read_and_different_is_exit_1() -> None:
+    from stacklock.errors import ExitCode
+
+    node = lab_node()
+    node.files["/etc/torchserve/config.properties"] = "job_queue_size=1\n"
+    report = _verdict(gather(node, packages=LAB_PACKAGES, pip_packages=LAB_PIP))
+    assert report.exit_code == ExitCode.DEVIATION
+    assert [c.component for c in report.deviations] == ["torchserve.config_sha256"]

@@ -273,18 +273,24 @@ def configure(c: Ctx, envs: tuple[str, ...], all_envs: bool) -> None:
 
 
 @cli.command()
-@click.argument("envs", nargs=-1, required=True)
+@_env_option
 @click.option("--yes", is_flag=True,
               help="Trust every offered key without asking, changed ones included.")
 @click.option("--replace", multiple=True, metavar="HOST",
               help="Replace the trusted key of HOST (name or address) when it changed.")
 @pass_ctx
-def trust(c: Ctx, envs: tuple[str, ...], yes: bool, replace: tuple[str, ...]) -> None:
+def trust(c: Ctx, envs: tuple[str, ...], all_envs: bool, yes: bool,
+          replace: tuple[str, ...]) -> None:
     """Fetch and show each host's SSH host key (SHA256 fingerprint) and trust it (exit 0/3).
 
     Writes inventories/ENV/known_hosts, which every connection is checked against.
     """
     from stacklock.flows.trust import run_trust
+
+    if not envs and not all_envs:
+        raise InvalidInput("name the environment(s) whose host keys to trust, or --all",
+                           problems=[Problem("ENV", "no environment given",
+                                             "stacklock trust ENV, or --all")])
 
     def confirm(question: str) -> bool:
         if not sys.stdin.isatty():
@@ -293,7 +299,8 @@ def trust(c: Ctx, envs: tuple[str, ...], yes: bool, replace: tuple[str, ...]) ->
                         "compare the fingerprints out of band, then pass --yes")])
         return click.confirm(question, default=False, err=True)
 
-    code = run_trust(c.loaded(), c.envs(envs), yes=yes, replace=replace, confirm=confirm)
+    code = run_trust(c.loaded(), c.envs(envs, all_envs), yes=yes, replace=replace,
+                     confirm=confirm)
     raise SystemExit(int(code))
 
 

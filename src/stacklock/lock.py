@@ -286,7 +286,8 @@ def torchserve_config(stack: Stack) -> dict[str, str]:
         "metrics_address": c.metrics_address,
         "metrics_mode": c.metrics_mode,
         "model_store": MODEL_STORE,
-    }
+    } | ({"token_expiration_min": str(c.token_expiration_min)}
+         if c.token_expiration_min is not None else {})
 
 
 def config_text(config: dict[str, str]) -> str:

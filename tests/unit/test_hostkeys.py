@@ -216,3 +216,19 @@ def test_classify_new_unchanged_changed_pinned() -> None:
     pins = {"h-pin": ("p", a), "h-pin-bad": ("m", a)}
     assert [o.status for o in classify(offers, trusted, pins)] == [
         "new", "unchanged", "CHANGED", "pinned", "PINNED-MISMATCH"]
+
+
+def test_configure_failure_gets_the_re_trust_hint(tmp_path: Path) -> None:
+    from stacklock.adapters.ansible import host_key_hints
+    from stacklock.inventory import hosts_yaml
+
+    inv = tmp_path / "inventories" / "prod"
+    inv.mkdir(parents=True)
+    (inv / "hosts.yml").write_text(hosts_yaml("prod", "static", {"hosts": {
+        "gpu-prod-01": {"address": "10.0.0.5", "port": 2222}}}, None))
+    changed = ('gpu-prod-01: Gathering Facts: : UNREACHABLE! => {"msg": "Failed to connect: '
+               '@@@\\r\\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @"}')
+    assert host_key_hints([changed], [inv]) == [
+        hostkeys.untrusted_hint("gpu-prod-01", "10.0.0.5", 2222, "prod")]
+    assert host_key_hints(["gpu-prod-01: x: UNREACHABLE! Permission denied (publickey)"],
+                          [inv]) == []

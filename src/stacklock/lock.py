@@ -35,14 +35,15 @@ APT_COMPONENTS = ("nvidia_driver", "cuda", "docker", "nvidia_container_toolkit",
 # the same pins first (and a committed lock holding one is refused before render or provision).
 
 #: ansible/roles/stacklock_packages/tasks/main.yml: every apt pin's version (as a string) matches
-ROLE_APT_VERSION_PATTERN = "^[0-9A-Za-z.+~:-]+$"
+ROLE_APT_VERSION_PATTERN = r"^([0-9]+:)?[0-9][A-Za-z0-9.+~]*(-[A-Za-z0-9.+~-]*[A-Za-z0-9.+~])?$"
 #: ansible/roles/torchserve/tasks/preflight.yml: torchserve_version (= the torchserve pip pin)
 ROLE_TORCHSERVE_VERSION_PATTERN = r"^[0-9]+\.[0-9]+\.[0-9]+$"
 
 # Debian policy 5.6.12, [epoch:]upstream[-revision]: the upstream version starts with a digit;
 # it holds a hyphen only when a revision follows the last one; no whitespace, no wildcard `*`,
-# no comparison operator. Every string it accepts also matches ROLE_APT_VERSION_PATTERN, which
-# alone would let 'latest' or 'None' (a missing version, through the role's `string` filter) by.
+# no comparison operator. The role's preflight applies the same grammar
+# (ROLE_APT_VERSION_PATTERN), so neither 'latest' nor 'None' (a missing version, through the
+# role's `string` filter) gets by there either; here `fullmatch` also refuses a trailing newline.
 _DEBIAN_VERSION = re.compile(r"(?:[0-9]+:)?[0-9][A-Za-z0-9.+~]*(?:-[A-Za-z0-9.+~-]*[A-Za-z0-9.+~])?")
 # PEP 440, one exact release (what `pip install name==version` pins), with an optional local
 # label (+cu130, +cpu); no `*` prefix match, no operator, no whitespace.

@@ -923,6 +923,51 @@ def probe_torchserve(sy, opts):
     return out
 
 
+#: the files stacklock_packages writes to protect the pins
+APT_PREFERENCES_GLOB = "/etc/apt/preferences.d/stacklock-*.pref"
+APT_BLACKLIST_GLOB = "/etc/apt/apt.conf.d/51stacklock-*-unattended-upgrades"
+_BLACKLIST_ENTRY_RE = re.compile(r'^\s*"\^(?P<name>[^"]+)\$";\s*$')
+
+
+def probe_apt_protection(sy):
+    """What protects the pins: apt preferences (Package/Pin/Pin-Priority stanzas) and the
+    unattended-upgrades blacklist, as the stacklock roles write them, with each file's digest.
+
+    pins: {package: {version, priority, file}}; blacklisted: {package: file}."""
+    out = {"files": {}, "pins": {}, "blacklisted": {}}
+    for path in sy.glob(APT_PREFERENCES_GLOB):
+        text = sy.read_text(path)
+        if text is None:
+            continue
+        out["files"][path] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        for stanza in re.split(r"\n\s*\n", text):
+            fields = {}
+            for line in stanza.splitlines():
+                if ":" in line and not line.lstrip().startswith("#"):
+                    key, value = line.split(":", 1)
+                    fields[key.strip().lower()] = value.strip()
+            name, pin = fields.get("package"), fields.get("pin", "")
+            if not name or not pin.startswith("version "):
+                continue
+            try:
+                priority = int(fields.get("pin-priority", ""))
+            except ValueError:
+                priority = None
+            for pkg in name.split():
+                out["pins"][pkg] = {"version": pin[len("version "):].strip(),
+                                    "priority": priority, "file": path}
+    for path in sy.glob(APT_BLACKLIST_GLOB):
+        text = sy.read_text(path)
+        if text is None:
+            continue
+        out["files"][path] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        for line in text.splitlines():
+            m = _BLACKLIST_ENTRY_RE.match(line)
+            if m:
+                out["blacklisted"][m.group("name").replace("\\", "")] = path
+    return out
+
+
 def probe_services(sy):
     out = {}
     systemctl = sy.which("systemctl")
@@ -1004,6 +1049,7 @@ def gather(opts, sy=None):
         if isinstance(ts.get(key), dict) and ts[key].get("error"):
             errors[f"torchserve.{key}"] = ts[key]["error"]
     facts["services"] = _section(errors, "services", probe_services, sy)
+    facts["apt_protection"] = _section(errors, "apt_protection", probe_apt_protection, sy)
     for name, svc in (facts["services"] or {}).items():
         if isinstance(svc, dict) and svc.get("error"):
             errors[f"services.{name}"] = svc["error"]

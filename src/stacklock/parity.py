@@ -80,6 +80,8 @@ _ORDER = (
     "service.",
     "package.",
     "hold.",
+    "apt_pin.",
+    "apt_blacklist.",
 )
 
 #: which facts `errors` key explains a missing value of a component (by prefix)
@@ -104,6 +106,8 @@ _ERROR_SOURCES = (
     ("service.docker", ("services.docker", "services")),
     ("package.", ("packages",)),
     ("hold.", ("packages",)),
+    ("apt_pin.", ("apt_protection",)),
+    ("apt_blacklist.", ("apt_protection",)),
 )
 
 #: named components for these pip distributions; other pins are `pip.<name>`
@@ -416,6 +420,10 @@ def expected_from_vars(group_vars: Mapping[str, Any]) -> dict[str, str | None]:
         for pin in gv.get(var) or []:
             exp[f"package.{pin['name']}"] = _s(pin["version"])
             exp[f"hold.{pin['name']}"] = "held"
+            # the files that protect the pin: apt preferences and the unattended-upgrades
+            # blacklist the roles write (removed or edited: a deviation naming the file)
+            exp[f"apt_pin.{pin['name']}"] = _s(pin["version"])
+            exp[f"apt_blacklist.{pin['name']}"] = "listed"
     if "stacklock_os_distribution" in gv:
         put("os.distribution", "stacklock_os_distribution")
         put("os.release", "stacklock_os_release")
@@ -497,6 +505,21 @@ def actual_values(facts: Mapping[str, Any]) -> dict[str, str | None]:
     if isinstance(services, Mapping):
         for name, svc in services.items():
             act[f"service.{name}"] = _s(_get(svc, "active"))
+    protection = _get(facts, "apt_protection")
+    if isinstance(protection, Mapping) and not protection.get("error"):
+        pins = protection.get("pins") or {}
+        listed = protection.get("blacklisted") or {}
+        for name in _get(facts, "packages") or {}:
+            pin = pins.get(name)
+            if not isinstance(pin, Mapping):
+                act[f"apt_pin.{name}"] = "not pinned"
+            elif not isinstance(pin.get("priority"), int) or pin["priority"] < APT_PIN_PRIORITY:
+                act[f"apt_pin.{name}"] = (f"{pin.get('version')} at priority "
+                                          f"{pin.get('priority')} (below {APT_PIN_PRIORITY}: "
+                                          "a newer version would win)")
+            else:
+                act[f"apt_pin.{name}"] = _s(pin.get("version"))
+            act[f"apt_blacklist.{name}"] = "listed" if name in listed else "not listed"
     packages = _get(facts, "packages") or {}
     if isinstance(packages, Mapping):
         for name, entry in packages.items():
@@ -504,6 +527,28 @@ def actual_values(facts: Mapping[str, Any]) -> dict[str, str | None]:
             held = _get(entry, "held")
             act[f"hold.{name}"] = None if held is None else ("held" if held else "not held")
     return act
+
+
+#: the lowest apt preferences priority that keeps a pinned version against a newer one
+APT_PIN_PRIORITY = 1000
+_PREFERENCES = "/etc/apt/preferences.d/stacklock-*.pref"
+_BLACKLIST = "/etc/apt/apt.conf.d/51stacklock-*-unattended-upgrades"
+
+
+def _protection_detail(component: str, facts: Mapping[str, Any]) -> str:
+    """Which file protects (or should protect) the pin of an `apt_pin.`/`apt_blacklist.` check."""
+    protection = _get(facts, "apt_protection") or {}
+    name = component.split(".", 1)[1] if "." in component else component
+    if component.startswith("apt_pin."):
+        pin = (protection.get("pins") or {}).get(name) if isinstance(protection, Mapping) else None
+        if isinstance(pin, Mapping) and pin.get("file"):
+            return f"pinned in {pin['file']} (edited?); stacklock configure writes it again"
+        return (f"no {_PREFERENCES} pins {name} (removed or edited): apt may install another "
+                "version; stacklock configure writes it again")
+    if component.startswith("apt_blacklist."):
+        return (f"no {_BLACKLIST} lists {name} (removed or edited): unattended-upgrades may "
+                "upgrade it; stacklock configure writes it again")
+    return ""
 
 
 def _ready(desc: Any) -> str:
@@ -607,7 +652,8 @@ def compare(
                 want, got = exp[comp], act.get(comp)
                 ok = want == got
                 status = Status.MATCH if ok else Status.DEVIATION
-                detail = "" if ok else _error_for(comp, errors)
+                detail = "" if ok else (_protection_detail(comp, node_facts)
+                                        or _error_for(comp, errors))
                 if not ok and (cause := _error_for(comp, blocked)):
                     status, detail = Status.UNVERIFIED, cause + _HINT
                 checks.append(Check(env, node, comp, want, got, status, Kind.LOCK, detail))

@@ -305,6 +305,57 @@ def test_torchserve_stopped_on_dev_is_caught(lab: Path, provisioned: dict[str, A
     assert verify_json(lab)[0] == 0
 
 
+def test_removed_pin_protection_file_is_caught(lab: Path, provisioned: dict[str, Any]) -> None:
+    pref = "/etc/apt/preferences.d/stacklock-docker.pref"
+    on_node("prod", f"mv {pref} /root/docker.pref.orig")
+    try:
+        code, report = verify_json(lab)
+        assert code == 1
+        dev = deviation(report, "prod", "apt_pin.docker.io")
+        assert dev["expected"] == "20.10.24+dfsg1-1+deb12u1+b6" and dev["actual"] == "not pinned"
+        assert "/etc/apt/preferences.d/stacklock-*.pref" in dev["detail"]
+    finally:
+        on_node("prod", f"mv /root/docker.pref.orig {pref}")
+    assert verify_json(lab)[0] == 0
+
+
+def test_docker_stopped_everywhere_is_caught_even_in_one_environment(
+    lab: Path, provisioned: dict[str, Any]
+) -> None:
+    for env in ENVS:
+        on_node(env, "systemctl stop docker.socket docker.service")
+    try:
+        res = sl(lab, "verify", "staging", "--format", "json", timeout=600)
+        assert res.returncode == 1, res.stderr[-3000:]
+        report = json.loads(res.stdout)
+        dev = deviation(report, "staging", "service.docker")
+        assert dev["expected"] == "active" and dev["actual"] != "active"
+    finally:
+        for env in ENVS:
+            on_node(env, "systemctl start docker.service")
+    assert verify_json(lab)[0] == 0
+
+
+def test_a_probe_that_times_out_is_could_not_look_exit_3(
+    lab: Path, provisioned: dict[str, Any]
+) -> None:
+    """Exit 3, never 1: the values were not read (here: every probe given 1 ms)."""
+    inv = lab.parent / "lab" / "inventories"
+    out = lab.parent / "timeout.json"
+    res = subprocess.run(
+        [str(BIN / "ansible-playbook"), "-i", str(inv / "dev"), "ansible/playbooks/verify.yml",
+         "-e", f"stacklock_report_path={out}", "-e", "stacklock_verify_probe_timeout=0.001",
+         "-e", "stacklock_verify_fail=false"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert res.returncode == 0, res.stdout[-3000:]
+    report = json.loads(out.read_text())
+    assert report["exit_code"] == 3
+    blocked = [c for c in report["checks"] if c["status"] == "could-not-look"]
+    assert blocked and all("could not look" in c["detail"] for c in blocked)
+    assert any("timed out" in c["detail"] or "no answer" in c["detail"] for c in blocked)
+    assert report["deviations"] == [], report["deviations"]
+
+
 # --------------------------------------------------------------------------- lost nodes (last)
 
 

@@ -403,3 +403,22 @@ def test_every_problem_line_says_what_to_do_next() -> None:
     assert lines and all("-- next: " in line for line in lines)
     [dev] = [line for line in lines if line.startswith("dev/dev-1 package.docker.io")]
     assert "stacklock configure dev" in dev
+
+
+def test_removed_or_edited_pin_protection_is_a_deviation_naming_the_file() -> None:
+    facts = lab_facts(prod_nodes=1)
+    node = facts["prod"]["prod-1"]
+    prot = node["apt_protection"]
+    del prot["pins"]["docker.io"]                       # its stanza removed from the .pref
+    prot["pins"]["libcudart11.0"]["priority"] = 500     # edited: a newer version would win
+    del prot["blacklisted"]["nvidia-driver"]            # unattended-upgrades may take it
+    report = compare({"prod": lab_expected()["prod"]}, {"prod": facts["prod"]})
+    found = {c.component: c for c in report.deviations}
+    assert report.exit_code == ExitCode.DEVIATION
+    assert set(found) == {"apt_pin.docker.io", "apt_pin.libcudart11.0",
+                          "apt_blacklist.nvidia-driver"}
+    assert found["apt_pin.docker.io"].actual == "not pinned"
+    assert "/etc/apt/preferences.d/stacklock-*.pref" in found["apt_pin.docker.io"].detail
+    assert "below 1000" in str(found["apt_pin.libcudart11.0"].actual)
+    assert "stacklock-stack.pref" in found["apt_pin.libcudart11.0"].detail
+    assert "unattended-upgrades" in found["apt_blacklist.nvidia-driver"].detail

@@ -222,6 +222,21 @@ def dpkg_output(rows: list[tuple[str, str, str]]) -> str:
     return "".join(f"{n}\t{v}\t{s}\n" for n, v, s in rows)
 
 
+def protection_files(rows: list[tuple[str, str, str]], names: list[str],
+                     role: str = "stack") -> dict[str, str]:
+    """The apt preferences and unattended-upgrades blacklist the roles write for `names`."""
+    import re
+
+    versions = {n: v for n, v, _ in rows}
+    pref = "# managed by ansible (stacklock_packages: stack) - do not edit\n"
+    black = 'Unattended-Upgrade::Package-Blacklist {\n    "nvidia-";\n'
+    for name in sorted(names):
+        pref += f"\nPackage: {name}\nPin: version {versions[name]}\nPin-Priority: 1001\n"
+        black += f'    "^{re.escape(name)}$";\n'
+    return {f"/etc/apt/preferences.d/stacklock-{role}.pref": pref,
+            f"/etc/apt/apt.conf.d/51stacklock-{role}-unattended-upgrades": black + "};\n"}
+
+
 def venv_output(python: str, packages: Mapping[str, str | None], torch_cuda: str | None) -> str:
     torch = {"version": packages["torch"], "cuda": torch_cuda, "source": "torch/version.py"}
     return json.dumps({"python": python, "executable": "/opt/torchserve/venv/bin/python",
@@ -264,6 +279,7 @@ def lab_node(**overrides: Any) -> FakeSystem:
             "/var/lib/torchserve/model-store/tiny-linear.mar": LAB_MAR,
             "/var/lib/torchserve/key_file.json": LAB_KEY_FILE,
             "/opt/torchserve/venv/bin/python": "#!python",
+            **protection_files(LAB_DPKG, LAB_PACKAGES),
             "/usr/lib/jvm/java-17-openjdk-amd64/release": 'IMPLEMENTOR="Debian"\n'
             'JAVA_RUNTIME_VERSION="17.0.21.1+2-Debian-1deb12u1"\nJAVA_VERSION="17.0.21.1"\n',
         },
@@ -334,6 +350,7 @@ def h100_node(**overrides: Any) -> FakeSystem:
             "/var/lib/torchserve/model-store/tiny-linear.mar": LAB_MAR,
             "/var/lib/torchserve/key_file.json": LAB_KEY_FILE,
             "/opt/torchserve/venv/bin/python": "#!python",
+            **protection_files(H100_DPKG, H100_PACKAGES),
         },
         "executables": {
             "dpkg-query": "/usr/bin/dpkg-query", "nvidia-smi": "/usr/bin/nvidia-smi",

@@ -26,9 +26,10 @@ DEFAULT_MANIFEST = "stacklock.yaml"
 
 
 class Ctx:
-    def __init__(self, manifest: str, verbose: bool) -> None:
+    def __init__(self, manifest: str, verbose: bool, lock_timeout: float | None = None) -> None:
         self.manifest_path = manifest
         self.verbose = verbose
+        self.lock_timeout = lock_timeout
         self._loaded: LoadedManifest | None = None
 
     def loaded(self) -> LoadedManifest:
@@ -65,18 +66,36 @@ def pass_ctx(f: F) -> F:
                         callback=set_manifest, help="The manifest to use.")(wrapped)  # type: ignore[return-value]
 
 
+_LOCK_TIMEOUT_HELP = ("Seconds to wait for another stacklock run that holds an environment "
+                      "(0: fail at once with exit 3) [default: 600 or $STACKLOCK_LOCK_TIMEOUT].")
+
+
+def lock_timeout_option(f: F) -> F:
+    """`--lock-timeout SECONDS` after the subcommand (commands that hold run locks)."""
+
+    def set_timeout(ctx: click.Context, _param: click.Parameter, value: float | None) -> None:
+        if value is not None:
+            ctx.ensure_object(Ctx).lock_timeout = value
+
+    return click.option("--lock-timeout", type=click.FloatRange(min=0), default=None,
+                        expose_value=False, callback=set_timeout, metavar="SECONDS",
+                        help=_LOCK_TIMEOUT_HELP)(f)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-m", "--manifest", default=lambda: os.environ.get("STACKLOCK_MANIFEST",
               DEFAULT_MANIFEST), show_default="stacklock.yaml or $STACKLOCK_MANIFEST",
               help="The manifest to use.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every command; tracebacks for bugs.")
+@click.option("--lock-timeout", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help=_LOCK_TIMEOUT_HELP)
 @click.version_option(__version__, prog_name="stacklock")
 @click.pass_context
-def cli(ctx: click.Context, manifest: str, verbose: bool) -> None:
+def cli(ctx: click.Context, manifest: str, verbose: bool, lock_timeout: float | None) -> None:
     """Keep the GPU model-serving stack identical in dev, staging and prod."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(name)s: %(message)s", stream=sys.stderr)
-    ctx.obj = Ctx(manifest, verbose)
+    ctx.obj = Ctx(manifest, verbose, lock_timeout)
 
 
 # --------------------------------------------------------------------------- validate
@@ -212,17 +231,49 @@ def render(c: Ctx, check: bool) -> None:
 
 
 def _env_option(f: F) -> F:
+    f = lock_timeout_option(f)
     f = click.option("--all", "all_envs", is_flag=True, help="Every environment.")(f)
     f = click.argument("envs", nargs=-1)(f)
     return f
 
 
+def _lock_timeout(c: Ctx) -> float:
+    from stacklock.core.runlock import DEFAULT_TIMEOUT
+
+    if c.lock_timeout is not None:
+        return c.lock_timeout
+    raw = os.environ.get("STACKLOCK_LOCK_TIMEOUT", "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise InvalidInput(f"STACKLOCK_LOCK_TIMEOUT={raw!r} is not a number of seconds",
+                           problems=[Problem("STACKLOCK_LOCK_TIMEOUT", "not seconds >= 0",
+                                             "e.g. 600, or 0 to fail at once")])
+    return value
+
+
 def _orchestrator(c: Ctx) -> Any:
+    """This run's orchestrator (one per command): its run locks and lab resources are
+    released when the command ends, however it ends."""
     from stacklock.orchestrate import Orchestrator
 
-    orch = Orchestrator(c.loaded(), verbose=c.verbose)
-    click.get_current_context().call_on_close(orch.close)
+    ctx = click.get_current_context()
+    orch = ctx.meta.get("stacklock.orchestrator")
+    if orch is None:
+        orch = Orchestrator(c.loaded(), verbose=c.verbose, lock_timeout=_lock_timeout(c))
+        ctx.meta["stacklock.orchestrator"] = orch
+        ctx.call_on_close(orch.close)
+        _RUNNING["command"] = ctx.info_name or ""
+        _RUNNING["orchestrator"] = orch
     return orch
+
+
+#: the command running now and its orchestrator (for the message after an interruption)
+_RUNNING: dict[str, Any] = {}
 
 
 @cli.command()
@@ -299,8 +350,9 @@ def trust(c: Ctx, envs: tuple[str, ...], all_envs: bool, yes: bool,
                         "compare the fingerprints out of band, then pass --yes")])
         return click.confirm(question, default=False, err=True)
 
-    code = run_trust(c.loaded(), c.envs(envs, all_envs), yes=yes, replace=replace,
-                     confirm=confirm)
+    names = c.envs(envs, all_envs)
+    _orchestrator(c).hold(names)
+    code = run_trust(c.loaded(), names, yes=yes, replace=replace, confirm=confirm)
     raise SystemExit(int(code))
 
 
@@ -310,6 +362,7 @@ def trust(c: Ctx, envs: tuple[str, ...], all_envs: bool, yes: bool,
               show_default=True)
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write a JUnit XML report here.")
+@lock_timeout_option
 @pass_ctx
 def verify(c: Ctx, envs: tuple[str, ...], fmt: str, junit: Path | None) -> None:
     """Collect the real stack from every node and compare (exit 0 match, 1 deviation, 3 unreachable)."""
@@ -338,6 +391,7 @@ def verify(c: Ctx, envs: tuple[str, ...], fmt: str, junit: Path | None) -> None:
 @click.option("--history", type=click.Path(dir_okay=False, path_type=Path),
               help="The JSONL history: one line appended per run "
                    "[default: <output_dir>/.stacklock/audit/history.jsonl].")
+@lock_timeout_option
 @pass_ctx
 def audit(c: Ctx, envs: tuple[str, ...], deep: bool, kinds: str, fmt: str, json_path: Path | None,
           md_path: Path | None, junit: Path | None, prometheus: Path | None,
@@ -364,6 +418,7 @@ def audit(c: Ctx, envs: tuple[str, ...], deep: bool, kinds: str, fmt: str, json_
 
     names = c.envs(envs)
     orch = _orchestrator(c)
+    orch.hold(names)
     orch.ensure_current()
     wanted = {k.strip() for k in kinds.split(",") if k.strip()}
     unknown = wanted - {"infrastructure", "stack", "cloud"}
@@ -448,6 +503,7 @@ def lab_mirror(c: Ctx) -> None:
 
 
 @cli.command()
+@lock_timeout_option
 @pass_ctx
 def demo(c: Ctx) -> None:
     """The main job on the local lab: validate, lock check, render, provision all, verify."""
@@ -456,6 +512,7 @@ def demo(c: Ctx) -> None:
 
     started = time.monotonic()
     loaded = c.loaded()
+    _orchestrator(c).hold(list(loaded.manifest.environments))
     step(f"validate {loaded.path.name}")
     problems = _rules_problems(loaded)
     print_problems(problems)
@@ -474,25 +531,72 @@ def demo(c: Ctx) -> None:
 # --------------------------------------------------------------------------- entry point
 
 
+#: what to run after an interrupted command (the roles and `apply` repair what was left)
+_AFTER_INTERRUPT = {
+    "apply": "Terraform stopped gracefully and recorded what it created (a node it was "
+             "creating is marked tainted and is replaced). Next: `stacklock apply {envs}`, "
+             "then `stacklock plan {envs}` shows no changes.",
+    "destroy": "Terraform stopped gracefully; what it had not destroyed yet is still in its "
+               "state. Next: `stacklock destroy {envs}` again.",
+    "provision": "Nodes may be half-created or half-configured. Next: `stacklock provision "
+                 "{envs}` again (apply replaces a half-created node; configure repairs an "
+                 "interrupted dpkg, re-holds the pins and finishes the venv switch).",
+    "configure": "Nodes may be half-configured (an interrupted apt or pip install). Next: "
+                 "`stacklock configure {envs}` again (the roles repair dpkg, re-hold the "
+                 "pinned packages and build the venv side by side), then `stacklock verify "
+                 "{envs}`.",
+    "demo": "Next: `stacklock demo` again (apply and configure repair what was left).",
+}
+_READ_ONLY = "Nothing was changed on the nodes; run the command again."
+
+
+def _interrupted(exit_status: int, detail: str) -> None:
+    command = str(_RUNNING.get("command", ""))
+    orch = _RUNNING.get("orchestrator")
+    envs = " ".join(orch.held_envs) if orch is not None else ""
+    hint = _AFTER_INTERRUPT.get(command, _READ_ONLY).format(envs=envs or "--all")
+    if orch is not None and orch._run_dir is not None:
+        hint += f" Logs: {orch.run_dir}"
+    err.print(f"[bold red]interrupted:[/] {escape(detail)}", markup=True, highlight=False)
+    err.print(f"  {hint}", markup=False, highlight=False)
+    raise SystemExit(exit_status)
+
+
+def _signalled(exc: KeyboardInterrupt) -> None:
+    """A signal while no child ran (children of worker threads got it forwarded)."""
+    from stacklock.adapters import proc
+
+    terminated = isinstance(exc, proc.Terminated)
+    _interrupted(int(ExitCode.FAILED) if terminated else 130,
+                 "SIGTERM" if terminated else "SIGINT (Ctrl-C)")
+
+
 def main(argv: list[str] | None = None) -> None:
+    from stacklock.adapters import proc
+
     verbose = "-v" in (argv or sys.argv[1:]) or "--verbose" in (argv or sys.argv[1:])
+    proc.install_signal_handlers()
     try:
         cli.main(args=argv, prog_name="stacklock", standalone_mode=False)
     except click.exceptions.Exit as exc:
         raise SystemExit(exc.exit_code) from None
-    except click.Abort:
+    except click.Abort as exc:  # click turns KeyboardInterrupt (and Terminated) into Abort
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            _signalled(exc.__cause__)
         err.print("aborted")
         raise SystemExit(130) from None
     except click.ClickException as exc:
         exc.show()
         raise SystemExit(int(ExitCode.INVALID)) from None
+    except proc.Interrupted as exc:
+        _interrupted(exc.exit_status, exc.message)
     except StacklockError as exc:
         if exc.problems:
             print_problems(exc.problems)
         err.print(f"[bold red]error:[/] {escape(exc.message)}", markup=True, highlight=False)
         raise SystemExit(int(exc.exit_code)) from None
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as exc:
+        _signalled(exc)
     except Exception as exc:  # a bug: say so, keep the traceback for --verbose
         if verbose:
             traceback.print_exc()

@@ -8,8 +8,10 @@ from a node: the lab is air-gapped by construction.
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import logging
+import os
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -29,13 +31,29 @@ def mirror_address(loaded: LoadedManifest) -> str:
 
 
 def ssh_key(loaded: LoadedManifest) -> Path:
+    """The project's lab key pair, generated once. Two first runs at once do not race: the
+    pair is generated under an exclusive lock, into temporary names, and renamed into place
+    (public key first), so a run sees no key or a whole pair."""
     key = loaded.output_root / LAB_SSH_KEY
-    if not key.is_file():
-        key.parent.mkdir(parents=True, exist_ok=True)
-        key.parent.chmod(0o700)
+    if key.is_file() and key.with_name(key.name + ".pub").is_file():
+        return key
+    key.parent.mkdir(parents=True, exist_ok=True)
+    key.parent.chmod(0o700)
+    fd = os.open(key.parent / f".{key.name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if key.is_file() and key.with_name(key.name + ".pub").is_file():
+            return key  # another run generated it while this one waited
+        tmp = key.with_name(f".{key.name}.{os.getpid()}.tmp")
+        for stale in (tmp, tmp.with_name(tmp.name + ".pub")):
+            stale.unlink(missing_ok=True)
         run_command(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",
-                     f"stacklock-lab-{loaded.manifest.project}", "-f", str(key)])
+                     f"stacklock-lab-{loaded.manifest.project}", "-f", str(tmp)])
+        os.replace(tmp.with_name(tmp.name + ".pub"), key.with_name(key.name + ".pub"))
+        os.replace(tmp, key)
         info(f"  generated the lab's SSH key {key} (kept out of git)")
+    finally:
+        os.close(fd)
     return key
 
 
@@ -105,7 +123,8 @@ def prepare(loaded: LoadedManifest, *, stack: ExitStack, need_mirror: bool = Tru
         info(f"  built the local mirror in {time.monotonic() - started:.0f} s")
     address = mirror_address(loaded)
     ensure_mirror_address(address)
-    server = mirror.start_server(address, loaded.manifest.lab.mirror_port, root)
-    if server.started:
-        info(f"  serving the local mirror on {server.url} (log {server.log_file})")
-        stack.callback(mirror.stop_server, server)
+    lease = mirror.acquire_server(address, loaded.manifest.lab.mirror_port, root)
+    # released when this run ends: the last run holding a lease stops the server
+    stack.callback(mirror.release_server, lease)
+    if lease.server.started:
+        info(f"  serving the local mirror on {lease.server.url} (log {lease.server.log_file})")

@@ -5,6 +5,10 @@ This module sequences the core and the adapters; it holds no comparison or rende
 
 from __future__ import annotations
 
+import os
+import secrets
+import shlex
+import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -13,21 +17,59 @@ from typing import Any
 from stacklock import lock as lockmod
 from stacklock import render as rendermod
 from stacklock.console import info, step
+from stacklock.core import runlock
 from stacklock.errors import ExitCode, InvalidInput, Problem, ToolFailed
 from stacklock.files import atomic_write
 from stacklock.inventory import hosts_yaml
 from stacklock.manifest import LabEnvironment, LoadedManifest, StaticEnvironment
 
 
+def new_run_dir(root: Path) -> Path:
+    """A folder of this run's own under `.stacklock/runs` (0700): the time, the pid and a
+    random suffix, created exclusively, so two runs in the same second never share one."""
+    runs = root / ".stacklock" / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    for _ in range(10):
+        path = runs / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        os.chmod(path, 0o700)
+        return path
+    raise ToolFailed(f"could not create a run folder under {runs}")
+
+
 class Orchestrator:
-    def __init__(self, loaded: LoadedManifest, *, verbose: bool = False) -> None:
+    def __init__(self, loaded: LoadedManifest, *, verbose: bool = False,
+                 lock_timeout: float = runlock.DEFAULT_TIMEOUT,
+                 command: str | None = None) -> None:
         self.loaded = loaded
         self.verbose = verbose
         self.root = loaded.output_root
-        self.run_dir = self.root / ".stacklock" / "runs" / time.strftime("%Y%m%dT%H%M%S")
+        self._run_dir: Path | None = None
         self._resources = ExitStack()
         #: what the lab has been made ready for in this run: "", "nodes", or "nodes+mirror"
         self._lab_ready = ""
+        self.locks = runlock.RunLocks(
+            self.root, timeout=lock_timeout, on_wait=_waiting,
+            command=command or shlex.join(["stacklock", *sys.argv[1:]]))
+        self._resources.callback(self.locks.release)
+        #: every environment this run has locked (kept after the release, for messages)
+        self.held_envs: list[str] = []
+
+    @property
+    def run_dir(self) -> Path:
+        """This run's folder for logs and reports, created on first use."""
+        if self._run_dir is None:
+            self._run_dir = new_run_dir(self.root)
+        return self._run_dir
+
+    def hold(self, envs: list[str]) -> None:
+        """Hold the run lock of every environment of `envs` until this run ends (sorted
+        order; a second run waits up to the lock timeout, then fails with exit 3)."""
+        self.locks.acquire(envs)
+        self.held_envs = sorted(set(self.held_envs) | set(envs))
 
     def __enter__(self) -> Orchestrator:
         return self
@@ -36,7 +78,8 @@ class Orchestrator:
         self.close()
 
     def close(self) -> None:
-        """Stop what this run started (the lab's mirror server); lab nodes stay."""
+        """Stop what this run started (the lab's mirror server, unless another run still
+        uses it), then release the run locks; lab nodes stay."""
         self._resources.close()
 
     # ------------------------------------------------------------------ helpers
@@ -51,7 +94,6 @@ class Orchestrator:
         return self.loaded.manifest.environments[env].provider
 
     def log_file(self, name: str) -> Path:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         return self.run_dir / name
 
     def _terraform(self, env: str) -> Any:
@@ -64,7 +106,8 @@ class Orchestrator:
                 problems=[Problem(f"environments.{env}", "not rendered yet",
                                   "run: stacklock render")],
             )
-        return Terraform(env_dir, log_file=self.log_file(f"terraform-{env}.log"))
+        return Terraform(env_dir, log_file=self.log_file(f"terraform-{env}.log"),
+                         lock_timeout=self.locks.timeout)
 
     def ensure_current(self) -> dict[str, Any]:
         """The lock must be current and the generated files in step with it."""
@@ -92,6 +135,7 @@ class Orchestrator:
     # ------------------------------------------------------------------ terraform
 
     def plan(self, envs: list[str]) -> bool:
+        self.hold(envs)
         self.ensure_current()
         self._prepare(envs)
         any_changes = False
@@ -112,6 +156,7 @@ class Orchestrator:
         return any_changes
 
     def apply(self, envs: list[str]) -> None:
+        self.hold(envs)
         self.ensure_current()
         self._prepare(envs)
         for env in envs:
@@ -184,6 +229,7 @@ class Orchestrator:
         return atomic_write(path, text)
 
     def destroy(self, envs: list[str]) -> None:
+        self.hold(envs)
         for env in envs:
             step(f"{env}: terraform destroy")
             tf = self._terraform(env)
@@ -212,6 +258,7 @@ class Orchestrator:
     def configure(self, envs: list[str]) -> dict[str, Any]:
         from stacklock.adapters import ansible
 
+        self.hold(envs)
         self.ensure_current()
         self._prepare(envs, need_mirror=True)
         step(f"configure {', '.join(envs)}: ansible-playbook site.yml")
@@ -226,6 +273,7 @@ class Orchestrator:
     def verify(self, envs: list[str], *, fmt: str = "table", junit: Path | None = None) -> ExitCode:
         from stacklock.verify import run_verify
 
+        self.hold(envs)
         self.ensure_current()
         return run_verify(self, envs, fmt=fmt, junit=junit)
 
@@ -250,6 +298,7 @@ class Orchestrator:
             raise InvalidInput("AWS preflight failed: nothing was provisioned", problems=problems)
 
     def provision(self, envs: list[str]) -> ExitCode:
+        self.hold(envs)
         started = time.monotonic()
         self.ensure_current()
         self.preflight(envs)
@@ -264,4 +313,9 @@ class Orchestrator:
         return code
 
 
-__all__ = ["Orchestrator", "ToolFailed"]
+def _waiting(env: str, holder: runlock.Holder | None) -> None:
+    who = holder.describe() if holder else "a run that is just starting"
+    info(f"  {env}: waiting for another stacklock run to finish: {who}")
+
+
+__all__ = ["Orchestrator", "ToolFailed", "new_run_dir"]

@@ -13,7 +13,10 @@ second build takes seconds):
 * `wheels/` + `simple/`: torch (the CPU build from /opt/wheels), torchserve, torch-model-archiver,
   pyyaml, numpy and every dependency, for CPython 3.11 on Debian 12.
 * A tiny threaded static HTTP server serving the directory, started in the background with a
-  pid file and a log file, and stopped by whoever started it.
+  pid file and a log file. Runs share it: each run holds a lease (`acquire_server`: a shared
+  flock on `run/mirror-HOST-PORT.users` while it needs the server), and a server started for
+  runs is stopped by the last lease holder (`release_server`), never under another run.
+  Building the mirror takes an exclusive lock, so two first runs do not build it at once.
 
     python -m stacklock.adapters.mirror build | serve-bg --host H --port P | stop --host H --port P
     python -m stacklock.adapters.mirror collections   # community.docker for molecule
@@ -22,7 +25,10 @@ second build takes seconds):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import email.utils
+import errno
+import fcntl
 import gzip
 import hashlib
 import html
@@ -38,7 +44,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -467,6 +473,27 @@ def build_mirror(*, skip_pip: bool = False, force: bool = False) -> Path:
     fingerprint = _inputs_fingerprint(skip_pip)
     if not force and _is_fresh(root, fingerprint, skip_pip):
         return root
+    root.mkdir(parents=True, exist_ok=True)
+    with _flock(root / ".build.lock", fcntl.LOCK_EX):
+        # another run may have built it while this one waited
+        if not force and _is_fresh(root, fingerprint, skip_pip):
+            return root
+        _build(root, fingerprint, skip_pip)
+    return root
+
+
+@contextlib.contextmanager
+def _flock(path: Path, how: int) -> Iterator[int]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, how)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _build(root: Path, fingerprint: str, skip_pip: bool) -> None:
     repo = root / "apt"
     download_debs(repo)
     build_toolkit_test_packages(repo)
@@ -475,7 +502,6 @@ def build_mirror(*, skip_pip: bool = False, force: bool = False) -> Path:
         download_wheels(root / "wheels")
         index_pip(root)
     atomic_write(root / MARKER, f"stacklock local mirror\ninputs {fingerprint}\n")
-    return root
 
 
 # --------------------------------------------------------------------------- HTTP server
@@ -540,12 +566,90 @@ def start_server(host: str = "127.0.0.1", port: int = 8700, root: Path | None = 
 
 
 def stop_server(handle: ServerHandle | None = None, *, host: str = "127.0.0.1", port: int = 8700) -> bool:
-    """Stop a server this module started (a reused one is left alone)."""
-    if handle is not None:
-        if not handle.started:
+    """Stop a server this module started (a reused one is left alone). While runs hold
+    leases on it, it is not stopped: the last lease holder stops it instead."""
+    if handle is not None and not handle.started:
+        return False
+    tag = _tag(host, port) if handle is None else handle.pid_file.stem
+    with _flock(_run_path(tag, "start.lock"), fcntl.LOCK_EX):
+        if _leased(tag):
+            _run_path(tag, "owned").touch()
             return False
-        return lab_docker.stop_background(handle.pid_file)
-    return lab_docker.stop_background(lab_docker.cache_dir() / "run" / f"mirror-{host}-{port}.pid")
+        pid_file = handle.pid_file if handle is not None else _run_path(tag, "pid")
+        return lab_docker.stop_background(pid_file)
+
+
+def _tag(host: str, port: int) -> str:
+    return f"mirror-{host}-{port}"
+
+
+def _run_path(tag: str, suffix: str) -> Path:
+    return lab_docker.cache_dir() / "run" / f"{tag}.{suffix}"
+
+
+def _leased(tag: str) -> bool:
+    """Whether any run holds a lease on the server (a shared lock on its users file)."""
+    fd = os.open(_run_path(tag, "users"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return True
+        raise
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class ServerLease:
+    """A run's claim on the mirror server: the server answers while the lease is held."""
+
+    server: ServerHandle
+    tag: str
+    fd: int
+
+
+def acquire_server(host: str = "127.0.0.1", port: int = 8700, root: Path | None = None) -> ServerLease:
+    """Reuse the server on host:port or start it, and hold a lease on it until
+    `release_server`. Starting and stopping are serialized, so a run never starts a second
+    server beside another's, nor stops one that another run still holds a lease on."""
+    tag = _tag(host, port)
+    users = _run_path(tag, "users")
+    users.parent.mkdir(parents=True, exist_ok=True)
+    with _flock(_run_path(tag, "start.lock"), fcntl.LOCK_EX):
+        fd = os.open(users, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            server = start_server(host, port, root)
+            if server.started:
+                _run_path(tag, "owned").touch()  # started for runs: the last one stops it
+        except BaseException:
+            os.close(fd)
+            raise
+    return ServerLease(server, tag, fd)
+
+
+def release_server(lease: ServerLease) -> bool:
+    """Give the lease back; the last holder stops a server that was started for runs
+    (a server started by hand with `serve-bg` is left running). True when stopped."""
+    stopped = False
+    with _flock(_run_path(lease.tag, "start.lock"), fcntl.LOCK_EX):
+        try:
+            try:
+                fcntl.flock(lease.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                last = True
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                last = False
+            owned = _run_path(lease.tag, "owned")
+            if last and owned.exists():
+                stopped = lab_docker.stop_background(lease.server.pid_file)
+                owned.unlink(missing_ok=True)
+        finally:
+            os.close(lease.fd)
+    return stopped
 
 
 # --------------------------------------------------------------------------- collections

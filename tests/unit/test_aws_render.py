@@ -151,7 +151,13 @@ def test_debian_images_log_in_as_admin(tmp_path: Path) -> None:
 
 
 def test_values_are_quoted_as_hcl_strings(tmp_path: Path) -> None:
-    files = _render(_manifest({"key_name": 'ops"} resource "x" "y" {'}), tmp_path)
-    call = _parse(files["main.tf"])["module"][0][_q("gpu_nodes")]
-    assert call["key_name"] == '"ops\\"} resource \\"x\\" \\"y\\" {"'
-    assert "resource" not in _parse(files["main.tf"])
+    # the schema refuses such a key_name (tests/unit/test_hostile.py); the writer quotes anyway
+    from stacklock.errors import InvalidInput
+    from stacklock.render import hcl
+
+    hostile = 'ops"} resource "x" "y" {'
+    with pytest.raises(InvalidInput):
+        _render(_manifest({"key_name": hostile}), tmp_path)
+    parsed = _parse(f"key_name = {hcl(hostile)}\n")
+    assert parsed["key_name"] == '"ops\\"} resource \\"x\\" \\"y\\" {"'
+    assert "resource" not in parsed

@@ -154,6 +154,12 @@ CASES: list[tuple[str, str, str, dict[str, Any], dict[str, Any]]] = [
      {**BLACKWELL_OK, TORCH: "2.9.1+cu126"}, BLACKWELL_OK),
     ("gpu-torch-build", "error", TORCH,
      {**VOLTA_OK, CUDA: "13.0.2", TORCH: "2.9.1+cu130"}, {**VOLTA_OK, TORCH: "2.9.1+cu126"}),
+    ("apt-version-matches", "error", f"{S}.nvidia_container_toolkit.apt_version",
+     {f"{S}.nvidia_container_toolkit.apt_version": "1.17.8-1"},
+     {f"{S}.nvidia_container_toolkit.apt_version": "1.18.0-1"}),
+    ("java-package", "error", f"{S}.java.package",
+     {f"{S}.java.package": "openjdk-21-jre-headless"},
+     {f"{S}.java.package": "openjdk-17-jre-headless"}),
 ]
 
 
@@ -172,6 +178,47 @@ def test_rule_fails_and_passes(
     for p in bad:
         assert p.message and p.hint and p.source, p
     assert of(run(passing), rule) == []
+
+
+# --------------------------------------------------------------------------- what apt installs
+
+
+def test_a_cve_listed_toolkit_through_apt_version_is_an_error() -> None:
+    found = run({f"{S}.nvidia_container_toolkit.apt_version": "1.16.1-1"})
+    cve = of(found, "toolkit-cve")
+    assert [p.path for p in cve] == [f"{S}.nvidia_container_toolkit.apt_version"] * len(cve)
+    assert cve and "CVE-2024-0132" in cve[0].message and "as installed" in cve[0].message
+    assert of(found, "apt-version-matches")
+
+
+def test_another_driver_branch_through_apt_version_meets_the_gpu_rules() -> None:
+    # prod runs p5 (Hopper): an R535 driver cannot run CUDA 13 there
+    found = run({f"{S}.nvidia_driver.apt_version": "535.309.01-0ubuntu1"})
+    paths = {p.path for p in found if p.severity == "error"}
+    assert f"{S}.nvidia_driver.apt_version" in paths
+    assert {p.rule for p in found if p.path == f"{S}.nvidia_driver.apt_version"} >= {
+        "apt-version-matches", "cuda-min-driver"}
+
+
+@pytest.mark.parametrize("apt", ["1:580.95.05-0ubuntu1", "580.95.05-1", "580.95.05"])
+def test_an_apt_version_of_the_same_release_passes(apt: str) -> None:
+    found = run({f"{S}.nvidia_driver.apt_version": apt})
+    assert [p for p in found if p.severity == "error"] == []
+
+
+def test_docker_epoch_and_debian_suffixes_read_as_the_release() -> None:
+    found = run({f"{S}.docker.apt_version": "5:28.5.1-1~ubuntu.24.04~noble"})
+    assert of(found, "apt-version-matches") == []
+    (p,) = of(run({f"{S}.docker.apt_version": "5:27.3.1-1~ubuntu.24.04~noble"}),
+              "apt-version-matches")
+    assert "27.3.1" in p.message
+
+
+def test_a_java_apt_version_of_another_major_is_an_error() -> None:
+    (p,) = of(run({f"{S}.java.apt_version": "21.0.8+9~us1-0ubuntu1~24.04.1"}), "java-package")
+    assert p.path == f"{S}.java.apt_version"
+    assert of(run({f"{S}.java.apt_version": "17.0.16+8~us1-0ubuntu1~24.04.1"}),
+              "java-package") == []
 
 
 def test_every_rule_has_a_case() -> None:
@@ -215,7 +262,7 @@ def test_uncertain_facts_say_so_in_the_source() -> None:
 
 @pytest.mark.parametrize(
     "pattern",
-    [".*", "https?://.*", "https://.*", "http.*", "(.*)", "https://.+\\.mar", "["],
+    [".*", "https?://.*", "https://.*", "http.*", "(.*)", "https://.+\\.mar"],
 )
 def test_allowed_urls_catch_alls_and_broken_regexes_are_errors(pattern: str) -> None:
     bad = of(run({f"{TS}.allowed_urls": [r"https://models\.example\.com/.*", pattern]}),

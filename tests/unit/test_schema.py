@@ -149,8 +149,8 @@ CASES: list[tuple[str, str, Any, str, Any]] = [
     ("static", "environments.prod.hosts.0.port", 0, "environments.prod.hosts[0].port", 65535),
     ("aws", "lab.mirror_port", 80, "lab.mirror_port", 8080),
     # values checked by validators
-    ("aws", f"{DEV}.admin_cidrs", ["203.0.113.7/24"], f"{DEV}.admin_cidrs", ["203.0.113.7/32"]),
-    ("aws", f"{DEV}.admin_cidrs", ["office"], f"{DEV}.admin_cidrs", ["2001:db8::/32"]),
+    ("aws", f"{DEV}.admin_cidrs", ["203.0.113.7/24"], f"{DEV}.admin_cidrs[0]", ["203.0.113.7/32"]),
+    ("aws", f"{DEV}.admin_cidrs", ["office"], f"{DEV}.admin_cidrs[0]", ["2001:db8::/32"]),
     ("aws", f"{DEV}.access", "bastion", DEV, "public"),
     ("aws", f"{S}.ami", {"owner": "099720109477", "name": "ubuntu-noble-24.04-*"},
      f"{S}.ami.name", {"owner": "099720109477", "name": "ubuntu-noble-24.04-20251022"}),

@@ -291,8 +291,19 @@ def torchserve_config(stack: Stack) -> dict[str, str]:
          if c.token_expiration_min is not None else {})
 
 
+_PROPERTIES_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\f": "\\f"}
+
+
+def properties_value(value: str) -> str:
+    """A value in java.util.Properties syntax: backslashes and line breaks escaped (so that no
+    value adds a line or swallows the next), a leading space kept. The role's template
+    (ansible/roles/torchserve/templates/config.properties.j2) escapes the same way."""
+    text = "".join(_PROPERTIES_ESCAPES.get(c, c) for c in value)
+    return "\\" + text if text.startswith(" ") else text
+
+
 def config_text(config: dict[str, str]) -> str:
-    return "".join(f"{k}={config[k]}\n" for k in sorted(config))
+    return "".join(f"{k}={properties_value(config[k])}\n" for k in sorted(config))
 
 
 def _models(loaded: LoadedManifest, stack_name: str, stack: Stack) -> list[dict[str, Any]]:

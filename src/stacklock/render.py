@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -29,18 +30,49 @@ TF_HEADER = f"# {HEADER}"
 LAB_SSH_KEY = ".stacklock/ssh/id_ed25519"
 
 
+_HCL_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_HCL_SPECIAL = re.compile(r'[\\"\x00-\x1f\x7f-\x9f\u2028\u2029]|[$%](?=\{)|[^\x00-\x7f]')
+
+
+def _hcl_char(m: re.Match[str]) -> str:
+    c = m.group()
+    if c in _HCL_ESCAPES:
+        return _HCL_ESCAPES[c]
+    if c in "$%":
+        return c + c  # `$${` and `%%{` are literal in HCL: no interpolation, no directive
+    return f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}"
+
+
+def hcl_inner(value: str) -> str:
+    """The body of an HCL quoted string: quotes, backslashes and control characters escaped,
+    `${` and `%{` doubled so that Terraform never evaluates text from the manifest."""
+    return _HCL_SPECIAL.sub(_hcl_char, str(value))
+
+
+def hcl_comment(value: Any) -> str:
+    """Text for a `#` comment: one line, whatever the value holds."""
+    return re.sub(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", "?", str(value))
+
+
 def hcl(value: Any) -> str:
     """A JSON-able value as an HCL literal (strings quoted, lists and objects inline)."""
     if isinstance(value, dict):
         if not value:
             return "{}"
-        inner = ", ".join(f"{k} = {hcl(v)}" for k, v in value.items())
+        inner = ", ".join(f"{_hcl_key(k)} = {hcl(v)}" for k, v in value.items())
         return "{ " + inner + " }"
     if isinstance(value, list | tuple):
         return "[" + ", ".join(hcl(v) for v in value) + "]"
     if value is None:
         return "null"
-    return json.dumps(value)
+    if isinstance(value, bool | int | float):
+        return json.dumps(value)
+    return '"' + hcl_inner(str(value)) + '"'
+
+
+def _hcl_key(key: Any) -> str:
+    text = str(key)
+    return text if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", text) else hcl(text)
 
 
 def _jinja() -> Environment:
@@ -52,6 +84,8 @@ def _jinja() -> Environment:
         autoescape=False,
     )
     env.filters["hcl"] = hcl
+    env.filters["hcl_inner"] = hcl_inner
+    env.filters["hcl_comment"] = hcl_comment
     return env
 
 
@@ -100,7 +134,11 @@ def group_vars(
             source = archive
         else:
             path = (loaded.base_dir / archive).resolve()
-            source = "{{ inventory_dir }}/" + _rel(path, inventory_dir)
+            rel = _rel(path, inventory_dir)
+            # the one template stacklock writes on purpose; a path that carries a template
+            # marker itself (the schema refuses it) is written !unsafe, whole, below
+            source = AnsibleTemplate("{{ inventory_dir }}/" + rel) if not _jinja_marked(
+                rel) else "{{ inventory_dir }}/" + rel
         models.append({"name": model["name"], "version": model["version"],
                        "file": model["file"], "sha256": model["sha256"], "src": source})
     return {
@@ -147,9 +185,36 @@ def group_vars(
     }
 
 
+class AnsibleTemplate(str):
+    """A group_vars string that Ansible is meant to template (stacklock's own text)."""
+
+
+def _jinja_marked(text: str) -> bool:
+    return any(marker in text for marker in ("{{", "{%", "{#"))
+
+
+class _GroupVarsDumper(yaml.SafeDumper):
+    """safe_dump, and any string holding a Jinja marker tagged `!unsafe`: Ansible then never
+    evaluates text that came from the manifest (defence in depth: the schema refuses it)."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    if _jinja_marked(value):
+        return dumper.represent_scalar("!unsafe", str(value), style="'")
+    return dumper.represent_str(value)
+
+
+def _represent_template(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    return dumper.represent_str(str(value))
+
+
+_GroupVarsDumper.add_representer(str, _represent_str)
+_GroupVarsDumper.add_representer(AnsibleTemplate, _represent_template)
+
+
 def _yaml(data: dict[str, Any]) -> str:
-    body = yaml.safe_dump(data, sort_keys=True, default_flow_style=False, width=1000,
-                          allow_unicode=True)
+    body = yaml.dump(data, Dumper=_GroupVarsDumper, sort_keys=True, default_flow_style=False,
+                     width=1000, allow_unicode=True)
     return f"---\n# {HEADER}\n{body}"
 
 

@@ -148,11 +148,18 @@ VENV_SCRIPT = r"""
 import ast, importlib.metadata as md, importlib.util, json, os, sys
 out = {"python": "%d.%d.%d" % sys.version_info[:3], "executable": sys.executable,
        "packages": {}, "torch": {}}
+import re
+norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
 for name in json.loads(sys.argv[1]):
     try:
         out["packages"][name] = md.version(name)
     except md.PackageNotFoundError:
         out["packages"][name] = None
+out["distributions"] = {}
+for dist in md.distributions():
+    name = dist.metadata["Name"] if dist.metadata else None
+    if name:
+        out["distributions"][norm(name)] = dist.version
 try:
     spec = importlib.util.find_spec("torch")
 except Exception as exc:
@@ -785,7 +792,18 @@ def probe_venv(sy, venv, extra):
     out["python"] = data.get("python")
     out["packages"] = data.get("packages") or {}
     out["torch"] = data.get("torch") or {}
+    dists = data.get("distributions")
+    if isinstance(dists, dict):
+        out["distributions"] = dict(sorted(dists.items()))
+        if extra:  # the locked closure was named: what else is in the venv
+            locked = {_norm(n) for n in names}
+            out["unlocked"] = {n: v for n, v in out["distributions"].items() if n not in locked}
     return out
+
+
+def _norm(name):
+    """PEP 503 normalised distribution name."""
+    return re.sub(r"[-_.]+", "-", str(name)).lower()
 
 
 def _keys(sy, key_file):

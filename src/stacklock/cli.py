@@ -159,7 +159,8 @@ def _require_valid(loaded: LoadedManifest) -> None:
 @cli.command()
 @click.option("--check", is_flag=True, help="Exit 1 when the lock is stale; write nothing.")
 @click.option("--offline", is_flag=True,
-              help="Never call AWS: reuse the AMI ids of the existing lock.")
+              help="Never call AWS or a package index: reuse the AMI ids and the Python "
+                   "closures of the existing lock.")
 @pass_ctx
 def lock(c: Ctx, check: bool, offline: bool) -> None:
     """Resolve every pin and write <manifest>.lock (deterministic)."""
@@ -185,7 +186,31 @@ def lock(c: Ctx, check: bool, offline: bool) -> None:
             step(f"resolving AMI {image.name} (owner {image.owner}) in {', '.join(regions)}")
             amis.setdefault(stack_name, {}).update(
                 aws.resolve_amis(image.owner, image.name, regions))
-    data = lockmod.build_lock(loaded, amis)
+    closures = lockmod.closures_from_lock(existing, loaded)
+    todo = [n for n in sorted(loaded.manifest.stacks) if n not in closures]
+    if todo and not offline:
+        from stacklock.adapters import pyresolve
+
+        for stack_name in todo:
+            stack = loaded.manifest.stacks[stack_name]
+            src = lockmod.pip_sources(loaded, stack)
+            where = ", ".join([src["index_url"], *src["extra_index_urls"], *src["find_links"]])
+            step(f"resolving the Python closure of {stack_name} for Python "
+                 f"{stack.python.version} against {where}")
+            closure = pyresolve.resolve_closure(
+                lockmod.pip_requirements(loaded, stack), stack.python.version,
+                pyresolve.Sources(src["index_url"], tuple(src["extra_index_urls"]),
+                                  tuple(src["find_links"])))
+            if lockmod.torch_from_pypi(loaded, stack):
+                lockmod.check_pypi_torch(stack_name, stack, closure)
+            lockmod.remember_closure(lockmod.closure_inputs(loaded, stack), closure)
+            closures[stack_name] = closure
+            info(f"  {len(closure)} distributions, each with its sha256")
+    data = lockmod.build_lock(loaded, amis, closures)
+    unresolved = lockmod.unresolved_closures(data)
+    if unresolved:
+        raise InvalidInput("the Python closure is not resolved; nothing written",
+                           problems=unresolved)
     text = lockmod.dump_lock(data)
     old = loaded.lock_path.read_text("utf-8") if loaded.lock_path.is_file() else None
     if old == text:

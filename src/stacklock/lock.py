@@ -121,15 +121,22 @@ def _stack_pins(locked: dict[str, Any]) -> list[tuple[str, str, int, Any]]:
 
 
 def _torch_build_refusal(locked: dict[str, Any]) -> str | None:
-    """The torchserve role's check that the torch pin's build matches torchserve_torch_cuda."""
+    """The torchserve role's check that the torch build matches torchserve_torch_cuda, and that
+    the torch pin is that build: the same version, or (PyPI serves builds without the local
+    label) its public version with `pypi_build` naming the build."""
     pip = [p for p in locked.get("pip") or [] if isinstance(p, dict)]
-    torch = [p.get("version") for p in pip if p.get("name") == "torch"]
+    torch = [p for p in pip if p.get("name") == "torch"]
     if len(torch) != 1:
         return f"{len(torch)} torch pins, the torchserve role needs exactly one"
-    cuda = ((locked.get("components") or {}).get("torch") or {}).get("cuda")
+    comp = (locked.get("components") or {}).get("torch") or {}
+    cuda, want = comp.get("cuda"), str(comp.get("version") or torch[0].get("version"))
     suffix = "+cu" + str(cuda).replace(".", "") if cuda else "+cpu"
-    if not str(torch[0]).endswith(suffix):
-        return f"torch {torch[0]!r} is not the {suffix[1:]} build the stack names"
+    if not want.endswith(suffix):
+        return f"torch {want!r} is not the {suffix[1:]} build the stack names"
+    pinned = str(torch[0].get("version"))
+    if pinned != want and not (pinned == want.split("+")[0]
+                               and torch[0].get("pypi_build") == suffix[1:]):
+        return f"the torch pin {pinned!r} is not the stack's build {want!r}"
     return None
 
 
@@ -171,6 +178,202 @@ def pin_problems(stack_name: str, locked: dict[str, Any], source: str = "",
                                 f"{source + ': ' if source else ''}{torch}",
                                 "pin the torch build of the stack's CUDA (+cuXYZ) or +cpu"))
     return problems
+
+
+# --------------------------------------------------------------------------- the Python closure
+
+#: the platform the closure is resolved for (every supported OS: glibc >= 2.28, x86_64)
+PIP_PLATFORM = "x86_64-manylinux_2_28"
+PYPI_SIMPLE = "https://pypi.org/simple"
+#: torch CPU builds: on the PyTorch index, or (this build machine) in a local wheel folder
+TORCH_WHEEL_DIR = Path("/opt/wheels")
+
+
+def _public(version: str) -> str:
+    return version.split("+", 1)[0]
+
+
+def _has_torch_source(src: Any) -> bool:
+    """Did the manifest say where torch builds come from (a PyTorch index, find-links)?"""
+    extra = src.extra_index_urls
+    return extra is None or bool(extra) or bool(src.find_links)
+
+
+def lab_mirror_url(loaded: LoadedManifest) -> str:
+    import ipaddress
+
+    net = ipaddress.ip_network(loaded.manifest.lab.network)
+    return f"http://{net.network_address + 1}:{loaded.manifest.lab.mirror_port}/simple"
+
+
+def is_lab_mirror(loaded: LoadedManifest) -> bool:
+    """The pip index is the lab's own local mirror (served only while the lab is configured)."""
+    return loaded.manifest.package_sources.pip.index_url.rstrip("/") == lab_mirror_url(loaded)
+
+
+def pip_sources(loaded: LoadedManifest, stack: Stack) -> dict[str, Any]:
+    """Where the closure is resolved: the manifest's pip sources; for the lab, whose index is
+    the local mirror, the mirror's own upstreams (PyPI, and torch's CPU build from the local
+    wheel folder or the PyTorch index) -- the mirror then serves exactly the locked closure."""
+    src = loaded.manifest.package_sources.pip
+    if is_lab_mirror(loaded):
+        if TORCH_WHEEL_DIR.is_dir():
+            return {"index_url": PYPI_SIMPLE, "extra_index_urls": [],
+                    "find_links": [str(TORCH_WHEEL_DIR)]}
+        return {"index_url": PYPI_SIMPLE, "find_links": [],
+                "extra_index_urls": [f"https://download.pytorch.org/whl/{stack.torch.variant}"]}
+    extra = src.extra_index_urls
+    if extra is None:
+        extra = [f"https://download.pytorch.org/whl/{stack.torch.variant}"]
+    return {"index_url": src.index_url, "extra_index_urls": list(extra),
+            "find_links": list(src.find_links)}
+
+
+def torch_from_pypi(loaded: LoadedManifest, stack: Stack) -> bool:
+    """PyPI alone is named: take PyPI's build of the torch version (its CUDA checked after).
+    A mirror or an extra index serves builds under their own label (+cpu, +cu130)."""
+    src = loaded.manifest.package_sources.pip
+    return (src.index_url.rstrip("/") == PYPI_SIMPLE and not is_lab_mirror(loaded)
+            and not _has_torch_source(src))
+
+
+def pip_requirements(loaded: LoadedManifest, stack: Stack) -> list[str]:
+    """The top-level pins of the serving venv: torch (its build), TorchServe, the archiver,
+    the companions TorchServe's worker imports, and pip itself."""
+    torch = stack.torch.version
+    if torch_from_pypi(loaded, stack):
+        torch = _public(torch)
+    reqs = {"torch": torch, "torchserve": stack.torchserve.version,
+            "torch-model-archiver": stack.torchserve.archiver}
+    reqs.update(package_data()["torchserve_companions"])
+    return [f"{n}=={v}" for n, v in sorted(reqs.items())]
+
+
+def closure_inputs(loaded: LoadedManifest, stack: Stack) -> str:
+    """What the closure depends on: the requirements, the Python and the platform.
+
+    Not the package sources: the lock pins what is installed (names, versions, sha256), the
+    sources say where it comes from. Moving to another index or an internal mirror keeps the
+    closure; the nodes install the same bytes, hash-checked, and fail loudly if the new
+    source lacks one. Changing a requirement or the Python resolves it again."""
+    body = {"requirements": pip_requirements(loaded, stack), "python": stack.python.version,
+            "platform": PIP_PLATFORM}
+    return "sha256:" + hashlib.sha256(canonical_json(body).encode()).hexdigest()
+
+
+def check_pypi_torch(stack_name: str, stack: Stack, closure: list[dict[str, Any]]) -> None:
+    """PyPI's torch X is one CUDA build: it must be the stack's (read from the CUDA runtime
+    distribution the resolver pulled in, e.g. nvidia-cuda-runtime 13.0.96 for +cu130)."""
+    want = stack.torch.cuda
+    runtimes = [p for p in closure if p["name"].startswith("nvidia-cuda-runtime")]
+    got = ".".join(runtimes[0]["version"].split(".")[:2]) if runtimes else None
+    if got != want:
+        raise InvalidInput(
+            f"PyPI's torch {_public(stack.torch.version)} is "
+            + (f"a CUDA {got} build" if got else "not a CUDA build")
+            + f", not {stack.torch.version}",
+            problems=[Problem(f"stacks.{stack_name}.torch.version",
+                              f"PyPI serves torch {_public(stack.torch.version)} built for "
+                              f"{'CUDA ' + got if got else 'no CUDA'}",
+                              "pin the build PyPI serves, or name the PyTorch index in "
+                              "package_sources.pip.extra_index_urls")])
+
+
+def unresolved_closures(lock: dict[str, Any]) -> list[Problem]:
+    """A lock may only be written or used with every stack's whole closure resolved."""
+    return [Problem(f"stacks.{name}.torchserve",
+                    "the complete Python closure (every distribution with its sha256) is not "
+                    "resolved: the nodes would have to resolve dependencies themselves",
+                    "run `stacklock lock` where the manifest's package_sources.pip are reachable "
+                    "(`--offline` only reuses a closure already resolved for the same inputs)")
+            for name, st in sorted((lock.get("stacks") or {}).items())
+            if not (isinstance(st, dict) and (st.get("pip_closure") or {}).get("resolved"))]
+
+
+def _closure_pins(loaded: LoadedManifest, stack_name: str, stack: Stack,
+                  closure: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """The closure's pins; without one (not resolved), only the top-level requirements."""
+    if closure is None:
+        closure = [{"name": r.split("==")[0], "version": r.split("==")[1]}
+                   for r in pip_requirements(loaded, stack)]
+    out = []
+    pypi = torch_from_pypi(loaded, stack)
+    for dist in closure:
+        pin: dict[str, Any] = {"name": dist["name"], "version": dist["version"]}
+        if "files" in dist:
+            pin["files"] = dist["files"]
+        if dist["name"] == "torch" and pypi and "+" in stack.torch.version:
+            pin["pypi_build"] = stack.torch.version.split("+", 1)[1]
+        out.append(pin)
+    return sorted(out, key=lambda p: p["name"])
+
+
+def closure_cache_dir() -> Path:
+    """Closures already resolved, by their inputs digest: $STACKLOCK_CACHE_DIR/closures, else
+    ~/.cache/stacklock/closures (private to the user)."""
+    import os
+
+    base = os.environ.get("STACKLOCK_CACHE_DIR") or str(Path.home() / ".cache" / "stacklock")
+    return Path(base) / "closures"
+
+
+def _cache_key(inputs: str) -> str:
+    return inputs.split(":", 1)[-1]
+
+
+def cached_closure(inputs: str) -> list[dict[str, Any]] | None:
+    try:
+        data = json.loads((closure_cache_dir() / f"{_cache_key(inputs)}.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("inputs") != inputs:
+        return None
+    pins = data.get("closure")
+    if isinstance(pins, list) and pins and all(isinstance(p, dict) and p.get("files")
+                                              for p in pins):
+        return pins
+    return None
+
+
+def remember_closure(inputs: str, closure: list[dict[str, Any]]) -> None:
+    """Keep a resolved closure for the same inputs (best effort: a cache, never required)."""
+    import os
+
+    from stacklock.files import atomic_write
+
+    path = closure_cache_dir() / f"{_cache_key(inputs)}.json"
+    try:
+        if path.is_file():
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
+        atomic_write(path, canonical_json({"inputs": inputs, "closure": closure}) + "\n")
+    except OSError:
+        pass
+
+
+def closures_from_lock(lock: dict[str, Any] | None, loaded: LoadedManifest) -> dict[
+        str, list[dict[str, Any]]]:
+    """The resolved closures still valid for the manifest (same inputs): from the existing
+    lock, else from the closure cache. Those of the lock are remembered in the cache."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    stacks = (lock or {}).get("stacks")
+    stacks = stacks if isinstance(stacks, dict) else {}
+    for name, stack in loaded.manifest.stacks.items():
+        inputs = closure_inputs(loaded, stack)
+        old = stacks.get(name)
+        meta = old.get("pip_closure") if isinstance(old, dict) else None
+        pins = old.get("pip") if isinstance(old, dict) else None
+        if (isinstance(meta, dict) and meta.get("inputs") == inputs and isinstance(pins, list)
+                and pins and all(isinstance(p, dict) and p.get("files") for p in pins)):
+            out[name] = [{"name": p["name"], "version": p["version"], "files": p["files"]}
+                         for p in pins]
+            remember_closure(inputs, out[name])
+            continue
+        cached = cached_closure(inputs)
+        if cached is not None:
+            out[name] = cached
+    return out
 
 
 def lock_pin_problems(lock: dict[str, Any], source: str = "", manifest: str = "") -> list[Problem]:
@@ -337,7 +540,8 @@ def _models(loaded: LoadedManifest, stack_name: str, stack: Stack) -> list[dict[
     return out
 
 
-def lock_stack(loaded: LoadedManifest, name: str, amis: dict[str, str] | None) -> dict[str, Any]:
+def lock_stack(loaded: LoadedManifest, name: str, amis: dict[str, str] | None,
+               closure: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     stack = loaded.manifest.stacks[name]
     data = package_data()
     locked: dict[str, Any] = {
@@ -368,15 +572,14 @@ def lock_stack(loaded: LoadedManifest, name: str, amis: dict[str, str] | None) -
             "java": {"version": stack.java.version},
         },
         "apt": {c: _apt_packages(stack, c) for c in APT_COMPONENTS},
-        "pip": sorted(
-            [
-                {"name": "torch", "version": stack.torch.version},
-                {"name": "torchserve", "version": stack.torchserve.version},
-                {"name": "torch-model-archiver", "version": stack.torchserve.archiver},
-            ]
-            + [{"name": k, "version": v} for k, v in data["torchserve_companions"].items()],
-            key=lambda p: p["name"],
-        ),
+        "pip": _closure_pins(loaded, name, stack, closure),
+        "pip_closure": {
+            "resolved": closure is not None,
+            "requirements": pip_requirements(loaded, stack),
+            "inputs": closure_inputs(loaded, stack),
+            "python": stack.python.version,
+            "platform": PIP_PLATFORM,
+        },
         "models": _models(loaded, name, stack),
         "torchserve": {
             "venv": TORCHSERVE_VENV,
@@ -404,8 +607,10 @@ def ami_regions(manifest: Manifest) -> dict[str, list[str]]:
     return {k: sorted(v) for k, v in sorted(out.items())}
 
 
-def build_lock(loaded: LoadedManifest, amis: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
-    """The whole lock. `amis` maps stack -> region -> AMI id (from the AWS adapter or old lock)."""
+def build_lock(loaded: LoadedManifest, amis: dict[str, dict[str, str]] | None = None,
+               closures: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """The whole lock. `amis` maps stack -> region -> AMI id (from the AWS adapter or old lock),
+    `closures` stack -> the resolved Python closure (from the resolver or the old lock)."""
     m = loaded.manifest
     regions = ami_regions(m)
     amis = amis or {}
@@ -420,10 +625,11 @@ def build_lock(loaded: LoadedManifest, amis: dict[str, dict[str, str]] | None = 
             ))
     if problems:
         raise StacklockError("AMI ids are not resolved", ExitCode.INVALID, problems)
+    closures = closures or {}
     stacks = {}
     for name in sorted(m.stacks):
         used = {r: amis[name][r] for r in regions.get(name, [])}
-        stacks[name] = lock_stack(loaded, name, used)
+        stacks[name] = lock_stack(loaded, name, used, closures.get(name))
     problems = [p for name, locked in stacks.items() for p in pin_problems(name, locked)]
     if problems:
         raise InvalidInput(
@@ -491,7 +697,13 @@ def check_lock(loaded: LoadedManifest) -> LockStatus:
             problems=held,
         )
     try:
-        fresh = build_lock(loaded, amis_from_lock(existing, loaded.manifest))
+        closures = closures_from_lock(existing, loaded)
+        stale = sorted(n for n in loaded.manifest.stacks if n not in closures)
+        if stale:
+            return LockStatus(False, f"{loaded.lock_path.name} is stale: the Python closure of "
+                                     f"stack(s) {', '.join(stale)} is not resolved for the "
+                                     "manifest's requirements, Python and package sources")
+        fresh = build_lock(loaded, amis_from_lock(existing, loaded.manifest), closures)
     except StacklockError as exc:
         if exc.problems and all("AMI" in p.message for p in exc.problems):
             return LockStatus(False, "the AMI ids of a changed image are not resolved")
@@ -507,7 +719,8 @@ def check_lock(loaded: LoadedManifest) -> LockStatus:
 
 
 def load_current_lock(loaded: LoadedManifest) -> dict[str, Any]:
-    """The lock for render/provision: it must exist and match the manifest."""
+    """The lock for render/provision: it must exist, match the manifest, and hold every
+    stack's whole Python closure."""
     status = check_lock(loaded)
     if not status.current:
         raise InvalidInput(

@@ -74,6 +74,7 @@ _ORDER = (
     "torchserve.",
     "torch-model-archiver.",
     "pip.",
+    "venv.",
     "model_store.",
     "archive.",
     "model.",
@@ -97,6 +98,7 @@ _ERROR_SOURCES = (
     ("torch.", ("torchserve_venv",)),
     ("torch-model-archiver.", ("torchserve_venv",)),
     ("pip.", ("torchserve_venv",)),
+    ("venv.", ("torchserve_venv",)),
     ("torchserve.config_sha256", ("torchserve.config",)),
     ("torchserve.", ("torchserve", "torchserve_venv")),
     ("model_store.", ("torchserve.model_store",)),
@@ -398,6 +400,9 @@ def expected_from_vars(group_vars: Mapping[str, Any]) -> dict[str, str | None]:
         name = str(pin["name"])
         exp[_PIP_NAMED.get(name, f"pip.{name}")] = _s(pin["version"])
     put("torch.version", "torchserve_torch_version")
+    if any(pin.get("sha256") for pin in gv.get("torchserve_pip_packages") or []):
+        # the lock holds the whole closure: nothing else may be in the serving venv
+        exp["venv.unlocked"] = "none"
     put("torchserve.version", "torchserve_version")
     put("torch-model-archiver.version", "torchserve_model_archiver_version")
     if "torchserve_torch_cuda" in gv or "torch.version" in exp:
@@ -478,8 +483,14 @@ def actual_values(facts: Mapping[str, Any]) -> dict[str, str | None]:
         for name, version in pkgs.items():
             act[_PIP_NAMED.get(str(name), f"pip.{name}")] = _s(version)
     torch = _get(venv, "torch") or {}
-    if act.get("torch.version") is None:
+    # the build torch reports (torch/version.py: 2.11.0+cu130), not the distribution's
+    # metadata version (PyPI's builds carry no local label there)
+    if _get(torch, "version") is not None:
         act["torch.version"] = _s(_get(torch, "version"))
+    unlocked = _get(venv, "unlocked")
+    if isinstance(unlocked, Mapping):
+        act["venv.unlocked"] = ", ".join(f"{n}=={v}" for n, v in sorted(unlocked.items())) or (
+            "none")
     if _get(torch, "version") is not None:
         act["torch.cuda"] = _s(_get(torch, "cuda")) or "none"
     else:

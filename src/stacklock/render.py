@@ -175,7 +175,12 @@ def group_vars(
         "torchserve_model_archiver_version": comp["torchserve"]["model_archiver_version"],
         "torchserve_torch_version": comp["torch"]["version"],
         "torchserve_torch_cuda": comp["torch"]["cuda"],
-        "torchserve_pip_packages": locked["pip"],
+        # the whole closure: every distribution, its version and the sha256 of its files (the
+        # role installs exactly these, hash-checked, without resolving anything on the node)
+        "torchserve_pip_packages": [
+            {"name": p["name"], "version": p["version"],
+             "sha256": sorted({f["sha256"] for f in p.get("files") or []})}
+            for p in locked["pip"]],
         "torchserve_venv": locked["torchserve"]["venv"],
         "torchserve_config_path": locked["torchserve"]["config_path"],
         "torchserve_config": locked["torchserve"]["config"],

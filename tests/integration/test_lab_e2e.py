@@ -305,6 +305,73 @@ def test_torchserve_stopped_on_dev_is_caught(lab: Path, provisioned: dict[str, A
     assert verify_json(lab)[0] == 0
 
 
+VENV = "/opt/torchserve/venv"
+SITE = f"{VENV}/lib/python3.11/site-packages"
+
+
+def test_lab_lock_holds_the_whole_closure_with_hashes(lab: Path) -> None:
+    lock = json.loads((ROOT / "examples" / "lab.lock").read_text())
+    pins = lock["stacks"]["lab-2026-11"]["pip"]
+    names = {p["name"] for p in pins}
+    assert {"torch", "torchserve", "filelock", "jinja2", "sympy", "networkx", "pip",
+            "setuptools"} <= names
+    assert all(re.fullmatch(r"[0-9a-f]{64}", f["sha256"]) for p in pins for f in p["files"])
+
+
+def test_the_venv_holds_exactly_the_locked_closure(lab: Path, provisioned: dict[str, Any]) -> None:
+    lock = json.loads((ROOT / "examples" / "lab.lock").read_text())
+    want = {p["name"]: p["version"] for p in lock["stacks"]["lab-2026-11"]["pip"]}
+    out = on_node("prod", f"{VENV}/bin/python -m pip list --format=json "
+                          "--disable-pip-version-check").stdout
+    have = {re.sub(r"[-_.]+", "-", d["name"]).lower(): d["version"] for d in json.loads(out)}
+    assert have == want
+
+
+def test_transitive_dependency_and_hand_installed_distribution_are_caught(
+    lab: Path, provisioned: dict[str, Any]
+) -> None:
+    # setuptools is a transitive dependency of torch; Debian's own wheel is another version
+    on_node("staging", f"{VENV}/bin/python -m pip install -q --no-deps --no-index "
+                       "/usr/share/python-wheels/setuptools-66.1.1-py3-none-any.whl")
+    # and a distribution added by hand
+    on_node("staging", f"mkdir -p {SITE}/handmade-1.0.dist-info && printf "
+                       "'Metadata-Version: 2.1\\nName: handmade\\nVersion: 1.0\\n' "
+                       f"> {SITE}/handmade-1.0.dist-info/METADATA")
+    try:
+        code, report = verify_json(lab)
+        assert code == 1
+        dev = deviation(report, "staging", "pip.setuptools")
+        assert dev["actual"] == "66.1.1" and dev["expected"] != "66.1.1"
+        extra = deviation(report, "staging", "venv.unlocked")
+        assert extra["expected"] == "none" and extra["actual"] == "handmade==1.0"
+        # configure converges it back: the locked version again, the extra one gone
+        res = sl(lab, "configure", "staging", timeout=1200)
+        assert res.returncode == 0, res.stderr[-3000:]
+    finally:
+        on_node("staging", f"rm -rf {SITE}/handmade-1.0.dist-info", check=False)
+    assert verify_json(lab)[0] == 0
+
+
+def test_a_tampered_wheel_in_the_mirror_is_refused(lab: Path, provisioned: dict[str, Any]) -> None:
+    from stacklock.adapters import mirror
+
+    wheel = next((mirror.mirror_dir() / "wheels").glob("filelock-*.whl"))
+    saved = wheel.read_bytes()
+    on_node("dev", f"{VENV}/bin/python -m pip uninstall -q -y filelock")
+    try:
+        wheel.write_bytes(saved + b"tampered")
+        res = sl(lab, "configure", "dev", timeout=1200)
+        assert res.returncode == 3, res.stderr[-3000:]
+        log = "".join(p.read_text(errors="replace")
+                      for p in (lab.parent / "lab" / ".stacklock" / "runs").rglob("site.log"))
+        assert "DO NOT MATCH THE HASHES" in log or "do not match the hashes" in log.lower()
+    finally:
+        wheel.write_bytes(saved)
+    res = sl(lab, "configure", "dev", timeout=1200)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert verify_json(lab)[0] == 0
+
+
 def test_removed_pin_protection_file_is_caught(lab: Path, provisioned: dict[str, Any]) -> None:
     pref = "/etc/apt/preferences.d/stacklock-docker.pref"
     on_node("prod", f"mv {pref} /root/docker.pref.orig")

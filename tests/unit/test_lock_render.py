@@ -50,7 +50,10 @@ def test_lock_resolves_exact_apt_versions(golden_copy: Path) -> None:
     assert stack["apt"]["java"] == [{"name": "openjdk-17-jre-headless",
                                      "version": "17.0.16+8~us1-0ubuntu1~24.04.1"}]
     pins = {p["name"]: p["version"] for p in stack["pip"]}
-    assert pins["torch"] == "2.9.1+cu130" and pins["torchserve"] == "0.12.0"
+    # PyPI serves torch 2.11.0 as the CUDA 13.0 build: the pin is its public version
+    assert pins["torch"] == "2.11.0" and pins["torchserve"] == "0.12.0"
+    torch = next(p for p in stack["pip"] if p["name"] == "torch")
+    assert torch["pypi_build"] == "cu130"
     assert "pyyaml" in pins and "numpy" in pins
 
 
@@ -79,7 +82,10 @@ def test_missing_model_archive_named(golden_copy: Path) -> None:
 def test_check_lock_detects_stale(golden_copy: Path) -> None:
     loaded = load_manifest(golden_copy)
     assert not lockmod.check_lock(loaded).current  # no lock yet
-    loaded.lock_path.write_text(lockmod.dump_lock(lockmod.build_lock(loaded)))
+    committed = json.loads((GOLDEN / "manifest.lock").read_text("utf-8"))
+    closures = lockmod.closures_from_lock(committed, loaded)
+    assert set(closures) == {"s1"}  # the committed closure is valid for the same inputs
+    loaded.lock_path.write_text(lockmod.dump_lock(lockmod.build_lock(loaded, None, closures)))
     assert lockmod.check_lock(loaded).current
     golden_copy.write_text(golden_copy.read_text().replace("1.18.0", "1.18.1"))
     status = lockmod.check_lock(load_manifest(golden_copy))

@@ -422,3 +422,37 @@ def test_removed_or_edited_pin_protection_is_a_deviation_naming_the_file() -> No
     assert "below 1000" in str(found["apt_pin.libcudart11.0"].actual)
     assert "stacklock-stack.pref" in found["apt_pin.libcudart11.0"].detail
     assert "unattended-upgrades" in found["apt_blacklist.nvidia-driver"].detail
+
+
+def _closure_case() -> tuple[dict[str, dict[str, str | None]], dict[str, Any]]:
+    """The lab lock with a whole closure (hashes) and a node whose venv holds exactly it."""
+    gv = copy.deepcopy(LAB_VARS)
+    gv["torchserve_pip_packages"] = [dict(p, sha256=["ab" * 32]) for p in
+                                     gv["torchserve_pip_packages"]]
+    gv["torchserve_pip_packages"].append({"name": "filelock", "version": "4.3.1",
+                                          "sha256": ["cd" * 32]})
+    node = copy.deepcopy(LAB_NODE)
+    node["torchserve"]["venv"]["packages"]["filelock"] = "4.3.1"
+    node["torchserve"]["venv"]["unlocked"] = {}
+    return {"prod": expected_from_vars(gv)}, node
+
+
+def test_whole_closure_clean_venv_matches() -> None:
+    expected, node = _closure_case()
+    assert expected["prod"]["venv.unlocked"] == "none"
+    report = compare(expected, {"prod": {"p-1": node}})
+    assert report.exit_code == ExitCode.OK, report.problems()
+
+
+def test_transitive_dependency_changed_missing_or_added_by_hand_is_named() -> None:
+    expected, node = _closure_case()
+    node["torchserve"]["venv"]["packages"]["filelock"] = "4.4.0"     # a transitive dependency
+    node["torchserve"]["venv"]["packages"]["pyyaml"] = None          # gone
+    node["torchserve"]["venv"]["unlocked"] = {"requests": "2.32.5", "idna": "3.10"}  # by hand
+    report = compare(expected, {"prod": {"p-1": node}})
+    found = {c.component: c for c in report.deviations}
+    assert report.exit_code == ExitCode.DEVIATION
+    assert (found["pip.filelock"].expected, found["pip.filelock"].actual) == ("4.3.1", "4.4.0")
+    assert found["pip.pyyaml"].actual is None
+    assert found["venv.unlocked"].expected == "none"
+    assert found["venv.unlocked"].actual == "idna==3.10, requests==2.32.5"

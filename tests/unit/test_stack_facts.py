@@ -871,3 +871,16 @@ def test_a_value_read_and_different_is_exit_1() -> None:
     report = _verdict(gather(node, packages=LAB_PACKAGES, pip_packages=LAB_PIP))
     assert report.exit_code == ExitCode.DEVIATION
     assert [c.component for c in report.deviations] == ["torchserve.config_sha256"]
+
+
+def test_the_venv_reports_every_distribution_and_what_the_lock_does_not_name() -> None:
+    node = lab_node()
+    data = json.loads(node.commands["python -I"][1])
+    data["distributions"] = {"filelock": "4.3.1", "numpy": "2.3.5", "pyyaml": "6.0.3",
+                             "requests": "2.32.5", "torch": "2.13.0+cpu", "torchserve": "0.12.0",
+                             "torch-model-archiver": "0.12.0"}
+    node.commands["python -I"] = (0, json.dumps(data) + "\n", "")
+    facts = gather(node, pip_packages=["filelock", "numpy", "pyyaml"])
+    venv = facts["torchserve"]["venv"]
+    assert venv["distributions"]["requests"] == "2.32.5"
+    assert venv["unlocked"] == {"requests": "2.32.5"}

@@ -10,8 +10,10 @@ second build takes seconds):
   which is in no reachable repository. They are built here with dpkg-deb, described as
   "stacklock test package — not NVIDIA's", and ship a small `nvidia-ctk` that implements
   `--version` and `runtime configure --runtime=docker` so the roles' mechanics really run.
-* `wheels/` + `simple/`: torch (the CPU build from /opt/wheels), torchserve, torch-model-archiver,
-  pyyaml, numpy and every dependency, for CPython 3.11 on Debian 12.
+* `wheels/` + `simple/`: exactly the Python closure locked in examples/lab.lock (torch's CPU
+  build, TorchServe, the archiver, their companions, pip and every dependency, for CPython 3.11
+  on Debian 12), each file downloaded from the URL the lock names and checked against its
+  sha256; nothing else.
 * A tiny threaded static HTTP server serving the directory, started in the background with a
   pid file and a log file. Runs share it: each run holds a lease (`acquire_server`: a shared
   flock on `run/mirror-HOST-PORT.users` while it needs the server), and a server started for
@@ -78,21 +80,8 @@ APT_PACKAGES: tuple[str, ...] = (
 #: the test packages standing in for NVIDIA's container toolkit, at these versions
 TOOLKIT_TEST_VERSIONS: tuple[str, ...] = ("1.17.8-1", "1.18.0-1")
 
-#: pip requirements of the TorchServe venv (every version the lab pins must be here)
-PIP_REQUIREMENTS: tuple[tuple[str, ...], ...] = (
-    (
-        "torch==2.13.0+cpu",
-        "torchserve==0.12.0",
-        "torch-model-archiver==0.12.0",
-        "pyyaml==6.0.3",
-        "numpy==2.3.5",
-    ),
-    (
-        "numpy==2.2.6",  # the lock's torchserve companion pin (src/stacklock/data/packages.yaml)
-    ),
-    ("numpy", "pyyaml", "pip", "setuptools", "wheel"),
-)
-TORCH_WHEEL_DIR = Path("/opt/wheels")
+#: the lab's committed lock: the mirror's wheelhouse is exactly the closure it locks
+LAB_LOCK = "examples/lab.lock"
 
 
 def mirror_dir() -> Path:
@@ -384,19 +373,62 @@ def _normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def download_wheels(dest: Path) -> None:
+def closure_files(lock_path: Path | None = None) -> list[dict[str, str]]:
+    """Every file of every locked Python closure in the lab's lock: {file, url, sha256}."""
+    from stacklock.render import repo_root
+
+    path = lock_path or repo_root() / LAB_LOCK
+    try:
+        lock = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ToolFailed(f"the mirror serves the closure of {path}, which cannot be read: {exc}")\
+            from None
+    files: dict[str, dict[str, str]] = {}
+    for stack in (lock.get("stacks") or {}).values():
+        for pin in stack.get("pip") or []:
+            for f in pin.get("files") or []:
+                files[f["file"]] = {"file": f["file"], "url": f["url"], "sha256": f["sha256"]}
+    if not files:
+        raise ToolFailed(f"{path} locks no Python closure with files: run `stacklock lock` on it")
+    return [files[k] for k in sorted(files)]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download_wheels(dest: Path, files: Sequence[dict[str, str]]) -> None:
+    """Exactly the locked files, each checked against its sha256 (from PyPI, or a local wheel
+    folder for file:// URLs); anything else in `dest` is removed: the mirror serves the lock."""
     dest.mkdir(parents=True, exist_ok=True)
-    pip = [sys.executable, "-m", "pip", "download", "-d", str(dest), "--only-binary=:all:",
-           "--python-version", "3.11", "--implementation", "cp",
-           "--abi", "cp311", "--abi", "abi3", "--abi", "none",
-           "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_27_x86_64",
-           "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64",
-           "--platform", "any", "--disable-pip-version-check"]  # fmt: skip
-    if TORCH_WHEEL_DIR.is_dir():
-        pip += ["--find-links", str(TORCH_WHEEL_DIR)]
-    logf = lab_docker.cache_dir() / "logs" / "mirror-pip.log"
-    for group in PIP_REQUIREMENTS:
-        run_command([*pip, *group], capture=False, log_file=logf, timeout=1800)
+    wanted = {f["file"] for f in files}
+    for f in files:
+        target = dest / f["file"]
+        if target.is_file() and _sha256(target) == f["sha256"]:
+            continue
+        tmp = dest / f".{f['file']}.part"
+        url = f["url"]
+        try:
+            if url.startswith("file://"):
+                shutil.copyfile(urllib.parse.unquote(urllib.parse.urlparse(url).path), tmp)
+            else:
+                with urllib.request.urlopen(url, timeout=300) as resp, tmp.open("wb") as out:
+                    shutil.copyfileobj(resp, out, 1 << 20)
+        except (OSError, urllib.error.URLError) as exc:
+            tmp.unlink(missing_ok=True)
+            raise ToolFailed(f"could not download {url} for the mirror: {exc}") from None
+        got = _sha256(tmp)
+        if got != f["sha256"]:
+            tmp.unlink(missing_ok=True)
+            raise ToolFailed(f"{url} has sha256 {got}, the lock says {f['sha256']}: refusing it")
+        tmp.replace(target)
+    for old in dest.iterdir():
+        if old.is_file() and old.name not in wanted:
+            old.unlink()
 
 
 def index_pip(root: Path) -> None:
@@ -447,8 +479,7 @@ def _inputs_fingerprint(skip_pip: bool) -> str:
         "debian": lab_docker.debian_mirror(),
         "toolkit": TOOLKIT_TEST_VERSIONS,
         "ctk": hashlib.sha256(_CTK_SCRIPT.encode()).hexdigest(),
-        "pip": None if skip_pip else PIP_REQUIREMENTS,
-        "torch_wheels": TORCH_WHEEL_DIR.is_dir(),
+        "pip": None if skip_pip else [f["sha256"] for f in closure_files()],
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
@@ -499,7 +530,7 @@ def _build(root: Path, fingerprint: str, skip_pip: bool) -> None:
     build_toolkit_test_packages(repo)
     index_apt(repo)
     if not skip_pip:
-        download_wheels(root / "wheels")
+        download_wheels(root / "wheels", closure_files())
         index_pip(root)
     atomic_write(root / MARKER, f"stacklock local mirror\ninputs {fingerprint}\n")
 

@@ -14,7 +14,7 @@ output "hosts" {
       public_ip         = h.public_ip
       availability_zone = h.availability_zone
       environment       = "dev"
-      fingerprint       = "sha256:69d63926f82c993eecb62016eb003a8e01e3e184110fda4cfc72d47f1e24cd8f"
+      fingerprint       = "sha256:c075a06fb387202f91175f142ee9daae5bc66168d2e9c53f7868271c41f5967c"
     }
   }
 }
@@ -43,6 +43,6 @@ output "stack" {
   description = "The stack and its fingerprint, as locked."
   value = {
     name        = "serving-2026-11"
-    fingerprint = "sha256:69d63926f82c993eecb62016eb003a8e01e3e184110fda4cfc72d47f1e24cd8f"
+    fingerprint = "sha256:c075a06fb387202f91175f142ee9daae5bc66168d2e9c53f7868271c41f5967c"
   }
 }

@@ -13,7 +13,7 @@ provider "aws" {
       "project"     = "acme-serving"
       "environment" = "staging"
       "stack"       = "serving-2026-11"
-      "fingerprint" = "sha256:69d63926f82c993eecb62016eb003a8e01e3e184110fda4cfc72d47f1e24cd8f"
+      "fingerprint" = "sha256:c075a06fb387202f91175f142ee9daae5bc66168d2e9c53f7868271c41f5967c"
       "managed-by"  = "stacklock"
     }
   }

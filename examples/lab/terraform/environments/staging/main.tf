@@ -15,7 +15,7 @@ module "nodes" {
   project           = "stacklock-lab"
   environment       = "staging"
   stack_name        = "lab-2026-11"
-  stack_fingerprint = "sha256:87f22d9541ae5df44d3a344cdf3104fa402893e434722ebdb875a1944515b623"
+  stack_fingerprint = "sha256:4b19fba30ab6ba9e6289b525ee430abb553d6519e5636922e7b356ac39dc7433"
   image             = "stacklock-lab:bookworm"
   node_count        = 1
   network_base      = "10.213"

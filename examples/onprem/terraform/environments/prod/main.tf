@@ -15,7 +15,7 @@ module "nodes" {
   project           = "acme-onprem"
   environment       = "prod"
   stack_name        = "onprem-2026-11"
-  stack_fingerprint = "sha256:cd8d75f762beab6d3008d70783312c3ff6f40f3cc2bee6c829130a3a88530b63"
+  stack_fingerprint = "sha256:7747ce7ee769544f0d366834af7d65bf0216cd1b287e1ef01eaf3d44d2dcb656"
   hosts = [
     { name = "gpu-01", address = "198.51.100.41", user = "deploy", port = 22 },
     { name = "gpu-02", address = "198.51.100.42", user = "deploy", port = 22 },

@@ -15,7 +15,7 @@ module "nodes" {
   project           = "acme-onprem"
   environment       = "prod"
   stack_name        = "onprem-2026-11"
-  stack_fingerprint = "sha256:6a31f68b6391f90eee5fbd6fa8fb687353b1fee9e31db62ea0bc8979f39cb32b"
+  stack_fingerprint = "sha256:e7012dba0b21dccfb2a3a50211528e49b15418af162ec346ea55e3509f94afa9"
   hosts = [
     { name = "gpu-prod-01", address = "198.51.100.31", user = "ubuntu", port = 22 },
     { name = "gpu-prod-02", address = "198.51.100.32", user = "ubuntu", port = 22 },

@@ -15,7 +15,7 @@ module "nodes" {
   project           = "golden"
   environment       = "lab"
   stack_name        = "s1"
-  stack_fingerprint = "sha256:1dbbe4bebf38065743b55e669dfd61bccd39ec3b326921355ffbe068a96aa60f"
+  stack_fingerprint = "sha256:318fadf88a4caa11f05495bfc042cf5127b328ac0b9185d089d726e21957f4c3"
   image             = "stacklock-lab:bookworm"
   node_count        = 2
   network_base      = "10.213"

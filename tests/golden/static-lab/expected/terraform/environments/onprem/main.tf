@@ -15,7 +15,7 @@ module "nodes" {
   project           = "golden"
   environment       = "onprem"
   stack_name        = "s1"
-  stack_fingerprint = "sha256:1dbbe4bebf38065743b55e669dfd61bccd39ec3b326921355ffbe068a96aa60f"
+  stack_fingerprint = "sha256:318fadf88a4caa11f05495bfc042cf5127b328ac0b9185d089d726e21957f4c3"
   hosts = [
     { name = "gpu-a", address = "192.0.2.10", user = "root", port = 22 },
     { name = "gpu-b", address = "gpu-b.example.internal", user = "ops", port = 2222 },

@@ -1,0 +1,34 @@
+"""Fixtures for every test: the Python closures of the committed locks, known to the resolver.
+
+`stacklock lock` reuses a closure already resolved for the same inputs (requirements, Python,
+platform, package sources): from the existing lock, else from the user's closure cache. Tests
+lock many copies of the example manifests; this seeds the cache from the committed locks (what
+`stacklock lock --check` does too), so those copies never need an index.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = ("stacklock.yaml", "examples/static.yaml", "examples/lab.yaml",
+             "examples/onprem/stacklock.yaml", "tests/golden/static-lab/manifest.yaml")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _committed_closures_are_known() -> None:
+    from stacklock import lock as lockmod
+    from stacklock.errors import StacklockError
+    from stacklock.manifest import load_manifest
+
+    for rel in COMMITTED:
+        path = ROOT / rel
+        if not path.is_file():
+            continue
+        try:
+            loaded = load_manifest(path)
+            lockmod.closures_from_lock(lockmod.read_lock(loaded.lock_path), loaded)
+        except StacklockError:
+            continue  # a broken example is reported by its own tests

@@ -90,6 +90,8 @@ def pin_accepted(kind: str, name: object, version: object) -> bool:
 
 def _pin_field(stack_name: str, kind: str, group: str, name: str) -> str:
     """The manifest field (or data file) that gives this pin its version."""
+    if kind == "apt" and name == "containerd.io":
+        return f"stacks.{stack_name}.docker.containerd_apt_version"
     if kind == "apt":
         return f"stacks.{stack_name}.{group}.apt_version"
     fields = {"torch": "torch.version", "torchserve": "torchserve.version",
@@ -432,6 +434,7 @@ def _apt_packages(stack: Stack, component: str) -> list[dict[str, str]]:
         "release": stack.os.release,
         "codename": codename,
         "cudart_soname": data["debian_cudart_soname"].get(cuda_major, cuda_major),
+        "containerd": data.get("containerd_for_docker", {}).get(stack.docker.version, ""),
     }
     if component == "java":
         return [{"name": stack.java.apt_package, "version": _java_apt_version(stack)}]
@@ -452,6 +455,10 @@ def _apt_packages(stack: Stack, component: str) -> list[dict[str, str]]:
         name = spec["name"].format(**fmt)
         if spec.get("fixed"):
             version = spec["version"]
+        elif spec.get("own"):  # its own version: the manifest's, else derived from data
+            own = getattr(pinned, "containerd_apt_version", None)
+            version = own or (spec["version"].format(version=pinned.version, **fmt)
+                              if fmt.get("containerd") else "")
         else:
             version = pinned.apt_version or spec["version"].format(version=pinned.version, **fmt)
         out.append({"name": name, "version": version})

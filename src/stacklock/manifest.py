@@ -113,6 +113,10 @@ class Cuda(Pinned):
 
 class Docker(Pinned):
     version: Annotated[str, Field(pattern=r"^\d+\.\d+\.\d+$", description="engine version")]
+    containerd_apt_version: DebianVersion | None = Field(
+        default=None,
+        description="Ubuntu (Docker's repository): the exact apt version of containerd.io; "
+                    "derived from the engine release where stacklock knows the pairing")
 
 
 class ContainerToolkit(Pinned):

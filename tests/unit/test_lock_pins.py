@@ -186,3 +186,14 @@ def test_a_committed_lock_with_an_empty_pin_is_refused(
         assert run_cli("-m", str(golden_copy), *args) == 2, args
         err = capsys.readouterr().err
         assert "stacks.s1.java.apt_version" in err and "roles refuse" in err, args
+
+
+def test_ubuntu_docker_pins_containerd_io_with_its_own_version() -> None:
+    """docker-ce depends on containerd.io from Docker's repository: pinned, held, verified."""
+    import json as _json
+
+    lock = _json.loads((ROOT / "stacklock.lock").read_text("utf-8"))
+    docker = {p["name"]: p["version"] for st in lock["stacks"].values()
+              for p in st["apt"]["docker"]}
+    assert docker["containerd.io"] == "1.7.28-1~ubuntu.24.04~noble"
+    assert docker["docker-ce"].startswith("5:28.5.1-1~")

@@ -59,7 +59,9 @@ def test_lock_resolves_exact_apt_versions(golden_copy: Path) -> None:
 
 def test_fingerprint_changes_with_any_pin(golden_copy: Path) -> None:
     before = lockmod.build_lock(load_manifest(golden_copy))["stacks"]["s1"]["fingerprint"]
-    golden_copy.write_text(golden_copy.read_text().replace("28.5.1", "28.5.2"))
+    golden_copy.write_text(golden_copy.read_text().replace(
+        "docker: {version: 28.5.1}",
+        "docker: {version: 28.5.2, containerd_apt_version: 1.7.28-1~ubuntu.24.04~noble}"))
     after = lockmod.build_lock(load_manifest(golden_copy))["stacks"]["s1"]["fingerprint"]
     assert before != after
 

@@ -14,7 +14,7 @@ output "hosts" {
       public_ip         = h.public_ip
       availability_zone = h.availability_zone
       environment       = "staging"
-      fingerprint       = "sha256:c075a06fb387202f91175f142ee9daae5bc66168d2e9c53f7868271c41f5967c"
+      fingerprint       = "sha256:6ac902d390b4e6f0ced15ef8a5103999c062af00b32c90ece5610234a556a1b5"
     }
   }
 }
@@ -43,6 +43,6 @@ output "stack" {
   description = "The stack and its fingerprint, as locked."
   value = {
     name        = "serving-2026-11"
-    fingerprint = "sha256:c075a06fb387202f91175f142ee9daae5bc66168d2e9c53f7868271c41f5967c"
+    fingerprint = "sha256:6ac902d390b4e6f0ced15ef8a5103999c062af00b32c90ece5610234a556a1b5"
   }
 }

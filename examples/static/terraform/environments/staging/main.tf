@@ -15,7 +15,7 @@ module "nodes" {
   project           = "acme-onprem"
   environment       = "staging"
   stack_name        = "onprem-2026-11"
-  stack_fingerprint = "sha256:e7012dba0b21dccfb2a3a50211528e49b15418af162ec346ea55e3509f94afa9"
+  stack_fingerprint = "sha256:9cb365220050c5273d99f80f8f8c00820388ad56d4c35326f7c8ff813e70284a"
   hosts = [
     { name = "gpu-stg-01", address = "198.51.100.21", user = "ubuntu", port = 22 },
   ]

@@ -52,8 +52,9 @@ def test_static_changed_fingerprint_is_infrastructure_drift(static_manifest: Pat
     assert res.returncode == 0, res.stdout + res.stderr
     assert [e["status"] for e in json.loads(res.stdout)["environments"]] == ["ok"] * 3
 
-    text = static_manifest.read_text().replace("docker: {version: 28.5.1}",
-                                               "docker: {version: 28.5.2}")
+    text = static_manifest.read_text().replace(
+        "docker: {version: 28.5.1}",
+        "docker: {version: 28.5.2, containerd_apt_version: 1.7.28-1~ubuntu.22.04~jammy}")
     static_manifest.write_text(text)
     assert sl(static_manifest, "lock").returncode == 0
     assert sl(static_manifest, "render").returncode == 0

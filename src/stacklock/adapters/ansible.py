@@ -82,6 +82,9 @@ def run_playbook(
         hints = host_key_hints(failures, inventories)
         if hints:
             detail += "\n" + "\n".join(hints)
+        else:
+            detail += ("\nnext: fix what the lines above name (the full log has every task), "
+                       "then run the same command again: the roles converge what is left")
         raise ToolFailed(
             f"ansible-playbook {playbook} failed (exit {rc}); full log: {log_file}\n{detail}"
         )

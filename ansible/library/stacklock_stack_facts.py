@@ -83,6 +83,13 @@ options:
     description: read GPUs through NVML first when pynvml is importable.
     type: bool
     default: true
+  inventory:
+    description:
+      - also report every installed dpkg package (name, version, architecture) as
+        C(os_packages), for the SBOM and C(stacklock diff). Off by default, so that verify
+        returns only what it compares.
+    type: bool
+    default: false
   run_id:
     description:
       - an identifier of this verification run, returned as C(run_id), so that the comparison
@@ -422,9 +429,13 @@ def probe_os(sy):
     return out
 
 
-def probe_dpkg(sy):
-    """All packages dpkg knows: {name: {version, status, held}} (one dpkg-query call)."""
-    argv = ["dpkg-query", "-W", "-f=${Package}\t${Version}\t${db:Status-Abbrev}\n"]
+def probe_dpkg(sy, inventory=None):
+    """All packages dpkg knows: {name: {version, status, held}} (one dpkg-query call).
+
+    `inventory`, a list, receives every installed package as {name, version, architecture,
+    status}, foreign-architecture ones (multiarch) included."""
+    argv = ["dpkg-query", "-W",
+            "-f=${Package}\t${Version}\t${db:Status-Abbrev}\t${Architecture}\n"]
     res = sy.run(argv)
     if res.rc != 0:
         raise CannotLook(_cmd_error(argv, res))
@@ -434,6 +445,7 @@ def probe_dpkg(sy):
         if len(parts) < 3:
             continue
         name, version, abbrev = parts[0], parts[1], parts[2]
+        arch = parts[3].strip() if len(parts) > 3 else ""
         want = abbrev[:1]
         state = abbrev[1:2]
         installed = state in ("i", "U", "F", "W", "t")  # installed, or half-way there
@@ -445,6 +457,11 @@ def probe_dpkg(sy):
         prev = pkgs.get(name)
         if prev is None or (entry["version"] and not prev["version"]):
             pkgs[name] = entry
+        if inventory is not None and entry["version"]:
+            inventory.append({"name": name, "version": version, "architecture": arch or None,
+                              "status": entry["status"]})
+    if inventory is not None:
+        inventory.sort(key=lambda e: (e["name"], e["architecture"] or "", e["version"]))
     return pkgs
 
 
@@ -1033,10 +1050,15 @@ def gather(opts, sy=None):
     facts = {"schema": SCHEMA}
     facts["os"] = _section(errors, "os", probe_os, sy)
     dpkg = None
+    inventory = [] if opts.get("inventory") else None
     try:
-        dpkg = probe_dpkg(sy)
+        dpkg = probe_dpkg(sy, inventory)
     except ProbeError as exc:
         errors["packages"] = str(exc)
+        inventory = None if inventory is None else False
+    if inventory is not None:
+        # every installed package (inventory: true); null when dpkg could not be read
+        facts["os_packages"] = inventory if inventory is not False else None
     gpu_and_driver = _section(errors, "gpu", lambda: probe_gpu(sy, opts.get("use_nvml", True)))
     if isinstance(gpu_and_driver, tuple):
         facts["gpu"], running = gpu_and_driver
@@ -1106,6 +1128,7 @@ def main():
             "probe_timeout": {"type": "float", "default": 10.0},
             "use_nvml": {"type": "bool", "default": True},
             "run_id": {"type": "str", "default": None},
+            "inventory": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )

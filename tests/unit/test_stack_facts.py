@@ -884,3 +884,34 @@ def test_the_venv_reports_every_distribution_and_what_the_lock_does_not_name() -
     venv = facts["torchserve"]["venv"]
     assert venv["distributions"]["requests"] == "2.32.5"
     assert venv["unlocked"] == {"requests": "2.32.5"}
+
+
+# --------------------------------------------------------------------------- inventory: true
+
+
+def test_inventory_lists_every_installed_package_with_its_architecture() -> None:
+    rows = "".join(f"{n}\t{v}\t{s}\t{'all' if n.startswith('openjdk') else 'amd64'}\n"
+                   for n, v, s in LAB_DPKG)
+    rows += "libc6\t2.36-9+deb12u13\tii \ti386\nlibc6\t2.36-9+deb12u13\tii \tamd64\n"
+    node = lab_node()
+    node.commands["dpkg-query -W"] = (0, rows, "")
+    facts = gather(node, packages=LAB_PACKAGES, inventory=True)
+    inv = facts["os_packages"]
+    installed = [n for n, v, s in LAB_DPKG if s[1] == "i"]
+    assert sorted({e["name"] for e in inv}) == sorted({*installed, "libc6"})
+    assert [e for e in inv if e["name"] == "libc6"] == [
+        {"name": "libc6", "version": "2.36-9+deb12u13", "architecture": "amd64",
+         "status": "installed"},
+        {"name": "libc6", "version": "2.36-9+deb12u13", "architecture": "i386",
+         "status": "installed"}]
+    assert not any(e["name"] == "docker-ce" for e in inv)  # known to dpkg, not installed
+    assert facts["packages"]["docker.io"] == {"version": "20.10.24+dfsg1-1+deb12u1+b6",
+                                              "status": "installed", "held": True}
+
+
+def test_no_inventory_unless_asked_and_null_when_dpkg_failed() -> None:
+    assert "os_packages" not in gather(lab_node(), packages=LAB_PACKAGES)
+    node = lab_node()
+    node.commands["dpkg-query -W"] = sf.CannotLook("dpkg-query -W: timed out after 5 s")
+    facts = gather(node, packages=LAB_PACKAGES, inventory=True)
+    assert facts["os_packages"] is None and "packages" in facts["blocked"]

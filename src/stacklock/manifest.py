@@ -54,6 +54,7 @@ KeyName = Annotated[str, AfterValidator(grammar.key_name)]
 Bucket = Annotated[str, AfterValidator(grammar.bucket)]
 DockerImage = Annotated[str, AfterValidator(grammar.docker_image)]
 UrlRegex = Annotated[str, AfterValidator(grammar.url_regex)]
+NameGlob = Annotated[str, AfterValidator(grammar.name_glob)]
 
 
 # --------------------------------------------------------------------------- stack
@@ -475,6 +476,11 @@ class Parity(Strict):
                                  "vpc_id", "hosts", "account_id", "state_bucket",
                                  "state_region", "key_name", "bastion"],
         description="node attributes that may differ between environments",
+    )
+    diff_ignore: list[NameGlob] = Field(
+        default_factory=list, max_length=256,
+        description="globs of component or package names `stacklock diff` leaves out "
+                    "(expected differences: os.kernel, linux-image-*, ...)",
     )
 
     @field_validator("may_differ")

@@ -393,3 +393,20 @@ def url_regex(value: str) -> str:
             f"{value!r} has {unbounded} repeated parts; at most {MAX_UNBOUNDED} (each one "
             "multiplies the work of matching)")
     return value
+
+
+# --------------------------------------------------------------------------- diff globs
+
+_NAME_GLOB = re.compile(r"[A-Za-z0-9._+:*?\[\]!/-]{1,256}")
+
+
+def name_glob(value: str) -> str:
+    """A glob of component or package names (`parity.diff_ignore`): `os.kernel`,
+    `linux-image-*`, `pip.nvidia-*`; letters, digits and `._+:-/` with `*`, `?`, `[...]`."""
+    if not _NAME_GLOB.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a glob of names: 1 to 256 of letters, digits, '._+:-/' and the "
+            "wildcards '*', '?', '[...]'; no spaces")
+    if value.count("[") != value.count("]"):
+        raise ValueError(f"{value!r} has an unbalanced '[' or ']'")
+    return value

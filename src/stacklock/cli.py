@@ -333,19 +333,26 @@ def destroy(c: Ctx, envs: tuple[str, ...], all_envs: bool) -> None:
 
 @cli.command()
 @_env_option
+@click.option("--force", is_flag=True,
+              help="Converge every node (default: only nodes whose stack facts deviate from "
+                   "their lock, are new or could not be read).")
 @pass_ctx
-def provision(c: Ctx, envs: tuple[str, ...], all_envs: bool) -> None:
-    """lock check, render, apply, configure (site.yml) and verify."""
-    code = _orchestrator(c).provision(c.envs(envs, all_envs))
+def provision(c: Ctx, envs: tuple[str, ...], all_envs: bool, force: bool) -> None:
+    """lock check, render, apply, configure (site.yml, on the nodes that deviate) and verify."""
+    code = _orchestrator(c).provision(c.envs(envs, all_envs), force=force)
     raise SystemExit(int(code))
 
 
 @cli.command()
 @_env_option
+@click.option("--force", is_flag=True,
+              help="Converge every node (default: only nodes whose stack facts deviate from "
+                   "their lock, are new or could not be read).")
 @pass_ctx
-def configure(c: Ctx, envs: tuple[str, ...], all_envs: bool) -> None:
-    """Run only the Ansible part (site.yml) on environments."""
-    _orchestrator(c).configure(c.envs(envs, all_envs))
+def configure(c: Ctx, envs: tuple[str, ...], all_envs: bool, force: bool) -> None:
+    """Run only the Ansible part (site.yml) on environments: first the stack facts of every
+    node, then the roles on the nodes that deviate, are new or could not be read (all: --force)."""
+    _orchestrator(c).configure(c.envs(envs, all_envs), force=force)
 
 
 @cli.command()

@@ -5,6 +5,7 @@ This module sequences the core and the adapters; it holds no comparison or rende
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shlex
@@ -57,6 +58,8 @@ class Orchestrator:
         self._resources.callback(self.locks.release)
         #: every environment this run has locked (kept after the release, for messages)
         self.held_envs: list[str] = []
+        #: the parity report configure read before choosing its nodes (None: not read)
+        self.pre_report: Any = None
 
     @property
     def run_dir(self) -> Path:
@@ -255,15 +258,66 @@ class Orchestrator:
             paths.append(inv)
         return paths
 
-    def configure(self, envs: list[str]) -> dict[str, Any]:
+    def inventory_hosts(self, env: str) -> list[str]:
+        """The host names of `inventories/ENV/hosts.yml` (as Ansible names them)."""
+        import yaml
+
+        doc = yaml.safe_load((self.inventory_dir(env) / "hosts.yml").read_text("utf-8")) or {}
+        group = (((doc.get("all") or {}).get("children") or {}).get(env) or {})
+        return sorted((group.get("hosts") or {}).keys())
+
+    def select_nodes(self, envs: list[str], *, force: bool = False) -> list[Any]:
+        """Which nodes configure runs the roles on, and why (stacklock.core.converge): the
+        stack facts of every node are read first (the verify play); a node is skipped only
+        when that parity report shows it matches its lock. The report is kept in the run
+        folder (`configure-facts.json`) as the proof."""
+        from stacklock import report as reportmod
+        from stacklock.core import converge
+        from stacklock.verify import collect
+
+        hosts = {env: self.inventory_hosts(env) for env in envs}
+        report = None
+        self.pre_report = None
+        if not force:
+            step(f"configure {', '.join(envs)}: read the stack facts first "
+                 "(converge only what deviates; --force converges every node)")
+            self._prepare(envs)
+            try:
+                report = collect(self, envs, quiet=True)
+            except ToolFailed as exc:
+                info(f"  the stack facts could not be read: every node is configured ({exc})")
+            if report is not None:
+                self.pre_report = report
+                atomic_write(self.log_file("configure-facts.json"),
+                             json.dumps(reportmod.report_dict(report), indent=1,
+                                        sort_keys=True) + "\n")
+        decisions = converge.select(report, hosts, force=force)
+        for decision in decisions:
+            info(f"  {decision.describe()}")
+        return decisions
+
+    def configure(self, envs: list[str], *, force: bool = False) -> dict[str, Any]:
+        """Run site.yml on the nodes that deviate from their lock (or are new, or could not
+        be read); on every node with `force`. Returns the recap ({} when nothing deviated)."""
         from stacklock.adapters import ansible
+        from stacklock.core import converge
 
         self.hold(envs)
         self.ensure_current()
+        self._inventories(envs)
+        decisions = self.select_nodes(envs, force=force)
+        targets = converge.limit(decisions)
+        if not targets:
+            info(f"configured {', '.join(envs)}: every node matches its lock, site.yml not run"
+                 f" (proof: {self.log_file('configure-facts.json')})")
+            return {}
         self._prepare(envs, need_mirror=True)
-        step(f"configure {', '.join(envs)}: ansible-playbook site.yml")
+        every = len(targets) == len(decisions)
+        step(f"configure {', '.join(envs)}: ansible-playbook site.yml on "
+             + ("every node" if every else f"{len(targets)} of {len(decisions)} node(s)"))
         recap = ansible.run_playbook(
-            "site.yml", self._inventories(envs), log_file=self.log_file("site.log")
+            "site.yml", self._inventories(envs), log_file=self.log_file("site.log"),
+            extra_args=() if every else ("--limit", ",".join(targets)),
         )
         changed = ansible.recap_changed(recap)
         info(f"configured {', '.join(envs)}: {ansible.summarize(recap)}"
@@ -297,13 +351,13 @@ class Orchestrator:
         if problems:
             raise InvalidInput("AWS preflight failed: nothing was provisioned", problems=problems)
 
-    def provision(self, envs: list[str]) -> ExitCode:
+    def provision(self, envs: list[str], *, force: bool = False) -> ExitCode:
         self.hold(envs)
         started = time.monotonic()
         self.ensure_current()
         self.preflight(envs)
         self.apply(envs)
-        recap = self.configure(envs)
+        recap = self.configure(envs, force=force)
         changed = sum(r.get("changed", 0) for r in recap.values())
         code = self.verify(envs)
         info(f"provisioned {', '.join(envs)} in {time.monotonic() - started:.0f} s: "

@@ -186,6 +186,7 @@ def test_an_interrupted_child_gets_sigint_and_time_to_stop(streamed: bool) -> No
     assert info.value.exit_status == 130
     if streamed:
         assert lines == ["child: started", "child: graceful stop"]
+    assert info.value.command.startswith(f"{sys.executable} -c ...")  # not the whole script
 
 
 def test_a_child_that_ignores_sigint_is_terminated_after_the_grace() -> None:

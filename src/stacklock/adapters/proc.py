@@ -128,6 +128,16 @@ def install_signal_handlers() -> None:
         signal.signal(signal.SIGTERM, _on_signal)
 
 
+def short_command(cmd: Sequence[str], limit: int = 160) -> str:
+    """A command for a message: an inline `python -c` script shown as `...`, and cut at
+    `limit` characters."""
+    shown = list(cmd)
+    if len(shown) > 2 and shown[1] == "-c":
+        shown[2] = "..."
+    text = shlex.join(shown)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def _say(message: str) -> None:
     from stacklock.console import err
 
@@ -199,8 +209,8 @@ def run_command(
                         raise ToolFailed(f"{printable}: timed out after {timeout:.0f} s")
             except KeyboardInterrupt as exc:
                 signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
-                how = _stop(proc, waiter, printable)
-                raise Interrupted(printable, how, signum) from None
+                how = _stop(proc, waiter, cmd)
+                raise Interrupted(short_command(cmd), how, signum) from None
         finally:
             with _children_lock:
                 _children.pop(proc.pid, None)
@@ -286,11 +296,11 @@ class _Waiter:
         return True
 
 
-def _stop(proc: subprocess.Popen[str], waiter: _Waiter, printable: str) -> str:
+def _stop(proc: subprocess.Popen[str], waiter: _Waiter, cmd: Sequence[str]) -> str:
     """Stop an interrupted child: SIGINT once (Terraform's graceful stop), wait up to
     `INTERRUPT_GRACE` s while its output still flows, then SIGTERM, then SIGKILL."""
     started = time.monotonic()
-    name = shlex.split(printable)[0].rsplit("/", 1)[-1] if printable else "the command"
+    name = f"`{short_command(cmd, 80)}`"
     if _interrupt_once(proc) or proc.poll() is None:
         _say(f"interrupted: asked {name} (pid {proc.pid}) to stop gracefully; waiting up to "
              f"{INTERRUPT_GRACE:.0f} s for it (do not kill it: Terraform is recording what it "

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stacklock.adapters.proc import Completed, run_command
+from stacklock.adapters.proc import Completed, Interrupted, run_command
 from stacklock.errors import InvalidInput, ToolFailed
 from stacklock.plan_json import (  # re-exported: callers read plans through the adapter
     ResourceChange,
@@ -243,6 +243,9 @@ class Terraform:
             raise ToolFailed(
                 f"terraform {what} in {self.workdir} ({self.engine.describe()}): {exc.message}"
             ) from exc
+        except Interrupted as exc:
+            raise Interrupted(f"terraform {what} in {self.workdir} ({self.engine.describe()})",
+                              exc.how, exc.signum) from None
         log.info(
             "terraform %s in %s (%s): rc=%s, %.2f s",
             " ".join(args),

@@ -33,7 +33,7 @@ from stacklock.audit import (
     Finding,
 )
 from stacklock.errors import InvalidInput, ToolFailed
-from stacklock.files import atomic_write
+from stacklock.files import atomic_write, default_mode, ensure_dir
 
 HISTORY_SCHEMA = "stacklock.audit-history/v1"
 #: at most this many "kind:component" names are kept per environment in a history line
@@ -346,8 +346,8 @@ def append_history(path: Path | str, report: AuditReport | Mapping[str, Any]) ->
     # key order kept: environments stay in the order they were audited
     data = (json.dumps(entry, separators=(",", ":")) + "\n").encode("utf-8")
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        ensure_dir(target.parent)
+        fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, default_mode(target))
     except OSError as exc:
         raise ToolFailed(f"cannot append to the audit history {target}: "
                          f"{exc.strerror or exc}") from exc

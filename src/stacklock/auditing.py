@@ -81,7 +81,7 @@ class RealProbes:
         log = self.orch.log_file(f"site-check-{env}.log")
         recap = ansible.run_playbook("site.yml", self.orch._inventories([env]), log_file=log,
                                      extra_args=["--check", "--diff"], ok_codes=(0, 2, 4),
-                                     quiet=True)
+                                     quiet=True, credentials=self.orch.credentials())
         text = log.read_text("utf-8") if log.is_file() else ""
         return auditmod.DeepData(recap, auditmod.changed_tasks_from_output(text))
 

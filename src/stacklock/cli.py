@@ -190,6 +190,9 @@ def lock(c: Ctx, check: bool, offline: bool) -> None:
     todo = [n for n in sorted(loaded.manifest.stacks) if n not in closures]
     if todo and not offline:
         from stacklock.adapters import pyresolve
+        from stacklock.core.credentials import load_credentials
+
+        netrc = load_credentials(loaded.manifest).netrc_text()
 
         for stack_name in todo:
             stack = loaded.manifest.stacks[stack_name]
@@ -200,7 +203,7 @@ def lock(c: Ctx, check: bool, offline: bool) -> None:
             closure = pyresolve.resolve_closure(
                 lockmod.pip_requirements(loaded, stack), stack.python.version,
                 pyresolve.Sources(src["index_url"], tuple(src["extra_index_urls"]),
-                                  tuple(src["find_links"])))
+                                  tuple(src["find_links"])), netrc=netrc)
             if lockmod.torch_from_pypi(loaded, stack):
                 lockmod.check_pypi_torch(stack_name, stack, closure)
             lockmod.remember_closure(lockmod.closure_inputs(loaded, stack), closure)
@@ -483,7 +486,8 @@ def audit(c: Ctx, envs: tuple[str, ...], deep: bool, kinds: str, fmt: str, json_
               help="hourly, daily, weekly, Nmin, Nh, HH:MM or a systemd calendar time.")
 @click.option("--out", "outdir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("schedules"), show_default=True, help="Where to write the files.")
-@click.option("--user", default="root", show_default=True, help="Account that runs the audit.")
+@click.option("--user", default="stacklock", show_default=True,
+              help="The unprivileged account that runs the audit (never root: see INSTALL.md).")
 @click.option("--repo-dir", default=None, help="The checkout on the audit host [default: here].")
 @click.option("--deep", is_flag=True, help="Audit configuration drift too (site.yml --check).")
 @pass_ctx
@@ -497,7 +501,8 @@ def schedule(c: Ctx, envs: tuple[str, ...], interval: str, outdir: Path, user: s
     repo = repo_dir or str(Path.cwd())
     manifest = os.path.relpath(loaded.path, repo) if loaded.path.is_relative_to(repo) else str(
         loaded.path)
-    files = schedmod.render_schedules(names, interval, repo, manifest, user, deep=deep)
+    files = schedmod.render_schedules(names, interval, repo, manifest, user, deep=deep,
+                                      output_dir=str(loaded.output_root.resolve()))
     for path in schedmod.write_schedules(outdir, files):
         info(f"wrote {path}")
 

@@ -20,7 +20,7 @@ from stacklock import render as rendermod
 from stacklock.console import info, step
 from stacklock.core import runlock
 from stacklock.errors import ExitCode, InvalidInput, Problem, ToolFailed
-from stacklock.files import atomic_write
+from stacklock.files import atomic_write, ensure_dir
 from stacklock.inventory import hosts_yaml
 from stacklock.manifest import LabEnvironment, LoadedManifest, StaticEnvironment
 
@@ -28,8 +28,7 @@ from stacklock.manifest import LabEnvironment, LoadedManifest, StaticEnvironment
 def new_run_dir(root: Path) -> Path:
     """A folder of this run's own under `.stacklock/runs` (0700): the time, the pid and a
     random suffix, created exclusively, so two runs in the same second never share one."""
-    runs = root / ".stacklock" / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
+    runs = ensure_dir(root / ".stacklock" / "runs")
     for _ in range(10):
         path = runs / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
         try:
@@ -58,6 +57,7 @@ class Orchestrator:
         self._resources.callback(self.locks.release)
         #: every environment this run has locked (kept after the release, for messages)
         self.held_envs: list[str] = []
+        self._credentials: Any = None
         #: the parity report configure read before choosing its nodes (None: not read)
         self.pre_report: Any = None
 
@@ -86,6 +86,15 @@ class Orchestrator:
         self._resources.close()
 
     # ------------------------------------------------------------------ helpers
+
+    def credentials(self) -> Any:
+        """The mirror and index credentials of this run (environment, secrets file; see
+        stacklock.core.credentials), read once; exit 2 when they are unusable."""
+        if self._credentials is None:
+            from stacklock.core.credentials import load_credentials
+
+            self._credentials = load_credentials(self.loaded.manifest)
+        return self._credentials
 
     def env_dir(self, env: str) -> Path:
         return self.root / "terraform" / "environments" / env
@@ -317,6 +326,7 @@ class Orchestrator:
              + ("every node" if every else f"{len(targets)} of {len(decisions)} node(s)"))
         recap = ansible.run_playbook(
             "site.yml", self._inventories(envs), log_file=self.log_file("site.log"),
+            credentials=self.credentials(),
             extra_args=() if every else ("--limit", ",".join(targets)),
         )
         changed = ansible.recap_changed(recap)

@@ -60,8 +60,11 @@ ACTIONS = {
     "upload_artifact": "actions/upload-artifact@v4",
 }
 
-#: the lock file cron's `flock -n` holds (/run/lock is world-writable on Debian and Ubuntu)
-CRON_LOCK = "/run/lock/stacklock-audit.lock"
+#: the lock file cron's `flock -n` holds, in the report folder (a folder of the audit user's
+#: own: a lock in a shared folder such as /run/lock could be taken by another user first)
+CRON_LOCK_NAME = ".cron.lock"
+#: the account the schedules run as by default: an unprivileged one, never root
+DEFAULT_USER = "stacklock"
 
 _ENV = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
@@ -304,6 +307,7 @@ def render_schedules(
     stacklock_bin: str | None = None,
     report_dir: str | None = None,
     textfile: str | None = None,
+    output_dir: str | None = None,
     deep: bool = False,
     ci_report_dir: str = "reports",
     python_version: str = "3.11",
@@ -316,7 +320,9 @@ def render_schedules(
     `repo_dir`: the checkout on the host (WorkingDirectory, cron's `cd`); `manifest`: as the
     audit command takes it (relative to `repo_dir`, or absolute inside it); `user`: the account
     the audit runs as. Defaults: `stacklock_bin` = REPO/.venv/bin/stacklock, `report_dir` =
-    REPO/.stacklock/audit, `textfile` = REPORT_DIR/stacklock.prom.
+    REPO/.stacklock/audit, `textfile` = REPORT_DIR/stacklock.prom, `output_dir` (the manifest's
+    output dir, where audits write `.stacklock/` and Terraform its `.terraform/`) = REPO: the
+    systemd unit may write there and in the report folders only.
     Raises InvalidInput (naming each bad option) before anything is rendered.
     """
     env_list = list(envs)
@@ -324,8 +330,13 @@ def render_schedules(
     bin_path = stacklock_bin or f"{repo}/.venv/bin/stacklock"
     reports = (report_dir or f"{repo}/.stacklock/audit").rstrip("/") or "/"
     prom = textfile or f"{reports}/stacklock.prom"
+    out_dir = (output_dir or repo).rstrip("/") or "/"
     problems = _validate(env_list, repo, manifest, user, bin_path, reports, prom, ci_report_dir,
                          python_version, runs_on, timeout_minutes)
+    if not out_dir.startswith("/") or "\n" in out_dir:
+        problems.append(_problem("--output-dir", f"{out_dir!r} is not an absolute path",
+                                 "give the manifest's output dir as an absolute path"))
+
     try:
         parsed = interval if isinstance(interval, Interval) else parse_interval(interval)
     except InvalidInput as exc:
@@ -338,8 +349,9 @@ def render_schedules(
                       deep=deep)
     cron_log = f"{reports}/audit.log"
     cron_command = _cron_escape(
-        f"mkdir -p {shlex.quote(reports)} && cd {shlex.quote(repo)} && "
-        f"flock -n {CRON_LOCK} {shlex.join(argv)} >> {shlex.quote(cron_log)} 2>&1"
+        f"umask 077 && mkdir -p {shlex.quote(reports)} && cd {shlex.quote(repo)} && "
+        f"flock -n {shlex.quote(reports + '/' + CRON_LOCK_NAME)} {shlex.join(argv)} "
+        f">> {shlex.quote(cron_log)} 2>&1"
     )
     ci_manifest = _ci_manifest(manifest, repo) or manifest
     ci_dir = ci_report_dir.rstrip("/")
@@ -367,6 +379,10 @@ def render_schedules(
         "command_text": shlex.join(argv),
         "report_dir": reports,
         "textfile": prom,
+        "output_dir": out_dir,
+        "repo_dir_shell": shlex.quote(repo),
+        "output_dir_shell": shlex.quote(out_dir),
+        "read_write_paths": read_write_paths(out_dir, reports, prom),
     }
     jinja = _jinja()
     sources = {
@@ -378,6 +394,17 @@ def render_schedules(
     }
     return {rel: jinja.from_string(_template(src)).render(**context)
             for rel, src in sorted(sources.items())}
+
+
+def read_write_paths(output_dir: str, report_dir: str, textfile: str) -> str:
+    """ReadWritePaths= of the unit: the output dir, and the report and textfile folders when
+    they lie outside it (`-`: a folder that does not exist yet is no error)."""
+    paths = [output_dir]
+    for extra in (report_dir, str(PurePosixPath(textfile).parent)):
+        if not any(extra == p or extra.startswith(p.rstrip("/") + "/") for p in paths):
+            paths.append(extra)
+    words = [paths[0], *("-" + p for p in paths[1:])]
+    return " ".join(systemd_escape(w) for w in words)
 
 
 def write_schedules(outdir: Path | str, files: Mapping[str, str]) -> list[Path]:
@@ -392,6 +419,8 @@ def write_schedules(outdir: Path | str, files: Mapping[str, str]) -> list[Path]:
 __all__ = [
     "ACTIONS",
     "CRON_FILE",
+    "CRON_LOCK_NAME",
+    "DEFAULT_USER",
     "HEADER",
     "INSTALL_FILE",
     "INTERVAL_FORMS",
@@ -401,6 +430,7 @@ __all__ = [
     "Interval",
     "audit_argv",
     "parse_interval",
+    "read_write_paths",
     "render_schedules",
     "systemd_escape",
     "write_schedules",

@@ -18,6 +18,7 @@ from typing import Any
 
 from stacklock.adapters.proc import run_command
 from stacklock.console import err
+from stacklock.core.credentials import Credentials, extra_vars_args
 from stacklock.errors import ToolFailed
 from stacklock.render import repo_root
 
@@ -64,10 +65,13 @@ def run_playbook(
     extra_args: Sequence[str] = (),
     ok_codes: Sequence[int] = (0,),
     quiet: bool = False,
+    credentials: Credentials | None = None,
 ) -> dict[str, dict[str, int]]:
     """Run ansible/playbooks/PLAYBOOK; return the recap {host: {ok, changed, ...}}.
 
-    Raises ToolFailed (exit 3) when the return code is not in `ok_codes`.
+    `credentials` (mirror and index logins) reach the play as an extra-vars file, 0600 in a
+    private temporary folder, deleted when the play ends: never on the command line or in
+    the log. Raises ToolFailed (exit 3) when the return code is not in `ok_codes`.
     """
     path = repo_root() / "ansible" / "playbooks" / playbook
     argv = [_bin("ansible-playbook"), str(path)]
@@ -76,7 +80,8 @@ def run_playbook(
     if extra_vars:
         argv += ["-e", json.dumps(extra_vars, sort_keys=True)]
     argv += list(extra_args)
-    rc, recap, failures = stream(argv, log_file=log_file, quiet=quiet)
+    with extra_vars_args(credentials) as secret_args:
+        rc, recap, failures = stream([*argv, *secret_args], log_file=log_file, quiet=quiet)
     if rc not in ok_codes:
         detail = "\n".join(f[:400] for f in failures[-10:])
         hints = host_key_hints(failures, inventories)

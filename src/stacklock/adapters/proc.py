@@ -25,6 +25,7 @@ from types import FrameType
 from typing import IO
 
 from stacklock.errors import ExitCode, StacklockError, ToolFailed
+from stacklock.files import open_append
 
 log = logging.getLogger("stacklock.proc")
 
@@ -177,8 +178,7 @@ def run_command(
     start = time.monotonic()
     fh: IO[str] | None = None
     if log_file is not None and (on_line is not None or not capture):
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        fh = log_file.open("a", encoding="utf-8")
+        fh = open_append(log_file)
         fh.write(f"\n$ {printable}\n")
         fh.flush()
     try:

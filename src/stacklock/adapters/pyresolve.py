@@ -13,6 +13,7 @@ indexes: one index per package, never a union for the same name.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
@@ -129,10 +130,13 @@ def closure_from_pylock(text: str, python: str) -> list[dict[str, Any]]:
     return sorted(out, key=lambda p: p["name"])
 
 
-def resolve_closure(requirements: Sequence[str], python: str, sources: Sources) -> list[
-        dict[str, Any]]:
+def resolve_closure(requirements: Sequence[str], python: str, sources: Sources, *,
+                    netrc: str = "") -> list[dict[str, Any]]:
     """Resolve `requirements` (exact pins) to their complete closure with hashes (exit 3 when
-    the sources cannot be reached; the message names them and the `--offline` way out)."""
+    the sources cannot be reached; the message names them and the `--offline` way out).
+
+    `netrc`: index credentials (netrc text, see stacklock.core.credentials), given to uv as a
+    0600 file in the private temporary folder (`$NETRC`), removed with it."""
     argv = [uv_binary(), "pip", "compile", "-", "--format", "pylock.toml", "--quiet",
             "--python-version", python, "--python-platform", PLATFORM,
             "--index-strategy", "first-index", "--no-config",
@@ -143,8 +147,15 @@ def resolve_closure(requirements: Sequence[str], python: str, sources: Sources) 
         argv += ["--find-links", link]
     with tempfile.TemporaryDirectory(prefix="stacklock-resolve-") as tmp:
         out = Path(tmp) / "pylock.toml"
+        env = {"UV_NO_PROGRESS": "1"}
+        if netrc:
+            netrc_path = Path(tmp) / "netrc"
+            fd = os.open(netrc_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(netrc)
+            env["NETRC"] = str(netrc_path)
         result = run_command([*argv, "-o", str(out)], input_text="\n".join(requirements) + "\n",
-                             check=False, timeout=600, env={"UV_NO_PROGRESS": "1"})
+                             check=False, timeout=600, env=env)
         if result.returncode != 0:
             tail = (result.stderr or result.stdout).strip().splitlines()[-6:]
             where = ", ".join([sources.index_url, *sources.extra_index_urls, *sources.find_links])

@@ -49,6 +49,7 @@ from typing import Any
 
 from stacklock.adapters.proc import Completed, Interrupted, run_command
 from stacklock.errors import InvalidInput, ToolFailed
+from stacklock.files import open_append
 from stacklock.plan_json import (  # re-exported: callers read plans through the adapter
     ResourceChange,
     contains_true,
@@ -246,6 +247,7 @@ class Terraform:
         except Interrupted as exc:
             raise Interrupted(f"terraform {what} in {self.workdir} ({self.engine.describe()})",
                               exc.how, exc.signum) from None
+        self._protect_state()
         log.info(
             "terraform %s in %s (%s): rc=%s, %.2f s",
             " ".join(args),
@@ -255,14 +257,28 @@ class Terraform:
             result.seconds,
         )
         if self.log_file is not None:
-            self.log_file.parent.mkdir(parents=True, exist_ok=True)
-            with self.log_file.open("a", encoding="utf-8") as fh:
+            with open_append(self.log_file) as fh:
                 fh.write(f"\n$ terraform {' '.join(args)}  # {self.workdir}\n")
                 fh.write(result.stdout)
                 fh.write(result.stderr)
         if result.returncode not in ok_codes:
             raise ToolFailed(self._failure(what, result))
         return result
+
+    #: local state files (static and lab roots): values of every resource, owner-only
+    STATE_FILES = ("terraform.tfstate", "terraform.tfstate.backup", "errored.tfstate",
+                   ".terraform/terraform.tfstate")
+
+    def _protect_state(self) -> None:
+        """Local state is 0600: Terraform creates it with the umask's mode (0644), and keeps
+        the mode of an existing file, so after the first command it stays private."""
+        for name in self.STATE_FILES:
+            path = self.workdir / name
+            try:
+                if path.is_file() and path.stat().st_mode & 0o777 != 0o600:
+                    os.chmod(path, 0o600)
+            except OSError as exc:
+                log.warning("cannot make %s private: %s", path, exc)
 
     def _failure(self, what: str, result: Completed) -> str:
         text = (result.stderr.strip() or result.stdout.strip()).splitlines()

@@ -405,6 +405,70 @@ def verify(c: Ctx, envs: tuple[str, ...], fmt: str, junit: Path | None) -> None:
     raise SystemExit(int(code))
 
 
+# --------------------------------------------------------------------------- revisions
+
+
+@cli.command()
+@click.argument("env")
+@click.option("--rollout", is_flag=True,
+              help="Then configure and verify ENV (canary first, in batches: see rollout).")
+@lock_timeout_option
+@pass_ctx
+def promote(c: Ctx, env: str, rollout: bool) -> None:
+    """Move ENV to the revision of the environment before it in `promotion` (exit 0 done,
+    1 refused: the evidence is missing, 2 invalid input)."""
+    from stacklock.flows import promote as promoteflow
+
+    orch = _orchestrator(c)
+    orch.hold([env])
+    code, new = promoteflow.promote(c.loaded(), env)
+    if code == ExitCode.OK and rollout:
+        from stacklock.flows import rollout as rolloutflow
+
+        c._loaded = orch.loaded = new
+        code = rolloutflow.run_rollout(orch, env)
+    raise SystemExit(int(code))
+
+
+@cli.command()
+@click.argument("env")
+@lock_timeout_option
+@pass_ctx
+def rollout(c: Ctx, env: str) -> None:
+    """Configure ENV canary first, then in batches, verifying each batch before the next
+    (exit 0 done, 1 a batch failed: the rollout halted, 3 could not finish)."""
+    from stacklock.flows import rollout as rolloutflow
+
+    code = rolloutflow.run_rollout(_orchestrator(c), c.envs([env])[0])
+    raise SystemExit(int(code))
+
+
+@cli.command()
+@pass_ctx
+def status(c: Ctx) -> None:
+    """Each environment's revision (fingerprint), its latest evidence and the next step."""
+    from stacklock.flows import promote as promoteflow
+
+    raise SystemExit(int(promoteflow.print_status(c.loaded())))
+
+
+@cli.group()
+def ledger() -> None:
+    """The evidence ledger (<output_dir>/.stacklock/ledger.jsonl)."""
+
+
+@ledger.command("verify")
+@click.option("--file", "path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The ledger file [default: the manifest's].")
+@pass_ctx
+def ledger_verify(c: Ctx, path: Path | None) -> None:
+    """Check the hash chain (exit 0 intact, 1 naming the first tampered record)."""
+    from stacklock.flows import ledger as ledgerflow
+    from stacklock.flows import promote as promoteflow
+
+    raise SystemExit(int(promoteflow.verify_ledger(path or ledgerflow.ledger_path(c.loaded()))))
+
+
 # --------------------------------------------------------------------------- audits
 
 

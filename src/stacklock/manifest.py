@@ -342,9 +342,22 @@ Cidr = Annotated[str, AfterValidator(_cidr)]
 AdminCidr = Annotated[str, AfterValidator(_admin_cidr)]
 
 
+class RolloutPolicy(Strict):
+    """How `stacklock rollout` moves an environment: `canary` nodes first, then batches of
+    `batch` nodes (or `N%` of the environment), each verified before the next; the rollout
+    halts when more than `max_failures` nodes fail."""
+
+    canary: Annotated[int, Field(ge=0, le=1000)] = 1
+    batch: Annotated[int, Field(ge=1, le=1000)] | Annotated[
+        str, Field(pattern=r"^(100|[1-9][0-9]?)%$")] = "25%"
+    max_failures: Annotated[int, Field(ge=0, le=1000)] = 0
+
+
 class AwsEnvironment(Strict):
     provider: Literal["aws"]
     stack: str
+    rollout: RolloutPolicy | None = Field(
+        default=None, description="canary, batch size and failure threshold of a rollout")
     region: Annotated[str, Field(pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d$")]
     instance_type: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")]
     count: Annotated[int, Field(ge=1, le=100)] = 1
@@ -409,6 +422,8 @@ class StaticHost(Strict):
 class StaticEnvironment(Strict):
     provider: Literal["static"]
     stack: str
+    rollout: RolloutPolicy | None = Field(
+        default=None, description="canary, batch size and failure threshold of a rollout")
     hosts: list[StaticHost] = Field(min_length=1)
     gpu: bool = Field(
         default=True,
@@ -438,6 +453,8 @@ class StaticEnvironment(Strict):
 class LabEnvironment(Strict):
     provider: Literal["lab"]
     stack: str
+    rollout: RolloutPolicy | None = Field(
+        default=None, description="canary, batch size and failure threshold of a rollout")
     count: Annotated[int, Field(ge=1, le=60)] = 1
 
     @property
@@ -504,6 +521,12 @@ class Manifest(Strict):
     environments: dict[Annotated[str, Field(pattern=_NAME)], Environment] = Field(min_length=1)
     parity: Parity = Field(default_factory=Parity)
     lab: LabSettings = Field(default_factory=LabSettings)
+    promotion: list[Annotated[str, Field(pattern=_NAME)]] = Field(
+        default_factory=list,
+        description="promotion order of environments (dev, staging, prod): an environment "
+                    "may only move to a revision the one before it verified")
+    promotion_soak: Annotated[str, Field(pattern=r"^[0-9]{1,6}(s|m|h|d)$")] | None = Field(
+        default=None, description="minimum age of the previous environment's evidence: 30m, 1h")
 
     @field_validator("output_dir")
     @classmethod
@@ -511,6 +534,20 @@ class Manifest(Strict):
         if v.startswith("/") or ".." in Path(v).parts:
             raise ValueError("output_dir must be a relative path inside the manifest's folder")
         return grammar.path(v)
+
+    @model_validator(mode="after")
+    def _promotion_order(self) -> Manifest:
+        unknown = [e for e in self.promotion if e not in self.environments]
+        twice = sorted({e for e in self.promotion if self.promotion.count(e) > 1})
+        if unknown:
+            raise ValueError(f"promotion names unknown environment(s) {', '.join(unknown)}; "
+                             "use: " + ", ".join(self.environments))
+        if twice:
+            raise ValueError(f"promotion lists {', '.join(twice)} more than once; "
+                             "name each environment once")
+        if len(self.promotion) == 1:
+            raise ValueError("promotion needs at least two environments (from, to)")
+        return self
 
 
 # --------------------------------------------------------------------------- loading

@@ -46,7 +46,11 @@ def collect(orch: Orchestrator, envs: list[str], *, quiet: bool = False) -> Pari
 def run_verify(
     orch: Orchestrator, envs: list[str], *, fmt: str = "table", junit: Path | None = None
 ) -> ExitCode:
-    report = collect(orch, envs, quiet=fmt == "json")
+    from stacklock.flows import ledger
+
+    report = ledger.with_revision_checks(orch.loaded, collect(orch, envs, quiet=fmt == "json"))
+    if report.exit_code == ExitCode.OK:  # evidence of a passing verify, one record per env
+        ledger.record_passing(orch.loaded, report)
     if junit is not None:
         atomic_write(junit, reportmod.to_junit(report))
     if fmt == "json":

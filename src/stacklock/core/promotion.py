@@ -1,0 +1,192 @@
+"""Promotion rules: which revision an environment may move to, and what verify says about
+environments that run different revisions. Pure: decisions from the manifest's order, each
+environment's fingerprint and the ledger's records.
+
+A stack revision is its lock fingerprint. An environment gets its revision by naming a stack;
+promoting ENV makes it name the stack of the environment before it in `promotion`, and is
+allowed only when the ledger holds passing evidence of that exact fingerprint there (at least
+`promotion_soak` old).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from stacklock.core import ledger
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def soak_seconds(text: str | None) -> int:
+    if not text:
+        return 0
+    m = re.fullmatch(r"([0-9]+)([smhd])", text)
+    if not m:
+        raise ValueError(f"not a duration like 30m or 1h: {text!r}")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+def short(fingerprint: str | None) -> str:
+    """The first 12 hex digits of a fingerprint (`sha256:` dropped)."""
+    return (fingerprint or "(none)").removeprefix("sha256:")[:12]
+
+
+@dataclass(frozen=True)
+class Revision:
+    environment: str
+    stack: str
+    fingerprint: str
+
+
+def revisions_of(environments: Mapping[str, str], lock: Mapping[str, Any]) -> dict[str, Revision]:
+    """env -> its Revision, from env -> stack name and the lock."""
+    return {env: Revision(env, stack, str(lock["stacks"][stack]["fingerprint"]))
+            for env, stack in environments.items()}
+
+
+@dataclass(frozen=True)
+class Decision:
+    environment: str
+    allowed: bool
+    #: the environment whose revision `environment` would take (None: first in the order)
+    source: str | None
+    #: the stack and fingerprint it would move to
+    stack: str | None
+    fingerprint: str | None
+    reason: str
+    #: the same revision already: nothing to do
+    noop: bool = False
+    evidence: ledger.Evidence | None = None
+
+
+def previous(order: Sequence[str], env: str) -> str | None:
+    i = list(order).index(env)
+    return order[i - 1] if i > 0 else None
+
+
+def decide(order: Sequence[str], env: str, revs: Mapping[str, Revision],
+           records: Sequence[Mapping[str, Any]], now: datetime, soak: int = 0) -> Decision:
+    """May `env` take the revision of the environment before it in `order`?"""
+    if env not in order:
+        return Decision(env, False, None, None, None,
+                        f"{env} is not in the promotion order ({', '.join(order) or 'none'})")
+    src = previous(order, env)
+    if src is None:
+        return Decision(env, False, None, None, None,
+                        f"{env} is first in the promotion order: it takes new revisions by a "
+                        "change of its stack in the manifest, not by promotion")
+    want = revs[src]
+    if revs[env].fingerprint == want.fingerprint:
+        return Decision(env, True, src, want.stack, want.fingerprint,
+                        f"{env} already runs revision {short(want.fingerprint)} "
+                        f"(stack {revs[env].stack}), as {src} does", noop=True)
+    ev = ledger.latest_evidence(records, src, want.fingerprint)
+    if ev is None:
+        return Decision(env, False, src, want.stack, want.fingerprint,
+                        f"no passing verify of {src} at revision {short(want.fingerprint)} "
+                        f"(stack {want.stack}) in the ledger: run `stacklock verify {src}` "
+                        "(exit 0 records the evidence), then promote again")
+    first = ledger.first_evidence(records, src, want.fingerprint) or ev
+    age = (now - first.when).total_seconds()
+    if age < soak:
+        return Decision(env, False, src, want.stack, want.fingerprint,
+                        f"{src} verified revision {short(want.fingerprint)} at {first.time}, "
+                        f"{int(age)} s ago; promotion_soak asks for {soak} s: promote again "
+                        f"after {int(soak - age)} s", evidence=first)
+    return Decision(env, True, src, want.stack, want.fingerprint,
+                    f"{src} verified revision {short(want.fingerprint)} (stack {want.stack}) at "
+                    f"{ev.time} on {len(ev.nodes)} node(s) (ledger seq {ev.seq})", evidence=ev)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What verify says about an environment's revision within the promotion order."""
+
+    environment: str
+    fingerprint: str
+    expected: str
+    detail: str
+    #: true: a revision no earlier environment verified (always a deviation)
+    untested: bool
+
+
+def findings(order: Sequence[str], revs: Mapping[str, Revision],
+             records: Sequence[Mapping[str, Any]], verified_now: Sequence[str] = ()
+             ) -> list[Finding]:
+    """For the environments in `revs` (those verified now), in promotion order:
+
+    * an environment whose fingerprint no earlier environment verified (in the ledger, or
+      passing in this very run: `verified_now`) is untested: "prod runs a revision staging
+      never verified";
+    * an environment whose revision differs from the one before it is behind (or ahead):
+      named with both revisions and the next step.
+    """
+    out: list[Finding] = []
+    if not order:
+        return out
+    verified: dict[str, set[str]] = {}
+    for ev in ledger.evidence(records):
+        verified.setdefault(ev.environment, set()).add(ev.fingerprint)
+    for env in verified_now:
+        if env in revs:
+            verified.setdefault(env, set()).add(revs[env].fingerprint)
+    for i, env in enumerate(order):
+        if env not in revs:
+            continue
+        fp = revs[env].fingerprint
+        earlier = list(order[:i])
+        if earlier and not any(fp in verified.get(e, set()) for e in earlier):
+            out.append(Finding(
+                env, fp, f"a revision {', '.join(earlier)} verified",
+                f"{env} runs revision {short(fp)} (stack {revs[env].stack}) that "
+                f"{' or '.join(earlier)} never verified -- next: verify it in "
+                f"{earlier[-1]} first, or return {env} to its verified revision "
+                f"(stacklock rollback {env})", untested=True))
+            continue
+        prev = earlier[-1] if earlier else None
+        if prev is not None and prev in revs and revs[prev].fingerprint != fp:
+            ahead = revs[prev]
+            newer_elsewhere = fp in verified.get(prev, set())
+            state = "behind" if newer_elsewhere else "on another revision than"
+            out.append(Finding(
+                env, fp, ahead.fingerprint,
+                f"{env} is {state} {prev}: {env} at revision {short(fp)} (stack "
+                f"{revs[env].stack}), {prev} at {short(ahead.fingerprint)} (stack "
+                f"{ahead.stack}) -- next: stacklock promote {env} once {prev} verified "
+                f"{short(ahead.fingerprint)}", untested=False))
+    return out
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    environment: str
+    stack: str
+    fingerprint: str
+    latest: ledger.Evidence | None
+    next_step: str
+
+
+def status(order: Sequence[str], revs: Mapping[str, Revision],
+           records: Sequence[Mapping[str, Any]], now: datetime, soak: int = 0
+           ) -> list[StatusRow]:
+    names = list(order) + [e for e in revs if e not in order]
+    rows = []
+    for env in names:
+        rev = revs[env]
+        latest = ledger.latest_evidence(records, env)
+        current = ledger.latest_evidence(records, env, rev.fingerprint)
+        if current is None:
+            step = f"stacklock verify {env} (no passing verify of this revision yet)"
+        elif env in order and order.index(env) + 1 < len(order):
+            nxt = order[order.index(env) + 1]
+            d = decide(order, nxt, revs, records, now, soak)
+            step = (f"{nxt} runs it too" if d.noop else
+                    f"stacklock promote {nxt}" if d.allowed else f"wait: {d.reason}")
+        else:
+            step = "verified; nothing to promote to" if env in order else "not in promotion"
+        rows.append(StatusRow(env, rev.stack, rev.fingerprint, latest, step))
+    return rows

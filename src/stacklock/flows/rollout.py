@@ -1,0 +1,169 @@
+"""`stacklock rollout ENV`: configure an environment canary first, then in batches, verifying
+each batch (the verify play limited to its hosts) before the next one starts.
+
+Only the hosts of one batch are configured at a time (`site.yml --limit`), so TorchServe
+restarts never take down more than one batch. When more nodes than `max_failures` fail
+(configure failed or the batch's verify found a deviation or could not look), the rollout
+halts: later batches are not touched and keep the previous revision. The report lists each
+node with its revision: the new one where its batch passed, the previous one (from the
+ledger's latest evidence of another revision) where the rollout never reached it. The end:
+`verify ENV` over every node, which records the evidence of the new revision.
+
+Exit codes: 0 rolled out and verified; 1 halted (a batch failed) or the final verify found a
+deviation; 3 could not finish.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING
+
+import yaml
+from rich.table import Table
+
+from stacklock import report as reportmod
+from stacklock.console import info, out, step
+from stacklock.core import ledger as core
+from stacklock.core import promotion
+from stacklock.core import rollout as plan
+from stacklock.errors import ExitCode, ToolFailed
+from stacklock.flows import ledger as ledgerflow
+from stacklock.parity import ParityReport, Status
+
+if TYPE_CHECKING:
+    from stacklock.orchestrate import Orchestrator
+
+
+def policy_of(orch: Orchestrator, env: str) -> plan.Policy:
+    spec = orch.loaded.manifest.environments[env].rollout
+    if spec is None:
+        return plan.default_policy(env, orch.loaded.manifest.promotion)
+    return plan.Policy(spec.canary, spec.batch, spec.max_failures)
+
+
+def env_hosts(orch: Orchestrator, env: str) -> list[str]:
+    inv = orch._inventories([env])[0] / "hosts.yml"
+    data = yaml.safe_load(inv.read_text("utf-8")) or {}
+    group = ((data.get("all") or {}).get("children") or {}).get(env) or {}
+    return sorted((group.get("hosts") or {}).keys())
+
+
+def failed_nodes(report: ParityReport, batch: list[str]) -> dict[str, str]:
+    """node -> the first problem of that node in a batch's report."""
+    bad: dict[str, str] = {}
+    for c in report.checks:
+        if c.status is Status.MATCH:
+            continue
+        nodes = batch if c.node == "*" else [c.node]
+        for n in nodes:
+            if n in batch:
+                bad.setdefault(n, c.describe())
+    for n in batch:
+        if not any(r.node == n for r in report.nodes):
+            bad.setdefault(n, "not in the verify report")
+    return bad
+
+
+def verify_batch(orch: Orchestrator, env: str, batch: list[str], n: int) -> ParityReport:
+    from stacklock.adapters import ansible
+
+    path = orch.log_file(f"verify-{env}-batch{n}.json")
+    path.unlink(missing_ok=True)
+    ansible.run_playbook(
+        "verify.yml", orch._inventories([env]), log_file=orch.log_file(f"verify-{env}-batch{n}.log"),
+        extra_vars={"stacklock_report_path": str(path), "stacklock_verify_fail": False,
+                    "stacklock_verify_environments": [env],
+                    "stacklock_verify_hosts": ",".join(batch)},
+        ok_codes=(0, 2, 4), quiet=True)
+    if not path.is_file():
+        raise ToolFailed(f"the verify play wrote no report; see {path.with_suffix('.log')}")
+    return reportmod.from_dict(json.loads(path.read_text("utf-8")))
+
+
+def previous_revision(orch: Orchestrator, env: str, new_fp: str) -> str | None:
+    records = ledgerflow.open_ledger(orch.loaded).records()
+    older = [e for e in core.evidence(records) if e.environment == env
+             and e.fingerprint != new_fp]
+    return older[-1].fingerprint if older else None
+
+
+def run_rollout(orch: Orchestrator, env: str) -> ExitCode:
+    from stacklock.adapters import ansible
+    from stacklock.verify import run_verify
+
+    started = time.monotonic()
+    orch.hold([env])
+    lock = orch.ensure_current()
+    stack = orch.loaded.manifest.environments[env].stack
+    new_fp = str(lock["stacks"][stack]["fingerprint"])
+    old_fp = previous_revision(orch, env, new_fp)
+    hosts = env_hosts(orch, env)
+    pol = policy_of(orch, env)
+    batches = plan.plan(hosts, pol)
+    revision: dict[str, str] = {h: promotion.short(old_fp) if old_fp else "previous (unknown)"
+                                for h in hosts}
+    state: dict[str, str] = dict.fromkeys(hosts, "untouched")
+    orch._prepare([env], need_mirror=True)
+    step(f"rollout {env} to revision {promotion.short(new_fp)} (stack {stack}): "
+         f"{len(hosts)} node(s) in {len(batches)} batch(es) "
+         f"(canary {pol.canary}, batch {pol.batch}, max_failures {pol.max_failures})")
+    failures = 0
+    halted = False
+    for n, batch in enumerate(batches, start=1):
+        label = "canary" if n == 1 and pol.canary else f"batch {n}"
+        t0 = time.monotonic()
+        step(f"{env} {label} ({n}/{len(batches)}): configure {', '.join(batch)}")
+        recap = ansible.run_playbook(
+            "site.yml", orch._inventories([env]),
+            log_file=orch.log_file(f"site-{env}-batch{n}.log"),
+            extra_args=["--limit", ",".join(batch)], ok_codes=(0, 2, 4))
+        bad: dict[str, str] = {}
+        for h in batch:
+            r = recap.get(h) or {}
+            if not r or r.get("failed") or r.get("unreachable"):
+                bad[h] = ("configure failed" if r else "not in the play recap") + \
+                    f"; see {orch.log_file(f'site-{env}-batch{n}.log')}"
+        step(f"{env} {label}: verify {', '.join(batch)}")
+        report = verify_batch(orch, env, batch, n)
+        for h, why in failed_nodes(report, batch).items():
+            bad.setdefault(h, why)
+        for h in batch:
+            if h in bad:
+                state[h] = f"FAILED: {bad[h]}"
+                revision[h] = f"{promotion.short(new_fp)} attempted"
+            else:
+                state[h] = "updated and verified"
+                revision[h] = promotion.short(new_fp)
+        failures += len(bad)
+        info(f"  {env} {label}: {len(batch) - len(bad)}/{len(batch)} node(s) verified in "
+             f"{time.monotonic() - t0:.0f} s" + (f", {len(bad)} failed" if bad else ""))
+        if failures > pol.max_failures:
+            halted = True
+            info(f"  halted: {failures} failed node(s) > max_failures {pol.max_failures}; "
+                 f"{len(batches) - n} later batch(es) untouched")
+            break
+    _print_nodes(env, hosts, revision, state)
+    if halted:
+        info(f"rollout of {env} halted after {time.monotonic() - started:.0f} s; next: fix the "
+             f"failed node(s) and run `stacklock rollout {env}` again, or `stacklock rollback "
+             f"{env}` to return the updated ones to the previous revision; logs in "
+             f"{orch.run_dir}")
+        return ExitCode.DEVIATION
+    code = run_verify(orch, [env])
+    info(f"rollout of {env} finished in {time.monotonic() - started:.0f} s with exit code "
+         f"{int(code)}; logs in {orch.run_dir}")
+    return code
+
+
+def _print_nodes(env: str, hosts: list[str], revision: dict[str, str],
+                 state: dict[str, str]) -> None:
+    table = Table(title=f"rollout of {env}: each node's revision", header_style="bold")
+    for col in ("node", "revision", "state"):
+        table.add_column(col)
+    for h in hosts:
+        table.add_row(h, revision[h], state[h])
+    out.print(table)
+
+
+__all__ = ["failed_nodes", "run_rollout"]

@@ -1,0 +1,252 @@
+"""Promotion in order, gated on the ledger's evidence; verify's revision findings; status;
+rollout plans. On a copy of the lab example with two stack revisions (no nodes needed)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stacklock import lock as lockmod
+from stacklock.core import promotion
+from stacklock.core import rollout as rplan
+from stacklock.errors import ExitCode, InvalidInput
+from stacklock.flows import ledger as flow
+from stacklock.flows import promote as promoteflow
+from stacklock.manifest import load_manifest
+from stacklock.parity import Check, Kind, NodeResult, ParityReport, Status
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+NOW = datetime(2026, 11, 4, 12, 0, tzinfo=UTC)
+
+
+def _case(tmp_path: Path, soak: str | None = None) -> Path:
+    """examples/lab.yaml with a second stack `lab-next` (another toolkit pin), dev on it,
+    staging and prod on the first, and `promotion: [dev, staging, prod]`; the lock built with
+    the lab lock's resolved closure."""
+    dst = tmp_path / "case"
+    dst.mkdir()
+    shutil.copytree(EXAMPLES / "models", dst / "models")
+    text = (EXAMPLES / "lab.yaml").read_text()
+    stack = text[text.index("  lab-2026-11:\n"):text.index("\nenvironments:")]
+    nxt = stack.replace("  lab-2026-11:", "  lab-next:  # the next revision").replace(
+        "version: 1.17.8 ", "version: 1.18.0 ")
+    assert nxt != stack
+    text = text.replace(stack, stack + "\n" + nxt)
+    text = text.replace("dev: {provider: lab, stack: lab-2026-11, count: 1}",
+                        "dev: {provider: lab, stack: lab-next, count: 1}  # first to move")
+    text += "\n# dev first, prod last\npromotion: [dev, staging, prod]\n"
+    if soak:
+        text += f"promotion_soak: {soak}\n"
+    path = dst / "stacklock.yaml"
+    path.write_text(text)
+    loaded = load_manifest(path)
+    lab_lock = json.loads((EXAMPLES / "lab.lock").read_text())
+    closure = lab_lock["stacks"]["lab-2026-11"]["pip"]
+    closures = {n: [{"name": p["name"], "version": p["version"], "files": p["files"]}
+                    for p in closure] for n in ("lab-2026-11", "lab-next")}
+    loaded.lock_path.write_text(lockmod.dump_lock(lockmod.build_lock(loaded, None, closures)))
+    assert lockmod.check_lock(loaded).current
+    return path
+
+
+def _fp(path: Path, env: str) -> str:
+    loaded = load_manifest(path)
+    lock = json.loads(loaded.lock_path.read_text())
+    return str(lock["stacks"][loaded.manifest.environments[env].stack]["fingerprint"])
+
+
+def _report(envs: list[str], ok: bool = True) -> ParityReport:
+    checks = tuple(Check(e, f"{e}-1", "docker.version", "1", "1" if ok else "2",
+                         Status.MATCH if ok else Status.DEVIATION) for e in envs)
+    return ParityReport(tuple(envs), tuple(NodeResult(e, f"{e}-1", True) for e in envs),
+                        checks, observed={e: {f"{e}-1": {"docker.version": "1"}} for e in envs})
+
+
+def _evidence(path: Path, env: str, time: str = "2026-11-04T10:00:00Z") -> None:
+    loaded = load_manifest(path)
+    flow.record_evidence(flow.open_ledger(loaded), flow.current_lock(loaded),
+                         flow.env_stacks(loaded), {"environments": [env], "observed": {}},
+                         time=time)
+
+
+def test_promotion_refused_without_evidence_then_accepted(tmp_path: Path) -> None:
+    path = _case(tmp_path)
+    before = path.read_text()
+    code, _ = promoteflow.promote(load_manifest(path), "staging", now=NOW)
+    assert code == ExitCode.DEVIATION
+    assert path.read_text() == before  # nothing changed
+    d = promoteflow.decide(load_manifest(path), "staging", NOW)
+    assert not d.allowed and "no passing verify of dev" in d.reason
+    _evidence(path, "dev")
+    code, new = promoteflow.promote(load_manifest(path), "staging", now=NOW)
+    assert code == ExitCode.OK
+    assert new.manifest.environments["staging"].stack == "lab-next"
+    after = path.read_text()
+    # a reviewable change: exactly the one stack name changed, comments and layout kept
+    changed = [(a, b) for a, b in zip(before.splitlines(), after.splitlines(), strict=True)
+               if a != b]
+    assert changed == [("  staging: {provider: lab, stack: lab-2026-11, count: 1}",
+                        "  staging: {provider: lab, stack: lab-next, count: 1}")]
+    assert "# first to move" in after and "# dev first, prod last" in after
+    # rendered: staging's group_vars carry the new fingerprint
+    gv = (path.parent / "lab" / "inventories" / "staging" / "group_vars" / "staging"
+          / "stacklock.yml").read_text()
+    assert _fp(path, "dev") in gv
+    # again: nothing to do
+    code, _ = promoteflow.promote(load_manifest(path), "staging", now=NOW)
+    assert code == ExitCode.OK and path.read_text() == after
+
+
+def test_prod_never_gets_a_revision_staging_did_not_verify(tmp_path: Path) -> None:
+    path = _case(tmp_path)
+    _evidence(path, "dev")
+    assert promoteflow.promote(load_manifest(path), "staging", now=NOW)[0] == ExitCode.OK
+    # dev's evidence is not staging's: prod is refused until staging verified it
+    d = promoteflow.decide(load_manifest(path), "prod", NOW)
+    assert not d.allowed and "no passing verify of staging" in d.reason
+    assert promoteflow.promote(load_manifest(path), "prod", now=NOW)[0] == ExitCode.DEVIATION
+    # evidence of staging at the *old* revision does not count either
+    _evidence(path, "staging")  # staging now runs lab-next: this one counts
+    assert promoteflow.decide(load_manifest(path), "prod", NOW).allowed
+
+
+def test_old_revision_evidence_does_not_count(tmp_path: Path) -> None:
+    path = _case(tmp_path)
+    _evidence(path, "staging")  # staging at lab-2026-11
+    d = promoteflow.decide(load_manifest(path), "prod", NOW)
+    assert d.noop  # prod already runs staging's revision
+    d = promoteflow.decide(load_manifest(path), "staging", NOW)
+    assert not d.allowed  # dev at lab-next was never verified
+
+
+def test_soak_time(tmp_path: Path) -> None:
+    path = _case(tmp_path, soak="1h")
+    _evidence(path, "dev", "2026-11-04T11:30:00Z")
+    d = promoteflow.decide(load_manifest(path), "staging", NOW)
+    assert not d.allowed and "promotion_soak" in d.reason and "1800 s" in d.reason
+    assert promoteflow.decide(load_manifest(path), "staging", NOW + timedelta(hours=1)).allowed
+
+
+def test_invalid_promotions_exit_2(tmp_path: Path) -> None:
+    path = _case(tmp_path)
+    with pytest.raises(InvalidInput, match="first in the promotion order"):
+        promoteflow.decide(load_manifest(path), "dev", NOW)
+    with pytest.raises(InvalidInput, match="unknown environment"):
+        promoteflow.decide(load_manifest(path), "qa", NOW)
+    path.write_text(path.read_text().replace("promotion: [dev, staging, prod]", ""))
+    with pytest.raises(InvalidInput, match="no promotion order"):
+        promoteflow.decide(load_manifest(path), "staging", NOW)
+
+
+@pytest.mark.parametrize("order,error", [
+    ("[dev, qa]", "unknown environment"), ("[dev, dev]", "more than once"),
+    ("[dev]", "at least two"), ('[dev, "prod{{x}}"]', "template"),
+    ("[dev, 'staging\\u0000']", ""),
+])
+def test_promotion_key_is_validated(tmp_path: Path, order: str, error: str) -> None:
+    path = _case(tmp_path)
+    path.write_text(path.read_text().replace("[dev, staging, prod]", order))
+    with pytest.raises(InvalidInput) as exc:
+        load_manifest(path)
+    text = " ".join(p.render() for p in exc.value.problems)
+    assert "promotion" in text and error in text
+
+
+def test_verify_names_untested_and_behind(tmp_path: Path) -> None:
+    path = _case(tmp_path)
+    loaded = load_manifest(path)
+    fdev, fprod = _fp(path, "dev"), _fp(path, "prod")
+    # staging on a revision that dev never verified (an empty ledger): untested
+    report = flow.with_revision_checks(loaded, _report(["dev", "staging"]), [])
+    extra = [c for c in report.checks if c.component == flow.REVISION_COMPONENT]
+    assert len(extra) == 1 and "staging runs revision" in extra[0].detail
+    # dev verified the old revision before it moved on: staging is behind dev, both named
+    led = flow.Ledger(tmp_path / "other.jsonl")
+    flow.record_evidence(led, flow.current_lock(loaded), {"dev": "lab-2026-11"},
+                         {"environments": ["dev"], "observed": {}})
+    report = flow.with_revision_checks(loaded, _report(["dev", "staging"]), led.records())
+    extra = [c for c in report.checks if c.component == flow.REVISION_COMPONENT]
+    assert len(extra) == 1 and extra[0].environment == "staging"
+    assert extra[0].detail.startswith("staging is behind dev")
+    assert promotion.short(fdev) in extra[0].detail and promotion.short(fprod) in extra[0].detail
+    assert report.exit_code == ExitCode.DEVIATION
+    # prod alone, on a revision nobody earlier verified: always a deviation
+    report = flow.with_revision_checks(loaded, _report(["prod"]), [])
+    assert report.exit_code == ExitCode.DEVIATION
+    assert "never verified" in report.deviations[0].detail
+    # once staging verified it, prod alone passes
+    _evidence(path, "staging")
+    records = flow.open_ledger(loaded).records()
+    assert flow.with_revision_checks(loaded, _report(["prod"]), records).exit_code == 0
+    # staging (dev verified its revision) and prod verified together: prod's revision is
+    # verified by staging in this very run, but only when staging passes
+    both = flow.with_revision_checks(loaded, _report(["staging", "prod"]), led.records())
+    assert both.exit_code == ExitCode.OK
+    failing = flow.with_revision_checks(loaded, _report(["staging", "prod"], ok=False), [])
+    assert any("never verified" in c.detail for c in failing.deviations)
+
+
+def test_no_promotion_order_leaves_verify_unchanged(tmp_path: Path) -> None:
+    path = _case(tmp_path)
+    path.write_text(path.read_text().replace("promotion: [dev, staging, prod]", ""))
+    report = _report(["prod"])
+    assert flow.with_revision_checks(load_manifest(path), report, []) is report
+
+
+def test_status_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _case(tmp_path)
+    loaded = load_manifest(path)
+    rows = promotion.status(["dev", "staging", "prod"], promoteflow.revisions(loaded), [], NOW)
+    assert [r.next_step.split(" (")[0] for r in rows] == [
+        "stacklock verify dev", "stacklock verify staging", "stacklock verify prod"]
+    _evidence(path, "dev")
+    records = flow.open_ledger(loaded).records()
+    rows = promotion.status(["dev", "staging", "prod"], promoteflow.revisions(loaded),
+                            records, NOW)
+    assert rows[0].next_step == "stacklock promote staging"
+    assert promoteflow.print_status(loaded) == ExitCode.OK
+    assert "stacklock promote staging" in capsys.readouterr().out
+
+
+def test_set_stack_round_trip_keeps_block_style(tmp_path: Path) -> None:
+    text = ("# top\nenvironments:\n  prod:   # the real one\n    provider: lab\n"
+            "    stack: old   # pinned\n    count: 3\n")
+    new = promoteflow.set_stack(text, "prod", "new")
+    assert new == text.replace("stack: old   # pinned", "stack: new   # pinned")
+
+
+@pytest.mark.parametrize("hosts,policy,want", [
+    (["c", "a", "b"], rplan.Policy(1, "25%", 0), [["a"], ["b"], ["c"]]),
+    (["a", "b", "c", "d", "e"], rplan.Policy(1, "50%", 0), [["a"], ["b", "c", "d"], ["e"]]),
+    (["a", "b", "c"], rplan.Policy(0, "100%", 0), [["a", "b", "c"]]),
+    (["a", "b", "c"], rplan.Policy(5, 1, 0), [["a", "b", "c"]]),
+    (["a", "b", "c", "d"], rplan.Policy(1, 2, 0), [["a"], ["b", "c"], ["d"]]),
+])
+def test_rollout_plan(hosts: list[str], policy: rplan.Policy, want: list[list[str]]) -> None:
+    got = rplan.plan(hosts, policy)
+    assert got == want
+    assert sorted(h for b in got for h in b) == sorted(hosts)
+
+
+def test_default_policies() -> None:
+    assert rplan.default_policy("prod", []) == rplan.PROD_DEFAULT
+    assert rplan.default_policy("live", ["dev", "live"]) == rplan.PROD_DEFAULT
+    assert rplan.default_policy("dev", ["dev", "live"]) == rplan.OTHER_DEFAULT
+
+
+def test_failed_nodes_of_a_batch() -> None:
+    from stacklock.flows.rollout import failed_nodes
+
+    report = ParityReport(("prod",), (NodeResult("prod", "p1", True),),
+                          (Check("prod", "p1", "model.x.sha256", "a", "b", Status.DEVIATION),
+                           Check("prod", "*", "x", "a", "b", Status.DEVIATION, Kind.CROSS)))
+    bad: dict[str, Any] = failed_nodes(report, ["p1", "p2"])
+    assert set(bad) == {"p1", "p2"} and "model.x.sha256" in bad["p1"]

@@ -444,6 +444,23 @@ def rollout(c: Ctx, env: str) -> None:
 
 
 @cli.command()
+@click.argument("env")
+@click.option("--to", "to", default=None, metavar="REVISION",
+              help="The fingerprint (or its first hex digits) to return to [default: the "
+                   "newest other revision ENV verified].")
+@lock_timeout_option
+@pass_ctx
+def rollback(c: Ctx, env: str, to: str | None) -> None:
+    """Return ENV to a verified revision from the ledger, batch by batch, and verify it
+    (exit 0 done, 1 failed, 2 no such verified revision)."""
+    from stacklock.flows import rollback as rollbackflow
+
+    orch = _orchestrator(c)
+    code = rollbackflow.run_rollback(orch, c.envs([env])[0], to)
+    raise SystemExit(int(code))
+
+
+@cli.command()
 @pass_ctx
 def status(c: Ctx) -> None:
     """Each environment's revision (fingerprint), its latest evidence and the next step."""

@@ -250,3 +250,57 @@ def test_failed_nodes_of_a_batch() -> None:
                            Check("prod", "*", "x", "a", "b", Status.DEVIATION, Kind.CROSS)))
     bad: dict[str, Any] = failed_nodes(report, ["p1", "p2"])
     assert set(bad) == {"p1", "p2"} and "model.x.sha256" in bad["p1"]
+
+
+def test_rollback_target_from_the_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stacklock.flows import rollback as rb
+    from stacklock.flows import rollout as ro
+
+    path = _case(tmp_path)
+    fold = _fp(path, "staging")
+    _evidence(path, "dev")  # dev verified lab-next
+    _evidence(path, "staging")  # staging verified lab-2026-11
+    assert promoteflow.promote(load_manifest(path), "staging", now=NOW)[0] == ExitCode.OK
+    loaded = load_manifest(path)
+    records = flow.open_ledger(loaded).records()
+    body = rb.choose(loaded, "staging", None, records)
+    assert body["fingerprint"] == fold  # the newest other revision staging verified
+    assert rb.choose(loaded, "staging", promotion.short(fold), records) == body
+    with pytest.raises(InvalidInput, match="no verified revision other"):
+        rb.choose(loaded, "dev", None, records)
+    with pytest.raises(InvalidInput, match="no verified revision other"):
+        rb.choose(loaded, "prod", None, records)  # prod has no evidence at all
+    fnew = _fp(path, "dev")
+    with pytest.raises(InvalidInput, match="never verified in staging or prod"):
+        rb.choose(loaded, "prod", promotion.short(fnew), records)  # only dev verified it
+
+    class Orch:
+        def __init__(self) -> None:
+            self.loaded = loaded
+
+        def hold(self, envs: list[str]) -> None:
+            pass
+
+    rolled: list[str] = []
+
+    def fake_rollout(_orch: object, env: str) -> ExitCode:
+        rolled.append(env)
+        return ExitCode.OK
+
+    monkeypatch.setattr(ro, "run_rollout", fake_rollout)
+    orch = Orch()
+    assert rb.run_rollback(orch, "staging", None) == ExitCode.OK  # type: ignore[arg-type]
+    assert rolled == ["staging"]
+    assert load_manifest(path).manifest.environments["staging"].stack == "lab-2026-11"
+    # the stack's lock no longer matches what was verified: refused, nothing changed
+    text = path.read_text().replace("job_queue_size: 50", "job_queue_size: 51", 1)
+    path.write_text(text)
+    loaded = load_manifest(path)
+    lab_lock = json.loads(loaded.lock_path.read_text())
+    closures = {n: s["pip"] for n, s in lab_lock["stacks"].items()}
+    loaded.lock_path.write_text(lockmod.dump_lock(lockmod.build_lock(loaded, None, closures)))
+    orch.loaded = load_manifest(path)
+    before = path.read_text()
+    with pytest.raises(InvalidInput, match=r"no stack of stacklock\.yaml locks to revision"):
+        rb.run_rollback(orch, "staging", promotion.short(fold))  # type: ignore[arg-type]
+    assert path.read_text() == before

@@ -1,0 +1,103 @@
+"""`stacklock rollback ENV [--to REVISION]`: return an environment to a revision the ledger
+holds verified evidence of, using the lock the ledger stored for it (never git history).
+
+The target: `--to` (a fingerprint or its first hex digits), else the newest revision other than
+the current one that ENV itself verified. It must have passing evidence in ENV or in the
+environment before it in `promotion`. Its stored lock must hash to its fingerprint, and a stack
+of the manifest must lock to exactly that text: ENV is then made to name that stack (the same
+one-scalar manifest edit as `promote`), the files are rendered, and the environment is rolled
+out batch by batch (`stacklock rollout`: pinned packages downgraded and held again, the
+TorchServe venv of that pin set switched back side by side, model archives restored, TorchServe
+restarted), then verified. Nodes without a GPU skip the driver reload (said so).
+
+Exit codes: 0 rolled back and verified; 1 the rollout or verify failed; 2 no such verified
+revision, or no stack of the manifest is that revision (the message says what to restore).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from stacklock.console import info, step
+from stacklock.core import ledger as core
+from stacklock.core import promotion
+from stacklock.errors import ExitCode, InvalidInput, Problem
+from stacklock.files import atomic_write
+from stacklock.flows import ledger as ledgerflow
+from stacklock.flows import promote as promoteflow
+from stacklock.lock import fingerprint_of
+from stacklock.manifest import LoadedManifest, load_manifest
+
+if TYPE_CHECKING:
+    from stacklock.orchestrate import Orchestrator
+
+
+def choose(loaded: LoadedManifest, env: str, to: str | None,
+           records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The revision body (with its stored lock) ENV returns to."""
+    current = promoteflow.revisions(loaded)[env].fingerprint
+    order = list(loaded.manifest.promotion)
+    # ENV's own evidence, or the environment's before it: a rollback never gives ENV a
+    # revision the environment before it did not verify
+    allowed = order[max(0, order.index(env) - 1): order.index(env) + 1] if env in order \
+        else [env]
+    verified = {e.fingerprint for e in core.evidence(records) if e.environment in allowed}
+    if to:
+        found = core.find_revision(records, to)
+        if len(found) != 1:
+            raise InvalidInput(f"--to {to}: {'no' if not found else 'more than one'} revision "
+                               "of the ledger starts so", problems=[Problem(
+                                   "--to", "unknown or ambiguous revision",
+                                   "stacklock status lists the revisions")])
+        body = found[0]
+    else:
+        older = [e for e in core.evidence(records)
+                 if e.environment == env and e.fingerprint != current]
+        if not older:
+            raise InvalidInput(f"{env} has no verified revision other than the current one "
+                               f"({promotion.short(current)}) in the ledger")
+        body = core.revisions(records)[older[-1].fingerprint]
+    fp = str(body["fingerprint"])
+    if fp not in verified:
+        raise InvalidInput(f"revision {promotion.short(fp)} was never verified in "
+                           f"{' or '.join(allowed)}: not a rollback target")
+    if fingerprint_of(json.loads(body["lock_text"])) != fp:
+        raise InvalidInput(f"the ledger's lock of {promotion.short(fp)} does not hash to it: "
+                           "run stacklock ledger verify")
+    return body
+
+
+def run_rollback(orch: Orchestrator, env: str, to: str | None) -> ExitCode:
+    from stacklock import lock as lockmod
+    from stacklock import render as rendermod
+    from stacklock.flows.rollout import run_rollout
+
+    loaded = orch.loaded
+    orch.hold([env])
+    records = ledgerflow.open_ledger(loaded).records()
+    body = choose(loaded, env, to, records)
+    fp = str(body["fingerprint"])
+    stored = json.loads(body["lock_text"])
+    lock = lockmod.load_current_lock(loaded)
+    stacks = [n for n, s in sorted(lock["stacks"].items()) if s == stored]
+    step(f"rollback {env} to revision {promotion.short(fp)} (stack {body.get('stack')} when "
+         "verified)")
+    if not stacks:
+        raise InvalidInput(
+            f"no stack of {loaded.path.name} locks to revision {promotion.short(fp)}",
+            problems=[Problem(f"environments.{env}.stack",
+                              "the verified revision is not among the manifest's stacks",
+                              f"restore stack {body.get('stack')} as it was (its lock is in the "
+                              "ledger's revision record), then roll back again")])
+    if loaded.manifest.environments[env].stack != stacks[0]:
+        text = promoteflow.set_stack(loaded.path.read_text("utf-8"), env, stacks[0])
+        atomic_write(loaded.path, text)
+        loaded = load_manifest(loaded.path)
+        info(f"  {loaded.path.name}: environments.{env}.stack -> {stacks[0]}")
+        orch.loaded = loaded
+        changed = rendermod.write_tree(loaded, rendermod.render_tree(loaded, lock))
+        info(f"  rendered: {len(changed)} file(s) changed")
+    if not loaded.manifest.environments[env].gpu:
+        info(f"  {env}: no GPU on these nodes: the driver reload/reboot step is skipped")
+    return run_rollout(orch, env)

@@ -314,24 +314,54 @@ def plan(c: Ctx, envs: tuple[str, ...], all_envs: bool) -> None:
     raise SystemExit(int(ExitCode.DEVIATION) if changes else 0)
 
 
-@cli.command()
-@_env_option
-@pass_ctx
-def apply(c: Ctx, envs: tuple[str, ...], all_envs: bool) -> None:
-    """terraform apply, then write inventories/<env>/hosts.yml from its outputs."""
-    _orchestrator(c).apply(c.envs(envs, all_envs))
+def _approve_options(f: F) -> F:
+    """`--auto-approve` (and `--batch-size`) of the commands that change infrastructure."""
+    f = click.option("--auto-approve", is_flag=True,
+                     help="Apply an aws environment's plan without asking (required in CI "
+                          "or without a terminal; lab and static never ask).")(f)
+    return f
+
+
+def _batch_option(f: F) -> F:
+    return click.option("--batch-size", type=click.IntRange(min=1), default=1,
+                        show_default=True,
+                        help="EC2 instances replaced per batch (create-before-destroy, "
+                             "the inventory refreshed after each).")(f)
+
+
+def _confirm(question: str) -> bool:
+    """Ask on the terminal (stacklock.core.blast refuses before this without one)."""
+    return click.confirm(question, default=False, err=True)
 
 
 @cli.command()
 @_env_option
+@_approve_options
+@_batch_option
 @pass_ctx
-def destroy(c: Ctx, envs: tuple[str, ...], all_envs: bool) -> None:
-    """terraform destroy for environments (and remove their hosts.yml)."""
+def apply(c: Ctx, envs: tuple[str, ...], all_envs: bool, auto_approve: bool,
+          batch_size: int) -> None:
+    """terraform apply, then write inventories/<env>/hosts.yml from its outputs.
+
+    An aws environment's plan is shown and must be approved (a terminal, or --auto-approve;
+    refused with exit 2 in CI or without a terminal); replaced instances go in batches."""
+    _orchestrator(c).apply(c.envs(envs, all_envs), auto_approve=auto_approve, confirm=_confirm,
+                           batch_size=batch_size)
+
+
+@cli.command()
+@_env_option
+@_approve_options
+@pass_ctx
+def destroy(c: Ctx, envs: tuple[str, ...], all_envs: bool, auto_approve: bool) -> None:
+    """terraform destroy for environments (and remove their hosts.yml): names what goes; an
+    aws environment's destroy must be approved (a terminal, or --auto-approve)."""
     if not envs and not all_envs:
         raise InvalidInput("name the environment(s) to destroy, or --all",
                            problems=[Problem("ENV", "no environment given",
                                              "stacklock destroy ENV, or --all")])
-    _orchestrator(c).destroy(c.envs(envs, all_envs))
+    _orchestrator(c).destroy(c.envs(envs, all_envs), auto_approve=auto_approve,
+                             confirm=_confirm)
 
 
 @cli.command()
@@ -339,10 +369,18 @@ def destroy(c: Ctx, envs: tuple[str, ...], all_envs: bool) -> None:
 @click.option("--force", is_flag=True,
               help="Converge every node (default: only nodes whose stack facts deviate from "
                    "their lock, are new or could not be read).")
+@_approve_options
+@_batch_option
 @pass_ctx
-def provision(c: Ctx, envs: tuple[str, ...], all_envs: bool, force: bool) -> None:
-    """lock check, render, apply, configure (site.yml, on the nodes that deviate) and verify."""
-    code = _orchestrator(c).provision(c.envs(envs, all_envs), force=force)
+def provision(c: Ctx, envs: tuple[str, ...], all_envs: bool, force: bool, auto_approve: bool,
+              batch_size: int) -> None:
+    """lock check, render, apply, configure (site.yml, on the nodes that deviate) and verify.
+
+    Like apply, an aws environment's plan must be approved; replaced instances go in batches,
+    each configured and verified before the next."""
+    code = _orchestrator(c).provision(c.envs(envs, all_envs), force=force,
+                                      auto_approve=auto_approve, confirm=_confirm,
+                                      batch_size=batch_size)
     raise SystemExit(int(code))
 
 
@@ -622,8 +660,9 @@ def lab_mirror(c: Ctx) -> None:
 
 @cli.command()
 @lock_timeout_option
+@_approve_options
 @pass_ctx
-def demo(c: Ctx) -> None:
+def demo(c: Ctx, auto_approve: bool) -> None:
     """The main job on the local lab: validate, lock check, render, provision all, verify."""
     from stacklock import lock as lockmod
     from stacklock import render as rendermod
@@ -641,7 +680,8 @@ def demo(c: Ctx) -> None:
     tree = rendermod.render_tree(loaded, data)
     changed = rendermod.write_tree(loaded, tree)
     info(f"  rendered {len(tree)} file(s), {len(changed)} changed")
-    code = _orchestrator(c).provision(list(loaded.manifest.environments))
+    code = _orchestrator(c).provision(list(loaded.manifest.environments),
+                                      auto_approve=auto_approve, confirm=_confirm)
     info(f"demo finished in {time.monotonic() - started:.0f} s with exit code {int(code)}")
     raise SystemExit(int(code))
 

@@ -167,7 +167,13 @@ class Orchestrator:
             any_changes |= result.changes
         return any_changes
 
-    def apply(self, envs: list[str]) -> None:
+    def apply(self, envs: list[str], *, auto_approve: bool = False, implied_lab: bool = False,
+              confirm: Any = None, batch_size: int = 1, after_batch: Any = None) -> None:
+        """terraform apply. An aws environment's plan is printed and must be approved
+        (`auto_approve`, `confirm` on a terminal; refused in CI or without a terminal), and
+        replaced instances go `batch_size` at a time (stacklock.flows.infra); lab and static
+        environments apply without asking (`implied_lab`: provision and demo approve the lab
+        implicitly, which is the same)."""
         self.hold(envs)
         self.ensure_current()
         self._prepare(envs)
@@ -176,6 +182,14 @@ class Orchestrator:
             tf = self._terraform(env)
             tf.init()
             started = time.monotonic()
+            if self.provider(env) == "aws":
+                from stacklock.flows.infra import apply_approved
+
+                apply_approved(self, env, tf, provider="aws", auto_approve=auto_approve,
+                               confirm=confirm, batch_size=batch_size, after_batch=after_batch)
+                info(f"  {env}: done in {time.monotonic() - started:.1f} s, "
+                     f"inventory {self.inventory_dir(env) / 'hosts.yml'}")
+                continue
             gone = self._gone_nodes(env, tf)
             tf.apply(auto_approve=True, replace=sorted(gone))
             self.write_inventory(env, tf.output())
@@ -240,13 +254,19 @@ class Orchestrator:
             return path
         return atomic_write(path, text)
 
-    def destroy(self, envs: list[str]) -> None:
+    def destroy(self, envs: list[str], *, auto_approve: bool = False,
+                confirm: Any = None) -> None:
+        """terraform destroy through a destroy plan that names what goes; an aws
+        environment's must be approved (stacklock.flows.infra)."""
+        from stacklock.flows.infra import destroy_approved
+
         self.hold(envs)
         for env in envs:
             step(f"{env}: terraform destroy")
             tf = self._terraform(env)
             tf.init()
-            tf.destroy()
+            destroy_approved(self, env, tf, provider=self.provider(env),
+                             auto_approve=auto_approve, confirm=confirm)
             hosts = self.inventory_dir(env) / "hosts.yml"
             if hosts.exists():
                 hosts.unlink()
@@ -313,6 +333,7 @@ class Orchestrator:
 
         self.hold(envs)
         self.ensure_current()
+        self.credentials()  # unusable credentials (a group-readable file) stop here, exit 2
         self._inventories(envs)
         decisions = self.select_nodes(envs, force=force)
         targets = converge.limit(decisions)
@@ -341,6 +362,17 @@ class Orchestrator:
         self.ensure_current()
         return run_verify(self, envs, fmt=fmt, junit=junit)
 
+    def _converge_batch(self, env: str, batch: Any) -> None:
+        """After a batch of replaced instances (provision): configure the environment (the new
+        nodes deviate, so they are the ones converged) and verify it; a failing verify stops
+        the rollout before the next batch, the remaining old instances untouched."""
+        self.configure([env])
+        code = self.verify([env])
+        if code != ExitCode.OK:
+            raise ToolFailed(f"{env}: verify failed (exit {int(code)}) after replacing "
+                             f"{', '.join(batch)}: the rollout stopped before the next batch; "
+                             f"the other instances are untouched (logs in {self.run_dir})")
+
     def preflight(self, envs: list[str]) -> None:
         """AWS environments: the instance type is offered and has the GPU validated for."""
         from stacklock.manifest import AwsEnvironment
@@ -361,12 +393,14 @@ class Orchestrator:
         if problems:
             raise InvalidInput("AWS preflight failed: nothing was provisioned", problems=problems)
 
-    def provision(self, envs: list[str], *, force: bool = False) -> ExitCode:
+    def provision(self, envs: list[str], *, force: bool = False, auto_approve: bool = False,
+                  confirm: Any = None, batch_size: int = 1) -> ExitCode:
         self.hold(envs)
         started = time.monotonic()
         self.ensure_current()
         self.preflight(envs)
-        self.apply(envs)
+        self.apply(envs, auto_approve=auto_approve, implied_lab=True, confirm=confirm,
+                   batch_size=batch_size, after_batch=self._converge_batch)
         recap = self.configure(envs, force=force)
         changed = sum(r.get("changed", 0) for r in recap.values())
         code = self.verify(envs)

@@ -328,6 +328,7 @@ class Terraform:
         out: Path | None = None,
         destroy: bool = False,
         replace: Sequence[str] = (),
+        target: Sequence[str] = (),
     ) -> PlanResult:
         """Plan; the plan is saved (to `out`, or a temporary file) and read back as JSON.
 
@@ -350,6 +351,7 @@ class Terraform:
         if destroy:
             args.append("-destroy")
         args += [f"-replace={address}" for address in replace]
+        args += [f"-target={address}" for address in target]
         try:
             result = self._run(args, ok_codes=(0, 2) if detailed_exitcode else (0,))
             plan_json = self.show_plan(plan_file)

@@ -172,4 +172,12 @@ resource "aws_instance" "this" {
 
   tags = merge(local.tags, { "Name" = "${local.name}-${count.index + 1}" })
 
+  # A replaced node (new AMI, other instance type) is created before the old one is
+  # destroyed; stacklock applies such replacements one batch at a time (-target per batch),
+  # so an environment never loses more than a batch of serving capacity. Nothing unique is
+  # attached to an instance (no ENI, EIP or volume attachment; the Name tag may repeat), so
+  # old and new can coexist.
+  lifecycle {
+    create_before_destroy = true
+  }
 }

@@ -132,10 +132,30 @@ def test_provision_all_ends_in_parity(lab: Path, provisioned: dict[str, Any]) ->
     assert observed["torchserve.running"] == "true"
 
 
-def test_second_provision_changes_nothing(lab: Path, provisioned: dict[str, Any]) -> None:
+def test_second_configure_skips_every_node_then_converges_only_the_deviating_one(
+    lab: Path, provisioned: dict[str, Any]
+) -> None:
+    # an unchanged lab: the stack facts prove every node matches, site.yml does not run
     res = sl(lab, "configure", "--all", timeout=1800)
     assert res.returncode == 0, res.stderr[-4000:]
-    assert "changed=0" in res.stderr and "nothing changed" in res.stderr
+    for env in ENVS:
+        assert f"skip      {env}/{container(env)}: matches its lock" in res.stderr, res.stderr
+    assert "site.yml not run" in res.stderr and "play Install" not in res.stderr
+    # one real deviation (a hold removed on staging): only staging is configured
+    on_node("staging", "apt-mark unhold docker.io >/dev/null")
+    try:
+        res = sl(lab, "configure", "--all", timeout=1800)
+        assert res.returncode == 0, res.stderr[-4000:]
+        assert (f"configure staging/{container('staging')}: 1 deviation(s): hold.docker.io "
+                "not held (lock: held)") in res.stderr, res.stderr[-4000:]
+        for env in ("dev", "prod"):
+            assert f"skip      {env}/{container(env)}" in res.stderr
+        assert "site.yml on 1 of 3 node(s)" in res.stderr
+        assert "configured dev, staging, prod: 1 host(s), changed=" in res.stderr
+        assert f"{container('dev')}:" not in res.stderr.split("site.yml on 1 of 3")[1]
+    finally:
+        on_node("staging", "apt-mark hold docker.io >/dev/null", check=False)
+    assert verify_json(lab)[0] == 0
 
 
 HTTP_PROBE = """

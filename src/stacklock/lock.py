@@ -714,6 +714,11 @@ def check_lock(loaded: LoadedManifest) -> LockStatus:
     except StacklockError as exc:
         if exc.problems and all("AMI" in p.message for p in exc.problems):
             return LockStatus(False, "the AMI ids of a changed image are not resolved")
+        if exc.problems and all("the roles refuse it" in p.message for p in exc.problems):
+            # the manifest changed a pin: the lock is stale; `stacklock lock` says what to give
+            fields = ", ".join(sorted({p.path for p in exc.problems}))
+            return LockStatus(False, f"{loaded.lock_path.name} is stale: the manifest changed, "
+                                     f"and locking it needs {fields}")
         raise
     if dump_lock(fresh) != dump_lock(existing):
         changed = sorted(

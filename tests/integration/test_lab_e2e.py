@@ -109,7 +109,8 @@ def provisioned(lab: Path) -> dict[str, Any]:
     started = time.monotonic()
     res = sl(lab, "provision", "--all", timeout=2400)
     seconds = time.monotonic() - started
-    assert res.returncode == 0, f"provision failed ({seconds:.0f} s):\n{res.stderr[-6000:]}"
+    assert res.returncode == 0, (f"provision failed ({seconds:.0f} s):\n{res.stderr[-4000:]}\n"
+                                 f"{res.stdout[-6000:]}")
     return {"stderr": res.stderr, "stdout": res.stdout, "seconds": seconds}
 
 

@@ -14,6 +14,9 @@ One audit run looks at each environment in up to four ways, each a *kind* of fin
   and managed instances whose type, AMI, fingerprint tag or run state differ from the lock.
 * ``configuration`` — optional (``--deep``): the tasks ``ansible-playbook site.yml --check
   --diff`` would change, per host.
+* ``diff`` — optional (``--kinds ...,diff``): what `stacklock diff` finds over the full
+  inventories (every OS package, every Python distribution, the pinned stack) between the
+  audited environments and between the nodes of each (`stacklock.diff/v1`).
 
 `run_audit` calls the probes (`Probes`: callables the CLI wires to terraform, the verify play,
 boto3 and ansible), turns their results into findings, and records anything that raises a
@@ -42,8 +45,9 @@ INFRASTRUCTURE = "infrastructure"
 STACK = "stack"
 CLOUD = "cloud"
 CONFIGURATION = "configuration"
+DIFF = "diff"
 #: every kind of finding, in report order
-KINDS = (INFRASTRUCTURE, STACK, CLOUD, CONFIGURATION)
+KINDS = (INFRASTRUCTURE, STACK, CLOUD, CONFIGURATION, DIFF)
 
 OK = "ok"
 DRIFT = "drift"
@@ -700,7 +704,8 @@ class Probes:
     * `parity(envs)` -> parity report dict for all environments at once (one verify run, so
       the cross-environment comparison is included);
     * `cloud(env)` -> CloudData, or None when the environment is not on AWS;
-    * `deep(env)` -> DeepData (set only with --deep).
+    * `deep(env)` -> DeepData (set only with --deep);
+    * `diff(envs)` -> a `stacklock.diff/v1` report dict for all environments at once.
 
     A probe raises `StacklockError` (e.g. `ToolFailed`) or `OSError` to say "could not
     audit": that becomes an error of the environment, never "no drift".
@@ -710,6 +715,7 @@ class Probes:
     parity: Callable[[Sequence[str]], Mapping[str, Any]] | None = None
     cloud: Callable[[str], CloudData | None] | None = None
     deep: Callable[[str], DeepData | None] | None = None
+    diff: Callable[[Sequence[str]], Mapping[str, Any]] | None = None
 
 
 #: exceptions a probe raises to say "could not audit this part"
@@ -824,16 +830,60 @@ def _probe_parity(names: list[str], probes: Probes,
     return stacks
 
 
-def _combine(env: str, part: _Partial, stack: tuple[list[Finding], list[str]] | None
-             ) -> EnvironmentAudit:
+def diff_findings(report: Mapping[str, Any]) -> tuple[list[Finding], dict[str, list[str]]]:
+    """Findings of kind `diff` from a `stacklock.diff/v1` report, and per environment why
+    it could not be looked at. Between environments: one finding per environment whose value
+    is not the one most environments have (component `GROUP:NAME`, subject `*`); between the
+    nodes of one environment: one per node that differs from most of its nodes."""
+    if not isinstance(report, Mapping) or report.get("schema") != "stacklock.diff/v1":
+        raise InvalidInput("not a stacklock.diff/v1 report")
+    found: list[Finding] = []
+    for d in report.get("differences") or []:
+        values = d.get("values") or {}
+        for who in d.get("differing") or []:
+            env = d.get("environment") if d.get("scope") == "nodes" else who
+            subject = who if d.get("scope") == "nodes" else "*"
+            found.append(Finding(environment=str(env), kind=DIFF,
+                                 component=f"{d.get('group')}:{d.get('name')}", subject=subject,
+                                 expected=d.get("reference"), actual=values.get(who),
+                                 detail="differs from the other environments"
+                                 if subject == "*" else "differs from the other nodes"))
+    failed: dict[str, list[str]] = {}
+    for inc in report.get("incomplete") or []:
+        failed.setdefault(str(inc.get("environment")), []).append(
+            f"{inc.get('node')}: {inc.get('reason')}")
+    return found, failed
+
+
+def _probe_diff(names: list[str], probes: Probes,
+                progress: Callable[[str], None]) -> _StackResult | None:
+    """env -> (diff findings, why it could not be looked at); None without a diff probe."""
+    if probes.diff is None:
+        return None
+    progress("inventory diff: " + ", ".join(names))
+    result: _StackResult = {}
+    try:
+        found, failed = diff_findings(probes.diff(names))
+        for env in names:
+            result[env] = ([f for f in found if f.environment == env], failed.get(env, []))
+    except PROBE_ERRORS as exc:
+        for env in names:
+            result[env] = ([], [_message(exc)])
+    return result
+
+
+def _combine(env: str, part: _Partial, stack: tuple[list[Finding], list[str]] | None,
+             diff: tuple[list[Finding], list[str]] | None = None) -> EnvironmentAudit:
     findings, errors, audited = list(part.findings), list(part.errors), list(part.audited)
-    if stack is not None:
-        stack_found, stack_failed = stack
-        if stack_failed:
-            errors.extend(AuditError(STACK, m) for m in stack_failed)
+    for kind, result in ((STACK, stack), (DIFF, diff)):
+        if result is None:
+            continue
+        kind_found, kind_failed = result
+        if kind_failed:
+            errors.extend(AuditError(kind, m) for m in kind_failed)
         else:
-            findings.extend(stack_found)
-            audited.append(STACK)
+            findings.extend(kind_found)
+            audited.append(kind)
     if not audited and not errors:
         errors.append(AuditError("audit", "nothing could be audited for this environment "
                                           "(no probe applies)"))
@@ -877,13 +927,17 @@ def run_audit(
     if workers > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             stack_future = pool.submit(_probe_parity, names, probes, say)
+            diff_future = pool.submit(_probe_diff, names, probes, say)
             part_futures = [pool.submit(_probe_env, env, probes, say, mono) for env in names]
             stacks = stack_future.result()
+            diffs = diff_future.result()
             parts = [f.result() for f in part_futures]
     else:
         stacks = _probe_parity(names, probes, say)
+        diffs = _probe_diff(names, probes, say)
         parts = [_probe_env(env, probes, say, mono) for env in names]
-    results = tuple(_combine(env, part, stacks.get(env) if stacks is not None else None)
+    results = tuple(_combine(env, part, stacks.get(env) if stacks is not None else None,
+                             diffs.get(env) if diffs is not None else None)
                     for env, part in zip(names, parts, strict=True))
     return AuditReport(
         started_at=_utc(started),
@@ -904,6 +958,7 @@ __all__ = [
     "CONFIGURATION",
     "DETAIL_CONFIG",
     "DETAIL_OUTSIDE",
+    "DIFF",
     "DRIFT",
     "ERROR",
     "INFRASTRUCTURE",
@@ -923,6 +978,7 @@ __all__ = [
     "cloud_findings",
     "configuration_errors",
     "configuration_findings",
+    "diff_findings",
     "infrastructure_findings",
     "report_from_dict",
     "run_audit",

@@ -85,6 +85,11 @@ class RealProbes:
         text = log.read_text("utf-8") if log.is_file() else ""
         return auditmod.DeepData(recap, auditmod.changed_tasks_from_output(text))
 
+    def diff(self, envs: Sequence[str]) -> Mapping[str, Any]:
+        from stacklock.flows.diff import collect
+
+        return collect(self.orch, list(envs), quiet=True).as_dict()
+
     def probes(self) -> auditmod.Probes:
         return auditmod.Probes(plans=self.plans, parity=self.parity, cloud=self.cloud,
-                               deep=self.deep if self.deep_enabled else None)
+                               deep=self.deep if self.deep_enabled else None, diff=self.diff)

@@ -524,6 +524,41 @@ def ledger_verify(c: Ctx, path: Path | None) -> None:
     raise SystemExit(int(promoteflow.verify_ledger(path or ledgerflow.ledger_path(c.loaded()))))
 
 
+@cli.command()
+@click.argument("envs", nargs=-1)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to write the documents [default: <output_dir>/.stacklock/sbom].")
+@click.option("--format", "fmt", type=click.Choice(["json"]), default="json", show_default=True,
+              help="CycloneDX 1.6 JSON.")
+@lock_timeout_option
+@pass_ctx
+def sbom(c: Ctx, envs: tuple[str, ...], out_dir: Path | None, fmt: str) -> None:
+    """Write a CycloneDX 1.6 SBOM per node and per environment (exit 0, or 3: a node could
+    not be looked at)."""
+    from stacklock.flows.sbom import run_sbom
+
+    names = c.envs(envs)
+    target = out_dir or c.loaded().output_root / ".stacklock" / "sbom"
+    raise SystemExit(int(run_sbom(_orchestrator(c), names, target)))
+
+
+@cli.command()
+@click.argument("envs", nargs=-1)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
+@click.option("--fail-on-drift", is_flag=True,
+              help="Exit 1 when anything differs (default: exit 0 with the report).")
+@lock_timeout_option
+@pass_ctx
+def diff(c: Ctx, envs: tuple[str, ...], fmt: str, fail_on_drift: bool) -> None:
+    """Compare environments (and the nodes of each) on every OS package, every Python
+    distribution and the pinned stack; no ENV: all environments."""
+    from stacklock.flows.diff import run_diff
+
+    code = run_diff(_orchestrator(c), c.envs(envs), fmt=fmt, fail_on_drift=fail_on_drift)
+    raise SystemExit(code)
+
+
 # --------------------------------------------------------------------------- audits
 
 
@@ -531,7 +566,8 @@ def ledger_verify(c: Ctx, path: Path | None) -> None:
 @click.argument("envs", nargs=-1)
 @click.option("--deep", is_flag=True, help="Also run site.yml --check --diff (configuration drift).")
 @click.option("--kinds", default="infrastructure,stack,cloud", show_default=True,
-              help="Which drift to audit (comma-separated): infrastructure, stack, cloud.")
+              help="Which drift to audit (comma-separated): infrastructure, stack, cloud, "
+                   "diff (every OS package and Python distribution across environments).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table",
               show_default=True, help="What to print on stdout.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -575,17 +611,18 @@ def audit(c: Ctx, envs: tuple[str, ...], deep: bool, kinds: str, fmt: str, json_
     orch.hold(names)
     orch.ensure_current()
     wanted = {k.strip() for k in kinds.split(",") if k.strip()}
-    unknown = wanted - {"infrastructure", "stack", "cloud"}
+    unknown = wanted - {"infrastructure", "stack", "cloud", "diff"}
     if unknown or not wanted:
         raise InvalidInput(f"--kinds: unknown kind(s) {', '.join(sorted(unknown)) or '(none)'}",
                            problems=[Problem("--kinds", f"{kinds!r} is not a list of kinds",
-                                             "use infrastructure, stack, cloud")])
+                                             "use infrastructure, stack, cloud, diff")])
     probes = RealProbes(orch, deep=deep).probes()
     probes = auditmod.Probes(
         plans=probes.plans if "infrastructure" in wanted else None,
         parity=probes.parity if "stack" in wanted else None,
         cloud=probes.cloud if "cloud" in wanted else None,
-        deep=probes.deep)
+        deep=probes.deep,
+        diff=probes.diff if "diff" in wanted else None)
     report = auditmod.run_audit(names, probes,
                                 workers=len(names) + 1, progress=step)
     audit_report.write_reports(report, audit_report.ReportTargets(

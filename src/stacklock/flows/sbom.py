@@ -1,0 +1,103 @@
+"""`stacklock sbom`: one CycloneDX 1.6 JSON document per node and one per environment.
+
+The inventory play gathers every node's facts with `inventory: true`; `stacklock.core.sbom`
+builds the documents (pure); this flow writes them to `OUT/ENV/NODE.cdx.json` and
+`OUT/ENV.cdx.json` and prints what it wrote. A node that could not be looked at gets no
+document (nor does its environment): exit 3 naming it.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.table import Table
+
+from stacklock.console import err, info, out
+from stacklock.core import sbom as sbommod
+from stacklock.errors import ExitCode, InvalidInput, Problem
+from stacklock.files import atomic_write
+from stacklock.flows.collect import collect_inventory
+from stacklock.parity import Unreachable
+
+if TYPE_CHECKING:
+    from stacklock.orchestrate import Orchestrator
+
+
+def source_date() -> datetime:
+    """The documents' timestamp: `SOURCE_DATE_EPOCH` (reproducible builds), else 1970-01-01."""
+    raw = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not raw:
+        return sbommod.EPOCH
+    if not raw.isdigit():
+        raise InvalidInput(f"SOURCE_DATE_EPOCH={raw!r} is not a number of seconds",
+                           problems=[Problem("SOURCE_DATE_EPOCH", "not seconds since 1970",
+                                             "e.g. 1767225600, or unset it")])
+    return datetime.fromtimestamp(int(raw), tz=UTC)
+
+
+def write_sboms(facts_by_env: dict[str, dict[str, Any]], lock: dict[str, Any],
+                stacks: dict[str, str], project: str, out_dir: Path,
+                timestamp: datetime) -> tuple[list[tuple[Path, dict[str, int]]], list[str]]:
+    """Write the documents; return (path, component counts) per file and the problems."""
+    written: list[tuple[Path, dict[str, int]]] = []
+    problems: list[str] = []
+    for env, nodes in facts_by_env.items():
+        locked = lock["stacks"][stacks[env]]
+        good: dict[str, dict[str, Any]] = {}
+        for node, facts in sorted(nodes.items()):
+            if isinstance(facts, Unreachable) or not isinstance(facts, dict):
+                reason = facts.error if isinstance(facts, Unreachable) else "no facts"
+                problems.append(f"{env}/{node}: could not look: {reason}")
+                continue
+            try:
+                bom = sbommod.node_bom(facts, locked, project=project, environment=env,
+                                       node=node, stack=stacks[env], timestamp=timestamp)
+            except sbommod.IncompleteFacts as exc:
+                problems.append(f"{env}/{node}: could not look: {exc}")
+                continue
+            text = sbommod.to_json(bom)
+            path = atomic_write(out_dir / env / f"{node}.cdx.json", text)
+            written.append((path, sbommod.component_counts(text)))
+            good[node] = facts
+        if not nodes:
+            problems.append(f"{env}: no nodes in its inventory")
+        elif len(good) == len(nodes):
+            text = sbommod.to_json(sbommod.environment_bom(
+                good, locked, project=project, environment=env, stack=stacks[env],
+                timestamp=timestamp))
+            written.append((atomic_write(out_dir / f"{env}.cdx.json", text),
+                            sbommod.component_counts(text)))
+        else:
+            problems.append(f"{env}: no environment document (a node could not be looked at)")
+    return written, problems
+
+
+_COLUMNS = ("library", "device-driver", "device", "machine-learning-model")
+
+
+def run_sbom(orch: Orchestrator, envs: list[str], out_dir: Path) -> ExitCode:
+    orch.hold(envs)
+    lock = orch.ensure_current()
+    timestamp = source_date()
+    facts = collect_inventory(orch, envs)
+    manifest = orch.loaded.manifest
+    stacks = {env: manifest.environments[env].stack for env in envs}
+    written, problems = write_sboms(facts, lock, stacks, manifest.project, out_dir, timestamp)
+    table = Table(title=f"CycloneDX {sbommod.SPEC_VERSION} SBOMs in {out_dir}")
+    table.add_column("document")
+    for col in (*_COLUMNS, "other", "total"):
+        table.add_column(col, justify="right")
+    for path, counts in written:
+        other = sum(v for k, v in counts.items() if k not in _COLUMNS)
+        table.add_row(str(path.relative_to(out_dir)), *(str(counts.get(c, 0)) for c in _COLUMNS),
+                      str(other), str(sum(counts.values())))
+    out.print(table)
+    for line in problems:
+        err.print(f"[bold red]{line}[/]", markup=True, highlight=False)
+    info(f"{len(written)} document(s) written to {out_dir}"
+         + (f"; {len(problems)} problem(s): run `stacklock verify` for the cause" if problems
+            else ""))
+    return ExitCode.FAILED if problems else ExitCode.OK

@@ -9,6 +9,7 @@ never fails the module. The schema (``stacklock.facts/v1``) is documented in doc
 
 from __future__ import annotations
 
+import contextlib
 import glob as _glob
 import hashlib
 import json
@@ -16,6 +17,7 @@ import os
 import platform
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import threading
@@ -95,6 +97,27 @@ options:
       - an identifier of this verification run, returned as C(run_id), so that the comparison
         can tell facts of this run from stale facts (a fact cache, an earlier run).
     type: str
+  deep:
+    description:
+      - hash every model archive again, ignoring the archive digest cache.
+    type: bool
+    default: false
+  archive_cache:
+    description:
+      - where the digests of model archives are kept between runs (root, 0600), each with the
+        file's identity (device, inode, size, mtime, ctime); a digest is reused only while that
+        identity is unchanged. An empty string disables the cache. This file is the module's
+        second write (the first renews an expired TorchServe key); it is not written in check
+        mode.
+    type: str
+    default: /var/cache/stacklock/archive-digests.json
+  archive_hash_timeout:
+    description:
+      - seconds all archive hashing of one run may take; an archive still unhashed then is
+        reported as could-not-look (exit 3), and the digests finished so far are cached, so
+        the next run goes on where this one stopped.
+    type: float
+    default: 300
 attributes:
   check_mode:
     support: full
@@ -290,6 +313,67 @@ class System:
         except OSError as exc:
             raise CannotLook(f"{path}: {exc}") from None
         return digest.hexdigest()
+
+    def now(self):
+        return time.monotonic()
+
+    def sha256_until(self, path, deadline):
+        """sha256 of the file, or CannotLook once `deadline` (monotonic) has passed."""
+        digest = hashlib.sha256()
+        try:
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+                    if time.monotonic() > deadline:
+                        raise CannotLook(f"{path}: hashing did not finish in time")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise CannotLook(f"{path}: {exc}") from None
+        return digest.hexdigest()
+
+    def file_identity(self, path):
+        """[device, inode, size, mtime_ns, ctime_ns] of a regular file, else None."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+    def read_private(self, path):
+        """The text of a file only root (this process's user) can have written: owned by the
+        effective user, no group/other permissions, not a symlink; else None."""
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if st.st_uid != os.geteuid() or st.st_mode & 0o077 or not stat.S_ISREG(st.st_mode):
+                return None
+            with os.fdopen(fd, encoding="utf-8", errors="replace") as fh:
+                fd = -1
+                return fh.read(1 << 22)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def write_private(self, path, text):
+        """Write `text` atomically, 0600 in a 0700 directory. Raises OSError."""
+        folder = os.path.dirname(path)
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     def listdir(self, path):
         try:
@@ -917,6 +1001,71 @@ def probe_torchserve_api(sy, base_url, key_file):
     return True, models, None, key_path, refreshed
 
 
+ARCHIVE_CACHE_SCHEMA = "stacklock.archive-digests/v1"
+
+
+def hash_archives(sy, store, names, opts):
+    """The sha256 of each archive of the model store, within `archive_hash_timeout` seconds.
+
+    A digest from the cache is reused while the file's identity (device, inode, size, mtime,
+    ctime) is the one recorded with it: rewriting, replacing or appending to the file changes
+    it (ctime cannot be set back). `deep` hashes everything again. Returns the model store's
+    `archives`, `reused` (names whose digest came from the cache) and, when the time ran out,
+    `error` (could not look: exit 3)."""
+    cache_path = opts.get("archive_cache")
+    if cache_path is None:
+        cache_path = "/var/cache/stacklock/archive-digests.json"
+    deep = bool(opts.get("deep"))
+    timeout = float(opts.get("archive_hash_timeout") or 300)
+    deadline = sy.now() + timeout
+    cached = {}
+    if cache_path and not deep:
+        try:
+            doc = json.loads(sy.read_private(cache_path) or "{}")
+            if isinstance(doc, dict) and doc.get("schema") == ARCHIVE_CACHE_SCHEMA:
+                cached = doc.get("files") or {}
+        except ValueError:
+            cached = {}
+    archives, reused, fresh, late = {}, [], {}, []
+    for name in names:
+        path = os.path.join(store, name)
+        identity = sy.file_identity(path)
+        entry = cached.get(path) if isinstance(cached, dict) else None
+        if (identity is not None and isinstance(entry, dict)
+                and entry.get("identity") == identity
+                and re.fullmatch(r"[0-9a-f]{64}", str(entry.get("sha256")))):
+            archives[name] = entry["sha256"]
+            reused.append(name)
+            fresh[path] = entry
+            continue
+        if sy.now() > deadline:
+            late.append(name)
+            continue
+        try:
+            digest = sy.sha256_until(path, deadline)
+        except CannotLook as exc:
+            if "did not finish in time" not in str(exc):
+                raise
+            late.append(name)
+            continue
+        archives[name] = digest
+        # cached only when the file did not change while it was hashed
+        if digest is not None and identity is not None and sy.file_identity(path) == identity:
+            fresh[path] = {"identity": identity, "sha256": digest}
+    out = {"archives": archives, "reused": reused, "deep": deep}
+    if late:
+        out["error"] = (f"{CANNOT_LOOK}hashing the model archives took longer than "
+                        f"{timeout:.0f} s (archive_hash_timeout); not hashed: "
+                        + ", ".join(late) + "; the next run goes on with them")
+    if cache_path and not opts.get("_check_mode") and fresh != cached:
+        text = json.dumps({"schema": ARCHIVE_CACHE_SCHEMA, "files": fresh}, sort_keys=True)
+        try:
+            sy.write_private(cache_path, text + "\n")
+        except OSError as exc:  # not root (no become): every run hashes, nothing else changes
+            out["cache_error"] = f"{cache_path}: {exc}"
+    return out
+
+
 def probe_torchserve(sy, opts):
     out = {"config": {"path": opts["torchserve_config"], "sha256": None},
            "model_store": {"path": opts["torchserve_model_store"], "archives": {}},
@@ -933,9 +1082,8 @@ def probe_torchserve(sy, opts):
         entries = sy.listdir(store)
         if entries is None:
             out["model_store"]["error"] = f"{store} not found"
-        for entry in entries or []:
-            if entry.endswith(".mar"):
-                out["model_store"]["archives"][entry] = sy.sha256(os.path.join(store, entry))
+        out["model_store"].update(hash_archives(
+            sy, store, [e for e in entries or [] if e.endswith(".mar")], opts))
     except ProbeError as exc:
         out["model_store"]["error"] = str(exc)
     try:
@@ -1129,10 +1277,14 @@ def main():
             "use_nvml": {"type": "bool", "default": True},
             "run_id": {"type": "str", "default": None},
             "inventory": {"type": "bool", "default": False},
+            "deep": {"type": "bool", "default": False},
+            "archive_cache": {"type": "str",
+                              "default": "/var/cache/stacklock/archive-digests.json"},
+            "archive_hash_timeout": {"type": "float", "default": 300.0},
         },
         supports_check_mode=True,
     )
-    facts = gather(dict(module.params))
+    facts = gather(dict(module.params, _check_mode=module.check_mode))
     module.exit_json(changed=False, ansible_facts={"stacklock_stack": facts})
 
 

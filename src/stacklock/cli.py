@@ -435,11 +435,13 @@ def trust(c: Ctx, envs: tuple[str, ...], all_envs: bool, yes: bool,
               show_default=True)
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write a JUnit XML report here.")
+@click.option("--deep", is_flag=True,
+              help="Hash every model archive again (no digest reused from the nodes' cache).")
 @lock_timeout_option
 @pass_ctx
-def verify(c: Ctx, envs: tuple[str, ...], fmt: str, junit: Path | None) -> None:
+def verify(c: Ctx, envs: tuple[str, ...], fmt: str, junit: Path | None, deep: bool) -> None:
     """Collect the real stack from every node and compare (exit 0 match, 1 deviation, 3 unreachable)."""
-    code = _orchestrator(c).verify(c.envs(envs), fmt=fmt, junit=junit)
+    code = _orchestrator(c).verify(c.envs(envs), fmt=fmt, junit=junit, deep=deep)
     raise SystemExit(int(code))
 
 

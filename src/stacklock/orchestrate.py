@@ -355,12 +355,13 @@ class Orchestrator:
              + (" — nothing changed" if changed == 0 else ""))
         return recap
 
-    def verify(self, envs: list[str], *, fmt: str = "table", junit: Path | None = None) -> ExitCode:
+    def verify(self, envs: list[str], *, fmt: str = "table", junit: Path | None = None,
+               deep: bool = False) -> ExitCode:
         from stacklock.verify import run_verify
 
         self.hold(envs)
         self.ensure_current()
-        return run_verify(self, envs, fmt=fmt, junit=junit)
+        return run_verify(self, envs, fmt=fmt, junit=junit, deep=deep)
 
     def _converge_batch(self, env: str, batch: Any) -> None:
         """After a batch of replaced instances (provision): configure the environment (the new

@@ -20,8 +20,10 @@ if TYPE_CHECKING:
     from stacklock.orchestrate import Orchestrator
 
 
-def collect(orch: Orchestrator, envs: list[str], *, quiet: bool = False) -> ParityReport:
-    """Run the verify play over the environments' inventories; return the parity report."""
+def collect(orch: Orchestrator, envs: list[str], *, quiet: bool = False,
+            deep: bool = False) -> ParityReport:
+    """Run the verify play over the environments' inventories; return the parity report.
+    `deep`: hash every model archive again (no digest reused from the nodes' cache)."""
     from stacklock.adapters import ansible
 
     report_path = orch.log_file("verify.json")
@@ -33,7 +35,7 @@ def collect(orch: Orchestrator, envs: list[str], *, quiet: bool = False) -> Pari
         orch._inventories(envs),
         log_file=orch.log_file("verify.log"),
         extra_vars={"stacklock_report_path": str(report_path), "stacklock_verify_fail": False,
-                    "stacklock_verify_environments": envs},
+                    "stacklock_verify_environments": envs, "stacklock_verify_deep": deep},
         # 4: some hosts unreachable; the report says which (exit 3 below)
         ok_codes=(0, 2, 4),
         quiet=quiet,
@@ -44,11 +46,13 @@ def collect(orch: Orchestrator, envs: list[str], *, quiet: bool = False) -> Pari
 
 
 def run_verify(
-    orch: Orchestrator, envs: list[str], *, fmt: str = "table", junit: Path | None = None
+    orch: Orchestrator, envs: list[str], *, fmt: str = "table", junit: Path | None = None,
+    deep: bool = False,
 ) -> ExitCode:
     from stacklock.flows import ledger
 
-    report = ledger.with_revision_checks(orch.loaded, collect(orch, envs, quiet=fmt == "json"))
+    report = ledger.with_revision_checks(orch.loaded, collect(orch, envs, quiet=fmt == "json",
+                                                                deep=deep))
     if report.exit_code == ExitCode.OK:  # evidence of a passing verify, one record per env
         ledger.record_passing(orch.loaded, report)
     if junit is not None:

@@ -284,8 +284,9 @@ def test_replaced_model_archive_on_staging_is_caught(
     lab: Path, provisioned: dict[str, Any]
 ) -> None:
     store = "/var/lib/torchserve/model-store/tiny-linear.mar"
+    # the mtime put back (touch -r): the digest cache must not be fooled (size, ctime)
     on_node("staging", f"cp -p {store} /root/tiny-linear.mar.orig; "
-            f"printf 'other bytes' >> {store}")
+            f"printf 'other bytes' >> {store}; touch -r /root/tiny-linear.mar.orig {store}")
     try:
         code, report = verify_json(lab)
         assert code == 1

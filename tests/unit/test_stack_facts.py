@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType
@@ -125,6 +126,42 @@ class FakeSystem(sf.System):  # type: ignore[name-defined,misc]
             return None
         data = value if isinstance(value, bytes) else value.encode()
         return hashlib.sha256(data).hexdigest()
+
+    # the archive digest cache: a clock, hashing speed, file identities, private writes
+    clock = 0.0
+    #: bytes hashed per (fake) second; archives of the store cost len(bytes) / speed
+    hash_speed = float("inf")
+
+    def now(self) -> float:
+        return self.clock
+
+    def sha256_until(self, path: str, deadline: float) -> str | None:
+        self.hashed = [*getattr(self, "hashed", []), path]
+        value = self.files.get(path)
+        if value is not None:
+            self.clock += len(value) / self.hash_speed
+            if self.clock > deadline:
+                raise sf.CannotLook(f"{path}: hashing did not finish in time")
+        return self.sha256(path)
+
+    def file_identity(self, path: str) -> list[int] | None:
+        value = self.files.get(path)
+        if value is None:
+            return None
+        meta = getattr(self, "meta", {}).get(path, {})
+        return [1, meta.get("ino", zlib.crc32(path.encode())), len(value),
+                meta.get("mtime", 1), meta.get("ctime", 1)]
+
+    def read_private(self, path: str) -> str | None:
+        if path in getattr(self, "insecure", set()):
+            return None
+        return self.read_text(path)
+
+    def write_private(self, path: str, text: str) -> None:
+        if path in getattr(self, "read_only", set()):
+            raise OSError(13, "Permission denied", path)
+        self.written = [*getattr(self, "written", []), path]
+        self.files[path] = text
 
     def listdir(self, path: str) -> list[str] | None:
         prefix = path.rstrip("/") + "/"
@@ -915,3 +952,90 @@ def test_no_inventory_unless_asked_and_null_when_dpkg_failed() -> None:
     node.commands["dpkg-query -W"] = sf.CannotLook("dpkg-query -W: timed out after 5 s")
     facts = gather(node, packages=LAB_PACKAGES, inventory=True)
     assert facts["os_packages"] is None and "packages" in facts["blocked"]
+
+
+# --------------------------------------------------------------------------- large model archives
+
+STORE = "/var/lib/torchserve/model-store"
+CACHE = "/var/cache/stacklock/archive-digests.json"
+BIG = b"PK\x03\x04" + b"\x00" * 4000
+
+
+def _archives(node: FakeSystem, **opts: Any) -> dict[str, Any]:
+    store: dict[str, Any] = gather(node, **opts)["torchserve"]["model_store"]
+    return store
+
+
+def test_an_unchanged_archive_reuses_its_digest_and_a_changed_one_is_hashed_again() -> None:
+    node = lab_node()
+    first = _archives(node)
+    assert first["reused"] == [] and node.written == [CACHE]
+    digest = hashlib.sha256(LAB_MAR).hexdigest()
+    assert first["archives"] == {"tiny-linear.mar": digest}
+    cache = json.loads(node.files[CACHE])
+    assert cache["files"][f"{STORE}/tiny-linear.mar"]["sha256"] == digest
+    node.hashed = []
+    second = _archives(node)
+    assert second["reused"] == ["tiny-linear.mar"] and second["archives"] == first["archives"]
+    assert node.hashed == [] and node.written == [CACHE]  # nothing new to write
+    # the same size and mtime, but a new ctime (an in-place rewrite): hashed again, caught
+    node.files[f"{STORE}/tiny-linear.mar"] = LAB_MAR.replace(b"model", b"MODEL")
+    node.meta = {f"{STORE}/tiny-linear.mar": {"ctime": 2}}
+    third = _archives(node)
+    assert third["reused"] == [] and node.hashed == [f"{STORE}/tiny-linear.mar"]
+    assert third["archives"]["tiny-linear.mar"] != digest
+
+
+def test_a_replaced_file_with_another_inode_is_hashed_again() -> None:
+    node = lab_node()
+    _archives(node)
+    node.meta = {f"{STORE}/tiny-linear.mar": {"ino": 42}}
+    assert _archives(node)["reused"] == []
+
+
+def test_deep_always_rehashes_and_a_forged_cache_entry_is_not_believed_by_deep() -> None:
+    node = lab_node()
+    _archives(node)
+    forged = json.loads(node.files[CACHE])
+    forged["files"][f"{STORE}/tiny-linear.mar"]["sha256"] = "0" * 64
+    node.files[CACHE] = json.dumps(forged)
+    assert _archives(node)["archives"]["tiny-linear.mar"] == "0" * 64  # the cache is trusted
+    deep = _archives(node, deep=True)
+    assert deep["deep"] is True and deep["reused"] == []
+    assert deep["archives"]["tiny-linear.mar"] == hashlib.sha256(LAB_MAR).hexdigest()
+
+
+def test_a_cache_not_private_to_root_is_ignored() -> None:
+    node = lab_node()
+    _archives(node)
+    node.insecure = {CACHE}
+    assert _archives(node)["reused"] == []
+
+
+def test_hashing_is_bounded_in_time_and_goes_on_next_run() -> None:
+    files = {f"{STORE}/{n}.mar": BIG for n in ("a", "b", "c")}
+    node = lab_node()
+    node.files.update(files)
+    node.hash_speed = 1000.0  # 4 s per archive
+    first = gather(node, archive_hash_timeout=6)
+    store = first["torchserve"]["model_store"]
+    assert store["error"].startswith("could not look: hashing the model archives took longer")
+    assert "b.mar" in store["error"] and "c.mar" in store["error"]
+    assert "torchserve.model_store" in first["blocked"]
+    # what was hashed is cached: the next runs go on where it stopped, then all is known
+    second = gather(node, archive_hash_timeout=6)["torchserve"]["model_store"]
+    assert "a.mar" in second["reused"] and "error" in second
+    third = gather(node, archive_hash_timeout=6)["torchserve"]["model_store"]
+    assert "error" not in third
+    assert set(third["archives"]) == {"a.mar", "b.mar", "c.mar", "tiny-linear.mar"}
+
+
+def test_no_cache_written_in_check_mode_without_root_or_when_disabled() -> None:
+    node = lab_node()
+    _archives(node, _check_mode=True)
+    assert getattr(node, "written", []) == []
+    _archives(node, archive_cache="")
+    assert getattr(node, "written", []) == []
+    node.read_only = {CACHE}
+    store = _archives(node)
+    assert "Permission denied" in store["cache_error"] and store["archives"]

@@ -394,6 +394,22 @@ def test_a_tampered_wheel_in_the_mirror_is_refused(lab: Path, provisioned: dict[
     assert verify_json(lab)[0] == 0
 
 
+def test_sbom_is_valid_and_reproducible_on_the_lab(
+    lab: Path, provisioned: dict[str, Any], tmp_path: Path
+) -> None:
+    from test_sbom_diff import check_sbom  # the same checks as on the demo lab
+
+    check_sbom(lab, tmp_path, ENVS, container("prod"))
+
+
+def test_diff_is_empty_then_names_a_hand_installed_package_on_the_lab(
+    lab: Path, provisioned: dict[str, Any]
+) -> None:
+    from test_sbom_diff import check_diff
+
+    check_diff(lab, "staging", container("staging"))
+
+
 def test_removed_pin_protection_file_is_caught(lab: Path, provisioned: dict[str, Any]) -> None:
     pref = "/etc/apt/preferences.d/stacklock-docker.pref"
     on_node("prod", f"mv {pref} /root/docker.pref.orig")

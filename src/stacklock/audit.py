@@ -30,8 +30,8 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -705,6 +705,8 @@ class Probes:
       the cross-environment comparison is included);
     * `cloud(env)` -> CloudData, or None when the environment is not on AWS;
     * `deep(env)` -> DeepData (set only with --deep);
+    * `deep_all(envs)` -> env -> DeepData for all environments from one check run (set only
+      with --deep; used instead of `deep`, with the same findings and errors per environment);
     * `diff(envs)` -> a `stacklock.diff/v1` report dict for all environments at once.
 
     A probe raises `StacklockError` (e.g. `ToolFailed`) or `OSError` to say "could not
@@ -716,6 +718,7 @@ class Probes:
     cloud: Callable[[str], CloudData | None] | None = None
     deep: Callable[[str], DeepData | None] | None = None
     diff: Callable[[Sequence[str]], Mapping[str, Any]] | None = None
+    deep_all: Callable[[Sequence[str]], Mapping[str, DeepData]] | None = None
 
 
 #: exceptions a probe raises to say "could not audit this part"
@@ -896,6 +899,23 @@ def _combine(env: str, part: _Partial, stack: tuple[list[Finding], list[str]] | 
     )
 
 
+def _deep_of(shared: Future[Mapping[str, DeepData]]) -> Callable[[str], DeepData | None]:
+    """The per-environment deep probe over one shared check run: its exception (could not
+    audit) for every environment, else the environment's part (no hosts: an error, as before)."""
+    def deep(env: str) -> DeepData | None:
+        return shared.result().get(env) or DeepData({})
+    return deep
+
+
+def split_deep(recap: Mapping[str, Mapping[str, int]],
+               changed_tasks: Mapping[str, Sequence[str]],
+               hosts: Mapping[str, Sequence[str]]) -> dict[str, DeepData]:
+    """One check run's recap and changed tasks, split by environment (env -> its hosts)."""
+    return {env: DeepData({h: recap[h] for h in members if h in recap},
+                          {h: list(changed_tasks[h]) for h in members if h in changed_tasks})
+            for env, members in hosts.items()}
+
+
 def run_audit(
     envs: Sequence[str],
     probes: Probes,
@@ -924,6 +944,15 @@ def run_audit(
     started = now()
     t0 = mono()
 
+    deep_pool = None
+    if probes.deep_all is not None:
+        # one check run for every environment, started first (alongside the plans and the
+        # parity run); each environment's deep step takes its part: the same findings/errors
+        deep_pool = ThreadPoolExecutor(max_workers=1)
+        say("site.yml --check --diff: " + ", ".join(names))
+        shared = deep_pool.submit(probes.deep_all, names)
+        probes = replace(probes, deep_all=None, deep=_deep_of(shared))
+
     if workers > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             stack_future = pool.submit(_probe_parity, names, probes, say)
@@ -936,6 +965,8 @@ def run_audit(
         stacks = _probe_parity(names, probes, say)
         diffs = _probe_diff(names, probes, say)
         parts = [_probe_env(env, probes, say, mono) for env in names]
+    if deep_pool is not None:
+        deep_pool.shutdown()
     results = tuple(_combine(env, part, stacks.get(env) if stacks is not None else None,
                              diffs.get(env) if diffs is not None else None)
                     for env, part in zip(names, parts, strict=True))

@@ -85,6 +85,20 @@ class RealProbes:
         text = log.read_text("utf-8") if log.is_file() else ""
         return auditmod.DeepData(recap, auditmod.changed_tasks_from_output(text))
 
+    def deep_all(self, envs: Sequence[str]) -> Mapping[str, auditmod.DeepData]:
+        """One `site.yml --check --diff` over every environment's inventory (instead of one
+        run per environment), split by environment for the same report."""
+        from stacklock.adapters import ansible
+
+        log = self.orch.log_file("site-check.log")
+        recap = ansible.run_playbook("site.yml", self.orch._inventories(list(envs)),
+                                     log_file=log, extra_args=["--check", "--diff"],
+                                     ok_codes=(0, 2, 4), quiet=True,
+                                     credentials=self.orch.credentials())
+        text = log.read_text("utf-8") if log.is_file() else ""
+        hosts = {env: self.orch.inventory_hosts(env) for env in envs}
+        return auditmod.split_deep(recap, auditmod.changed_tasks_from_output(text), hosts)
+
     def diff(self, envs: Sequence[str]) -> Mapping[str, Any]:
         from stacklock.flows.diff import collect
 
@@ -92,4 +106,5 @@ class RealProbes:
 
     def probes(self) -> auditmod.Probes:
         return auditmod.Probes(plans=self.plans, parity=self.parity, cloud=self.cloud,
-                               deep=self.deep if self.deep_enabled else None, diff=self.diff)
+                               deep_all=self.deep_all if self.deep_enabled else None,
+                               diff=self.diff)

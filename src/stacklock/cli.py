@@ -624,6 +624,7 @@ def audit(c: Ctx, envs: tuple[str, ...], deep: bool, kinds: str, fmt: str, json_
         parity=probes.parity if "stack" in wanted else None,
         cloud=probes.cloud if "cloud" in wanted else None,
         deep=probes.deep,
+        deep_all=probes.deep_all,
         diff=probes.diff if "diff" in wanted else None)
     report = auditmod.run_audit(names, probes,
                                 workers=len(names) + 1, progress=step)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import threading
 from collections.abc import Sequence
@@ -584,3 +585,43 @@ def test_parity_runs_alongside_the_plans_with_workers() -> None:
     report = run_audit(list(ENVS), Probes(plans=plans, parity=parity_probe), workers=4)
     assert [e.status for e in report.environments] == [OK, OK, DRIFT]
     assert report.environment("prod").audited == (INFRASTRUCTURE, STACK)
+
+
+def test_deep_in_one_check_run_gives_the_same_report_as_one_run_per_environment() -> None:
+    from stacklock.audit import changed_tasks_from_output, split_deep
+
+    per_env = {
+        "dev": DeepData({"dev-1": {"ok": 3, "changed": 1}},
+                        {"dev-1": ["docker : Install pinned Docker packages"]}),
+        "staging": DeepData({"staging-1": {"ok": 1, "changed": 0, "unreachable": 1}}),
+        "prod": DeepData({"prod-1": {"ok": 3, "changed": 0}}),
+    }
+    calls: list[list[str]] = []
+
+    def deep_all(envs: Sequence[str]) -> dict[str, DeepData]:
+        calls.append(list(envs))
+        recap = {h: c for d in per_env.values() for h, c in d.recap.items()}
+        text = ("TASK [docker : Install pinned Docker packages] ***\n"
+                "changed: [dev-1]\nok: [prod-1]\n")
+        hosts = {env: [f"{env}-1"] for env in envs}
+        return split_deep(recap, changed_tasks_from_output(text), hosts)
+
+    one = audit(dataclasses.replace(probes(), deep_all=deep_all))
+    each = audit(probes(deep=lambda env: per_env[env]))
+    assert calls == [list(ENVS)]
+    assert one.as_dict() == each.as_dict()
+    assert one.environment("staging").status == ERROR
+    assert [f.component for f in one.environment("dev").findings] == [
+        "docker : Install pinned Docker packages"]
+
+
+def test_a_failed_shared_check_run_is_an_error_of_every_environment() -> None:
+    from stacklock.errors import ToolFailed
+
+    def deep_all(envs: Sequence[str]) -> dict[str, DeepData]:
+        raise ToolFailed("ansible-playbook site.yml failed (exit 3)")
+
+    report = audit(dataclasses.replace(probes(), deep_all=deep_all))
+    for env in report.environments:
+        assert env.status == ERROR
+        assert any("site.yml failed" in e.message for e in env.errors)

@@ -356,12 +356,12 @@ class Orchestrator:
         return recap
 
     def verify(self, envs: list[str], *, fmt: str = "table", junit: Path | None = None,
-               deep: bool = False) -> ExitCode:
+               deep: bool = False, collected: Any = None) -> ExitCode:
         from stacklock.verify import run_verify
 
         self.hold(envs)
         self.ensure_current()
-        return run_verify(self, envs, fmt=fmt, junit=junit, deep=deep)
+        return run_verify(self, envs, fmt=fmt, junit=junit, deep=deep, collected=collected)
 
     def _converge_batch(self, env: str, batch: Any) -> None:
         """After a batch of replaced instances (provision): configure the environment (the new
@@ -404,7 +404,13 @@ class Orchestrator:
                    batch_size=batch_size, after_batch=self._converge_batch)
         recap = self.configure(envs, force=force)
         changed = sum(r.get("changed", 0) for r in recap.values())
-        code = self.verify(envs)
+        if not recap and self.pre_report is not None:
+            # no roles ran: the facts configure just read are this run's verdict
+            step(f"verify {', '.join(envs)}: the stack facts read before configure "
+                 "(nothing was configured since)")
+            code = self.verify(envs, collected=self.pre_report)
+        else:
+            code = self.verify(envs)
         info(f"provisioned {', '.join(envs)} in {time.monotonic() - started:.0f} s: "
              f"{len(recap)} host(s), changed={changed}"
              + (" (nothing changed)" if changed == 0 else "")

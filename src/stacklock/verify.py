@@ -47,12 +47,15 @@ def collect(orch: Orchestrator, envs: list[str], *, quiet: bool = False,
 
 def run_verify(
     orch: Orchestrator, envs: list[str], *, fmt: str = "table", junit: Path | None = None,
-    deep: bool = False,
+    deep: bool = False, collected: ParityReport | None = None,
 ) -> ExitCode:
+    """`collected`: a parity report of these environments read in this run, with nothing
+    changed on the nodes since (provision when configure ran no roles), instead of a new one."""
     from stacklock.flows import ledger
 
-    report = ledger.with_revision_checks(orch.loaded, collect(orch, envs, quiet=fmt == "json",
-                                                                deep=deep))
+    if collected is None:
+        collected = collect(orch, envs, quiet=fmt == "json", deep=deep)
+    report = ledger.with_revision_checks(orch.loaded, collected)
     if report.exit_code == ExitCode.OK:  # evidence of a passing verify, one record per env
         ledger.record_passing(orch.loaded, report)
     if junit is not None:

@@ -89,3 +89,35 @@ def test_many_findings_are_counted_not_all_named() -> None:
             for i in range(5)]
     decision = _by_node(select(_report(*devs), HOSTS))["prod-1"]
     assert decision.reason.startswith("5 deviation(s)") and "and 2 more" in decision.reason
+
+
+def test_provision_takes_the_facts_configure_read_as_verdict_when_no_roles_ran() -> None:
+    from types import SimpleNamespace
+    from typing import Any
+
+    from stacklock.errors import ExitCode
+    from stacklock.orchestrate import Orchestrator
+
+    verified: list[Any] = []
+
+    def run(recap: dict[str, Any]) -> list[Any]:
+        verified.clear()
+        fake = SimpleNamespace(pre_report=None, run_dir="/tmp/run")
+        fake.hold = fake.ensure_current = fake.preflight = lambda *a, **k: None
+        fake.apply = lambda *a, **k: None
+        fake._converge_batch = None
+
+        def configure(envs: list[str], force: bool = False) -> dict[str, Any]:
+            fake.pre_report = _report()
+            return recap
+
+        def verify(envs: list[str], collected: Any = None) -> ExitCode:
+            verified.append(collected)
+            return ExitCode.OK
+
+        fake.configure, fake.verify = configure, verify
+        assert Orchestrator.provision(fake, ["dev"]) == ExitCode.OK  # type: ignore[arg-type]
+        return list(verified)
+
+    assert isinstance(run({})[0], ParityReport)  # nothing configured: no second facts run
+    assert run({"dev-1": {"ok": 3, "changed": 1}}) == [None]  # configured: verified afresh

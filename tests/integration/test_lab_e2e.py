@@ -399,7 +399,7 @@ def test_sbom_is_valid_and_reproducible_on_the_lab(
 ) -> None:
     from test_sbom_diff import check_sbom  # the same checks as on the demo lab
 
-    check_sbom(lab, tmp_path, ENVS, container("prod"))
+    check_sbom(lab, tmp_path, ENVS, container("dev"))  # a node of ENVS[0]
 
 
 def test_diff_is_empty_then_names_a_hand_installed_package_on_the_lab(

@@ -320,8 +320,10 @@ def test_torchserve_stopped_on_dev_is_caught(lab: Path, provisioned: dict[str, A
         assert dev["expected"] == "true" and dev["actual"] == "false"
     finally:
         on_node("dev", "systemctl start torchserve")
-        for _ in range(60):
-            if node_http("dev", "http://127.0.0.1:8080/ping", token="inference")[0] == 200:
+        for _ in range(120):  # serving again: /ping healthy and the model's workers ready
+            if on_node("dev", "/opt/torchserve/torchserve-ping /var/lib/torchserve/key_file.json "
+                              "http://127.0.0.1:8080 http://127.0.0.1:8081 tiny-linear",
+                       check=False).returncode == 0:
                 break
             time.sleep(1)
     assert verify_json(lab)[0] == 0

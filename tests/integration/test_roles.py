@@ -167,9 +167,10 @@ def test_model_sha256_mismatch_fails_the_play(tmp_path: Path, collections: Path)
       vars:
         torchserve_version: 0.12.0
         torchserve_java_packages: [{{name: openjdk-17-jre-headless, version: "17"}}]
+        torchserve_torch_version: 2.13.0+cpu
         torchserve_pip_packages:
-          - {{name: torch, version: 2.13.0+cpu}}
-          - {{name: torchserve, version: 0.12.0}}
+          - {{name: torch, version: 2.13.0+cpu, sha256: ["{"a" * 64}"]}}
+          - {{name: torchserve, version: 0.12.0, sha256: ["{"b" * 64}"]}}
         torchserve_models:
           - {{name: tiny-linear, version: "1.0", file: tiny-linear.mar,
               sha256: "{wrong}", src: "{MODEL}"}}

@@ -377,7 +377,7 @@ def closure_files(lock_path: Path | None = None) -> list[dict[str, str]]:
     """Every file of every locked Python closure in the lab's lock: {file, url, sha256}."""
     from stacklock.render import repo_root
 
-    path = lock_path or repo_root() / LAB_LOCK
+    path = lock_path or repo_root() / LAB_LOCK  # the lab's committed lock
     try:
         lock = json.loads(path.read_text("utf-8"))
     except (OSError, ValueError) as exc:
@@ -393,22 +393,16 @@ def closure_files(lock_path: Path | None = None) -> list[dict[str, str]]:
     return [files[k] for k in sorted(files)]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download_wheels(dest: Path, files: Sequence[dict[str, str]]) -> None:
+    from stacklock.lock import sha256_file
+
     """Exactly the locked files, each checked against its sha256 (from PyPI, or a local wheel
     folder for file:// URLs); anything else in `dest` is removed: the mirror serves the lock."""
     dest.mkdir(parents=True, exist_ok=True)
     wanted = {f["file"] for f in files}
     for f in files:
         target = dest / f["file"]
-        if target.is_file() and _sha256(target) == f["sha256"]:
+        if target.is_file() and sha256_file(target) == f["sha256"]:
             continue
         tmp = dest / f".{f['file']}.part"
         url = f["url"]
@@ -421,7 +415,7 @@ def download_wheels(dest: Path, files: Sequence[dict[str, str]]) -> None:
         except (OSError, urllib.error.URLError) as exc:
             tmp.unlink(missing_ok=True)
             raise ToolFailed(f"could not download {url} for the mirror: {exc}") from None
-        got = _sha256(tmp)
+        got = sha256_file(tmp)
         if got != f["sha256"]:
             tmp.unlink(missing_ok=True)
             raise ToolFailed(f"{url} has sha256 {got}, the lock says {f['sha256']}: refusing it")

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from stacklock.core.grammar import DEBIAN_VERSION
 from stacklock.errors import ExitCode, InvalidInput, Problem, StacklockError
 from stacklock.manifest import AwsEnvironment, LoadedManifest, Manifest, Stack
 
@@ -39,12 +40,12 @@ ROLE_APT_VERSION_PATTERN = r"^([0-9]+:)?[0-9][A-Za-z0-9.+~]*(-[A-Za-z0-9.+~-]*[A
 #: ansible/roles/torchserve/tasks/preflight.yml: torchserve_version (= the torchserve pip pin)
 ROLE_TORCHSERVE_VERSION_PATTERN = r"^[0-9]+\.[0-9]+\.[0-9]+$"
 
-# Debian policy 5.6.12, [epoch:]upstream[-revision]: the upstream version starts with a digit;
-# it holds a hyphen only when a revision follows the last one; no whitespace, no wildcard `*`,
-# no comparison operator. The role's preflight applies the same grammar
-# (ROLE_APT_VERSION_PATTERN), so neither 'latest' nor 'None' (a missing version, through the
+# Apt pins: core.grammar.DEBIAN_VERSION, Debian policy 5.6.12 ([epoch:]upstream[-revision],
+# the upstream version starts with a digit; no whitespace, wildcard or comparison operator), the
+# grammar the manifest checks every apt_version against. The role's preflight applies the same
+# one (ROLE_APT_VERSION_PATTERN), so neither 'latest' nor 'None' (a missing version, through the
 # role's `string` filter) gets by there either; here `fullmatch` also refuses a trailing newline.
-_DEBIAN_VERSION = re.compile(r"(?:[0-9]+:)?[0-9][A-Za-z0-9.+~]*(?:-[A-Za-z0-9.+~-]*[A-Za-z0-9.+~])?")
+
 # PEP 440, one exact release (what `pip install name==version` pins), with an optional local
 # label (+cu130, +cpu); no `*` prefix match, no operator, no whitespace.
 _PIP_VERSION = re.compile(
@@ -74,7 +75,7 @@ def pin_refusal(kind: str, name: object, version: object) -> str | None:
     if "*" in version or any(op in version for op in "<>=!"):
         return "the version is a range or a wildcard, not one exact version"
     if kind == "apt":
-        if not re.match(ROLE_APT_VERSION_PATTERN, version) or not _DEBIAN_VERSION.fullmatch(version):
+        if not re.match(ROLE_APT_VERSION_PATTERN, version) or not DEBIAN_VERSION.fullmatch(version):
             return "not an exact Debian version ([epoch:]upstream[-revision], starting with a digit)"
         return None
     if not _PIP_VERSION.fullmatch(version):

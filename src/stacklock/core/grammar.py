@@ -126,8 +126,8 @@ def hostname_or_ipv4(value: str) -> str:
 # --------------------------------------------------------------------------- apt
 
 _APT_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
-# Debian policy 5.6.12, the same grammar as lock.py's _DEBIAN_VERSION: [epoch:]upstream[-rev].
-_DEBIAN_VERSION = re.compile(
+# Debian policy 5.6.12: [epoch:]upstream[-rev] (also what lock.py checks every apt pin against)
+DEBIAN_VERSION = re.compile(
     r"(?:[0-9]+:)?[0-9][A-Za-z0-9.+~]*(?:-[A-Za-z0-9.+~-]*[A-Za-z0-9.+~])?")
 _SUITE = re.compile(r"[A-Za-z0-9._~+-]+(?:/[A-Za-z0-9._~+-]*)*/?|\./")
 _COMPONENT = re.compile(r"[A-Za-z0-9._+-]+(?:/[A-Za-z0-9._+-]+)?")
@@ -142,7 +142,7 @@ def apt_package(value: str) -> str:
 
 
 def debian_version(value: str) -> str:
-    if not _DEBIAN_VERSION.fullmatch(value):
+    if not DEBIAN_VERSION.fullmatch(value):
         raise ValueError(
             f"{value!r} is not one exact Debian version ([epoch:]upstream[-revision], "
             "starting with a digit; no wildcards, spaces or operators)")

@@ -452,9 +452,11 @@ def verify(c: Ctx, envs: tuple[str, ...], fmt: str, junit: Path | None, deep: bo
 @click.argument("env")
 @click.option("--rollout", is_flag=True,
               help="Then configure and verify ENV (canary first, in batches: see rollout).")
+@click.option("--auto-rollback", is_flag=True,
+              help="With --rollout: when a batch fails, return ENV to its previous revision.")
 @lock_timeout_option
 @pass_ctx
-def promote(c: Ctx, env: str, rollout: bool) -> None:
+def promote(c: Ctx, env: str, rollout: bool, auto_rollback: bool) -> None:
     """Move ENV to the revision of the environment before it in `promotion` (exit 0 done,
     1 refused: the evidence is missing, 2 invalid input)."""
     from stacklock.flows import promote as promoteflow
@@ -466,20 +468,25 @@ def promote(c: Ctx, env: str, rollout: bool) -> None:
         from stacklock.flows import rollout as rolloutflow
 
         c._loaded = orch.loaded = new
-        code = rolloutflow.run_rollout(orch, env)
+        code = rolloutflow.run_rollout(orch, env, auto_rollback=auto_rollback)
     raise SystemExit(int(code))
 
 
 @cli.command()
 @click.argument("env")
+@click.option("--auto-rollback", is_flag=True,
+              help="When a batch fails, return ENV (the nodes already changed) to its "
+                   "previous verified revision, then exit 1.")
 @lock_timeout_option
 @pass_ctx
-def rollout(c: Ctx, env: str) -> None:
-    """Configure ENV canary first, then in batches, verifying each batch before the next
-    (exit 0 done, 1 a batch failed: the rollout halted, 3 could not finish)."""
+def rollout(c: Ctx, env: str, auto_rollback: bool) -> None:
+    """Configure ENV canary first, then in batches, verifying each batch before the next;
+    nodes already at the revision are not touched (exit 0 done, 1 a batch failed: the
+    rollout halted, or the revision was never verified before ENV; 3 could not finish)."""
     from stacklock.flows import rollout as rolloutflow
 
-    code = rolloutflow.run_rollout(_orchestrator(c), c.envs([env])[0])
+    code = rolloutflow.run_rollout(_orchestrator(c), c.envs([env])[0],
+                                   auto_rollback=auto_rollback)
     raise SystemExit(int(code))
 
 

@@ -250,6 +250,39 @@ def test_failed_nodes_of_a_batch() -> None:
                            Check("prod", "*", "x", "a", "b", Status.DEVIATION, Kind.CROSS)))
     bad: dict[str, Any] = failed_nodes(report, ["p1", "p2"])
     assert set(bad) == {"p1", "p2"} and "model.x.sha256" in bad["p1"]
+    # the rollout's first read: a node is already at the revision when its own checks match
+    # (the environment-wide agreement checks do not make an unchanged node "to change");
+    # a node missing from the report is always to change
+    assert set(failed_nodes(report, ["p1", "p2"], per_node=True)) == {"p1", "p2"}
+    clean = ParityReport(("prod",), (NodeResult("prod", "p1", True),
+                                     NodeResult("prod", "p2", True)),
+                         (Check("prod", "p1", "model.x.sha256", "a", "a", Status.MATCH),
+                          Check("prod", "p2", "model.x.sha256", "a", "b", Status.DEVIATION),
+                          Check("prod", "*", "x", "a", "b", Status.DEVIATION, Kind.CROSS)))
+    assert set(failed_nodes(clean, ["p1", "p2"], per_node=True)) == {"p2"}
+
+
+def test_rollout_refuses_a_revision_no_earlier_environment_verified(tmp_path: Path) -> None:
+    path = _case(tmp_path)
+    loaded = load_manifest(path)
+    order = list(loaded.manifest.promotion)
+    fnew = _fp(path, "dev")
+    records = flow.open_ledger(loaded).records()
+    assert promotion.rollout_refusal(order, "dev", fnew, records) is None  # first: anything
+    why = promotion.rollout_refusal(order, "prod", fnew, records)
+    assert why is not None and "never verified in staging (nor in prod)" in why
+    assert "environments.prod.stack" in why
+    _evidence(path, "dev")  # dev verified the new revision: staging may get it, prod not yet
+    records = flow.open_ledger(loaded).records()
+    assert promotion.rollout_refusal(order, "staging", fnew, records) is None
+    assert promotion.rollout_refusal(order, "prod", fnew, records) is not None  # not dev
+    # an environment may always return to a revision it verified itself
+    fold = _fp(path, "prod")
+    assert promotion.rollout_refusal(order, "prod", fold, []) is not None
+    _evidence(path, "prod")
+    records = flow.open_ledger(loaded).records()
+    assert promotion.rollout_refusal(order, "prod", fold, records) is None
+    assert promotion.rollout_refusal(["dev", "staging"], "prod", fnew, []) is None  # not in it
 
 
 def test_rollback_target_from_the_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -283,7 +316,7 @@ def test_rollback_target_from_the_ledger(tmp_path: Path, monkeypatch: pytest.Mon
 
     rolled: list[str] = []
 
-    def fake_rollout(_orch: object, env: str) -> ExitCode:
+    def fake_rollout(_orch: object, env: str, **_kw: object) -> ExitCode:
         rolled.append(env)
         return ExitCode.OK
 

@@ -161,6 +161,24 @@ def findings(order: Sequence[str], revs: Mapping[str, Revision],
     return out
 
 
+def rollout_refusal(order: Sequence[str], env: str, fp: str,
+                    records: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why ENV may not be given revision `fp` (None: it may). In the promotion order, an
+    environment only ever receives a revision that the environment just before it verified, or
+    that it verified itself (a return to it): prod never gets what staging did not verify,
+    even from a hand-edited manifest. The first environment of the order, and environments
+    outside it, take any revision."""
+    if env not in order or list(order).index(env) == 0:
+        return None
+    prev = order[list(order).index(env) - 1]
+    if any(e.fingerprint == fp and e.environment in (prev, env)
+           for e in ledger.evidence(records)):
+        return None
+    return (f"revision {short(fp)} was never verified in {prev} (nor in {env}) -- next: roll "
+            f"it out and verify it in {prev} first (stacklock promote {env} then moves {env} "
+            f"to it), or put environments.{env}.stack back")
+
+
 @dataclass(frozen=True)
 class StatusRow:
     environment: str

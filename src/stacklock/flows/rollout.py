@@ -49,11 +49,13 @@ def env_hosts(orch: Orchestrator, env: str) -> list[str]:
     return sorted((group.get("hosts") or {}).keys())
 
 
-def failed_nodes(report: ParityReport, batch: list[str]) -> dict[str, str]:
-    """node -> the first problem of that node in a batch's report."""
+def failed_nodes(report: ParityReport, batch: list[str], *,
+                 per_node: bool = False) -> dict[str, str]:
+    """node -> the first problem of that node in a batch's report. `per_node`: only the
+    node's own checks against the lock, not the environment-wide agreement checks."""
     bad: dict[str, str] = {}
     for c in report.checks:
-        if c.status is Status.MATCH:
+        if c.status is Status.MATCH or (per_node and c.node == "*"):
             continue
         nodes = batch if c.node == "*" else [c.node]
         for n in nodes:
@@ -65,13 +67,14 @@ def failed_nodes(report: ParityReport, batch: list[str]) -> dict[str, str]:
     return bad
 
 
-def verify_batch(orch: Orchestrator, env: str, batch: list[str], n: int) -> ParityReport:
+def verify_batch(orch: Orchestrator, env: str, batch: list[str], n: int | str) -> ParityReport:
     from stacklock.adapters import ansible
 
-    path = orch.log_file(f"verify-{env}-batch{n}.json")
+    name = f"verify-{env}-{n if isinstance(n, str) else f'batch{n}'}"
+    path = orch.log_file(f"{name}.json")
     path.unlink(missing_ok=True)
     ansible.run_playbook(
-        "verify.yml", orch._inventories([env]), log_file=orch.log_file(f"verify-{env}-batch{n}.log"),
+        "verify.yml", orch._inventories([env]), log_file=orch.log_file(f"{name}.log"),
         extra_vars={"stacklock_report_path": str(path), "stacklock_verify_fail": False,
                     "stacklock_verify_environments": [env],
                     "stacklock_verify_hosts": ",".join(batch)},
@@ -88,7 +91,13 @@ def previous_revision(orch: Orchestrator, env: str, new_fp: str) -> str | None:
     return older[-1].fingerprint if older else None
 
 
-def run_rollout(orch: Orchestrator, env: str) -> ExitCode:
+def untested(orch: Orchestrator, env: str, fp: str) -> str | None:
+    """Why ENV may not be given revision `fp` (None: it may): see promotion.rollout_refusal."""
+    records = ledgerflow.open_ledger(orch.loaded).records()
+    return promotion.rollout_refusal(list(orch.loaded.manifest.promotion), env, fp, records)
+
+
+def run_rollout(orch: Orchestrator, env: str, *, auto_rollback: bool = False) -> ExitCode:
     from stacklock.adapters import ansible
     from stacklock.verify import run_verify
 
@@ -97,16 +106,31 @@ def run_rollout(orch: Orchestrator, env: str) -> ExitCode:
     lock = orch.ensure_current()
     stack = orch.loaded.manifest.environments[env].stack
     new_fp = str(lock["stacks"][stack]["fingerprint"])
+    why = untested(orch, env, new_fp)
+    if why is not None:
+        step(f"rollout {env} refused")
+        info(f"  {why}")
+        return ExitCode.DEVIATION
     old_fp = previous_revision(orch, env, new_fp)
     hosts = env_hosts(orch, env)
     pol = policy_of(orch, env)
-    batches = plan.plan(hosts, pol)
     revision: dict[str, str] = {h: promotion.short(old_fp) if old_fp else "previous (unknown)"
                                 for h in hosts}
     state: dict[str, str] = dict.fromkeys(hosts, "untouched")
     orch._prepare([env], need_mirror=True)
+    # nodes whose facts already match the revision are not configured (and not restarted): a
+    # rollout resumed after a halt, or a rollback of a halted canary, touches only the nodes
+    # that changed
+    step(f"rollout {env}: read the stack facts of {len(hosts)} node(s)")
+    pre = failed_nodes(verify_batch(orch, env, hosts, "before"), hosts, per_node=True)
+    for h in hosts:
+        if h not in pre:
+            state[h] = "already at the revision: not touched"
+            revision[h] = promotion.short(new_fp)
+    todo = [h for h in hosts if h in pre]
+    batches = plan.plan(todo, pol)
     step(f"rollout {env} to revision {promotion.short(new_fp)} (stack {stack}): "
-         f"{len(hosts)} node(s) in {len(batches)} batch(es) "
+         f"{len(todo)} of {len(hosts)} node(s) to change, in {len(batches)} batch(es) "
          f"(canary {pol.canary}, batch {pol.batch}, max_failures {pol.max_failures})")
     failures = 0
     halted = False
@@ -145,10 +169,19 @@ def run_rollout(orch: Orchestrator, env: str) -> ExitCode:
             break
     _print_nodes(env, hosts, revision, state)
     if halted:
-        info(f"rollout of {env} halted after {time.monotonic() - started:.0f} s; next: fix the "
-             f"failed node(s) and run `stacklock rollout {env}` again, or `stacklock rollback "
-             f"{env}` to return the updated ones to the previous revision; logs in "
+        info(f"rollout of {env} halted after {time.monotonic() - started:.0f} s; logs in "
              f"{orch.run_dir}")
+        if auto_rollback and old_fp is not None:
+            from stacklock.flows.rollback import run_rollback
+
+            step(f"--auto-rollback: return {env} to revision {promotion.short(old_fp)}")
+            code = run_rollback(orch, env, old_fp)
+            info(f"auto-rollback of {env} ended with exit code {int(code)}; the rollout "
+                 "itself failed: exit 1")
+            return ExitCode.DEVIATION
+        info(f"  next: fix the failed node(s) and run `stacklock rollout {env}` again (nodes "
+             f"already at the revision are not touched), or `stacklock rollback {env}` to "
+             "return the updated ones to the previous revision")
         return ExitCode.DEVIATION
     code = run_verify(orch, [env])
     info(f"rollout of {env} finished in {time.monotonic() - started:.0f} s with exit code "
@@ -166,4 +199,4 @@ def _print_nodes(env: str, hosts: list[str], revision: dict[str, str],
     out.print(table)
 
 
-__all__ = ["failed_nodes", "run_rollout"]
+__all__ = ["failed_nodes", "run_rollout", "untested"]

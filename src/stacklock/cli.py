@@ -437,11 +437,15 @@ def trust(c: Ctx, envs: tuple[str, ...], all_envs: bool, yes: bool,
               help="Also write a JUnit XML report here.")
 @click.option("--deep", is_flag=True,
               help="Hash every model archive again (no digest reused from the nodes' cache).")
+@click.option("--fast", is_flag=True,
+              help="Collect over one direct SSH connection per node (asyncssh) instead of the "
+                   "verify play: the same facts module, inventories, host keys and comparison.")
 @lock_timeout_option
 @pass_ctx
-def verify(c: Ctx, envs: tuple[str, ...], fmt: str, junit: Path | None, deep: bool) -> None:
+def verify(c: Ctx, envs: tuple[str, ...], fmt: str, junit: Path | None, deep: bool,
+           fast: bool) -> None:
     """Collect the real stack from every node and compare (exit 0 match, 1 deviation, 3 unreachable)."""
-    code = _orchestrator(c).verify(c.envs(envs), fmt=fmt, junit=junit, deep=deep)
+    code = _orchestrator(c).verify(c.envs(envs), fmt=fmt, junit=junit, deep=deep, fast=fast)
     raise SystemExit(int(code))
 
 

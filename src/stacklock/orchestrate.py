@@ -356,12 +356,13 @@ class Orchestrator:
         return recap
 
     def verify(self, envs: list[str], *, fmt: str = "table", junit: Path | None = None,
-               deep: bool = False, collected: Any = None) -> ExitCode:
+               deep: bool = False, collected: Any = None, fast: bool = False) -> ExitCode:
         from stacklock.verify import run_verify
 
         self.hold(envs)
         self.ensure_current()
-        return run_verify(self, envs, fmt=fmt, junit=junit, deep=deep, collected=collected)
+        return run_verify(self, envs, fmt=fmt, junit=junit, deep=deep, collected=collected,
+                          fast=fast)
 
     def _converge_batch(self, env: str, batch: Any) -> None:
         """After a batch of replaced instances (provision): configure the environment (the new

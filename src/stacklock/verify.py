@@ -21,13 +21,20 @@ if TYPE_CHECKING:
 
 
 def collect(orch: Orchestrator, envs: list[str], *, quiet: bool = False,
-            deep: bool = False) -> ParityReport:
+            deep: bool = False, fast: bool = False) -> ParityReport:
     """Run the verify play over the environments' inventories; return the parity report.
-    `deep`: hash every model archive again (no digest reused from the nodes' cache)."""
+    `deep`: hash every model archive again (no digest reused from the nodes' cache).
+    `fast`: the same facts module and comparison, collected over asyncssh instead of the play
+    (`stacklock.flows.fastverify`)."""
     from stacklock.adapters import ansible
 
     report_path = orch.log_file("verify.json")
     report_path.unlink(missing_ok=True)
+    if fast:
+        from stacklock.flows import fastverify
+
+        return fastverify.collect(orch._inventories(envs), envs, report_path=report_path,
+                                  deep=deep, quiet=quiet, log_file=orch.log_file("verify.log"))
     if not quiet:
         step(f"verify {', '.join(envs)}: stack facts from every node, one comparison")
     ansible.run_playbook(
@@ -47,14 +54,14 @@ def collect(orch: Orchestrator, envs: list[str], *, quiet: bool = False,
 
 def run_verify(
     orch: Orchestrator, envs: list[str], *, fmt: str = "table", junit: Path | None = None,
-    deep: bool = False, collected: ParityReport | None = None,
+    deep: bool = False, collected: ParityReport | None = None, fast: bool = False,
 ) -> ExitCode:
     """`collected`: a parity report of these environments read in this run, with nothing
     changed on the nodes since (provision when configure ran no roles), instead of a new one."""
     from stacklock.flows import ledger
 
     if collected is None:
-        collected = collect(orch, envs, quiet=fmt == "json", deep=deep)
+        collected = collect(orch, envs, quiet=fmt == "json", deep=deep, fast=fast)
     report = ledger.with_revision_checks(orch.loaded, collected)
     if report.exit_code == ExitCode.OK:  # evidence of a passing verify, one record per env
         ledger.record_passing(orch.loaded, report)

@@ -215,14 +215,20 @@ def play_task_args(hv: dict[str, Any], run_id: str, deep: bool) -> dict[str, Any
     {"torchserve_config": {"management_address": "http://127.0.0.1:9081",
                            "model_store": "/srv/models"}},
     {"torchserve_state_dir": "/srv/ts"},
+    {"torchserve_models": [
+        {"name": "a", "file": "a.mar", "version": "1", "sha256": "0" * 64},
+        {"name": "b", "version": "2", "sha256": "1" * 64, "src": "/m/b.mar",
+         "smoke": {"input_base64": "WzEuMF0=", "expected": [3.0], "tolerance": 1e-6}}]},
 ])
 def test_module_options_are_the_ones_the_play_gives(change: dict[str, Any]) -> None:
     hv = yaml.safe_load(LAB_GROUP_VARS.read_text()) | change
     if "torchserve_config" in change:
         hv.pop("torchserve_model_store")
+    options = fastverify.play_options((ROOT / "ansible/playbooks/verify.yml").read_text())
     for deep in (False, True):
-        want = play_task_args(hv, "01234567890123456789", deep)
-        got = fastverify.task_args(hv, "01234567890123456789", deep)
+        want = json.loads(json.dumps(play_task_args(hv, "01234567890123456789", deep)))
+        got = fastverify.play_args(fastverify.task_args(hv, "01234567890123456789", deep),
+                                   options)
         assert set(got) == set(want)
         for key, value in want.items():
             assert str(got[key]) == str(value), key
@@ -235,7 +241,8 @@ def test_module_options_are_the_ones_the_play_gives(change: dict[str, Any]) -> N
 def test_the_play_omits_what_is_not_set_and_the_module_defaults_fill_it() -> None:
     hv = {"docker_packages": [{"name": "docker.io", "version": "1"}]}
     want = play_task_args(hv, "1", False)
-    got = fastverify.task_args(hv, "1", False)
+    options = fastverify.play_options((ROOT / "ansible/playbooks/verify.yml").read_text())
+    got = fastverify.play_args(fastverify.task_args(hv, "1", False), options)
     assert set(got) == set(want) and "torchserve_venv" not in got
     spec = fastverify.module_spec(MODULE.read_text())
     opts, paths = fastverify.module_opts(got, spec)
@@ -244,6 +251,14 @@ def test_the_play_omits_what_is_not_set_and_the_module_defaults_fill_it() -> Non
     assert opts["archive_hash_timeout"] == 300.0 and opts["inventory"] is False
     assert opts["packages"] == ["docker.io"] and opts["_check_mode"] is False
     assert "torchserve_venv" in paths and "torchserve_management_url" not in paths
+
+
+def test_an_option_the_play_passes_and_the_fast_path_does_not_compute_stops_it() -> None:
+    args = fastverify.task_args({}, "1", False)
+    play = {"packages": "{{ x }}", "run_id": "{{ y }}", "later": "{{ z | default(omit) }}"}
+    assert fastverify.play_args(args, play) == {"packages": [], "run_id": "1"}
+    with pytest.raises(ToolFailed, match="option\\(s\\) new_probe that verify --fast does not"):
+        fastverify.play_args(args, {"packages": "{{ x }}", "new_probe": "{{ z }}"})
 
 
 def test_module_spec_is_the_modules_own() -> None:
@@ -316,6 +331,9 @@ def test_connection_failures_are_worded_like_the_plays() -> None:
     auth = fastssh.connect_failure(DEPLOY, asyncssh.PermissionDenied("Permission denied"))
     assert auth.error == ("Failed to connect to the host via ssh: deploy@10.0.0.9: Permission "
                           "denied (publickey) (through jump host bastion)")
+    beyond = fastssh.connect_failure(DEPLOY, asyncssh.ChannelOpenError(2, "open failed"))
+    assert beyond.error.endswith("jump host bastion could not connect to 10.0.0.9 port 2222: "
+                                 "open failed")
     refused = fastssh.connect_failure(T, ConnectionRefusedError(111, "Connect call failed"))
     assert refused.error.endswith("connect to host 10.0.0.2 port 22: Connection refused")
     assert "timed out" in fastssh.connect_failure(T, TimeoutError()).error

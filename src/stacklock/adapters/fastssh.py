@@ -284,6 +284,10 @@ def connect_failure(target: Target, exc: BaseException, *, jump: bool = False) -
     via = f" (through jump host {target.jump.host})" if target.jump is not None else ""
     who = f"{target.jump.user or getpass.getuser()}@{target.jump.host}" if (
         jump and target.jump is not None) else f"{target.user}@{target.address}"
+    if isinstance(exc, asyncssh.ChannelOpenError) and target.jump is not None:
+        return Unreachable(f"Failed to connect to the host via ssh: jump host "
+                           f"{target.jump.host} could not connect to {target.address} port "
+                           f"{target.port}: {exc.reason or 'open failed'}")
     if isinstance(exc, asyncssh.PermissionDenied):
         return Unreachable(f"Failed to connect to the host via ssh: {who}: Permission denied "
                            f"(publickey){via}")

@@ -36,6 +36,7 @@ from stacklock.parity import ParityReport, Unreachable
 from stacklock.render import repo_root
 
 MODULE = Path("ansible") / "library" / "stacklock_stack_facts.py"
+PLAY = Path("ansible") / "playbooks" / "verify.yml"
 
 _INVENTORY_DIR = re.compile(r"\{\{\s*inventory_dir\s*\}\}")
 _VARS_SUFFIXES = ("", ".yml", ".yaml", ".json")
@@ -239,7 +240,7 @@ def _convert(name: str, value: Any, spec: Mapping[str, Any]) -> Any:
                               "a float") from None
     if kind == "list":
         items = value if isinstance(value, list) else str(value).split(",")
-        return [str(v) for v in items]
+        return [str(v) for v in items] if spec.get("elements", "str") == "str" else list(items)
     return str(value)
 
 
@@ -267,10 +268,37 @@ def task_args(hv: Mapping[str, Any], run_id: str, deep: bool) -> dict[str, Any]:
             f"{hv.get('torchserve_state_dir', '/var/lib/torchserve')}/key_file.json")
     args["torchserve_management_url"] = config.get("management_address",
                                                    "http://127.0.0.1:8081")
+    args["torchserve_inference_url"] = config.get("inference_address", "http://127.0.0.1:8080")
+    # the models with a smoke test, as the lock renders them
+    args["smoke"] = [m for m in hv.get("torchserve_models") or []
+                     if isinstance(m, dict) and "smoke" in m]
     args["probe_timeout"] = hv.get("stacklock_verify_probe_timeout", 20)
     args["run_id"] = run_id
     args["deep"] = deep
     return args
+
+
+def play_options(text: str) -> dict[str, str]:
+    """The options verify.yml's `stacklock_stack_facts` task gives the module, with their
+    expressions."""
+    doc = yaml.safe_load(text)
+    for play in doc if isinstance(doc, list) else []:
+        for task in play.get("tasks") or []:
+            if isinstance(task, dict) and isinstance(task.get("stacklock_stack_facts"), dict):
+                return {str(k): str(v) for k, v in task["stacklock_stack_facts"].items()}
+    raise ToolFailed(f"{PLAY}: no stacklock_stack_facts task found")
+
+
+def play_args(args: Mapping[str, Any], options: Mapping[str, str]) -> dict[str, Any]:
+    """`task_args` limited to the options the play in this checkout passes; ToolFailed when the
+    play always passes one the fast path does not compute (verify.yml changed, this did not).
+    An option whose expression can `omit` it may be absent."""
+    missing = [o for o, expr in options.items() if o not in args and "omit" not in expr]
+    if missing:
+        raise ToolFailed(f"{PLAY} gives the facts module option(s) {', '.join(missing)} that "
+                         "verify --fast does not compute: run `stacklock verify` without "
+                         "--fast, and teach stacklock.flows.fastverify.task_args the option")
+    return {k: v for k, v in args.items() if k in options}
 
 
 def module_opts(args: Mapping[str, Any], spec: Mapping[str, Mapping[str, Any]]
@@ -302,6 +330,7 @@ def collect(inventories: Sequence[Path], envs: Sequence[str], *, report_path: Pa
     (to `report_path`) and as the CLI reads it back."""
     source = (repo_root() / MODULE).read_text("utf-8")
     spec = module_spec(source)
+    options = play_options((repo_root() / PLAY).read_text("utf-8"))
     run_id = new_run_id()
     expected: dict[str, dict[str, str | None]] = {}
     may_differ: Any = None
@@ -315,7 +344,8 @@ def collect(inventories: Sequence[Path], envs: Sequence[str], *, report_path: Pa
             _plain(hv, (*_CONN_VARS, *_ARG_VARS), where)
             target = fastssh.target_from_vars(env, name, hv, inv_dir)
             try:
-                opts, paths = module_opts(task_args(hv, run_id, deep), spec)
+                opts, paths = module_opts(play_args(task_args(hv, run_id, deep), options),
+                                          spec)
             except OptionError as exc:  # as the play: the module refuses it on that node
                 refused.append(fastssh.HostResult(
                     target, Unreachable(f"the facts module failed: {exc}")))
@@ -359,5 +389,5 @@ def collect(inventories: Sequence[Path], envs: Sequence[str], *, report_path: Pa
     return reportmod.from_dict(json.loads(report_path.read_text("utf-8")))
 
 
-__all__ = ["OptionError", "collect", "module_opts", "module_spec", "new_run_id", "read_inventory",
-           "task_args"]
+__all__ = ["OptionError", "collect", "module_opts", "module_spec", "new_run_id", "play_args",
+           "play_options", "read_inventory", "task_args"]

@@ -10,6 +10,7 @@ never fails the module. The schema (``stacklock.facts/v1``) is documented in doc
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import glob as _glob
 import hashlib
 import json
@@ -38,16 +39,26 @@ description:
     section (and in C(errors)) instead of failing the module. A probe that could not look
     (permission denied, timeout, token refused, a crash) says so with C(could not look:) and is
     listed in C(blocked): its value is unknown, not absent.
-  - Read-only, with one exception: when TorchServe refuses the management key (the keys in
-    key_file.json expire C(token_expiration_min) after TorchServe started, 60 minutes by
-    default), the module asks TorchServe's own token API for a fresh management key with the
-    API key (which does not expire) and retries once. A refused key is an expired key, so no
-    working key is taken from anyone.
+  - Read-only, with one exception: when TorchServe refuses the management or inference key
+    (the keys in key_file.json expire C(token_expiration_min) after TorchServe started, 60
+    minutes by default), the module asks TorchServe's own token API for a fresh key of that kind
+    with the API key (which does not expire) and retries once. A refused key is an expired key,
+    so no working key is taken from anyone. A smoke test (O(smoke)) is one inference request per
+    model; the model answers it as any client's.
   - Returns C(ansible_facts.stacklock_stack); the schema is documented in docs/facts.md.
 version_added: "0.1.0"
 options:
   packages:
     description: apt package names whose installed version and hold state are reported.
+    type: list
+    elements: str
+    default: []
+  package_families:
+    description:
+      - Shell globs (fnmatch) of the pinned components' package families (C(nvidia-*),
+        C(libnvidia-*), C(cuda-*)). Every installed package whose name matches one is reported
+        in C(family_packages) with its version and hold, so that C(stacklock verify) sees a
+        family member the lock does not pin.
     type: list
     elements: str
     default: []
@@ -77,6 +88,21 @@ options:
     description: TorchServe's management API.
     type: str
     default: http://127.0.0.1:8081
+  torchserve_inference_url:
+    description: TorchServe's inference API (the smoke tests' C(/predictions/NAME/VERSION)).
+    type: str
+    default: http://127.0.0.1:8080
+  smoke:
+    description:
+      - the models whose smoke test runs, as the lock renders them (C(torchserve_models) entries
+        with a C(smoke)), each C({name, version, smoke: {input_base64, input_sha256,
+        content_type, ...}}). The module POSTs the input to
+        C(/predictions/NAME/VERSION) with the inference key and reports the response's status,
+        sha256 and numbers under C(torchserve.smoke.NAME); the comparison happens on the
+        controller (stacklock.parity).
+    type: list
+    elements: dict
+    default: []
   probe_timeout:
     description: seconds each probe (command, HTTP request) may take.
     type: float
@@ -423,6 +449,29 @@ class System:
                     from None
             raise ProbeError(f"GET {where}: {reason}") from None
 
+    def http_post(self, url, headers, body, timeout=None, limit=1 << 20):
+        """(status, body bytes, truncated) of a POST. At most `limit` bytes of the answer are
+        read. Connection problems raise ProbeError, a timeout CannotLook. Never uses a proxy."""
+        import urllib.error
+        import urllib.request
+
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        where = url.split("?")[0]
+        try:
+            with opener.open(req, timeout=timeout or self.timeout) as resp:
+                data = resp.read(limit + 1)
+                return resp.status, data[:limit], len(data) > limit
+        except urllib.error.HTTPError as exc:
+            data = exc.read(limit + 1) if exc.fp else b""
+            return exc.code, data[:limit], len(data) > limit
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+                raise CannotLook(f"POST {where}: no answer within {timeout or self.timeout:.0f} s") \
+                    from None
+            raise ProbeError(f"POST {where}: {reason}") from None
+
     def nvml(self, timeout=None):
         """GPU list through NVML, or None when pynvml is not importable."""
         try:
@@ -547,6 +596,13 @@ def probe_dpkg(sy, inventory=None):
     if inventory is not None:
         inventory.sort(key=lambda e: (e["name"], e["architecture"] or "", e["version"]))
     return pkgs
+
+
+def family_packages(dpkg, globs):
+    """{name: {version, held}} of every installed package whose name matches one of `globs`."""
+    return {name: {"version": e["version"], "held": e["held"]}
+            for name, e in sorted(dpkg.items())
+            if e["version"] and any(fnmatch.fnmatchcase(name, g) for g in globs)}
 
 
 def parse_nvidia_smi(text):
@@ -1001,6 +1057,150 @@ def probe_torchserve_api(sy, base_url, key_file):
     return True, models, None, key_path, refreshed
 
 
+#: the most bytes of a smoke response that are read (and hashed)
+SMOKE_RESPONSE_LIMIT = 1 << 20
+#: the most numbers reported from a smoke response
+SMOKE_MAX_NUMBERS = 4096
+
+
+def _key_of(sy, key_file, kind):
+    """(key of `kind`, API key) from TorchServe's key_file.json; (None, None) when there is
+    none (token authorization off). Unreadable or without that key: CannotLook."""
+    candidates = [key_file] if key_file else list(DEFAULT_KEY_FILES)
+    for path in candidates:
+        text = sy.read_text(path)
+        if text is None:
+            continue
+        try:
+            data = json.loads(text)
+            return data[kind]["key"], (data.get("API") or {}).get("key")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise CannotLook(f"{path}: no {kind} key in it") from None
+    return None, None
+
+
+def _key_refused(status, body):
+    """TorchServe refuses a missing, wrong or expired key with HTTP 400 and an
+    InvalidKeyException (0.12): told apart from a model refusing its input (400 too)."""
+    if status not in AUTH_REFUSED:
+        return False
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)
+    return status in (401, 403) or "InvalidKeyException" in text or "Token Authorization" in text
+
+
+def _numbers(data, out):
+    """Append the numbers of a JSON value (a number, or lists of numbers) to `out`; False when
+    it holds anything else."""
+    if isinstance(data, bool):
+        return False
+    if isinstance(data, int | float):
+        out.append(float(data))
+        return len(out) <= SMOKE_MAX_NUMBERS
+    if isinstance(data, list):
+        return all(_numbers(item, out) for item in data)
+    return False
+
+
+def _excerpt(body):
+    text = body[:200].decode("utf-8", "replace")
+    return re.sub(r"\s+", " ", CONTROL_CHARS.sub(" ", text)).strip()[:120]
+
+
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def probe_smoke(sy, opts):
+    """Each model's smoke test: the locked input POSTed to TorchServe's inference API
+    (`/predictions/NAME/VERSION`) with the inference key; a refused key is renewed once through
+    TorchServe's token API. {name: {status, sha256, size, numbers, check, ...} or {error}}.
+    The answer is reported, never judged here: stacklock.parity compares it with the lock."""
+    import base64
+    from urllib.parse import quote
+
+    out = {}
+    tests = [t for t in opts.get("smoke") or [] if isinstance(t, dict) and t.get("name")]
+    if not tests:
+        return out
+    base = str(opts.get("torchserve_inference_url") or "http://127.0.0.1:8080").rstrip("/")
+    # a wildcard listen address is reached on the loopback
+    base = re.sub(r"^(https?://)(0\.0\.0\.0|\[::\])(?=[:/]|$)",
+                  lambda m: m.group(1) + ("127.0.0.1" if "." in m.group(2) else "[::1]"), base)
+    management = str(opts.get("torchserve_management_url") or "http://127.0.0.1:8081").rstrip("/")
+    key_file = opts.get("torchserve_key_file")
+    key = api_key = None
+    key_error = None
+    try:
+        key, api_key = _key_of(sy, key_file, "inference")
+    except CannotLook as exc:
+        key_error = str(exc)
+    refreshed = False
+    for test in sorted(tests, key=lambda t: str(t["name"])):
+        name, version = str(test["name"]), str(test.get("version") or "")
+        spec = test.get("smoke") if isinstance(test.get("smoke"), dict) else {}
+        check = "sha256" if spec.get("sha256") else "numbers" if spec.get("expected") is not None \
+            else None
+        entry = {"check": check}
+        out[name] = entry
+        if key_error:
+            entry["error"] = key_error
+            continue
+        try:
+            body = base64.b64decode(str(spec.get("input_base64") or ""), validate=True)
+        except ValueError:
+            entry["error"] = f"{CANNOT_LOOK}the smoke input of {name} is not base64"
+            continue
+        if hashlib.sha256(body).hexdigest() != spec.get("input_sha256"):
+            entry["error"] = (f"{CANNOT_LOOK}the smoke input of {name} arrived altered (its "
+                              "sha256 is not the locked one)")
+            continue
+        url = f"{base}/predictions/{quote(name, safe='')}"
+        if version:
+            url += "/" + quote(version, safe="")
+        headers = {"Content-Type": str(spec.get("content_type") or "application/octet-stream")}
+        started = sy.now()
+        try:
+            status, answer, truncated = _post(sy, url, headers, body, key)
+            if _key_refused(status, answer) and key and not refreshed:
+                refreshed = refresh_key(sy, management, api_key, "inference")
+                if refreshed:
+                    key, api_key = _key_of(sy, key_file, "inference")
+                    status, answer, truncated = _post(sy, url, headers, body, key)
+            if _key_refused(status, answer):
+                how = ("even with a fresh key from TorchServe's token API" if refreshed else
+                       "and no fresh key could be had (API key missing or refused)" if key else
+                       "and no key file was found")
+                raise CannotLook(f"POST {url}: HTTP {status}: the inference key was refused {how}")
+        except ProbeError as exc:
+            entry["error"] = str(exc)
+            continue
+        entry["seconds"] = round(sy.now() - started, 3)
+        entry["status"] = status
+        entry["url"] = url
+        if truncated:
+            entry["error"] = (f"POST {url}: the answer is larger than {SMOKE_RESPONSE_LIMIT} "
+                              "bytes; a smoke test needs a small one")
+            entry["status"] = None
+            continue
+        entry["size"] = len(answer)
+        entry["sha256"] = hashlib.sha256(answer).hexdigest()
+        entry["excerpt"] = _excerpt(answer)
+        numbers = []
+        try:
+            parsed = json.loads(answer.decode("utf-8"))
+            entry["numbers"] = numbers if _numbers(parsed, numbers) else None
+        except ValueError:
+            entry["numbers"] = None
+    if refreshed:
+        for entry in out.values():
+            entry["token_refreshed"] = True
+    return out
+
+
+def _post(sy, url, headers, body, key):
+    auth = dict(headers, Authorization=f"Bearer {key}") if key else headers
+    return sy.http_post(url, auth, body, limit=SMOKE_RESPONSE_LIMIT)
+
+
 ARCHIVE_CACHE_SCHEMA = "stacklock.archive-digests/v1"
 
 
@@ -1232,6 +1432,14 @@ def gather(opts, sy=None):
     venv = _section(errors, "torchserve_venv", probe_venv, sy, opts["torchserve_venv"],
                     list(opts.get("pip_packages") or []))
     ts["venv"] = venv
+    if opts.get("smoke"):
+        smoke = _section(errors, "torchserve.smoke", probe_smoke, sy, opts)
+        if isinstance(smoke, dict) and "error" not in smoke:
+            for name, entry in smoke.items():
+                if entry.get("error"):
+                    errors[f"torchserve.smoke.{name}"] = entry["error"]
+        if isinstance(ts, dict):
+            ts["smoke"] = smoke
     facts["torchserve"] = ts
     for key in ("config", "model_store"):
         if isinstance(ts.get(key), dict) and ts[key].get("error"):
@@ -1250,6 +1458,10 @@ def gather(opts, sy=None):
         facts["packages"] = {n: dict(dpkg.get(n) or {"version": None, "status": "not-installed",
                                                      "held": False}) for n in wanted}
         facts["holds"] = sorted(n for n, e in dpkg.items() if e["held"])
+    globs = [str(g) for g in opts.get("package_families") or []]
+    if globs:
+        # installed members of the pinned families, pinned or not (None: dpkg unreadable)
+        facts["family_packages"] = None if dpkg is None else family_packages(dpkg, globs)
     facts["errors"] = errors
     # what could not be looked at: unknown, never "absent" or "different" (parity: exit 3)
     facts["blocked"] = {k: v for k, v in errors.items() if CANNOT_LOOK in str(v)}
@@ -1266,6 +1478,7 @@ def main():
         argument_spec={
             "packages": {"type": "list", "elements": "str", "default": []},
             "pip_packages": {"type": "list", "elements": "str", "default": []},
+            "package_families": {"type": "list", "elements": "str", "default": []},
             "torchserve_venv": {"type": "path", "default": "/opt/torchserve/venv"},
             "torchserve_config": {"type": "path",
                                   "default": "/etc/torchserve/config.properties"},
@@ -1273,6 +1486,8 @@ def main():
                                        "default": "/var/lib/torchserve/model-store"},
             "torchserve_key_file": {"type": "path", "default": None, "no_log": False},
             "torchserve_management_url": {"type": "str", "default": "http://127.0.0.1:8081"},
+            "torchserve_inference_url": {"type": "str", "default": "http://127.0.0.1:8080"},
+            "smoke": {"type": "list", "elements": "dict", "default": []},
             "probe_timeout": {"type": "float", "default": 10.0},
             "use_nvml": {"type": "bool", "default": True},
             "run_id": {"type": "str", "default": None},

@@ -172,11 +172,62 @@ class Java(Strict):
         return self.package or f"openjdk-{self.version}-jre-headless"
 
 
+#: the largest smoke input (`models[].smoke.input_file`): a sample request, not a data set
+MAX_SMOKE_INPUT_BYTES = 64 * 1024
+#: the most numbers a smoke test may expect
+MAX_SMOKE_NUMBERS = 1024
+_CONTENT_TYPE = r"^[a-z]+/[a-z0-9][a-z0-9.+-]*$"
+
+
+class ModelSmoke(Strict):
+    """A sample request and the answer the model must give (`verify` sends it to TorchServe)."""
+
+    input: str | None = Field(default=None, min_length=1,
+                              description="the request body, inline (one line of text)")
+    input_file: PlainPath | None = Field(
+        default=None, description="a file holding the request body, relative to the manifest "
+                                  f"(at most {MAX_SMOKE_INPUT_BYTES // 1024} KiB)")
+    content_type: Annotated[str, Field(pattern=_CONTENT_TYPE)] = "application/octet-stream"
+    sha256: Annotated[str | None, Field(pattern=_SHA256)] = Field(
+        default=None, description="sha256 of the whole response body")
+    expected: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(
+        default=None, min_length=1, max_length=MAX_SMOKE_NUMBERS,
+        description="the numbers of the response (a JSON number or list of numbers, flattened)")
+    tolerance: Annotated[float | None, Field(ge=0, allow_inf_nan=False)] = Field(
+        default=None, description="largest absolute difference per number (default 1e-6)")
+
+    @field_validator("tolerance", mode="before")
+    @classmethod
+    def _tolerance_text(cls, v: Any) -> Any:
+        # YAML 1.1 reads `1e-6` (no dot) as text: take it as the number it means
+        if isinstance(v, str):
+            try:
+                return float(v)
+            except ValueError:
+                raise ValueError(f"{v!r} is not a number; write 0.000001 or 1.0e-6") from None
+        return v
+
+    @model_validator(mode="after")
+    def _one_of_each(self) -> ModelSmoke:
+        if (self.input is None) == (self.input_file is None):
+            raise ValueError("give exactly one of input (the request body inline, one line) or "
+                             "input_file (a file next to the manifest)")
+        if (self.sha256 is None) == (self.expected is None):
+            raise ValueError("give exactly one of sha256 (of the whole response body) or "
+                             "expected (the numbers of the response, with tolerance)")
+        if self.tolerance is not None and self.expected is None:
+            raise ValueError("tolerance applies to expected numbers only: remove it, or give "
+                             "expected instead of sha256")
+        return self
+
+
 class Model(Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")]
     version: Annotated[str, Field(pattern=r"^[0-9][0-9A-Za-z.]*$")]
     archive: str = Field(description="path (relative to the manifest) or https:// URL of the .mar")
     sha256: Annotated[str, Field(pattern=_SHA256, description="64 lowercase hex digits")]
+    smoke: ModelSmoke | None = Field(
+        default=None, description="a sample request and the answer verify expects from TorchServe")
 
     @field_validator("archive")
     @classmethod
@@ -604,6 +655,7 @@ _PATTERN_HELP: dict[str, tuple[str, str]] = {
     r"^[A-Za-z0-9][A-Za-z0-9_-]*$": ("a model name of letters, digits, '_' and '-'",
                                      "tiny-linear"),
     r"^[0-9][0-9A-Za-z.]*$": ("a model version", '"1.0" (quoted)'),
+    _CONTENT_TYPE: ("a media type", "application/json or image/jpeg"),
     r"^(\d{12}|amazon|self)$": ("an AMI owner: a 12-digit account id, amazon or self",
                                 '"099720109477" (quoted)'),
     r"^[a-z0-9][a-z0-9.-]*$": ("a lowercase name of letters, digits, '.' and '-'", "node-1"),

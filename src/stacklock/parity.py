@@ -25,11 +25,14 @@ was read and differs, exit 3 for everything that means "could not look".
 Where the lock pins it, a single environment is checked as strictly as several: a GPU visible
 and the pinned driver loaded (NVML, nvidia-smi or /proc, not the package) when the environment
 has GPUs, Docker and TorchServe active, and every pinned model registered with all its workers
-ready.
+ready. A model with a smoke test (`models[].smoke`) must give the locked answer to the locked
+input (`model.NAME.smoke`: the response's sha256, or its numbers within the tolerance).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -421,6 +424,8 @@ def expected_from_vars(group_vars: Mapping[str, Any]) -> dict[str, str | None]:
             exp[f"archive.{file}.sha256"] = _s(m.get("sha256"))
             exp[f"model.{m['name']}.version"] = _s(m.get("version"))
             exp[f"model.{m['name']}.ready"] = "true"
+            if isinstance(m.get("smoke"), Mapping):
+                exp[f"model.{m['name']}.smoke"] = smoke_expectation(m["smoke"])
     for var in APT_PIN_VARS:
         for pin in gv.get(var) or []:
             exp[f"package.{pin['name']}"] = _s(pin["version"])
@@ -433,6 +438,64 @@ def expected_from_vars(group_vars: Mapping[str, Any]) -> dict[str, str | None]:
         put("os.distribution", "stacklock_os_distribution")
         put("os.release", "stacklock_os_release")
     return exp
+
+
+# --------------------------------------------------------------------------- smoke tests
+
+_WITHIN = " within "
+
+
+def _numbers_text(numbers: Sequence[Any]) -> str:
+    return json.dumps([float(n) for n in numbers])
+
+
+def smoke_expectation(smoke: Mapping[str, Any]) -> str:
+    """`sha256:HEX` (of the whole response body), or `[3.0, 5.0, 7.0] within 1e-06`."""
+    if smoke.get("sha256"):
+        return f"sha256:{smoke['sha256']}"
+    raw = smoke.get("tolerance")
+    tolerance = float(raw) if raw is not None else 1e-6
+    return _numbers_text(smoke.get("expected") or []) + _WITHIN + repr(tolerance)
+
+
+def smoke_actual(entry: Any, check: str | None = None) -> str | None:
+    """What the model answered, in the form of its expectation (`check`: sha256 | numbers):
+    `sha256:HEX`, `[3.0, 5.0, 7.0]`, `HTTP 503: ...`, `not numbers: ...`; None when it was not
+    asked (the facts' error says why)."""
+    if not isinstance(entry, Mapping) or entry.get("error") or entry.get("status") is None:
+        return None
+    excerpt = str(entry.get("excerpt") or "")
+    if entry.get("status") != 200:
+        return f"HTTP {entry['status']}: {excerpt}".rstrip(": ")
+    check = check or entry.get("check")
+    if check == "sha256":
+        return f"sha256:{entry.get('sha256')}"
+    numbers = entry.get("numbers")
+    if not isinstance(numbers, list):
+        return f"not numbers: {excerpt}"
+    return _numbers_text(numbers)
+
+
+def smoke_matches(want: str | None, got: str | None) -> bool:
+    """`got` meets `want`: the same sha256, or as many numbers, each within the tolerance."""
+    if want is None or got is None or _WITHIN not in want:
+        return want == got
+    numbers, _, tolerance = want.rpartition(_WITHIN)
+    try:
+        expected, actual, tol = json.loads(numbers), json.loads(got), float(tolerance)
+    except ValueError:
+        return False
+    if not (isinstance(expected, list) and isinstance(actual, list)
+            and len(expected) == len(actual)):
+        return False
+    return all(isinstance(a, int | float) and not isinstance(a, bool) and math.isfinite(a)
+               and abs(float(a) - float(e)) <= tol for a, e in zip(actual, expected, strict=True))
+
+
+def _smoke_model(component: str) -> str | None:
+    """`model.NAME.smoke` -> NAME (model names carry no dots)."""
+    m = re.fullmatch(r"model\.([^.]+)\.smoke", component)
+    return m.group(1) if m else None
 
 
 def apt_package_names(group_vars: Mapping[str, Any]) -> list[str]:
@@ -505,6 +568,10 @@ def actual_values(facts: Mapping[str, Any]) -> dict[str, str | None]:
         for name, desc in models.items():
             act[f"model.{name}.version"] = _s(_get(desc, "version"))
             act[f"model.{name}.ready"] = _ready(desc)
+    smoke = _get(ts, "smoke")
+    if isinstance(smoke, Mapping):
+        for name, entry in smoke.items():
+            act[f"model.{name}.smoke"] = smoke_actual(entry)
     archives = _get(ts, "model_store", "archives")
     if isinstance(archives, Mapping) and not _get(ts, "model_store", "error"):
         act["model_store.archives"] = ",".join(sorted(str(a) for a in archives))
@@ -575,6 +642,12 @@ def _ready(desc: Any) -> str:
 
 def _error_for(component: str, errors: Mapping[str, Any]) -> str:
     if not errors:
+        return ""
+    model = _smoke_model(component)
+    if model is not None:  # the smoke test's own error, not the management API's
+        for key in (f"torchserve.smoke.{model}", "torchserve.smoke"):
+            if errors.get(key):
+                return f"{key}: {errors[key]}"
         return ""
     for prefix, keys in _ERROR_SOURCES:
         if component.startswith(prefix):
@@ -661,12 +734,14 @@ def compare(
             readable[env][node] = {c: v for c, v in act.items() if not _error_for(c, blocked)}
             for comp in sort_components(exp):
                 want, got = exp[comp], act.get(comp)
-                ok = want == got
+                ok = smoke_matches(want, got) if _smoke_model(comp) else want == got
                 status = Status.MATCH if ok else Status.DEVIATION
                 detail = "" if ok else (_protection_detail(comp, node_facts)
                                         or _error_for(comp, errors))
                 if not ok and (cause := _error_for(comp, blocked)):
                     status, detail = Status.UNVERIFIED, cause + _HINT
+                elif not ok and comp not in act and _smoke_model(comp):
+                    status, detail = Status.UNVERIFIED, _NOT_ASKED
                 checks.append(Check(env, node, comp, want, got, status, Kind.LOCK, detail))
 
     checks += _cross_environment(envs, expected, readable, may_differ)
@@ -679,6 +754,10 @@ def compare(
         observed=actuals,
     )
 
+
+#: a smoke test the facts did not run (the module was not given it): nothing was asked
+_NOT_ASKED = ("the facts module did not run this smoke test: it was not given one (the verify "
+              "play passes the models' smoke tests as `smoke`; an older play or module?)")
 
 #: what to do about a value that could not be read
 _HINT = (" -- run verify again; if it persists, check the facts task's privilege escalation "

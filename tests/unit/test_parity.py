@@ -456,3 +456,132 @@ def test_transitive_dependency_changed_missing_or_added_by_hand_is_named() -> No
     assert found["pip.pyyaml"].actual is None
     assert found["venv.unlocked"].expected == "none"
     assert found["venv.unlocked"].actual == "idna==3.10, requests==2.32.5"
+
+
+# --------------------------------------------------------------------------- smoke tests
+
+SMOKE_ANSWER_SHA256 = "ee804571387a71962f8dbbc16a44eed1ab08a8c918bd740bb814c1268431b4ce"
+
+
+def _smoke_vars(**spec: Any) -> dict[str, Any]:
+    smoke: dict[str, Any] = {"content_type": "application/json", "input_base64": "e30=",
+                             "input_sha256": "0" * 64, "expected": [3.0, 5.0, 7.0],
+                             "tolerance": 1e-6}
+    smoke.update(spec)
+    smoke = {k: v for k, v in smoke.items() if v is not None}
+    models = [dict(m, smoke=smoke) for m in LAB_VARS["torchserve_models"]]
+    return dict(LAB_VARS, torchserve_models=models)
+
+
+def _smoke_facts(entry: dict[str, Any] | None = None, *, error: str | None = None,
+                 blocked: bool = False) -> dict[str, dict[str, Any]]:
+    """The prod node of the lab, whose tiny-linear answered `entry` (default: y = 2x + 1)."""
+    facts = lab_facts(prod_nodes=1)
+    node = facts["prod"]["prod-1"]
+    if entry is None and error is None:
+        entry = {"check": "numbers", "status": 200, "size": 23, "sha256": SMOKE_ANSWER_SHA256,
+                 "numbers": [3.0, 5.0, 7.0], "excerpt": "[ 3.0, 5.0, 7.0 ]"}
+    if error is not None:
+        entry = {"check": "numbers", "error": error}
+        node["errors"]["torchserve.smoke.tiny-linear"] = error
+        if blocked:
+            node["blocked"] = {"torchserve.smoke.tiny-linear": error}
+    node["torchserve"]["smoke"] = {"tiny-linear": entry}
+    return {"prod": facts["prod"]}
+
+
+def _smoke_check(report: ParityReport) -> Any:
+    (check,) = [c for c in report.checks if c.component == "model.tiny-linear.smoke"]
+    return check
+
+
+def test_smoke_numbers_within_the_tolerance_match() -> None:
+    exp = {"prod": expected_from_vars(_smoke_vars())}
+    assert exp["prod"]["model.tiny-linear.smoke"] == "[3.0, 5.0, 7.0] within 1e-06"
+    report = compare(exp, _smoke_facts())
+    assert report.exit_code == ExitCode.OK
+    check = _smoke_check(report)
+    assert check.status is Status.MATCH and check.actual == "[3.0, 5.0, 7.0]"
+    # off by less than the tolerance: still a match; by more: a deviation
+    near = compare(exp, _smoke_facts({"check": "numbers", "status": 200,
+                                      "numbers": [3.0000005, 5.0, 7.0]}))
+    assert near.exit_code == ExitCode.OK
+
+
+def test_a_wrong_answer_is_a_deviation_naming_the_model_expected_and_actual() -> None:
+    exp = {"prod": expected_from_vars(_smoke_vars(expected=[3.0, 5.0, 8.0]))}
+    report = compare(exp, _smoke_facts())
+    assert report.exit_code == ExitCode.DEVIATION
+    (check,) = report.deviations
+    assert check.component == "model.tiny-linear.smoke"
+    assert check.expected == "[3.0, 5.0, 8.0] within 1e-06"
+    assert check.actual == "[3.0, 5.0, 7.0]"
+    line = check.describe()
+    assert "prod/prod-1 model.tiny-linear.smoke" in line
+    assert "expected [3.0, 5.0, 8.0] within 1e-06, actual [3.0, 5.0, 7.0]" in line
+    # a different count of numbers never matches
+    fewer = compare(exp, _smoke_facts({"check": "numbers", "status": 200, "numbers": [3.0]}))
+    assert _smoke_check(fewer).status is Status.DEVIATION
+
+
+def test_smoke_sha256_of_the_response_body() -> None:
+    exp = {"prod": expected_from_vars(_smoke_vars(expected=None, tolerance=None,
+                                                  sha256=SMOKE_ANSWER_SHA256))}
+    entry = {"check": "sha256", "status": 200, "sha256": SMOKE_ANSWER_SHA256,
+             "numbers": [3.0, 5.0, 7.0]}
+    assert compare(exp, _smoke_facts(entry)).exit_code == ExitCode.OK
+    other = dict(entry, sha256="f" * 64)
+    report = compare(exp, _smoke_facts(other))
+    (check,) = report.deviations
+    assert (check.expected, check.actual) == (f"sha256:{SMOKE_ANSWER_SHA256}", f"sha256:{'f' * 64}")
+
+
+def test_smoke_error_answers_are_deviations_with_the_status_and_text() -> None:
+    exp = {"prod": expected_from_vars(_smoke_vars())}
+    failed = {"check": "numbers", "status": 503,
+              "excerpt": '{ "code": 503, "message": "Prediction failed" }'}
+    (check,) = compare(exp, _smoke_facts(failed)).deviations
+    assert check.actual is not None and check.actual.startswith("HTTP 503: ")
+    assert "Prediction failed" in check.actual
+    text = {"check": "numbers", "status": 200, "numbers": None, "excerpt": "cat"}
+    (check,) = compare(exp, _smoke_facts(text)).deviations
+    assert check.actual == "not numbers: cat"
+    # TorchServe does not answer at all: a deviation with the reason (service.* says why)
+    report = compare(exp, _smoke_facts(error="POST http://127.0.0.1:8080/predictions/"
+                                             "tiny-linear/1.0: [Errno 111] Connection refused"))
+    (check,) = report.deviations
+    assert check.actual is None and "Connection refused" in check.detail
+    assert report.exit_code == ExitCode.DEVIATION
+
+
+def test_smoke_that_could_not_ask_is_could_not_look_exit_3() -> None:
+    exp = {"prod": expected_from_vars(_smoke_vars())}
+    cause = ("could not look: POST http://127.0.0.1:8080/predictions/tiny-linear/1.0: HTTP 400: "
+             "the inference key was refused even with a fresh key from TorchServe's token API")
+    report = compare(exp, _smoke_facts(error=cause, blocked=True))
+    assert report.exit_code == ExitCode.FAILED
+    assert not report.deviations
+    (check,) = report.unverified
+    assert check.component == "model.tiny-linear.smoke"
+    assert "inference key was refused" in check.detail
+    # facts without the smoke test (an older play or module): nothing was asked, exit 3
+    facts = _smoke_facts()
+    del facts["prod"]["prod-1"]["torchserve"]["smoke"]
+    report = compare(exp, facts)
+    assert report.exit_code == ExitCode.FAILED
+    (check,) = report.unverified
+    assert "did not run this smoke test" in check.detail
+
+
+def test_a_changed_smoke_spec_between_environments_is_a_lock_difference() -> None:
+    exp = {"dev": expected_from_vars(_smoke_vars()),
+           "prod": expected_from_vars(_smoke_vars(expected=[3.0, 5.0, 8.0]))}
+    facts = lab_facts(prod_nodes=1)
+    for env in ("dev", "prod"):
+        for node in facts[env].values():
+            node["torchserve"]["smoke"] = _smoke_facts()["prod"]["prod-1"]["torchserve"]["smoke"]
+    report = compare(exp, {"dev": facts["dev"], "prod": facts["prod"]})
+    assert {(c.environment, c.component, c.kind) for c in report.deviations} >= {
+        ("prod", "model.tiny-linear.smoke", Kind.LOCK)}
+    assert any(c.kind is Kind.CROSS and c.component == "model.tiny-linear.smoke"
+               for c in report.deviations)

@@ -13,7 +13,9 @@ For each N of --sizes it times, on the same hosts, best of --repeat:
 * the verify play (`ansible-playbook ansible/playbooks/verify.yml`, strategy linear): the
   path of `stacklock verify`;
 * the same play with the Mitogen strategy (`mitogen_linear`), when `--mitogen DIR` names an
-  unpacked `mitogen` distribution (pip install --target DIR mitogen).
+  unpacked `mitogen` distribution (pip install --target DIR mitogen);
+* the fast path (`stacklock verify --fast`: `stacklock.flows.fastverify.collect` in a fresh
+  Python process, the same facts module over one asyncssh connection per node, same report).
 
 Wall time and controller CPU (user + sys of the command and every child it waited for: ssh
 clients, Ansible's forks) are reported per run and per node; the per-node CPU extrapolates
@@ -149,7 +151,8 @@ def best(argv: list[str], env: dict[str, str], repeat: int) -> tuple[float, floa
 
 def reached_nodes(work: Path, label: str) -> str:
     """How many nodes the verify play's report says answered (ping: not known here)."""
-    name = "verify-mitogen.json" if "mitogen" in label else "verify.json"
+    name = ("verify-mitogen.json" if "mitogen" in label
+            else "verify-fast.json" if "fast" in label else "verify.json")
     path = work / name
     if "ping" in label or not path.is_file():
         return "-"
@@ -208,6 +211,10 @@ def main() -> int:
                                      "-e", f"stacklock_report_path={report}",
                                      "-e", "stacklock_verify_fail=false"], env),
                 }
+                fast = ("from pathlib import Path; from stacklock.flows import fastverify; "
+                        f"fastverify.collect([Path({str(inv)!r})], ['bench'], "
+                        f"report_path=Path({str(work / 'verify-fast.json')!r}), quiet=True)")
+                paths["verify --fast"] = ([str(BIN / "python"), "-c", fast], env)
                 if args.mitogen:
                     play = work / "verify-mitogen.yml"
                     play.write_text((ROOT / "ansible/playbooks/verify.yml").read_text().replace(

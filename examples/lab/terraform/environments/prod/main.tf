@@ -15,7 +15,7 @@ module "nodes" {
   project           = "stacklock-lab"
   environment       = "prod"
   stack_name        = "lab-2026-11"
-  stack_fingerprint = "sha256:4b19fba30ab6ba9e6289b525ee430abb553d6519e5636922e7b356ac39dc7433"
+  stack_fingerprint = "sha256:46931d1d14539266f338bbdb029e921a79fec53f129ce47b4d6ea64023d5e327"
   image             = "stacklock-lab:bookworm"
   node_count        = 1
   network_base      = "10.213"

@@ -10,6 +10,7 @@ never fails the module. The schema (``stacklock.facts/v1``) is documented in doc
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import glob as _glob
 import hashlib
 import json
@@ -49,6 +50,15 @@ version_added: "0.1.0"
 options:
   packages:
     description: apt package names whose installed version and hold state are reported.
+    type: list
+    elements: str
+    default: []
+  package_families:
+    description:
+      - Shell globs (fnmatch) of the pinned components' package families (C(nvidia-*),
+        C(libnvidia-*), C(cuda-*)). Every installed package whose name matches one is reported
+        in C(family_packages) with its version and hold, so that C(stacklock verify) sees a
+        family member the lock does not pin.
     type: list
     elements: str
     default: []
@@ -586,6 +596,13 @@ def probe_dpkg(sy, inventory=None):
     if inventory is not None:
         inventory.sort(key=lambda e: (e["name"], e["architecture"] or "", e["version"]))
     return pkgs
+
+
+def family_packages(dpkg, globs):
+    """{name: {version, held}} of every installed package whose name matches one of `globs`."""
+    return {name: {"version": e["version"], "held": e["held"]}
+            for name, e in sorted(dpkg.items())
+            if e["version"] and any(fnmatch.fnmatchcase(name, g) for g in globs)}
 
 
 def parse_nvidia_smi(text):
@@ -1441,6 +1458,10 @@ def gather(opts, sy=None):
         facts["packages"] = {n: dict(dpkg.get(n) or {"version": None, "status": "not-installed",
                                                      "held": False}) for n in wanted}
         facts["holds"] = sorted(n for n, e in dpkg.items() if e["held"])
+    globs = [str(g) for g in opts.get("package_families") or []]
+    if globs:
+        # installed members of the pinned families, pinned or not (None: dpkg unreadable)
+        facts["family_packages"] = None if dpkg is None else family_packages(dpkg, globs)
     facts["errors"] = errors
     # what could not be looked at: unknown, never "absent" or "different" (parity: exit 3)
     facts["blocked"] = {k: v for k, v in errors.items() if CANNOT_LOOK in str(v)}
@@ -1457,6 +1478,7 @@ def main():
         argument_spec={
             "packages": {"type": "list", "elements": "str", "default": []},
             "pip_packages": {"type": "list", "elements": "str", "default": []},
+            "package_families": {"type": "list", "elements": "str", "default": []},
             "torchserve_venv": {"type": "path", "default": "/opt/torchserve/venv"},
             "torchserve_config": {"type": "path",
                                   "default": "/etc/torchserve/config.properties"},

@@ -161,8 +161,13 @@ def _require_valid(loaded: LoadedManifest) -> None:
 @click.option("--offline", is_flag=True,
               help="Never call AWS or a package index: reuse the AMI ids and the Python "
                    "closures of the existing lock.")
+@click.option("--apt-index", "apt_index", multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A Packages file (plain or .gz) of the apt repositories that serve the "
+                   "stack (repeatable): every apt set becomes the whole Depends closure of its "
+                   "top packages within the component's family, exact versions from the index.")
 @pass_ctx
-def lock(c: Ctx, check: bool, offline: bool) -> None:
+def lock(c: Ctx, check: bool, offline: bool, apt_index: tuple[Path, ...]) -> None:
     """Resolve every pin and write <manifest>.lock (deterministic)."""
     from stacklock import lock as lockmod
 
@@ -209,7 +214,15 @@ def lock(c: Ctx, check: bool, offline: bool) -> None:
             lockmod.remember_closure(lockmod.closure_inputs(loaded, stack), closure)
             closures[stack_name] = closure
             info(f"  {len(closure)} distributions, each with its sha256")
-    data = lockmod.build_lock(loaded, amis, closures)
+    apt_sets = lockmod.apt_sets_from_lock(existing, loaded)
+    if apt_index:
+        from stacklock.core import aptclosure
+
+        where = ", ".join(str(p) for p in apt_index)
+        step(f"resolving every apt set's dependency closure from {where}")
+        index = aptclosure.parse_index(_read_index(p) for p in apt_index)
+        apt_sets = lockmod.resolve_apt_sets(loaded, index, where)
+    data = lockmod.build_lock(loaded, amis, closures, apt_sets)
     unresolved = lockmod.unresolved_closures(data)
     if unresolved:
         raise InvalidInput("the Python closure is not resolved; nothing written",
@@ -223,6 +236,25 @@ def lock(c: Ctx, check: bool, offline: bool) -> None:
     for name, stack in sorted(data["stacks"].items()):
         info(f"locked stack {name}: {stack['fingerprint']}")
     info(f"wrote {loaded.lock_path.name}")
+
+
+def _read_index(path: Path) -> str:
+    """A Packages file's text; a file that is not one is bad input naming it."""
+    import gzip
+
+    try:
+        raw = path.read_bytes()
+        text = (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode("utf-8")
+    except (OSError, UnicodeDecodeError, gzip.BadGzipFile, EOFError) as exc:
+        raise InvalidInput(f"--apt-index {path}: cannot read it ({exc})", problems=[Problem(
+            "--apt-index", f"{path} is not a readable Packages file",
+            "give the Packages or Packages.gz file of the repository (dists/SUITE/COMPONENT/"
+            "binary-amd64/Packages.gz)")]) from None
+    if "Package:" not in text:
+        raise InvalidInput(f"--apt-index {path}: no package stanza in it", problems=[Problem(
+            "--apt-index", f"{path} holds no 'Package:' stanza",
+            "give the repository's Packages file (dists/SUITE/COMPONENT/binary-amd64/Packages.gz)")])
+    return text
 
 
 # --------------------------------------------------------------------------- render

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from stacklock.core import aptclosure
 from stacklock.core.grammar import DEBIAN_VERSION
 from stacklock.errors import ExitCode, InvalidInput, Problem, StacklockError
 from stacklock.manifest import (
@@ -431,7 +432,92 @@ def kernel_module_for(stack: Stack) -> str:
     return "open" if stack.nvidia_driver.branch >= 560 else "proprietary"
 
 
-def _apt_packages(stack: Stack, component: str) -> list[dict[str, str]]:
+#: the order a package is matched to a component's family (the narrowest families first)
+FAMILY_ORDER = ("nvidia_container_toolkit", "cuda", "docker", "nvidia_driver")
+APT_SOURCE_DATA = "packages.yaml"
+APT_SOURCE_INDEX = "apt index"
+
+
+def _variant(stack: Stack, component: str) -> str:
+    if component == "nvidia_driver":
+        return f"nvidia_driver/{kernel_module_for(stack)}"
+    if component == "cuda":
+        return f"cuda/{stack.cuda.components}"
+    return component
+
+
+def apt_set_meta(stack: Stack, component: str, source: str = APT_SOURCE_DATA
+                 ) -> dict[str, Any]:
+    """How a component's package set was made: its top packages (roots), its family (globs)
+    and whether the set is the whole Depends closure within that family."""
+    data = package_data()
+    major, minor = stack.cuda.version.split(".")[:2]
+    globs = (data["families"].get(stack.os.key) or {}).get(component) or []
+    family = [g.format(mm=f"{major}-{minor}") for g in globs]
+    whole = data["complete_sets"].get(stack.os.key) or []
+    complete = source == APT_SOURCE_INDEX or _variant(stack, component) in whole or (
+        component in whole)
+    return {
+        "roots": [p["name"] for p in _apt_packages(stack, component, members=False)],
+        "family": family,
+        "complete": complete,
+        "source": source,
+    }
+
+
+def resolve_apt_sets(loaded: LoadedManifest, index: aptclosure.Index, where: str
+                     ) -> dict[str, dict[str, list[dict[str, str]]]]:
+    """Stack -> component -> its whole package set, resolved from an apt Packages index: the
+    roots at their pinned versions and every family member their Depends reach. A component
+    none of whose roots the index names is left out (its set comes from packages.yaml)."""
+    out: dict[str, dict[str, list[dict[str, str]]]] = {}
+    problems = []
+    for name in sorted(loaded.manifest.stacks):
+        stack = loaded.manifest.stacks[name]
+        roots = {c: _apt_packages(stack, c, members=False) for c in FAMILY_ORDER}
+        for component in FAMILY_ORDER:
+            if not any(p["name"] in index.packages for p in roots[component]):
+                continue  # another repository's index: this set keeps packages.yaml's data
+            others = {p["name"] for c, pins in roots.items() if c != component for p in pins}
+            family = apt_set_meta(stack, component)["family"]
+            try:
+                found = aptclosure.resolve(index, [(p["name"], p["version"])
+                                                   for p in roots[component]], family, others)
+            except aptclosure.ClosureError as exc:
+                problems.append(Problem(
+                    f"stacks.{name}.{component}",
+                    f"{where}: {exc}",
+                    f"give --apt-index the Packages file(s) of the repository that serves "
+                    f"{component} for {stack.os.key}, or set stacks.{name}.{component}.apt_version "
+                    "to the version it serves"))
+                continue
+            top = [p["name"] for p in roots[component]]
+            out.setdefault(name, {})[component] = roots[component] + [
+                {"name": n, "version": v} for n, v in sorted(found.items()) if n not in top]
+    if problems:
+        raise InvalidInput(f"{len(problems)} package set(s) cannot be resolved from {where}; "
+                           "nothing written", problems=problems)
+    return out
+
+
+def apt_sets_from_lock(lock: dict[str, Any] | None, loaded: LoadedManifest
+                       ) -> dict[str, dict[str, list[dict[str, str]]]]:
+    """The sets an earlier `lock --apt-index` resolved, reused while their roots are unchanged
+    (so `lock --check` and a later `lock` need no index)."""
+    out: dict[str, dict[str, list[dict[str, str]]]] = {}
+    for name, stack in loaded.manifest.stacks.items():
+        old = ((lock or {}).get("stacks") or {}).get(name) or {}
+        for component, meta in (old.get("apt_sets") or {}).items():
+            if not isinstance(meta, dict) or meta.get("source") != APT_SOURCE_INDEX:
+                continue
+            roots = _apt_packages(stack, component, members=False)
+            pins = (old.get("apt") or {}).get(component) or []
+            if pins[:len(roots)] == roots:
+                out.setdefault(name, {})[component] = list(pins)
+    return out
+
+
+def _apt_packages(stack: Stack, component: str, members: bool = True) -> list[dict[str, str]]:
     data = package_data()
     os_key = stack.os.key
     table = data["os"][os_key]
@@ -460,8 +546,11 @@ def _apt_packages(stack: Stack, component: str) -> list[dict[str, str]]:
     else:
         specs = table["nvidia_container_toolkit"]
         pinned = stack.nvidia_container_toolkit  # type: ignore[assignment]
-    out = []
+    out: list[dict[str, str]] = []
+    rest: list[dict[str, str]] = []
     for spec in specs:
+        if spec.get("member") and not members:
+            continue
         name = spec["name"].format(**fmt)
         if spec.get("fixed"):
             version = spec["version"]
@@ -471,8 +560,9 @@ def _apt_packages(stack: Stack, component: str) -> list[dict[str, str]]:
                               if fmt.get("containerd") else "")
         else:
             version = pinned.apt_version or spec["version"].format(version=pinned.version, **fmt)
-        out.append({"name": name, "version": version})
-    return out
+        (rest if spec.get("member") else out).append({"name": name, "version": version})
+    # the top packages in the data's order, then the rest of the set by name (as resolved)
+    return out + sorted(rest, key=lambda p: p["name"])
 
 
 def _java_apt_version(stack: Stack) -> str:
@@ -610,9 +700,11 @@ def _models(loaded: LoadedManifest, stack_name: str, stack: Stack) -> list[dict[
 
 
 def lock_stack(loaded: LoadedManifest, name: str, amis: dict[str, str] | None,
-               closure: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+               closure: list[dict[str, Any]] | None = None,
+               apt_sets: dict[str, list[dict[str, str]]] | None = None) -> dict[str, Any]:
     stack = loaded.manifest.stacks[name]
     data = package_data()
+    apt_sets = apt_sets or {}
     locked: dict[str, Any] = {
         "os": {
             "distribution": stack.os.distribution,
@@ -640,7 +732,10 @@ def lock_stack(loaded: LoadedManifest, name: str, amis: dict[str, str] | None,
             },
             "java": {"version": stack.java.version},
         },
-        "apt": {c: _apt_packages(stack, c) for c in APT_COMPONENTS},
+        "apt": {c: apt_sets.get(c) or _apt_packages(stack, c) for c in APT_COMPONENTS},
+        # per component: the roots, the family, and whether the set is the whole closure
+        "apt_sets": {c: apt_set_meta(stack, c, APT_SOURCE_INDEX if c in apt_sets
+                                     else APT_SOURCE_DATA) for c in FAMILY_ORDER},
         "pip": _closure_pins(loaded, name, stack, closure),
         "pip_closure": {
             "resolved": closure is not None,
@@ -677,9 +772,12 @@ def ami_regions(manifest: Manifest) -> dict[str, list[str]]:
 
 
 def build_lock(loaded: LoadedManifest, amis: dict[str, dict[str, str]] | None = None,
-               closures: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+               closures: dict[str, list[dict[str, Any]]] | None = None,
+               apt_sets: dict[str, dict[str, list[dict[str, str]]]] | None = None
+               ) -> dict[str, Any]:
     """The whole lock. `amis` maps stack -> region -> AMI id (from the AWS adapter or old lock),
-    `closures` stack -> the resolved Python closure (from the resolver or the old lock)."""
+    `closures` stack -> the resolved Python closure (from the resolver or the old lock),
+    `apt_sets` stack -> component -> a package set resolved from an apt index."""
     m = loaded.manifest
     regions = ami_regions(m)
     amis = amis or {}
@@ -698,7 +796,8 @@ def build_lock(loaded: LoadedManifest, amis: dict[str, dict[str, str]] | None = 
     stacks = {}
     for name in sorted(m.stacks):
         used = {r: amis[name][r] for r in regions.get(name, [])}
-        stacks[name] = lock_stack(loaded, name, used, closures.get(name))
+        stacks[name] = lock_stack(loaded, name, used, closures.get(name),
+                                  (apt_sets or {}).get(name))
     problems = [p for name, locked in stacks.items() for p in pin_problems(name, locked)]
     if problems:
         raise InvalidInput(
@@ -772,7 +871,8 @@ def check_lock(loaded: LoadedManifest) -> LockStatus:
             return LockStatus(False, f"{loaded.lock_path.name} is stale: the Python closure of "
                                      f"stack(s) {', '.join(stale)} is not resolved for the "
                                      "manifest's requirements, Python and package sources")
-        fresh = build_lock(loaded, amis_from_lock(existing, loaded.manifest), closures)
+        fresh = build_lock(loaded, amis_from_lock(existing, loaded.manifest), closures,
+                           apt_sets_from_lock(existing, loaded))
     except StacklockError as exc:
         if exc.problems and all("AMI" in p.message for p in exc.problems):
             return LockStatus(False, "the AMI ids of a changed image are not resolved")

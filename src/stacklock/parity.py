@@ -86,6 +86,7 @@ _ORDER = (
     "hold.",
     "apt_pin.",
     "apt_blacklist.",
+    "apt.",
 )
 
 #: which facts `errors` key explains a missing value of a component (by prefix)
@@ -113,6 +114,7 @@ _ERROR_SOURCES = (
     ("hold.", ("packages",)),
     ("apt_pin.", ("apt_protection",)),
     ("apt_blacklist.", ("apt_protection",)),
+    ("apt.unpinned", ("packages",)),
 )
 
 #: named components for these pip distributions; other pins are `pip.<name>`
@@ -434,6 +436,9 @@ def expected_from_vars(group_vars: Mapping[str, Any]) -> dict[str, str | None]:
             # blacklist the roles write (removed or edited: a deviation naming the file)
             exp[f"apt_pin.{pin['name']}"] = _s(pin["version"])
             exp[f"apt_blacklist.{pin['name']}"] = "listed"
+    if apt_family_globs(gv):
+        # the lock holds these sets whole: no other package of their families may be installed
+        exp["apt.unpinned"] = "none"
     if "stacklock_os_distribution" in gv:
         put("os.distribution", "stacklock_os_distribution")
         put("os.release", "stacklock_os_release")
@@ -502,6 +507,13 @@ def apt_package_names(group_vars: Mapping[str, Any]) -> list[str]:
     """The apt packages the facts module must report (for its `packages` option)."""
     names = {str(p["name"]) for var in APT_PIN_VARS for p in group_vars.get(var) or []}
     return sorted(names)
+
+
+def apt_family_globs(group_vars: Mapping[str, Any]) -> list[str]:
+    """The package-family globs of the sets the lock holds whole (`package_families` option)."""
+    families = group_vars.get("stacklock_apt_families") or []
+    return sorted({str(g) for f in families if isinstance(f, Mapping)
+                   for g in f.get("globs") or []})
 
 
 # --------------------------------------------------------------------------- actual values
@@ -599,6 +611,12 @@ def actual_values(facts: Mapping[str, Any]) -> dict[str, str | None]:
                 act[f"apt_pin.{name}"] = _s(pin.get("version"))
             act[f"apt_blacklist.{name}"] = "listed" if name in listed else "not listed"
     packages = _get(facts, "packages") or {}
+    family = _get(facts, "family_packages")
+    if isinstance(family, Mapping) and isinstance(packages, Mapping):
+        # installed members of the pinned families that no set of the lock pins
+        extra = sorted((str(n), _s(_get(e, "version"))) for n, e in family.items()
+                       if n not in packages)
+        act["apt.unpinned"] = ", ".join(f"{n}={v}" for n, v in extra) or "none"
     if isinstance(packages, Mapping):
         for name, entry in packages.items():
             act[f"package.{name}"] = _s(_get(entry, "version"))

@@ -17,7 +17,7 @@ import yaml
 from jinja2 import Environment, StrictUndefined
 
 from stacklock.files import atomic_write
-from stacklock.lock import config_text
+from stacklock.lock import FAMILY_ORDER, config_text
 from stacklock.manifest import (
     AwsEnvironment,
     LabEnvironment,
@@ -174,6 +174,11 @@ def group_vars(
         "nvidia_container_toolkit_packages": locked["apt"]["nvidia_container_toolkit"],
         "torchserve_java_version": comp["java"]["version"],
         "torchserve_java_packages": locked["apt"]["java"],
+        # the families of the sets the lock holds whole (lock.FAMILY_ORDER): verify reports any
+        # installed package of one that no set pins
+        "stacklock_apt_families": [
+            {"component": c, "globs": list(locked["apt_sets"][c]["family"])}
+            for c in FAMILY_ORDER if (locked.get("apt_sets") or {}).get(c, {}).get("complete")],
         "torchserve_python_version": comp["python"]["version"],
         "torchserve_version": comp["torchserve"]["version"],
         "torchserve_model_archiver_version": comp["torchserve"]["model_archiver_version"],

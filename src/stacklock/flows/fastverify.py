@@ -250,6 +250,7 @@ def task_args(hv: Mapping[str, Any], run_id: str, deep: bool) -> dict[str, Any]:
     args: dict[str, Any] = {
         "packages": parity.apt_package_names(hv),
         "pip_packages": [str(p["name"]) for p in hv.get("torchserve_pip_packages") or []],
+        "package_families": parity.apt_family_globs(hv),
     }
     if "torchserve_venv" in hv:
         args["torchserve_venv"] = hv["torchserve_venv"]

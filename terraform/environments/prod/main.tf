@@ -8,7 +8,7 @@ module "gpu_nodes" {
   project     = "acme-serving"
   environment = "prod"
   stack_name  = "serving-2026-11"
-  fingerprint = "sha256:6ac902d390b4e6f0ced15ef8a5103999c062af00b32c90ece5610234a556a1b5"
+  fingerprint = "sha256:36abd64d84e47ab48268f9940de28652b1a250c5b1683c13bf676f7dc3547b49"
 
   # ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-20251022 (owner 099720109477), resolved for us-west-2 by `stacklock lock`
   ami_id = "ami-050eee788859e5cb1"

@@ -14,7 +14,7 @@ output "hosts" {
       public_ip         = h.public_ip
       availability_zone = h.availability_zone
       environment       = "prod"
-      fingerprint       = "sha256:6ac902d390b4e6f0ced15ef8a5103999c062af00b32c90ece5610234a556a1b5"
+      fingerprint       = "sha256:36abd64d84e47ab48268f9940de28652b1a250c5b1683c13bf676f7dc3547b49"
     }
   }
 }
@@ -43,6 +43,6 @@ output "stack" {
   description = "The stack and its fingerprint, as locked."
   value = {
     name        = "serving-2026-11"
-    fingerprint = "sha256:6ac902d390b4e6f0ced15ef8a5103999c062af00b32c90ece5610234a556a1b5"
+    fingerprint = "sha256:36abd64d84e47ab48268f9940de28652b1a250c5b1683c13bf676f7dc3547b49"
   }
 }

@@ -15,7 +15,7 @@ module "nodes" {
   project           = "stacklock-lab"
   environment       = "dev"
   stack_name        = "lab-2026-11"
-  stack_fingerprint = "sha256:46931d1d14539266f338bbdb029e921a79fec53f129ce47b4d6ea64023d5e327"
+  stack_fingerprint = "sha256:a93c93e8b7e30152529d4d9f78ac908d40abdb40ccfe65ea0b5269795c457d70"
   image             = "stacklock-lab:bookworm"
   node_count        = 1
   network_base      = "10.213"

@@ -15,7 +15,7 @@ module "nodes" {
   project           = "acme-onprem"
   environment       = "prod"
   stack_name        = "onprem-2026-11"
-  stack_fingerprint = "sha256:7747ce7ee769544f0d366834af7d65bf0216cd1b287e1ef01eaf3d44d2dcb656"
+  stack_fingerprint = "sha256:362f0df034ef6ed22eee337d4c47dbbe46b6e81ea43b85c991999702cfabae45"
   hosts = [
     { name = "gpu-01", address = "198.51.100.41", user = "deploy", port = 22 },
     { name = "gpu-02", address = "198.51.100.42", user = "deploy", port = 22 },

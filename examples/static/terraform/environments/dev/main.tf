@@ -15,7 +15,7 @@ module "nodes" {
   project           = "acme-onprem"
   environment       = "dev"
   stack_name        = "onprem-2026-11"
-  stack_fingerprint = "sha256:9cb365220050c5273d99f80f8f8c00820388ad56d4c35326f7c8ff813e70284a"
+  stack_fingerprint = "sha256:0876467bbb9d7c664b4f22fd46ae0f4472ff6ee667488fe287b37bc8d4be1265"
   hosts = [
     { name = "gpu-dev-01", address = "198.51.100.11", user = "ubuntu", port = 22 },
   ]

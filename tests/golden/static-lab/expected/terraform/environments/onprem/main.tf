@@ -15,7 +15,7 @@ module "nodes" {
   project           = "golden"
   environment       = "onprem"
   stack_name        = "s1"
-  stack_fingerprint = "sha256:311590de8e518dd40f6c041976ab11d359e8b0fda297956e007e761ffe3f2e54"
+  stack_fingerprint = "sha256:f33c68503d4b42f71b96393b2013bcccb6b0543dbe9662dfc332c6b8b8927ed6"
   hosts = [
     { name = "gpu-a", address = "192.0.2.10", user = "root", port = 22 },
     { name = "gpu-b", address = "gpu-b.example.internal", user = "ops", port = 2222 },

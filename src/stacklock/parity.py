@@ -644,6 +644,10 @@ def _protection_detail(component: str, facts: Mapping[str, Any]) -> str:
     if component.startswith("apt_blacklist."):
         return (f"no {_BLACKLIST} lists {name} (removed or edited): unattended-upgrades may "
                 "upgrade it; stacklock configure writes it again")
+    if component == "apt.unpinned":
+        return ("installed packages of a pinned set's family that the lock does not pin "
+                "(configure does not remove them): purge them on the node (apt-get purge NAME), "
+                "or make them part of the stack and lock again (lock --apt-index)")
     return ""
 
 

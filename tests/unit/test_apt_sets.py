@@ -303,6 +303,7 @@ def test_an_installed_family_member_the_lock_does_not_know_is_a_deviation() -> N
     text += "nvidia-cuda-dev\t11.8.89~11.8.0-5~deb12u1\tii \tamd64\n"
     [check] = package_checks(text)
     assert check.component == "apt.unpinned" and check.expected == "none"
+    assert "apt-get purge" in check.detail
     assert check.actual == ("libnvidia-encode1=535.309.01-0+deb12u1, "
                             "nvidia-cuda-dev=11.8.89~11.8.0-5~deb12u1")
 

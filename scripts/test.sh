@@ -11,7 +11,7 @@ ruff check src tests
 echo "==> mypy (strict)"
 mypy
 echo "==> generated files are current (lock --check, render --check)"
-for m in stacklock.yaml examples/static.yaml examples/lab.yaml examples/onprem/stacklock.yaml tests/golden/static-lab/manifest.yaml; do
+for m in stacklock.yaml examples/static.yaml examples/lab.yaml examples/upgrade.yaml examples/onprem/stacklock.yaml tests/golden/static-lab/manifest.yaml; do
   stacklock --manifest "$m" lock --check
   stacklock --manifest "$m" render --check
 done

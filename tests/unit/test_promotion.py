@@ -337,3 +337,20 @@ def test_rollback_target_from_the_ledger(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(InvalidInput, match=r"no stack of stacklock\.yaml locks to revision"):
         rb.run_rollback(orch, "staging", promotion.short(fold))  # type: ignore[arg-type]
     assert path.read_text() == before
+
+
+def test_changes_between_two_revisions_name_what_changes() -> None:
+    stacks = json.loads((Path(__file__).resolve().parents[2] / "examples/upgrade.lock")
+                        .read_text())["stacks"]
+    a, b = stacks["lab-2026-11"], stacks["lab-2026-12"]
+    lines = promotion.changes(a, b)
+    assert "nvidia_container_toolkit.version: 1.17.8 -> 1.18.0" in lines
+    assert "apt nvidia-container-toolkit: 1.17.8-1 -> 1.18.0-1" in lines
+    assert any(x.startswith("model tiny-linear: 1.0 (sha256 ") and "-> 2.0" in x for x in lines)
+    assert not any(x.startswith(("pip ", "torchserve", "os")) for x in lines), lines
+    assert promotion.changes(a, a) == []
+    back = promotion.changes(b, a)  # a rollback reads the other way
+    assert "apt nvidia-container-toolkit: 1.18.0-1 -> 1.17.8-1" in back
+    gone = dict(a, pip=a["pip"][1:])
+    assert promotion.changes(a, gone) == [f"pip {a['pip'][0]['name']}: "
+                                          f"{a['pip'][0]['version']} -> (none)"]

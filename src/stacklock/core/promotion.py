@@ -161,6 +161,51 @@ def findings(order: Sequence[str], revs: Mapping[str, Revision],
     return out
 
 
+def _named(items: Any, value: Any) -> dict[str, str]:
+    return {str(i.get("name")): value(i) for i in items or () if isinstance(i, Mapping)}
+
+
+def _pairs(what: str, old: Mapping[str, str], new: Mapping[str, str]) -> list[str]:
+    out = []
+    for name in sorted(set(old) | set(new)):
+        a, b = old.get(name), new.get(name)
+        if a != b:
+            out.append(f"{what} {name}: {a or '(none)'} -> {b or '(none)'}")
+    return out
+
+
+def changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """What differs between two locked stacks (a lock's `stacks.NAME`), one line per change:
+    components, apt packages, Python distributions, models, TorchServe's config, the OS.
+    Pure; the rollout prints it as the summary of what changes on each node."""
+    out: list[str] = []
+    oc, nc = old.get("components") or {}, new.get("components") or {}
+    for comp in sorted(set(oc) | set(nc)):
+        a, b = oc.get(comp) or {}, nc.get(comp) or {}
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                out.append(f"{comp}.{key}: {a.get(key)} -> {b.get(key)}")
+    oa, na = old.get("apt") or {}, new.get("apt") or {}
+    for comp in sorted(set(oa) | set(na)):
+        out += _pairs("apt", _named(oa.get(comp), lambda i: str(i.get("version"))),
+                      _named(na.get(comp), lambda i: str(i.get("version"))))
+    out += _pairs("pip", _named(old.get("pip"), lambda i: str(i.get("version"))),
+                  _named(new.get("pip"), lambda i: str(i.get("version"))))
+
+    def model(i: Mapping[str, Any]) -> str:
+        return f"{i.get('version')} (sha256 {str(i.get('sha256'))[:12]})"
+
+    out += _pairs("model", _named(old.get("models"), model), _named(new.get("models"), model))
+    ot, nt = old.get("torchserve") or {}, new.get("torchserve") or {}
+    if ot.get("config_sha256") != nt.get("config_sha256"):
+        oconf, nconf = ot.get("config") or {}, nt.get("config") or {}
+        keys = sorted(k for k in set(oconf) | set(nconf) if oconf.get(k) != nconf.get(k))
+        out.append("torchserve config: " + (", ".join(keys) if keys else "changed"))
+    if old.get("os") != new.get("os"):
+        out.append(f"os: {old.get('os')} -> {new.get('os')}")
+    return out
+
+
 def rollout_refusal(order: Sequence[str], env: str, fp: str,
                     records: Sequence[Mapping[str, Any]]) -> str | None:
     """Why ENV may not be given revision `fp` (None: it may). In the promotion order, an

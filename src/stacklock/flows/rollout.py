@@ -97,6 +97,20 @@ def untested(orch: Orchestrator, env: str, fp: str) -> str | None:
     return promotion.rollout_refusal(list(orch.loaded.manifest.promotion), env, fp, records)
 
 
+def what_changes(orch: Orchestrator, old_fp: str | None,
+                 new_stack: dict[str, object]) -> list[str]:
+    """The summary of what changes on each node: the previous revision's lock (kept in the
+    ledger) against the new one."""
+    if old_fp is None:
+        return ["changes: the previous revision is not in the ledger (no passing verify yet)"]
+    body = core.revisions(ledgerflow.open_ledger(orch.loaded).records()).get(old_fp)
+    if body is None:
+        return [f"changes: revision {promotion.short(old_fp)} has no lock in the ledger"]
+    lines = promotion.changes(json.loads(body["lock_text"]), new_stack)
+    head = f"changes from revision {promotion.short(old_fp)}:"
+    return [head, *(f"  {x}" for x in lines)] if lines else [f"{head} none in the lock"]
+
+
 def run_rollout(orch: Orchestrator, env: str, *, auto_rollback: bool = False) -> ExitCode:
     from stacklock.adapters import ansible
     from stacklock.verify import run_verify
@@ -132,6 +146,8 @@ def run_rollout(orch: Orchestrator, env: str, *, auto_rollback: bool = False) ->
     step(f"rollout {env} to revision {promotion.short(new_fp)} (stack {stack}): "
          f"{len(todo)} of {len(hosts)} node(s) to change, in {len(batches)} batch(es) "
          f"(canary {pol.canary}, batch {pol.batch}, max_failures {pol.max_failures})")
+    for line in what_changes(orch, old_fp, lock["stacks"][stack]):
+        info(f"  {line}")
     failures = 0
     halted = False
     for n, batch in enumerate(batches, start=1):

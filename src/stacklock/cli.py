@@ -554,19 +554,21 @@ def status(c: Ctx) -> None:
 
 @cli.group()
 def ledger() -> None:
-    """The evidence ledger (<output_dir>/.stacklock/ledger.jsonl)."""
+    """The evidence ledger (<output_dir>/.stacklock/ledger.jsonl, or the S3 object the
+    manifest's ledger setting names)."""
 
 
 @ledger.command("verify")
 @click.option("--file", "path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The ledger file [default: the manifest's].")
+              help="A local ledger file [default: the manifest's ledger, local or S3].")
 @pass_ctx
 def ledger_verify(c: Ctx, path: Path | None) -> None:
     """Check the hash chain (exit 0 intact, 1 naming the first tampered record)."""
     from stacklock.flows import ledger as ledgerflow
     from stacklock.flows import promote as promoteflow
 
-    raise SystemExit(int(promoteflow.verify_ledger(path or ledgerflow.ledger_path(c.loaded()))))
+    led = ledgerflow.LocalLedger(path) if path else ledgerflow.open_ledger(c.loaded())
+    raise SystemExit(int(promoteflow.verify_ledger(led)))
 
 
 @cli.command()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -563,6 +564,94 @@ class Parity(Strict):
         return v
 
 
+_REGION = r"^[a-z]{2}(-gov)?-[a-z]+-\d$"
+
+
+def _s3_key(value: str) -> str:
+    """An S3 object key: safe characters, no leading '/', no empty, '.' or '..' segment."""
+    if not re.fullmatch(r"[A-Za-z0-9!_.*'()/-]{1,512}", value) or any(
+            seg in ("", ".", "..") for seg in value.split("/")):
+        raise ValueError(f"{value!r} is not an S3 key like team/ledger.jsonl (letters, digits, "
+                         "!_.*'()-, '/' between non-empty segments)")
+    return value
+
+
+S3Key = Annotated[str, AfterValidator(_s3_key)]
+
+
+class LedgerSettings(Strict):
+    """Where the evidence ledger lives (`stacklock.flows.ledger`). Default: the S3 state
+    bucket when every environment is on AWS and they share one, else a local file."""
+
+    store: Literal["local", "s3"] | None = Field(
+        default=None, description="local: <output_dir>/.stacklock/ledger.jsonl; s3: an object "
+                                  "in an S3 bucket (default: chosen from the environments)")
+    bucket: Bucket | None = Field(default=None, description="s3: the bucket (default: the "
+                                                            "environments' state bucket)")
+    region: Annotated[str | None, Field(pattern=_REGION)] = Field(
+        default=None, description="s3: the bucket's region (default: its state_region)")
+    key: S3Key | None = Field(
+        default=None, description="s3: the object key (default: <project>/ledger.jsonl)")
+
+    @model_validator(mode="after")
+    def _local_has_no_s3(self) -> LedgerSettings:
+        given = [k for k in ("bucket", "region", "key") if getattr(self, k) is not None]
+        if self.store == "local" and given:
+            raise ValueError(f"{', '.join(given)} name an S3 object, but store is local; "
+                             "remove them, or set store: s3")
+        return self
+
+
+@dataclass(frozen=True)
+class LedgerLocation:
+    """The ledger's home: `bucket` None means the local file."""
+
+    bucket: str | None = None
+    region: str = ""
+    key: str = ""
+    why: str = ""  # which setting chose it, for messages
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.key}" if self.bucket else ""
+
+
+def ledger_location(m: Manifest) -> tuple[LedgerLocation, list[Problem]]:
+    """Where the ledger of `m` lives, or the problem that leaves it without a home."""
+    led = m.ledger
+    key = led.key or f"{m.project}/ledger.jsonl"
+    if led.store == "local":
+        return LedgerLocation(why="ledger.store: local"), []
+    aws = {n: e for n, e in m.environments.items() if isinstance(e, AwsEnvironment)}
+    homes: dict[str, list[str]] = {}
+    regions: dict[str, str] = {}
+    for name, env in aws.items():
+        bucket = env.state_bucket or f"{m.project}-tfstate"
+        homes.setdefault(bucket, []).append(name)
+        regions.setdefault(bucket, env.state_region or env.region)
+    if led.bucket:
+        region = led.region or regions.get(led.bucket, "")
+        if not region:
+            return LedgerLocation(), [Problem(
+                "ledger.region", f"bucket {led.bucket!r} is no environment's state bucket, "
+                "so its region is unknown", "name it: ledger.region: us-east-1", rule="schema")]
+        return LedgerLocation(led.bucket, region, key, "ledger.bucket"), []
+    all_aws = len(aws) == len(m.environments)
+    if led.store is None and not all_aws:
+        return LedgerLocation(why="not every environment is on AWS"), []
+    if len(homes) != 1:
+        where = "; ".join(f"{', '.join(envs)}: {b}" for b, envs in sorted(homes.items()))
+        return LedgerLocation(), [Problem(
+            "ledger", ("store s3 needs a bucket: no environment is on AWS" if not homes else
+                       f"the environments keep their state in different buckets ({where}), "
+                       "so the shared ledger has no one home"),
+            "name it: ledger: {bucket: BUCKET, region: REGION} (every writer needs access), "
+            "or ledger: {store: local}", rule="schema")]
+    bucket = next(iter(homes))
+    return LedgerLocation(bucket, led.region or regions[bucket], key,
+                          "the environments' state bucket"), []
+
+
 class Manifest(Strict):
     version: Literal[1] = Field(description="manifest schema version")
     project: Annotated[str, Field(pattern=_NAME, description="lowercase name, 2-32 chars")]
@@ -578,6 +667,9 @@ class Manifest(Strict):
                     "may only move to a revision the one before it verified")
     promotion_soak: Annotated[str, Field(pattern=r"^[0-9]{1,6}(s|m|h|d)$")] | None = Field(
         default=None, description="minimum age of the previous environment's evidence: 30m, 1h")
+    ledger: LedgerSettings = Field(
+        default_factory=LedgerSettings,
+        description="where the evidence ledger lives: a local file, or an S3 object")
 
     @field_validator("output_dir")
     @classmethod
@@ -729,7 +821,7 @@ def problems_from_validation(exc: ValidationError) -> list[Problem]:
 
 
 def _cross_references(m: Manifest) -> list[Problem]:
-    return _raw_cross_references(m.model_dump())
+    return _raw_cross_references(m.model_dump()) + ledger_location(m)[1]
 
 
 def _raw_cross_references(data: dict[str, Any]) -> list[Problem]:

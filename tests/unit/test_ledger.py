@@ -36,8 +36,8 @@ def _report(*envs: str) -> dict[str, Any]:
             "observed": {e: {f"{e}-1": {"docker.version": "1"}} for e in envs}}
 
 
-def _ledger(tmp_path: Path, n: int = 4) -> flow.Ledger:
-    led = flow.Ledger(tmp_path / ".stacklock" / "ledger.jsonl")
+def _ledger(tmp_path: Path, n: int = 4) -> flow.LocalLedger:
+    led = flow.LocalLedger(tmp_path / ".stacklock" / "ledger.jsonl")
     lock = _lock("a", "b")
     for i in range(n):
         stacks = {"dev": "a" if i % 2 == 0 else "b", "prod": "a"}
@@ -77,7 +77,7 @@ def test_ledger_file_is_private(tmp_path: Path) -> None:
     assert stat.S_IMODE(os.stat(led.path).st_mode) == 0o600
 
 
-def _lines(led: flow.Ledger) -> list[str]:
+def _lines(led: flow.LocalLedger) -> list[str]:
     return led.path.read_text().splitlines(keepends=True)
 
 
@@ -120,28 +120,28 @@ def test_tampering_is_detected_naming_the_record(tmp_path: Path, how: str) -> No
 
 def test_ledger_verify_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     led = _ledger(tmp_path)
-    assert verify_ledger(led.path) == ExitCode.OK
+    assert verify_ledger(led) == ExitCode.OK
     assert "chain intact" in capsys.readouterr().out
     lines = _lines(led)
     rec = json.loads(lines[1])
     rec["time"] = "2030-01-01T00:00:00Z"
     lines[1] = core.dumps(rec)
     led.path.write_text("".join(lines))
-    assert verify_ledger(led.path) == ExitCode.DEVIATION
+    assert verify_ledger(led) == ExitCode.DEVIATION
     text = capsys.readouterr().out
     assert "TAMPERED" in text and "line 2 (record seq 2)" in text
 
 
 def test_revision_lock_must_hash_to_its_fingerprint(tmp_path: Path) -> None:
-    led = flow.Ledger(tmp_path / "l.jsonl")
+    led = flow.LocalLedger(tmp_path / "l.jsonl")
     body = core.revision_body("f" * 64, "a", "p", LOCKED)  # lies about its fingerprint
     led.append([("revision", body)])
-    assert verify_ledger(led.path) == ExitCode.DEVIATION
+    assert verify_ledger(led) == ExitCode.DEVIATION
 
 
 def test_empty_ledger_is_intact(tmp_path: Path) -> None:
-    assert flow.Ledger(tmp_path / "none.jsonl").records() == []
-    assert verify_ledger(tmp_path / "none.jsonl") == ExitCode.OK
+    assert flow.LocalLedger(tmp_path / "none.jsonl").records() == []
+    assert verify_ledger(flow.LocalLedger(tmp_path / "none.jsonl")) == ExitCode.OK
 
 
 def test_queries(tmp_path: Path) -> None:

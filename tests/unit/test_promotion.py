@@ -169,7 +169,7 @@ def test_verify_names_untested_and_behind(tmp_path: Path) -> None:
     extra = [c for c in report.checks if c.component == flow.REVISION_COMPONENT]
     assert len(extra) == 1 and "staging runs revision" in extra[0].detail
     # dev verified the old revision before it moved on: staging is behind dev, both named
-    led = flow.Ledger(tmp_path / "other.jsonl")
+    led = flow.LocalLedger(tmp_path / "other.jsonl")
     flow.record_evidence(led, flow.current_lock(loaded), {"dev": "lab-2026-11"},
                          {"environments": ["dev"], "observed": {}})
     report = flow.with_revision_checks(loaded, _report(["dev", "staging"]), led.records())

@@ -50,6 +50,14 @@ _CREDENTIALS_HINT = (
 )
 
 
+class AwsError(ToolFailed):
+    """An AWS API error (exit 3) that keeps AWS's error code, for callers that tell them apart."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 # --------------------------------------------------------------------------- clients
 
 
@@ -110,7 +118,7 @@ def _call(
         raise ToolFailed(f"AWS {what} in {region}: {type(exc).__name__}: no usable credentials; "
                          f"{_CREDENTIALS_HINT}") from None
     except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError) as exc:
-        raise ToolFailed(f"AWS {what} in {region}: cannot reach the EC2 endpoint "
+        raise ToolFailed(f"AWS {what} in {region}: cannot reach the AWS endpoint "
                          f"({_safe(exc)}); check the network, the region name and "
                          "AWS_ENDPOINT_URL") from None
     except NoRegionError:
@@ -122,9 +130,10 @@ def _call(
         if absent_codes and code.startswith(absent_codes):
             return None
         if code in _AUTH_CODES:
-            raise ToolFailed(f"AWS {what} in {region} was refused: {code}: {message} "
-                             f"(fix: {_CREDENTIALS_HINT}, with permission for {what})") from None
-        raise ToolFailed(f"AWS {what} in {region} failed: {code}: {message}") from None
+            raise AwsError(f"AWS {what} in {region} was refused: {code}: {message} "
+                           f"(fix: {_CREDENTIALS_HINT}, with permission for {what})",
+                           code) from None
+        raise AwsError(f"AWS {what} in {region} failed: {code}: {message}", code) from None
     except BotoCoreError as exc:
         raise ToolFailed(f"AWS {what} in {region} failed: {type(exc).__name__}: "
                          f"{_safe(exc)}") from None
@@ -487,3 +496,59 @@ __all__ = [
     "resolve_amis",
     "unmanaged_instances",
 ]
+
+
+# --------------------------------------------------------------------------- S3 objects
+#
+# The shared evidence ledger (stacklock.flows.ledger) is one S3 object, appended to with
+# conditional writes: PutObject with If-Match on the ETag that was read (If-None-Match: * for
+# the first write), so of two writers that read the same head only one wins; the other gets
+# 412 PreconditionFailed (or 409 ConditionalRequestConflict while the first is in flight),
+# reads again and retries.
+
+#: AWS error codes of a conditional write that lost to another writer
+CONFLICT_CODES = ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey")
+
+
+def s3_client(region: str) -> Any:
+    """An S3 client for `region`; `AWS_ENDPOINT_URL(_S3)` and credentials from the AWS chain."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        region_name=region,
+        connect_timeout=5,
+        read_timeout=30,
+        retries={"max_attempts": 3, "mode": "standard"},
+        user_agent_extra="stacklock",
+    )
+    try:
+        return boto3.session.Session().client("s3", region_name=region, config=config)
+    except Exception as exc:  # botocore raises many types for a broken configuration
+        raise ToolFailed(f"AWS: cannot create an S3 client for region {region}: "
+                         f"{type(exc).__name__}: {_safe(exc)}") from None
+
+
+def s3_read(region: str, bucket: str, key: str) -> tuple[bytes, str] | None:
+    """The object's bytes and ETag; None when there is no such key. A missing bucket raises
+    AwsError with code NoSuchBucket; other failures ToolFailed (exit 3)."""
+    client = s3_client(region)
+
+    def get() -> tuple[bytes, str]:
+        resp = client.get_object(Bucket=bucket, Key=key)
+        return resp["Body"].read(), str(resp["ETag"])
+
+    got: tuple[bytes, str] | None = _call(region, f"s3:GetObject s3://{bucket}/{key}", get,
+                                          absent_codes=("NoSuchKey",))
+    return got
+
+
+def s3_write_if(region: str, bucket: str, key: str, body: bytes, etag: str | None) -> str | None:
+    """Replace the object only if it is still the one with `etag` (None: only if there is no
+    object yet). The new ETag, or None when another writer changed it first."""
+    client = s3_client(region)
+    cond: dict[str, str] = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
+    resp = _call(region, f"s3:PutObject s3://{bucket}/{key}", client.put_object,
+                 absent_codes=CONFLICT_CODES, Bucket=bucket, Key=key, Body=body,
+                 ContentType="application/x-ndjson", **cond)
+    return None if resp is None else str(resp.get("ETag", ""))

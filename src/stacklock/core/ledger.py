@@ -77,6 +77,24 @@ def new_record(prev: Mapping[str, Any] | None, kind: str, body: Mapping[str, Any
     return record
 
 
+def extend(records: Sequence[Mapping[str, Any]], entries: Iterable[tuple[str, Mapping[str, Any]]],
+           time: str | None = None) -> list[dict[str, Any]]:
+    """The records that follow `records` (a checked chain): one per (kind, body), in order."""
+    prev: Mapping[str, Any] | None = records[-1] if records else None
+    out: list[dict[str, Any]] = []
+    for kind, body in entries:
+        rec = new_record(prev, kind, body, time)
+        out.append(rec)
+        prev = rec
+    return out
+
+
+def backoff(attempt: int, jitter: float, base: float = 0.05, cap: float = 2.0) -> float:
+    """Seconds to wait after conditional write `attempt` (0-based) lost to another writer:
+    exponential with full jitter (`jitter` in [0, 1)), at most `cap`."""
+    return min(cap, base * 2.0 ** attempt) * max(0.0, min(1.0, jitter))
+
+
 def dumps(record: Mapping[str, Any]) -> str:
     """One line of the ledger file."""
     return canonical(record) + "\n"

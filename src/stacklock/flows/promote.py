@@ -16,7 +16,6 @@ from __future__ import annotations
 import difflib
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 
 from rich.table import Table
 
@@ -137,13 +136,15 @@ def print_status(loaded: LoadedManifest, now: datetime | None = None) -> ExitCod
             ev = f"{r.latest.time}{same}, {len(r.latest.nodes)} node(s), seq {r.latest.seq}"
         table.add_row(r.environment, r.stack, promotion.short(r.fingerprint), ev, r.next_step)
     out.print(table)
-    info(f"ledger: {ledgerflow.ledger_path(loaded)} ({len(records)} record(s), chain intact)")
+    info(f"ledger: {ledgerflow.open_ledger(loaded).where} ({len(records)} record(s), "
+         "chain intact)")
     return ExitCode.OK
 
 
-def verify_ledger(path: Path) -> ExitCode:
+def verify_ledger(ledger: ledgerflow.Ledger) -> ExitCode:
     """`stacklock ledger verify`: 0 intact, 1 naming the first tampered record."""
-    records, error = core.check_text(ledgerflow.Ledger(path).read_text())
+    path = ledger.where
+    records, error = core.check_text(ledger.read_text())
     if error is not None:
         out.print(f"{path}: TAMPERED at {error.describe()}; the {len(records)} record(s) "
                   "before it are intact", markup=False, highlight=False)

@@ -244,3 +244,95 @@ def test_ansible_lint_production_profile(collections: Path) -> None:
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
     assert "0 failure(s), 0 warning(s)" in out
+
+
+def _has_gpu() -> bool:
+    return any(
+        (dev / "vendor").read_text().strip() == "0x10de"
+        for dev in Path("/sys/bus/pci/devices").glob("*")
+        if (dev / "vendor").exists()
+    )
+
+
+def test_nvidia_driver_run_skips_the_driver_reload_without_a_gpu_and_says_so(
+        tmp_path: Path, collections: Path) -> None:
+    if _has_gpu():
+        pytest.skip("this machine has an NVIDIA GPU: the no-GPU skip cannot be seen here")
+    rc, out = _playbook(
+        tmp_path,
+        """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - ansible.builtin.include_role:
+        name: nvidia_driver
+        tasks_from: "{{ item }}"
+      loop: [preflight, run]
+      vars:
+        nvidia_driver_version: 535.309.01
+        nvidia_driver_branch: 535
+        nvidia_driver_packages: [{name: nvidia-driver, version: 535.309.01-0+deb12u1}]
+        nvidia_driver_require_gpu: false
+        nvidia_driver_persistenced_enabled: false
+        nvidia_driver_reboot: true
+""",
+        _env(collections),
+    )
+    assert rc == 0, out[-3000:]
+    assert "the driver reload step (drain, reload the kernel modules or reboot, verify) is " \
+           "skipped" in " ".join(out.split())
+    assert re.search(r"changed=0\s+unreachable=0\s+failed=0", out), out[-2000:]
+    for task in ("Reload - drain the node", "Reload - reboot", "Reload - unload"):
+        assert task not in out  # nothing of the reload ran: no drain, no modprobe, no reboot
+
+
+def test_nvidia_driver_reads_the_loaded_module_and_what_to_unload(
+        tmp_path: Path, collections: Path) -> None:
+    """The role's probes of /proc/driver/nvidia/version and /proc/modules (real kernel texts)."""
+    import base64
+
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    proprietary = ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.309.01  "
+                   "Tue Oct 21 11:44:31 UTC 2025\nGCC version:  gcc version 12.2.0\n")
+    open_module = ("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.95.05  "
+                   "Release Build  (dvs-builder@U16-I1-N08-05-3)\n")
+    modules = ("nvidia_uvm 1789952 0 - Live 0x0000000000000000 (POE)\n"
+               "nvidia_drm 122880 0 - Live 0x0000000000000000 (POE)\n"
+               "ext4 1015808 1 - Live 0x0000000000000000\n"
+               "nvidia 60989440 2 nvidia_uvm,nvidia_drm, Live 0x0000000000000000 (POE)\n")
+    rc, out = _playbook(
+        tmp_path,
+        f"""
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - ansible.builtin.include_vars:
+        file: {ANSIBLE_DIR}/roles/nvidia_driver/vars/main.yml
+    - ansible.builtin.assert:
+        that:
+          - _nvidia_driver_loaded == "535.309.01"
+          - _nvidia_driver_loaded_modules == ["nvidia_uvm", "nvidia_drm", "nvidia"]
+          - not (_nvidia_driver_reload_failed | bool)
+      vars:
+        __nvidia_driver_proc: {{content: "{b64(proprietary)}"}}
+        __nvidia_driver_proc_modules: {{content: "{b64(modules)}"}}
+    - ansible.builtin.assert:
+        that:
+          - _nvidia_driver_loaded == "580.95.05"
+          - _nvidia_driver_loaded_modules == []
+          - _nvidia_driver_reload_failed | bool
+      vars:
+        __nvidia_driver_proc: {{content: "{b64(open_module)}"}}
+        __nvidia_driver_proc_modules: {{content: ""}}
+        __nvidia_driver_unload: {{rc: 1}}
+    - ansible.builtin.assert:
+        that: _nvidia_driver_loaded == ""
+      vars:
+        __nvidia_driver_proc: {{failed: true}}
+""",
+        _env(collections),
+    )
+    assert rc == 0, out[-3000:]
+    assert re.search(r"failed=0", out), out[-2000:]

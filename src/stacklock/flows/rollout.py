@@ -157,6 +157,8 @@ def run_rollout(orch: Orchestrator, env: str, *, auto_rollback: bool = False) ->
         recap = ansible.run_playbook(
             "site.yml", orch._inventories([env]),
             log_file=orch.log_file(f"site-{env}-batch{n}.log"),
+            # one batch at a time: a driver change may reboot these nodes (nvidia_driver role)
+            extra_vars={"nvidia_driver_reboot": True},
             extra_args=["--limit", ",".join(batch)], ok_codes=(0, 2, 4))
         bad: dict[str, str] = {}
         for h in batch:

@@ -963,9 +963,9 @@ def _norm(name):
     return re.sub(r"[-_.]+", "-", str(name)).lower()
 
 
-def _keys(sy, key_file):
-    """(path, management key, API key) from TorchServe's key_file.json; (None, None, None)
-    when there is none (token authorization off). Unreadable: CannotLook."""
+def _keys(sy, key_file, kind="management"):
+    """(path, key of `kind`, API key) from TorchServe's key_file.json; (None, None, None)
+    when there is none (token authorization off). Unreadable or without that key: CannotLook."""
     candidates = [key_file] if key_file else list(DEFAULT_KEY_FILES)
     for path in candidates:
         text = sy.read_text(path)
@@ -973,9 +973,9 @@ def _keys(sy, key_file):
             continue
         try:
             data = json.loads(text)
-            return path, data["management"]["key"], (data.get("API") or {}).get("key")
+            return path, data[kind]["key"], (data.get("API") or {}).get("key")
         except (ValueError, KeyError, TypeError, AttributeError):
-            raise CannotLook(f"{path}: no management key in it") from None
+            raise CannotLook(f"{path}: no {kind} key in it") from None
     return None, None, None
 
 
@@ -1064,19 +1064,8 @@ SMOKE_MAX_NUMBERS = 4096
 
 
 def _key_of(sy, key_file, kind):
-    """(key of `kind`, API key) from TorchServe's key_file.json; (None, None) when there is
-    none (token authorization off). Unreadable or without that key: CannotLook."""
-    candidates = [key_file] if key_file else list(DEFAULT_KEY_FILES)
-    for path in candidates:
-        text = sy.read_text(path)
-        if text is None:
-            continue
-        try:
-            data = json.loads(text)
-            return data[kind]["key"], (data.get("API") or {}).get("key")
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise CannotLook(f"{path}: no {kind} key in it") from None
-    return None, None
+    """(key of `kind`, API key) from TorchServe's key_file.json: see _keys."""
+    return _keys(sy, key_file, kind)[1:]
 
 
 def _key_refused(status, body):

@@ -61,8 +61,9 @@ class AwsError(ToolFailed):
 # --------------------------------------------------------------------------- clients
 
 
-def ec2_client(region: str) -> Any:
-    """An EC2 client for `region`; `AWS_ENDPOINT_URL(_EC2)` and credentials from the AWS chain."""
+def _client(service: str, region: str) -> Any:
+    """A boto3 client of `service` for `region`; `AWS_ENDPOINT_URL(_SERVICE)` and credentials
+    from the AWS chain; bounded timeouts and retries."""
     import boto3
     from botocore.config import Config
 
@@ -74,10 +75,15 @@ def ec2_client(region: str) -> Any:
         user_agent_extra="stacklock",
     )
     try:
-        return boto3.session.Session().client("ec2", region_name=region, config=config)
+        return boto3.session.Session().client(service, region_name=region, config=config)
     except Exception as exc:  # botocore raises many types for a broken configuration
-        raise ToolFailed(f"AWS: cannot create an EC2 client for region {region}: "
+        raise ToolFailed(f"AWS: cannot create an {service.upper()} client for region {region}: "
                          f"{type(exc).__name__}: {_safe(exc)}") from None
+
+
+def ec2_client(region: str) -> Any:
+    """An EC2 client for `region`."""
+    return _client("ec2", region)
 
 
 def _safe(exc: BaseException) -> str:
@@ -511,22 +517,8 @@ CONFLICT_CODES = ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey
 
 
 def s3_client(region: str) -> Any:
-    """An S3 client for `region`; `AWS_ENDPOINT_URL(_S3)` and credentials from the AWS chain."""
-    import boto3
-    from botocore.config import Config
-
-    config = Config(
-        region_name=region,
-        connect_timeout=5,
-        read_timeout=30,
-        retries={"max_attempts": 3, "mode": "standard"},
-        user_agent_extra="stacklock",
-    )
-    try:
-        return boto3.session.Session().client("s3", region_name=region, config=config)
-    except Exception as exc:  # botocore raises many types for a broken configuration
-        raise ToolFailed(f"AWS: cannot create an S3 client for region {region}: "
-                         f"{type(exc).__name__}: {_safe(exc)}") from None
+    """An S3 client for `region`."""
+    return _client("s3", region)
 
 
 def s3_read(region: str, bucket: str, key: str) -> tuple[bytes, str] | None:

@@ -76,6 +76,39 @@ def deviation(report: dict[str, Any], env: str, component: str) -> dict[str, Any
     return found[0]
 
 
+REV_A, REV_B = "lab-2026-11", "lab-2026-12"
+
+
+def with_second_revision(text: str) -> str:
+    """The example with what the promotion tests need: prod on 3 nodes (canary 1, then a
+    batch of 2), a promotion order, and a second stack (revision B) that differs from the
+    example's (A) in a pinned package (the container toolkit 1.18.0) and a model version
+    (tiny-linear 2.0: other archive bytes, other answers, y = 3x + 2)."""
+    import copy
+    import hashlib
+
+    import yaml
+
+    data = yaml.safe_load(text)
+    b = copy.deepcopy(data["stacks"][REV_A])
+    b["nvidia_container_toolkit"]["version"] = "1.18.0"
+    archive = ROOT / "examples/models/tiny-linear-2.0.mar"
+    model = b["models"][0]
+    model.update(version="2.0", archive="models/tiny-linear-2.0.mar",
+                 sha256=hashlib.sha256(archive.read_bytes()).hexdigest())
+    if "smoke" in model:  # the same input, revision B's answers
+        model["smoke"] = SMOKE_B
+    data["stacks"][REV_B] = b
+    data["environments"]["prod"].update(count=3, rollout={"canary": 1, "batch": 2,
+                                                          "max_failures": 0})
+    data["promotion"] = list(ENVS)
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+SMOKE_B: dict[str, Any] = {"input": '{"inputs": [1, 2, 3]}', "content_type": "application/json",
+                           "expected": [5.0, 8.0, 11.0], "tolerance": 1.0e-6}
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory, lab_docker: str) -> Iterator[Path]:
     reason = _skip_reason()
@@ -86,11 +119,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory, lab_docker: str) -> Iterator[P
     work = tmp_path_factory.mktemp("lab")
     (work / "models").mkdir()
     shutil.copy(ROOT / "examples/models/tiny-linear.mar", work / "models/tiny-linear.mar")
+    shutil.copy(ROOT / "examples/models/tiny-linear-2.0.mar",
+                work / "models/tiny-linear-2.0.mar")
     text = (ROOT / "examples/lab.yaml").read_text()
     text = re.sub(r"^project: .*$", f"project: {PROJECT}", text, flags=re.M)
     text = text.replace("10.213.", f"{NETWORK}.")
     manifest = work / "lab.yaml"
-    manifest.write_text(text)
+    manifest.write_text(with_second_revision(text))
     for step in (["lock"], ["render"]):
         res = sl(manifest, *step)
         assert res.returncode == 0, res.stderr
@@ -131,6 +166,12 @@ def test_provision_all_ends_in_parity(lab: Path, provisioned: dict[str, Any]) ->
     assert observed["docker.version"] == "20.10.24"
     assert observed["torch.version"] == "2.13.0+cpu"
     assert observed["torchserve.running"] == "true"
+    # the model's answer: the smoke test ran on every node and matched (examples/lab.yaml)
+    smoke = [c for c in report["checks"] if c["component"] == "model.tiny-linear.smoke"]
+    assert {c["node"] for c in smoke} == {n["node"] for n in report["nodes"]}, smoke
+    assert all(c["status"] == "match" for c in smoke), smoke
+    assert smoke[0]["expected"] == "[3.0, 5.0, 7.0] within 1e-06"
+    assert observed["model.tiny-linear.smoke"] == "[3.0, 5.0, 7.0]"
 
 
 def test_second_configure_skips_every_node_then_converges_only_the_deviating_one(
@@ -151,9 +192,9 @@ def test_second_configure_skips_every_node_then_converges_only_the_deviating_one
                 "not held (lock: held)") in res.stderr, res.stderr[-4000:]
         for env in ("dev", "prod"):
             assert f"skip      {env}/{container(env)}" in res.stderr
-        assert "site.yml on 1 of 3 node(s)" in res.stderr
+        assert "site.yml on 1 of 5 node(s)" in res.stderr
         assert "configured dev, staging, prod: 1 host(s), changed=" in res.stderr
-        assert f"{container('dev')}:" not in res.stderr.split("site.yml on 1 of 3")[1]
+        assert f"{container('dev')}:" not in res.stderr.split("site.yml on 1 of 5")[1]
     finally:
         on_node("staging", "apt-mark hold docker.io >/dev/null", check=False)
     assert verify_json(lab)[0] == 0
@@ -208,6 +249,129 @@ def test_standalone_playbook_reaches_the_same_verdict(
     assert res.returncode == 0, res.stdout[-4000:]
     report = json.loads((lab.parent / "standalone.json").read_text())
     assert report["exit_code"] == 0 and report["nodes"]
+
+
+def test_fast_path_gives_the_same_report_as_the_playbook(
+    lab: Path, provisioned: dict[str, Any]
+) -> None:
+    """`verify --fast` (asyncssh, the same facts module) and the verify play give the same
+    report: on the clean lab through the CLI, then on copies of the inventories (nothing
+    changed on the nodes) with a deviation, an untrusted host key, a missing interpreter, a
+    refused key, a refused port and an option the module refuses. Only timings may differ,
+    and the wording of why a node could not be reached (the status, exit 3, is the same)."""
+    import tempfile
+
+    import yaml
+
+    from stacklock.flows import fastverify
+
+    def same(report: dict[str, Any], *, reasons: bool = True) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(json.dumps(report))
+        for node in data["nodes"] + data["unreachable"]:
+            node.pop("facts_seconds", None)
+            if not reasons and not node["reachable"]:
+                node["error"] = ""
+        if not reasons:
+            data.pop("problems")
+            for check in data["checks"]:
+                if check["status"] == "unreachable":
+                    check["detail"] = ""
+        return data
+
+    def compared(play: dict[str, Any], fast: dict[str, Any], *, reasons: bool = True) -> None:
+        a, b = same(play, reasons=reasons), same(fast, reasons=reasons)
+        for key in a:
+            assert a[key] == b[key], (key, json.dumps(a[key], indent=1)[:3000],
+                                      json.dumps(b[key], indent=1)[:3000])
+        assert a == b
+
+    # 1. the clean lab, both through the CLI
+    play_res = sl(lab, "verify", "--format", "json", timeout=600)
+    fast_res = sl(lab, "verify", "--fast", "--format", "json", timeout=600)
+    assert play_res.returncode == 0, play_res.stdout[-3000:] + play_res.stderr[-3000:]
+    assert fast_res.returncode == 0, fast_res.stdout[-3000:] + fast_res.stderr[-3000:]
+    play, fast = json.loads(play_res.stdout), json.loads(fast_res.stdout)
+    assert len(play["checks"]) > 100 and play["exit_code"] == 0
+    compared(play, fast)
+
+    # 2. copies of the inventories, broken on purpose (one change per environment)
+    out_dir = lab.parent / "lab"
+    work = Path(tempfile.mkdtemp(prefix="stacklock-fastcmp-"))
+    other = work / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)],
+                   check=True)
+
+    def both(name: str, host_vars: dict[str, dict[str, Any]], group_vars: dict[str, Any],
+             known_hosts_of: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+        invs = []
+        for env in ENVS:
+            inv = work / name / "inventories" / env
+            shutil.copytree(out_dir / "inventories" / env, inv)
+            hosts = inv / "hosts.yml"
+            doc = yaml.safe_load(hosts.read_text())
+            for hv in doc["all"]["children"][env]["hosts"].values():
+                hv.update(host_vars.get(env, {}))
+            hosts.write_text(yaml.safe_dump(doc))
+            gv = inv / "group_vars" / env / "stacklock.yml"
+            gv.write_text(yaml.safe_dump(yaml.safe_load(gv.read_text())
+                                         | group_vars.get(env, {})))
+            invs.append(inv)
+        if not (work / name / ".stacklock").exists():
+            (work / name / ".stacklock").symlink_to(out_dir / ".stacklock")
+        if known_hosts_of:
+            known = work / name / "inventories" / known_hosts_of / "known_hosts"
+            addr = known.read_text().splitlines()[-1].split()[0]
+            key = " ".join(Path(f"{other}.pub").read_text().split()[:2])
+            known.write_text(f"{addr} {key}\n")
+        argv = [str(BIN / "ansible-playbook"), "ansible/playbooks/verify.yml",
+                "-e", f"stacklock_report_path={work / name / 'play.json'}",
+                "-e", "stacklock_verify_fail=false",
+                "-e", json.dumps({"stacklock_verify_environments": list(ENVS)})]
+        for inv in invs:
+            argv += ["-i", str(inv)]
+        # a fresh ControlPersist folder: a master left by step 1 would skip the key check
+        env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
+                   ANSIBLE_SSH_CONTROL_PATH_DIR=str(work / name / "cp"))
+        res = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                             check=False, env=env)
+        assert res.returncode in (0, 2, 4), res.stdout[-3000:]
+        play = json.loads((work / name / "play.json").read_text())
+        rep = fastverify.collect(invs, list(ENVS), report_path=work / name / "fast.json",
+                                 quiet=True)
+        fast = json.loads((work / name / "fast.json").read_text())
+        assert int(rep.exit_code) == fast["exit_code"]
+        return play, fast
+
+    def reason(report: dict[str, Any], env: str) -> str:
+        return next(str(n["error"]) for n in report["unreachable"] if n["environment"] == env)
+
+    try:
+        # dev: another host key trusted; staging: the lock wants another Docker (a deviation
+        # read on the node); prod: no such interpreter (the module cannot run)
+        play, fast = both("a", {"prod": {"ansible_python_interpreter": "/usr/bin/python9"}},
+                          {"staging": {"docker_version": "99.0.0"}}, "dev")
+        assert play["exit_code"] == fast["exit_code"] == 3
+        assert {n["environment"] for n in play["unreachable"]} == {"dev", "prod"}
+        assert "stacklock trust dev" in reason(play, "dev")
+        assert deviation(play, "staging", "docker.version")["expected"] == "99.0.0"
+        assert deviation(fast, "staging", "docker.version")["actual"] == deviation(
+            play, "staging", "docker.version")["actual"]
+        assert reason(fast, "dev") == reason(play, "dev")
+        compared(play, fast, reasons=False)
+        # dev: a key the node refuses; staging: a probe timeout AnsibleModule refuses;
+        # prod: a port nothing listens on
+        play, fast = both("b", {"dev": {"ansible_ssh_private_key_file": str(other)},
+                                "prod": {"ansible_port": 2}},
+                          {"staging": {"stacklock_verify_probe_timeout": "soon"}}, None)
+        assert play["exit_code"] == fast["exit_code"] == 3
+        assert {n["environment"] for n in fast["unreachable"]} == set(ENVS)
+        for report in (play, fast):
+            assert "Permission denied" in reason(report, "dev")
+            assert "Connection refused" in reason(report, "prod")
+            assert "probe_timeout" in reason(report, "staging")
+        compared(play, fast, reasons=False)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def test_clean_lab_audits_without_drift(lab: Path, provisioned: dict[str, Any]) -> None:
@@ -426,6 +590,34 @@ def test_removed_pin_protection_file_is_caught(lab: Path, provisioned: dict[str,
     assert verify_json(lab)[0] == 0
 
 
+def test_every_member_of_a_pinned_set_is_held_and_an_unknown_family_member_is_caught(
+    lab: Path, provisioned: dict[str, Any]
+) -> None:
+    lock = json.loads(lab.with_suffix(".lock").read_text())
+    driver = next(iter(lock["stacks"].values()))["apt"]["nvidia_driver"]
+    assert len(driver) == 28 and "nvidia-support" in {p["name"] for p in driver}
+    # a dependency-set member (not a top package) unheld, and a family member the lock does
+    # not know installed by hand
+    on_node("prod", "apt-mark unhold nvidia-support >/dev/null")
+    on_node("prod", "d=$(mktemp -d); mkdir -p $d/DEBIAN; printf 'Package: "
+                    "libnvidia-stacklock-probe1\\nVersion: 535.1-1\\nArchitecture: all\\n"
+                    "Maintainer: t <t@localhost>\\nDescription: verify test\\n' "
+                    "> $d/DEBIAN/control; dpkg-deb --root-owner-group -b $d /tmp/p.deb "
+                    ">/dev/null; dpkg -i /tmp/p.deb >/dev/null; rm -rf $d /tmp/p.deb")
+    try:
+        code, report = verify_json(lab)
+        assert code == 1
+        held = deviation(report, "prod", "hold.nvidia-support")
+        assert held["expected"] == "held" and held["actual"] == "not held"
+        extra = deviation(report, "prod", "apt.unpinned")
+        assert extra["expected"].startswith("none")
+        assert extra["actual"] == "libnvidia-stacklock-probe1=535.1-1"
+    finally:
+        on_node("prod", "dpkg -P libnvidia-stacklock-probe1 >/dev/null 2>&1 || true; "
+                        "apt-mark hold nvidia-support >/dev/null")
+    assert verify_json(lab)[0] == 0
+
+
 def test_docker_stopped_everywhere_is_caught_even_in_one_environment(
     lab: Path, provisioned: dict[str, Any]
 ) -> None:
@@ -461,6 +653,151 @@ def test_a_probe_that_times_out_is_could_not_look_exit_3(
     assert blocked and all("could not look" in c["detail"] for c in blocked)
     assert any("timed out" in c["detail"] or "no answer" in c["detail"] for c in blocked)
     assert report["deviations"] == [], report["deviations"]
+
+
+# --------------------------------------------------------------------------- promotion
+# Two revisions of the lab stack (A: the example's; B: toolkit 1.18.0 and tiny-linear 2.0).
+# Every environment verified A while provisioning (evidence in the ledger). The change moves
+# dev to B by a manifest edit; promote carries it to staging, then canary-first to prod.
+
+
+def node_of(env: str, i: int) -> str:
+    return f"{PROJECT}-{env}-{i}"
+
+
+def set_stack(manifest: Path, env: str, stack: str) -> None:
+    """The reviewed manifest edit an engineer makes (the one `promote` makes itself)."""
+    from stacklock.flows.promote import set_stack as edit
+
+    manifest.write_text(edit(manifest.read_text(), env, stack))
+
+
+def answers(node: str) -> list[float]:
+    """What TorchServe on that node answers for [1, 2]: A gives [3, 5], B gives [5, 8]."""
+    res = subprocess.run(["docker", "exec", node, "python3", "-c", HTTP_PROBE,
+                          "http://127.0.0.1:8080/predictions/tiny-linear", "[1.0, 2.0]",
+                          "inference"], capture_output=True, text=True, timeout=120,
+                         check=False)
+    code, _, text = res.stdout.strip().partition(" ")
+    assert code == "200", res.stdout + res.stderr
+    return list(json.loads(text))
+
+
+def toolkit_on(node: str) -> str:
+    res = subprocess.run(["docker", "exec", node, "dpkg-query", "-W", "-f", "${Version}",
+                          "nvidia-container-toolkit"], capture_output=True, text=True,
+                         timeout=60, check=True)
+    return res.stdout.strip()
+
+
+def test_promotion_is_refused_without_evidence(lab: Path, provisioned: dict[str, Any]) -> None:
+    res = sl(lab, "status")
+    assert res.returncode == 0, res.stderr[-3000:]
+    # provisioning's passing verify recorded A's evidence for every environment
+    for env in ENVS:
+        assert re.search(rf"{env}\s.*{REV_A}", res.stdout), res.stdout
+    set_stack(lab, "dev", REV_B)
+    for step_ in (["lock"], ["render"]):
+        assert sl(lab, *step_).returncode == 0
+    res = sl(lab, "promote", "staging")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "refused" in res.stderr and "dev" in res.stderr, res.stderr[-3000:]
+    assert f"stack: {REV_A}" in lab.read_text().split("staging:")[1].split("prod:")[0]
+    # prod can never get a revision staging has not verified, even by a hand edit
+    before = lab.read_text()
+    set_stack(lab, "prod", REV_B)
+    assert sl(lab, "render").returncode == 0
+    res = sl(lab, "rollout", "prod")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "never verified in staging (nor in prod)" in res.stderr, res.stderr[-3000:]
+    code, report = verify_json(lab)
+    assert code == 1
+    found = deviation(report, "prod", "stack.revision")
+    assert "never verified" in found["detail"], found
+    assert toolkit_on(node_of("prod", 1)) == "1.17.8-1"  # nothing was touched
+    lab.write_text(before)
+    assert sl(lab, "render").returncode == 0
+
+
+def test_dev_then_staging_roll_out_the_new_revision(
+    lab: Path, provisioned: dict[str, Any]
+) -> None:
+    res = sl(lab, "rollout", "dev", timeout=1800)
+    assert res.returncode == 0, res.stderr[-5000:]
+    assert answers(node_of("dev", 1)) == [5.0, 8.0] and toolkit_on(node_of("dev", 1)) == "1.18.0-1"
+    res = sl(lab, "promote", "staging", "--rollout", timeout=1800)
+    assert res.returncode == 0, res.stderr[-5000:]
+    assert f"environments.staging.stack {REV_A} -> {REV_B}" in res.stderr
+    assert answers(node_of("staging", 1)) == [5.0, 8.0]
+    # prod is behind staging now: a full verify says so (strict), prod alone passes
+    code, report = verify_json(lab)
+    assert code == 1
+    assert report["observed"]["dev"][node_of("dev", 1)]["model.tiny-linear.smoke"] == \
+        "[5.0, 8.0, 11.0]"
+    assert "prod is behind staging" in deviation(report, "prod", "stack.revision")["detail"]
+    assert sl(lab, "verify", "prod").returncode == 0
+
+
+FAULT = "/etc/systemd/system/torchserve.service.d/zz-injected-fault.conf"
+
+
+def test_failed_canary_halts_prod_and_rollback_restores_it(
+    lab: Path, provisioned: dict[str, Any]
+) -> None:
+    canary = node_of("prod", 1)
+    # the fault: TorchServe will not start again on the canary (e.g. a broken host)
+    subprocess.run(["docker", "exec", canary, "bash", "-ec",
+                    f"mkdir -p {Path(FAULT).parent}; printf '[Service]\\nExecStartPre=/bin/false\\n'"
+                    f" > {FAULT}; systemctl daemon-reload"], check=True, capture_output=True)
+    try:
+        started = time.monotonic()
+        res = sl(lab, "promote", "prod", "--rollout", timeout=1800)
+        print(f"halted canary rollout: {time.monotonic() - started:.0f} s")
+        assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-5000:]
+        assert "halted" in res.stderr and "1 later batch(es) untouched" in res.stderr
+        table = res.stdout
+        assert re.search(rf"{canary}\s.*attempted\s.*FAILED", table), table
+        for i in (2, 3):
+            assert re.search(rf"{node_of('prod', i)}\s.*untouched", table), table
+            # the other two nodes still run A and answer like it
+            assert toolkit_on(node_of("prod", i)) == "1.17.8-1"
+            assert answers(node_of("prod", i)) == [3.0, 5.0]
+    finally:
+        subprocess.run(["docker", "exec", canary, "bash", "-ec",
+                        f"rm -f {FAULT}; systemctl daemon-reload"], check=True,
+                       capture_output=True)
+    started = time.monotonic()
+    res = sl(lab, "rollback", "prod", timeout=1800)
+    print(f"rollback: {time.monotonic() - started:.0f} s")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    assert f"environments.prod.stack -> {REV_A}" in res.stderr
+    for i in (2, 3):  # already at A: not configured, not restarted
+        assert re.search(rf"{node_of('prod', i)}\s.*already at the revision", res.stdout)
+    assert toolkit_on(canary) == "1.17.8-1" and answers(canary) == [3.0, 5.0]
+    assert sl(lab, "verify", "prod").returncode == 0
+
+
+def test_tampered_ledger_is_detected_and_trusted_by_nothing(
+    lab: Path, provisioned: dict[str, Any]
+) -> None:
+    ledger = lab.parent / "lab" / ".stacklock" / "ledger.jsonl"
+    res = sl(lab, "ledger", "verify")
+    assert res.returncode == 0 and "chain intact" in res.stdout, res.stdout + res.stderr
+    original = ledger.read_text()
+    lines = original.splitlines(keepends=True)
+    # rewrite history: the halted prod rollout never happened, staging "verified" A again
+    victim = next(i for i, line in enumerate(lines) if '"kind":"evidence"' in line
+                  and '"environment":"staging"' in line)
+    lines[victim] = lines[victim].replace('"environment":"staging"', '"environment":"prod"')
+    ledger.write_text("".join(lines))
+    try:
+        res = sl(lab, "ledger", "verify")
+        assert res.returncode == 1 and "TAMPERED" in res.stdout, res.stdout + res.stderr
+        res = sl(lab, "promote", "prod")
+        assert res.returncode == 1 and "tampered" in res.stderr, res.stderr[-3000:]
+    finally:
+        ledger.write_text(original)
+    assert sl(lab, "ledger", "verify").returncode == 0
 
 
 # --------------------------------------------------------------------------- lost nodes (last)

@@ -71,7 +71,12 @@ def check_sbom(manifest: Path, out: Path, envs: tuple[str, ...], node: str) -> N
         res = sl(manifest, "sbom", "--out", str(target))
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     files = sorted(p.relative_to(first) for p in first.rglob("*.cdx.json"))
-    assert len(files) == 2 * len(envs), files  # one per node (one node each), one per env
+    # one per environment, and one per node in that environment's folder
+    assert sorted(str(f) for f in files if f.parent == Path(".")) == sorted(
+        f"{e}.cdx.json" for e in envs), files
+    for e in envs:
+        assert any(f.parent == Path(e) for f in files), (e, files)
+    assert Path(envs[0]) / f"{node}.cdx.json" in files, files
     for rel in files:
         text = (first / rel).read_text()
         assert sbom.validate(text) == [], rel

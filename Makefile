@@ -11,10 +11,11 @@ CHECKOV_VENV := .cache/checkov-venv
 CHECKOV := $(CHECKOV_VENV)/bin/checkov
 PYTHON ?= python3
 
-.PHONY: demo test lint unit integration prereqs venv clean-lab render-check help
+.PHONY: demo upgrade-demo test lint unit integration prereqs venv clean-lab render-check help
 
 help:
 	@echo "make demo   provision and verify the local lab (dev, staging, prod)"
+	@echo "make upgrade-demo   the README walkthrough: promote dev -> staging -> prod (canary), roll back"
 	@echo "make test   run the whole test suite"
 
 prereqs:
@@ -37,6 +38,9 @@ $(CHECKOV):
 
 demo: prereqs venv
 	@$(STACKLOCK) --manifest examples/lab.yaml demo
+
+upgrade-demo: prereqs venv
+	@scripts/upgrade-walkthrough.sh
 
 test: prereqs venv $(CHECKOV)
 	@STACKLOCK_CHECKOV=$(CURDIR)/$(CHECKOV) scripts/test.sh

@@ -88,8 +88,9 @@ def decide(order: Sequence[str], env: str, revs: Mapping[str, Revision],
     if ev is None:
         return Decision(env, False, src, want.stack, want.fingerprint,
                         f"no passing verify of {src} at revision {short(want.fingerprint)} "
-                        f"(stack {want.stack}) in the ledger: run `stacklock verify {src}` "
-                        "(exit 0 records the evidence), then promote again")
+                        f"(stack {want.stack}) in the ledger: roll it out there (`stacklock "
+                        f"rollout {src}`), or `stacklock verify {src}` if its nodes already "
+                        "run it (exit 0 records the evidence), then promote again")
     first = ledger.first_evidence(records, src, want.fingerprint) or ev
     age = (now - first.when).total_seconds()
     if age < soak:

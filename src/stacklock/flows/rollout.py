@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from rich.table import Table
@@ -84,26 +84,19 @@ def verify_batch(orch: Orchestrator, env: str, batch: list[str], n: int | str) -
     return reportmod.from_dict(json.loads(path.read_text("utf-8")))
 
 
-def previous_revision(orch: Orchestrator, env: str, new_fp: str) -> str | None:
-    records = ledgerflow.open_ledger(orch.loaded).records()
+def previous_revision(records: list[dict[str, Any]], env: str, new_fp: str) -> str | None:
     older = [e for e in core.evidence(records) if e.environment == env
              and e.fingerprint != new_fp]
     return older[-1].fingerprint if older else None
 
 
-def untested(orch: Orchestrator, env: str, fp: str) -> str | None:
-    """Why ENV may not be given revision `fp` (None: it may): see promotion.rollout_refusal."""
-    records = ledgerflow.open_ledger(orch.loaded).records()
-    return promotion.rollout_refusal(list(orch.loaded.manifest.promotion), env, fp, records)
-
-
-def what_changes(orch: Orchestrator, old_fp: str | None,
+def what_changes(records: list[dict[str, Any]], old_fp: str | None,
                  new_stack: dict[str, object]) -> list[str]:
     """The summary of what changes on each node: the previous revision's lock (kept in the
     ledger) against the new one."""
     if old_fp is None:
         return ["changes: the previous revision is not in the ledger (no passing verify yet)"]
-    body = core.revisions(ledgerflow.open_ledger(orch.loaded).records()).get(old_fp)
+    body = core.revisions(records).get(old_fp)
     if body is None:
         return [f"changes: revision {promotion.short(old_fp)} has no lock in the ledger"]
     lines = promotion.changes(json.loads(body["lock_text"]), new_stack)
@@ -120,12 +113,13 @@ def run_rollout(orch: Orchestrator, env: str, *, auto_rollback: bool = False) ->
     lock = orch.ensure_current()
     stack = orch.loaded.manifest.environments[env].stack
     new_fp = str(lock["stacks"][stack]["fingerprint"])
-    why = untested(orch, env, new_fp)
+    records = ledgerflow.open_ledger(orch.loaded).records()  # once: on AWS an S3 read
+    why = promotion.rollout_refusal(list(orch.loaded.manifest.promotion), env, new_fp, records)
     if why is not None:
         step(f"rollout {env} refused")
         info(f"  {why}")
         return ExitCode.DEVIATION
-    old_fp = previous_revision(orch, env, new_fp)
+    old_fp = previous_revision(records, env, new_fp)
     hosts = env_hosts(orch, env)
     pol = policy_of(orch, env)
     revision: dict[str, str] = {h: promotion.short(old_fp) if old_fp else "previous (unknown)"
@@ -146,7 +140,7 @@ def run_rollout(orch: Orchestrator, env: str, *, auto_rollback: bool = False) ->
     step(f"rollout {env} to revision {promotion.short(new_fp)} (stack {stack}): "
          f"{len(todo)} of {len(hosts)} node(s) to change, in {len(batches)} batch(es) "
          f"(canary {pol.canary}, batch {pol.batch}, max_failures {pol.max_failures})")
-    for line in what_changes(orch, old_fp, lock["stacks"][stack]):
+    for line in what_changes(records, old_fp, lock["stacks"][stack]):
         info(f"  {line}")
     failures = 0
     halted = False
@@ -217,4 +211,4 @@ def _print_nodes(env: str, hosts: list[str], revision: dict[str, str],
     out.print(table)
 
 
-__all__ = ["failed_nodes", "run_rollout", "untested"]
+__all__ = ["failed_nodes", "run_rollout"]

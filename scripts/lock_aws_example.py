@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> int:
     sys.path.insert(0, str(ROOT / "src"))
     from stacklock.adapters.proc import run_command
-    from stacklock.lock import ami_regions
-    from stacklock.manifest import load_manifest
+    from stacklock.core.lock import ami_regions
+    from stacklock.core.manifest import load_manifest
 
     loaded = load_manifest(ROOT / "stacklock.yaml")
     with socket.socket() as s:

@@ -19,9 +19,9 @@ COMMITTED = ("stacklock.yaml", "examples/static.yaml", "examples/lab.yaml",
 
 @pytest.fixture(scope="session", autouse=True)
 def _committed_closures_are_known() -> None:
-    from stacklock import lock as lockmod
+    from stacklock.core import lock as lockmod
+    from stacklock.core.manifest import load_manifest
     from stacklock.errors import StacklockError
-    from stacklock.manifest import load_manifest
 
     for rel in COMMITTED:
         path = ROOT / rel

@@ -2,7 +2,7 @@
 """Action plugin `stacklock_parity`: the parity comparison on the controller, over every host.
 
 Runs once (run_once, delegate_to localhost) after `stacklock_stack_facts` ran on each host. It
-calls `stacklock.parity.compare` -- the same comparison `stacklock verify` uses -- so the play
+calls `stacklock.core.parity.compare` -- the same comparison `stacklock verify` uses -- so the play
 and the CLI reach the same verdict. It writes the JSON report (`stacklock.parity/v1`), prints a
 compact table, and fails naming every deviation (environment, node, component, expected,
 actual) and every unreachable node.
@@ -35,12 +35,12 @@ from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
 try:
-    from stacklock import parity, report
-    from stacklock.files import atomic_write
+    from stacklock.core import parity, report
+    from stacklock.core.files import atomic_write
 except ImportError:  # a checkout without `pip install -e .`: use its src/ directly
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-    from stacklock import parity, report
-    from stacklock.files import atomic_write
+    from stacklock.core import parity, report
+    from stacklock.core.files import atomic_write
 
 display = Display()
 

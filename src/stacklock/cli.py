@@ -16,9 +16,9 @@ from rich.markup import escape
 
 from stacklock import __version__
 from stacklock.console import emit_json, err, info, print_problems, step
+from stacklock.core.files import atomic_write
+from stacklock.core.manifest import LoadedManifest, load_manifest
 from stacklock.errors import ExitCode, InvalidInput, Problem, StacklockError
-from stacklock.files import atomic_write
-from stacklock.manifest import LoadedManifest, load_manifest
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -102,7 +102,7 @@ def cli(ctx: click.Context, manifest: str, verbose: bool, lock_timeout: float | 
 
 
 def _rules_problems(loaded: LoadedManifest) -> list[Problem]:
-    from stacklock import rules
+    from stacklock.core import rules
 
     return rules.check(loaded.manifest)
 
@@ -169,7 +169,7 @@ def _require_valid(loaded: LoadedManifest) -> None:
 @pass_ctx
 def lock(c: Ctx, check: bool, offline: bool, apt_index: tuple[Path, ...]) -> None:
     """Resolve every pin and write <manifest>.lock (deterministic)."""
-    from stacklock import lock as lockmod
+    from stacklock.core import lock as lockmod
 
     loaded = c.loaded()
     if check:
@@ -265,8 +265,8 @@ def _read_index(path: Path) -> str:
 @pass_ctx
 def render(c: Ctx, check: bool) -> None:
     """Generate Terraform roots and Ansible group_vars from the manifest and lock."""
-    from stacklock import lock as lockmod
-    from stacklock import render as rendermod
+    from stacklock.core import lock as lockmod
+    from stacklock.core import render as rendermod
 
     loaded = c.loaded()
     _require_valid(loaded)
@@ -319,7 +319,7 @@ def _lock_timeout(c: Ctx) -> float:
 def _orchestrator(c: Ctx) -> Any:
     """This run's orchestrator (one per command): its run locks and lab resources are
     released when the command ends, however it ends."""
-    from stacklock.orchestrate import Orchestrator
+    from stacklock.flows.orchestrate import Orchestrator
 
     ctx = click.get_current_context()
     orch = ctx.meta.get("stacklock.orchestrator")
@@ -637,9 +637,9 @@ def audit(c: Ctx, envs: tuple[str, ...], deep: bool, kinds: str, fmt: str, json_
 
     `stacklock audit history [ENV]` shows when each environment drifted and recovered.
     """
-    from stacklock import audit as auditmod
-    from stacklock import audit_report
     from stacklock.console import out
+    from stacklock.core import audit as auditmod
+    from stacklock.core import audit_report
 
     loaded = c.loaded()
     history = history or loaded.output_root / ".stacklock" / "audit" / "history.jsonl"
@@ -651,7 +651,7 @@ def audit(c: Ctx, envs: tuple[str, ...], deep: bool, kinds: str, fmt: str, json_
             c.envs([env])
         out.print(audit_report.history_table(audit_report.history_summary(history, env)))
         return
-    from stacklock.auditing import RealProbes
+    from stacklock.flows.audit import RealProbes
 
     names = c.envs(envs)
     orch = _orchestrator(c)
@@ -698,7 +698,7 @@ def audit(c: Ctx, envs: tuple[str, ...], deep: bool, kinds: str, fmt: str, json_
 def schedule(c: Ctx, envs: tuple[str, ...], interval: str, outdir: Path, user: str,
              repo_dir: str | None, deep: bool) -> None:
     """Write ready-to-install audit schedules: systemd timer, cron entry, GitHub Actions."""
-    from stacklock import schedule as schedmod
+    from stacklock.core import schedule as schedmod
 
     loaded = c.loaded()
     names = c.envs(envs)
@@ -749,8 +749,8 @@ def lab_mirror(c: Ctx) -> None:
 @pass_ctx
 def demo(c: Ctx, auto_approve: bool) -> None:
     """The main job on the local lab: validate, lock check, render, provision all, verify."""
-    from stacklock import lock as lockmod
-    from stacklock import render as rendermod
+    from stacklock.core import lock as lockmod
+    from stacklock.core import render as rendermod
 
     started = time.monotonic()
     loaded = c.loaded()

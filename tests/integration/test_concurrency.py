@@ -140,8 +140,8 @@ def test_plans_of_several_environments_at_once(manifest: Path) -> None:
 
 KEYGEN = """
 import sys, time
-from stacklock.lab import ssh_key
-from stacklock.manifest import load_manifest
+from stacklock.flows.lab import ssh_key
+from stacklock.core.manifest import load_manifest
 loaded = load_manifest(sys.argv[1])
 go = float(sys.argv[2])
 time.sleep(max(0.0, go - time.time()))

@@ -20,9 +20,9 @@ import pytest
 import yaml
 
 from stacklock.core import ledger as core
+from stacklock.core.manifest import load_manifest
 from stacklock.errors import ExitCode, InvalidInput, ToolFailed
 from stacklock.flows import ledger as flow
-from stacklock.manifest import load_manifest
 
 pytestmark = pytest.mark.integration
 

@@ -21,11 +21,10 @@ from typing import Any
 import pytest
 import yaml
 
-from stacklock import lock as lockmod
-from stacklock import parity
 from stacklock.cli import main
-from stacklock.core import aptclosure
-from stacklock.manifest import load_manifest
+from stacklock.core import aptclosure, parity
+from stacklock.core import lock as lockmod
+from stacklock.core.manifest import load_manifest
 
 pytestmark = pytest.mark.unit
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from stacklock.adapters.aws import Instance
-from stacklock.audit import (
+from stacklock.core.audit import (
     CLOUD,
     CONFIGURATION,
     DETAIL_CONFIG,
@@ -40,9 +40,9 @@ from stacklock.audit import (
     stack_findings,
     state_instances_from_show,
 )
+from stacklock.core.parity import Unreachable, compare, expected_from_vars
+from stacklock.core.report import report_dict
 from stacklock.errors import ExitCode, InvalidInput, ToolFailed
-from stacklock.parity import Unreachable, compare, expected_from_vars
-from stacklock.report import report_dict
 
 pytestmark = pytest.mark.unit
 
@@ -588,7 +588,7 @@ def test_parity_runs_alongside_the_plans_with_workers() -> None:
 
 
 def test_deep_in_one_check_run_gives_the_same_report_as_one_run_per_environment() -> None:
-    from stacklock.audit import changed_tasks_from_output, split_deep
+    from stacklock.core.audit import changed_tasks_from_output, split_deep
 
     per_env = {
         "dev": DeepData({"dev-1": {"ok": 3, "changed": 1}},

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from stacklock.audit import (
+from stacklock.core.audit import (
     CLOUD,
     CONFIGURATION,
     INFRASTRUCTURE,
@@ -25,7 +25,7 @@ from stacklock.audit import (
     EnvironmentAudit,
     Finding,
 )
-from stacklock.audit_report import (
+from stacklock.core.audit_report import (
     HISTORY_SCHEMA,
     ReportTargets,
     append_history,
@@ -40,8 +40,8 @@ from stacklock.audit_report import (
     report_json,
     write_reports,
 )
+from stacklock.core.files import atomic_write
 from stacklock.errors import InvalidInput, ToolFailed
-from stacklock.files import atomic_write
 
 pytestmark = pytest.mark.unit
 

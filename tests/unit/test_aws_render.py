@@ -9,9 +9,9 @@ import hcl2
 import pytest
 import yaml
 
-from stacklock.lock import build_lock
-from stacklock.manifest import LoadedManifest, parse_manifest
-from stacklock.render import TF_HEADER, render_tree, repo_root
+from stacklock.core.lock import build_lock
+from stacklock.core.manifest import LoadedManifest, parse_manifest
+from stacklock.core.render import TF_HEADER, render_tree, repo_root
 
 pytestmark = pytest.mark.unit
 
@@ -152,8 +152,8 @@ def test_debian_images_log_in_as_admin(tmp_path: Path) -> None:
 
 def test_values_are_quoted_as_hcl_strings(tmp_path: Path) -> None:
     # the schema refuses such a key_name (tests/unit/test_hostile.py); the writer quotes anyway
+    from stacklock.core.render import hcl
     from stacklock.errors import InvalidInput
-    from stacklock.render import hcl
 
     hostile = 'ops"} resource "x" "y" {'
     with pytest.raises(InvalidInput):

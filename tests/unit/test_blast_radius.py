@@ -12,10 +12,10 @@ import hcl2
 import pytest
 
 from stacklock.core import blast
+from stacklock.core.plan_json import resource_changes
+from stacklock.core.render import repo_root
 from stacklock.errors import InvalidInput, ToolFailed
 from stacklock.flows.infra import apply_approved, destroy_approved
-from stacklock.plan_json import resource_changes
-from stacklock.render import repo_root
 
 pytestmark = pytest.mark.unit
 

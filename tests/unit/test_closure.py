@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from stacklock import lock as lockmod
 from stacklock.adapters import pyresolve
+from stacklock.core import lock as lockmod
+from stacklock.core.manifest import load_manifest
 from stacklock.errors import InvalidInput
-from stacklock.manifest import load_manifest
 
 pytestmark = pytest.mark.unit
 

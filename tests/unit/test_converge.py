@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from stacklock.core.converge import Decision, limit, select
-from stacklock.parity import Check, Kind, NodeResult, ParityReport, Status
+from stacklock.core.parity import Check, Kind, NodeResult, ParityReport, Status
 
 HOSTS = {"dev": ["dev-1", "dev-2"], "prod": ["prod-1"]}
 
@@ -96,7 +96,7 @@ def test_provision_takes_the_facts_configure_read_as_verdict_when_no_roles_ran()
     from typing import Any
 
     from stacklock.errors import ExitCode
-    from stacklock.orchestrate import Orchestrator
+    from stacklock.flows.orchestrate import Orchestrator
 
     verified: list[Any] = []
 

@@ -19,9 +19,9 @@ from stacklock.core.credentials import (
     extra_vars_args,
     load_credentials,
 )
+from stacklock.core.manifest import parse_manifest
+from stacklock.core.render import repo_root
 from stacklock.errors import InvalidInput
-from stacklock.manifest import parse_manifest
-from stacklock.render import repo_root
 
 pytestmark = pytest.mark.unit
 
@@ -233,7 +233,7 @@ def test_the_pip_install_reads_the_netrc() -> None:
 
 
 def test_files_module_modes(tmp_path: Path) -> None:
-    from stacklock.files import atomic_write, open_append
+    from stacklock.core.files import atomic_write, open_append
 
     private = tmp_path / "out" / ".stacklock" / "audit" / "report.json"
     (tmp_path / "out" / ".stacklock").mkdir(parents=True)

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from stacklock import audit as auditmod
+from stacklock.core import audit as auditmod
 from stacklock.core import diff as diffmod
-from stacklock.manifest import Parity
-from stacklock.parity import Unreachable
+from stacklock.core.manifest import Parity
+from stacklock.core.parity import Unreachable
 
 pytestmark = pytest.mark.unit
 

@@ -14,12 +14,12 @@ import asyncssh
 import pytest
 import yaml
 
-from stacklock import parity
 from stacklock.adapters import fastssh
 from stacklock.adapters.fastssh import Jump, Target
+from stacklock.core import parity
+from stacklock.core.parity import Status, Unreachable
 from stacklock.errors import ExitCode, InvalidInput, StacklockError, ToolFailed
 from stacklock.flows import fastverify
-from stacklock.parity import Status, Unreachable
 
 pytestmark = pytest.mark.unit
 

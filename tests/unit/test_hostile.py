@@ -31,9 +31,9 @@ import pytest
 import yaml
 
 from stacklock.cli import main
-from stacklock.lock import build_lock, config_text
-from stacklock.manifest import LoadedManifest, parse_manifest
-from stacklock.render import _yaml, hcl, render_tree
+from stacklock.core.lock import build_lock, config_text
+from stacklock.core.manifest import LoadedManifest, parse_manifest
+from stacklock.core.render import _yaml, hcl, render_tree
 
 pytestmark = pytest.mark.unit
 

@@ -15,8 +15,8 @@ import yaml
 
 from stacklock.core import hostkeys
 from stacklock.core.hostkeys import Entry, HostKeyError, PublicKey
+from stacklock.core.manifest import parse_manifest
 from stacklock.errors import InvalidInput
-from stacklock.manifest import parse_manifest
 
 pytestmark = pytest.mark.unit
 
@@ -220,7 +220,7 @@ def test_classify_new_unchanged_changed_pinned() -> None:
 
 def test_configure_failure_gets_the_re_trust_hint(tmp_path: Path) -> None:
     from stacklock.adapters.ansible import host_key_hints
-    from stacklock.inventory import hosts_yaml
+    from stacklock.core.inventory import hosts_yaml
 
     inv = tmp_path / "inventories" / "prod"
     inv.mkdir(parents=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from stacklock.core.inventory import hosts_yaml
 from stacklock.errors import ToolFailed
-from stacklock.inventory import hosts_yaml
 
 pytestmark = pytest.mark.unit
 

@@ -22,7 +22,7 @@ LOCKED: dict[str, Any] = {"components": {"docker": {"version": "1"}}, "apt": {},
 
 
 def _lock(*stacks: str) -> dict[str, Any]:
-    from stacklock.lock import fingerprint_of
+    from stacklock.core.lock import fingerprint_of
 
     out = {}
     for i, name in enumerate(stacks):

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from stacklock.core import ledger as core
+from stacklock.core.manifest import Manifest, ledger_location, parse_manifest
 from stacklock.errors import ExitCode, InvalidInput
-from stacklock.manifest import Manifest, ledger_location, parse_manifest
 
 pytestmark = pytest.mark.unit
 

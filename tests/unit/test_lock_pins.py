@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from stacklock import lock as lockmod
 from stacklock.cli import main
+from stacklock.core import lock as lockmod
+from stacklock.core.manifest import load_manifest
 from stacklock.errors import InvalidInput
-from stacklock.manifest import load_manifest
 
 pytestmark = pytest.mark.unit
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stacklock import lock as lockmod
-from stacklock import render as rendermod
+from stacklock.core import lock as lockmod
+from stacklock.core import render as rendermod
+from stacklock.core.manifest import load_manifest
 from stacklock.errors import InvalidInput, StacklockError
-from stacklock.manifest import load_manifest
 
 pytestmark = pytest.mark.unit
 

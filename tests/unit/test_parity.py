@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from stacklock.errors import ExitCode
-from stacklock.parity import (
+from stacklock.core.parity import (
     REACHABLE,
     Kind,
     ParityReport,
@@ -21,7 +20,8 @@ from stacklock.parity import (
     compare,
     expected_from_vars,
 )
-from stacklock.report import report_dict
+from stacklock.core.report import report_dict
+from stacklock.errors import ExitCode
 
 pytestmark = pytest.mark.unit
 

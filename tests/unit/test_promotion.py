@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-from stacklock import lock as lockmod
+from stacklock.core import lock as lockmod
 from stacklock.core import promotion
 from stacklock.core import rollout as rplan
+from stacklock.core.manifest import load_manifest
+from stacklock.core.parity import Check, Kind, NodeResult, ParityReport, Status
 from stacklock.errors import ExitCode, InvalidInput
 from stacklock.flows import ledger as flow
 from stacklock.flows import promote as promoteflow
-from stacklock.manifest import load_manifest
-from stacklock.parity import Check, Kind, NodeResult, ParityReport, Status
 
 pytestmark = pytest.mark.unit
 

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from stacklock.parity import ParityReport, Unreachable, compare, expected_from_vars
-from stacklock.report import (
+from stacklock.core.parity import ParityReport, Unreachable, compare, expected_from_vars
+from stacklock.core.report import (
     REPORT_KEYS,
     build_table,
     from_dict,

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
+from stacklock.core.manifest import Manifest, load_manifest, parse_manifest
+from stacklock.core.rules import Compatibility, check, load_compatibility
 from stacklock.errors import Problem
-from stacklock.manifest import Manifest, load_manifest, parse_manifest
-from stacklock.rules import Compatibility, check, load_compatibility
 
 pytestmark = pytest.mark.unit
 
@@ -227,9 +227,9 @@ def test_every_rule_has_a_case() -> None:
 
 
 def _rules_doc() -> str:
-    import stacklock.rules
+    import stacklock.core.rules
 
-    return stacklock.rules.__doc__ or ""
+    return stacklock.core.rules.__doc__ or ""
 
 
 # --------------------------------------------------------------------------- messages

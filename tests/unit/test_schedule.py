@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from stacklock.errors import InvalidInput
-from stacklock.schedule import (
+from stacklock.core.schedule import (
     CRON_FILE,
     HEADER,
     INSTALL_FILE,
@@ -28,6 +27,7 @@ from stacklock.schedule import (
     systemd_escape,
     write_schedules,
 )
+from stacklock.errors import InvalidInput
 
 pytestmark = pytest.mark.unit
 

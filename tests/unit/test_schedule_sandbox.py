@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from stacklock.cli import cli
-from stacklock.schedule import (
+from stacklock.core.schedule import (
     CRON_FILE,
     DEFAULT_USER,
     INSTALL_FILE,

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
+from stacklock.core.manifest import load_manifest, parse_manifest
 from stacklock.errors import ExitCode, InvalidInput, Problem
-from stacklock.manifest import load_manifest, parse_manifest
 
 pytestmark = pytest.mark.unit
 

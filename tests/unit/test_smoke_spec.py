@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 import yaml
 
-from stacklock import lock as lockmod
-from stacklock import render as rendermod
+from stacklock.core import lock as lockmod
+from stacklock.core import render as rendermod
+from stacklock.core.manifest import MAX_SMOKE_INPUT_BYTES, load_manifest, parse_manifest
+from stacklock.core.parity import expected_from_vars
 from stacklock.errors import ExitCode, InvalidInput, Problem
-from stacklock.manifest import MAX_SMOKE_INPUT_BYTES, load_manifest, parse_manifest
-from stacklock.parity import expected_from_vars
 
 pytestmark = pytest.mark.unit
 

@@ -835,7 +835,7 @@ def _plugin_facts_of(registered: dict[str, Any]) -> Any:
 
 
 def _verdict(node_facts: Any, run_id: str | None = None) -> Any:
-    from stacklock.parity import compare, expected_from_vars
+    from stacklock.core.parity import compare, expected_from_vars
 
     return compare({"prod": expected_from_vars(LAB_VARS)}, {"prod": {"lab-1": node_facts}},
                    run_id=run_id)

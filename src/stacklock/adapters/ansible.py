@@ -19,8 +19,8 @@ from typing import Any
 from stacklock.adapters.proc import run_command
 from stacklock.console import err
 from stacklock.core.credentials import Credentials, extra_vars_args
+from stacklock.core.render import repo_root
 from stacklock.errors import ToolFailed
-from stacklock.render import repo_root
 
 log = logging.getLogger("stacklock.ansible")
 

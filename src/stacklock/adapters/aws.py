@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from stacklock.core.manifest import AwsEnvironment, Manifest
 from stacklock.errors import InvalidInput, Problem, ToolFailed
-from stacklock.manifest import AwsEnvironment, Manifest
 
 #: the tags the gpu_node_aws module puts on every resource (see terraform/modules/gpu_node_aws)
 TAG_PROJECT = "project"
@@ -219,7 +219,7 @@ class GpuTable:
 
 def gpu_table() -> GpuTable:
     """The GPU table the compatibility rules validated the stack against."""
-    from stacklock.rules import load_compatibility
+    from stacklock.core.rules import load_compatibility
 
     data = load_compatibility()
     return GpuTable(

@@ -10,7 +10,7 @@ gives it, and the facts come back as JSON on stdout. The privilege rule is the p
 Host keys are enforced from the environment's known_hosts (the jump host's too): an unknown or
 changed key makes the node unreachable with the `stacklock trust ENV` hint, exactly as the play.
 Connection failures, refused authentication and a crashed module become `Unreachable` with
-their cause, which the one comparison (`stacklock.parity.compare`) reports as exit 3.
+their cause, which the one comparison (`stacklock.core.parity.compare`) reports as exit 3.
 
 This module holds the SSH side only; which nodes and which options come from the inventories
 (`stacklock.flows.fastverify`).
@@ -32,8 +32,8 @@ from typing import Any
 import asyncssh
 
 from stacklock.core import hostkeys
+from stacklock.core.parity import Unreachable
 from stacklock.errors import InvalidInput, Problem
-from stacklock.parity import Unreachable
 
 #: the settings of ansible.cfg the play runs with: `timeout`, `[ssh_connection] retries`,
 #: `ServerAliveInterval` and `forks`

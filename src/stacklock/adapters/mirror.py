@@ -54,8 +54,8 @@ from pathlib import Path
 
 from stacklock.adapters import docker as lab_docker
 from stacklock.adapters.proc import run_command
+from stacklock.core.files import atomic_write
 from stacklock.errors import StacklockError, ToolFailed
-from stacklock.files import atomic_write
 
 log = logging.getLogger("stacklock.mirror")
 
@@ -375,7 +375,7 @@ def _normalize(name: str) -> str:
 
 def closure_files(lock_path: Path | None = None) -> list[dict[str, str]]:
     """Every file of every locked Python closure in the lab's lock: {file, url, sha256}."""
-    from stacklock.render import repo_root
+    from stacklock.core.render import repo_root
 
     path = lock_path or repo_root() / LAB_LOCK  # the lab's committed lock
     try:
@@ -394,7 +394,7 @@ def closure_files(lock_path: Path | None = None) -> list[dict[str, str]]:
 
 
 def download_wheels(dest: Path, files: Sequence[dict[str, str]]) -> None:
-    from stacklock.lock import sha256_file
+    from stacklock.core.lock import sha256_file
 
     """Exactly the locked files, each checked against its sha256 (from PyPI, or a local wheel
     folder for file:// URLs); anything else in `dest` is removed: the mirror serves the lock."""

@@ -24,8 +24,8 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+from stacklock.core.files import open_append
 from stacklock.errors import ExitCode, StacklockError, ToolFailed
-from stacklock.files import open_append
 
 log = logging.getLogger("stacklock.proc")
 

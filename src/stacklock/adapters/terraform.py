@@ -48,9 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from stacklock.adapters.proc import Completed, Interrupted, run_command
-from stacklock.errors import InvalidInput, ToolFailed
-from stacklock.files import open_append
-from stacklock.plan_json import (  # re-exported: callers read plans through the adapter
+from stacklock.core.files import open_append
+from stacklock.core.plan_json import (  # re-exported: callers read plans through the adapter
     ResourceChange,
     contains_true,
     plan_has_changes,
@@ -58,6 +57,7 @@ from stacklock.plan_json import (  # re-exported: callers read plans through the
     resource_drift,
     unwrap_outputs,
 )
+from stacklock.errors import InvalidInput, ToolFailed
 
 log = logging.getLogger("stacklock.terraform")
 

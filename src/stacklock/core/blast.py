@@ -22,8 +22,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
+from stacklock.core.plan_json import ResourceChange
 from stacklock.errors import InvalidInput, Problem
-from stacklock.plan_json import ResourceChange
 
 #: the environment variable CI services set (GitHub Actions, GitLab, CircleCI, Travis, ...)
 CI_ENV = "CI"

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from stacklock.parity import Check, ParityReport, Status, show
+from stacklock.core.parity import Check, ParityReport, Status, show
 
 #: at most this many findings are named per node in its reason (the rest are counted)
 MAX_NAMED = 3

@@ -3,7 +3,7 @@ distribution of the serving venv. Pure: facts in, a `stacklock.diff/v1` report o
 
 Each node's facts (gathered with `inventory: true`) are flattened into three groups:
 
-* ``stack``  — the parity components (`stacklock.parity.actual_values`) other than `pip.*`:
+* ``stack``  — the parity components (`stacklock.core.parity.actual_values`) other than `pip.*`:
   driver, CUDA, Docker, toolkit, Java, torch, TorchServe, models, services, pins and holds;
 * ``os``     — every installed dpkg package: name -> version (`name:arch` where a package is
   installed for several architectures);
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
-from stacklock.parity import Unreachable, actual_values
+from stacklock.core.parity import Unreachable, actual_values
 
 SCHEMA = "stacklock.diff/v1"
 STACK, OS, PYTHON = "stack", "os", "python"

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from stacklock.console import step
-from stacklock.parity import FACTS_SCHEMA, Unreachable
+from stacklock.core.parity import FACTS_SCHEMA, Unreachable
 
 if TYPE_CHECKING:
-    from stacklock.orchestrate import Orchestrator
+    from stacklock.flows.orchestrate import Orchestrator
 
 
 def env_hosts(inventory_dir: Path, env: str) -> list[str]:

@@ -15,7 +15,7 @@ from stacklock.core import diff as diffmod
 from stacklock.flows.collect import collect_inventory
 
 if TYPE_CHECKING:
-    from stacklock.orchestrate import Orchestrator
+    from stacklock.flows.orchestrate import Orchestrator
 
 
 def collect(orch: Orchestrator, envs: list[str], *, quiet: bool = False) -> diffmod.DiffReport:

@@ -3,7 +3,7 @@
 Reads the same rendered inventories (`inventories/ENV/hosts.yml`, its group_vars and
 host_vars), gives every node the facts module options the play's task gives it, runs the
 module on all nodes at once over asyncssh (`stacklock.adapters.fastssh`), and hands the facts
-to the one comparison (`stacklock.parity.compare`) with the expectation and `may_differ` the
+to the one comparison (`stacklock.core.parity.compare`) with the expectation and `may_differ` the
 play's `stacklock_parity` action takes (its first host's group_vars per environment). The
 report is written and read back as the play's is, so everything after collection (ledger
 evidence, table, JSON, JUnit, exit code) is shared.
@@ -26,14 +26,14 @@ from typing import Any
 
 import yaml
 
-from stacklock import parity
-from stacklock import report as reportmod
 from stacklock.adapters import fastssh
 from stacklock.console import info, step
+from stacklock.core import parity
+from stacklock.core import report as reportmod
+from stacklock.core.files import atomic_write
+from stacklock.core.parity import ParityReport, Unreachable
+from stacklock.core.render import repo_root
 from stacklock.errors import InvalidInput, Problem, ToolFailed
-from stacklock.files import atomic_write
-from stacklock.parity import ParityReport, Unreachable
-from stacklock.render import repo_root
 
 MODULE = Path("ansible") / "library" / "stacklock_stack_facts.py"
 PLAY = Path("ansible") / "playbooks" / "verify.yml"

@@ -20,8 +20,8 @@ from typing import Any
 
 from stacklock.console import info, step
 from stacklock.core import blast
+from stacklock.core.plan_json import ResourceChange, resource_changes
 from stacklock.errors import ToolFailed
-from stacklock.plan_json import ResourceChange, resource_changes
 
 #: asks a yes/no question on the terminal (click.confirm in the CLI)
 Confirm = Callable[[str], bool]

@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stacklock.core import ledger as core
+from stacklock.core.manifest import LedgerLocation, LoadedManifest, ledger_location
 from stacklock.errors import ExitCode, InvalidInput, Problem, StacklockError, ToolFailed
-from stacklock.manifest import LedgerLocation, LoadedManifest, ledger_location
 
 if TYPE_CHECKING:
-    from stacklock.parity import ParityReport
+    from stacklock.core.parity import ParityReport
 
 LEDGER_NAME = "ledger.jsonl"
 #: conditional writes an S3 append tries before it gives up (exit 3)
@@ -252,7 +252,7 @@ def env_stacks(loaded: LoadedManifest) -> dict[str, str]:
 
 def current_lock(loaded: LoadedManifest) -> dict[str, Any]:
     """The lock file as it is (verify has already checked it is current)."""
-    from stacklock import lock as lockmod
+    from stacklock.core import lock as lockmod
 
     lock = lockmod.read_lock(loaded.lock_path)
     if lock is None:
@@ -262,7 +262,7 @@ def current_lock(loaded: LoadedManifest) -> dict[str, Any]:
 
 def passing_envs(report: ParityReport) -> list[str]:
     """Environments whose every node was reached and matches its lock in this report."""
-    from stacklock.parity import Kind, Status
+    from stacklock.core.parity import Kind, Status
 
     out = []
     for env in report.environments:
@@ -280,7 +280,7 @@ def with_revision_checks(loaded: LoadedManifest, report: ParityReport,
     import dataclasses
 
     from stacklock.core import promotion
-    from stacklock.parity import Check, Kind, Status
+    from stacklock.core.parity import Check, Kind, Status
 
     order = loaded.manifest.promotion
     if not order:
@@ -301,7 +301,7 @@ def with_revision_checks(loaded: LoadedManifest, report: ParityReport,
 
 def record_passing(loaded: LoadedManifest, report: ParityReport) -> list[dict[str, Any]]:
     """Evidence for every environment of a passing (exit 0) report."""
-    from stacklock import report as reportmod
+    from stacklock.core import report as reportmod
 
     return record_evidence(open_ledger(loaded), current_lock(loaded), env_stacks(loaded),
                            reportmod.report_dict(report))

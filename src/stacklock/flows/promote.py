@@ -22,11 +22,11 @@ from rich.table import Table
 from stacklock.console import info, out, step
 from stacklock.core import ledger as core
 from stacklock.core import promotion
+from stacklock.core.files import atomic_write
+from stacklock.core.lock import fingerprint_of
+from stacklock.core.manifest import LoadedManifest, load_manifest
 from stacklock.errors import ExitCode, InvalidInput, Problem
-from stacklock.files import atomic_write
 from stacklock.flows import ledger as ledgerflow
-from stacklock.lock import fingerprint_of
-from stacklock.manifest import LoadedManifest, load_manifest
 
 
 def _order(loaded: LoadedManifest) -> list[str]:
@@ -81,8 +81,8 @@ def decide(loaded: LoadedManifest, env: str, now: datetime | None = None) -> pro
 def promote(loaded: LoadedManifest, env: str, *, now: datetime | None = None) -> tuple[
         ExitCode, LoadedManifest]:
     """Edit the manifest, check the lock, render. Returns the code and the new manifest."""
-    from stacklock import lock as lockmod
-    from stacklock import render as rendermod
+    from stacklock.core import lock as lockmod
+    from stacklock.core import render as rendermod
 
     step(f"promote {env}")
     d = decide(loaded, env, now)

@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING, Any
 from stacklock.console import info, step
 from stacklock.core import ledger as core
 from stacklock.core import promotion
+from stacklock.core.files import atomic_write
+from stacklock.core.lock import fingerprint_of
+from stacklock.core.manifest import LoadedManifest, load_manifest
 from stacklock.errors import ExitCode, InvalidInput, Problem
-from stacklock.files import atomic_write
 from stacklock.flows import ledger as ledgerflow
 from stacklock.flows import promote as promoteflow
-from stacklock.lock import fingerprint_of
-from stacklock.manifest import LoadedManifest, load_manifest
 
 if TYPE_CHECKING:
-    from stacklock.orchestrate import Orchestrator
+    from stacklock.flows.orchestrate import Orchestrator
 
 
 def choose(loaded: LoadedManifest, env: str, to: str | None,
@@ -69,8 +69,8 @@ def choose(loaded: LoadedManifest, env: str, to: str | None,
 
 
 def run_rollback(orch: Orchestrator, env: str, to: str | None) -> ExitCode:
-    from stacklock import lock as lockmod
-    from stacklock import render as rendermod
+    from stacklock.core import lock as lockmod
+    from stacklock.core import render as rendermod
     from stacklock.flows.rollout import run_rollout
 
     loaded = orch.loaded

@@ -22,17 +22,17 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from rich.table import Table
 
-from stacklock import report as reportmod
 from stacklock.console import info, out, step
 from stacklock.core import ledger as core
 from stacklock.core import promotion
+from stacklock.core import report as reportmod
 from stacklock.core import rollout as plan
+from stacklock.core.parity import ParityReport, Status
 from stacklock.errors import ExitCode, ToolFailed
 from stacklock.flows import ledger as ledgerflow
-from stacklock.parity import ParityReport, Status
 
 if TYPE_CHECKING:
-    from stacklock.orchestrate import Orchestrator
+    from stacklock.flows.orchestrate import Orchestrator
 
 
 def policy_of(orch: Orchestrator, env: str) -> plan.Policy:
@@ -106,7 +106,7 @@ def what_changes(records: list[dict[str, Any]], old_fp: str | None,
 
 def run_rollout(orch: Orchestrator, env: str, *, auto_rollback: bool = False) -> ExitCode:
     from stacklock.adapters import ansible
-    from stacklock.verify import run_verify
+    from stacklock.flows.verify import run_verify
 
     started = time.monotonic()
     orch.hold([env])

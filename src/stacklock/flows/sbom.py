@@ -17,13 +17,13 @@ from rich.table import Table
 
 from stacklock.console import err, info, out
 from stacklock.core import sbom as sbommod
+from stacklock.core.files import atomic_write
+from stacklock.core.parity import Unreachable
 from stacklock.errors import ExitCode, InvalidInput, Problem
-from stacklock.files import atomic_write
 from stacklock.flows.collect import collect_inventory
-from stacklock.parity import Unreachable
 
 if TYPE_CHECKING:
-    from stacklock.orchestrate import Orchestrator
+    from stacklock.flows.orchestrate import Orchestrator
 
 
 def source_date() -> datetime:

@@ -19,10 +19,10 @@ import yaml
 
 from stacklock.console import err, info, out, step
 from stacklock.core import hostkeys
+from stacklock.core.files import atomic_write
 from stacklock.core.hostkeys import Entry, PublicKey
+from stacklock.core.manifest import LabEnvironment, LoadedManifest, StaticEnvironment
 from stacklock.errors import ExitCode, InvalidInput, Problem, StacklockError
-from stacklock.files import atomic_write
-from stacklock.manifest import LabEnvironment, LoadedManifest, StaticEnvironment
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def pinned_keys(loaded: LoadedManifest, env: str) -> dict[str, tuple[str, Public
 def fetch(loaded: LoadedManifest, env: str, host: Host) -> list[Offer]:
     """The keys `host` offers (and its jump host's)."""
     if isinstance(loaded.manifest.environments[env], LabEnvironment):
-        from stacklock import lab
+        from stacklock.flows import lab
 
         return [Offer(host.name, host.pattern,
                       lab.node_host_key(host.container or host.name, wait=30))]

@@ -7,7 +7,7 @@ One audit run looks at each environment in up to four ways, each a *kind* of fin
   Terraform"); a resource the normal plan would change that did not drift means the
   configuration (the code) differs from the state (detail "configuration differs from state").
 * ``stack`` — the deviations of a parity report (``stacklock.parity/v1``, the JSON form of
-  `stacklock.parity.report_dict`, so a saved report works too): node, component, expected,
+  `stacklock.core.parity.report_dict`, so a saved report works too): node, component, expected,
   actual. Unreachable nodes are errors, never "no drift".
 * ``cloud`` — AWS: live instances tagged for the project and environment but not in the
   Terraform state (``unmanaged``), instances in the state but gone or terminated (``missing``),
@@ -35,8 +35,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from stacklock.core.plan_json import contains_true, resource_changes, resource_drift
 from stacklock.errors import ExitCode, InvalidInput, StacklockError
-from stacklock.plan_json import contains_true, resource_changes, resource_drift
 
 SCHEMA = "stacklock.audit/v1"
 PARITY_SCHEMA = "stacklock.parity/v1"

@@ -19,9 +19,9 @@ from pathlib import Path
 from stacklock.adapters.proc import run_command
 from stacklock.console import info, step
 from stacklock.core.hostkeys import HostKeyError, PublicKey, parse_public_key
+from stacklock.core.manifest import LoadedManifest
+from stacklock.core.render import LAB_SSH_KEY, repo_root
 from stacklock.errors import ToolFailed
-from stacklock.manifest import LoadedManifest
-from stacklock.render import LAB_SSH_KEY, repo_root
 
 log = logging.getLogger("stacklock.lab")
 

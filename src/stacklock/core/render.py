@@ -16,9 +16,9 @@ from typing import Any
 import yaml
 from jinja2 import Environment, StrictUndefined
 
-from stacklock.files import atomic_write
-from stacklock.lock import FAMILY_ORDER, config_text
-from stacklock.manifest import (
+from stacklock.core.files import atomic_write
+from stacklock.core.lock import FAMILY_ORDER, config_text
+from stacklock.core.manifest import (
     AwsEnvironment,
     LabEnvironment,
     LoadedManifest,
@@ -103,7 +103,7 @@ def repo_root() -> Path:
     env = os.environ.get("STACKLOCK_HOME")
     if env:
         return Path(env).resolve()
-    return Path(__file__).resolve().parents[2]
+    return Path(__file__).resolve().parents[3]
 
 
 def _rel(target: Path, start: Path) -> str:

@@ -20,8 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from stacklock.errors import ExitCode
-from stacklock.parity import (
+from stacklock.core.parity import (
     OBSERVED_ONLY,
     REACHABLE,
     Check,
@@ -32,6 +31,7 @@ from stacklock.parity import (
     show,
     sort_components,
 )
+from stacklock.errors import ExitCode
 
 REPORT_SCHEMA = "stacklock.parity/v1"
 

@@ -10,14 +10,14 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stacklock import report as reportmod
 from stacklock.console import emit_json, out, step
+from stacklock.core import report as reportmod
+from stacklock.core.files import atomic_write
+from stacklock.core.parity import ParityReport
 from stacklock.errors import ExitCode, ToolFailed
-from stacklock.files import atomic_write
-from stacklock.parity import ParityReport
 
 if TYPE_CHECKING:
-    from stacklock.orchestrate import Orchestrator
+    from stacklock.flows.orchestrate import Orchestrator
 
 
 def collect(orch: Orchestrator, envs: list[str], *, quiet: bool = False,

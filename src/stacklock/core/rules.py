@@ -56,8 +56,8 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from stacklock.core.grammar import debian_upstream
+from stacklock.core.schema import AwsEnvironment, Environment, Manifest, Stack
 from stacklock.errors import Problem
-from stacklock.manifest import AwsEnvironment, Environment, Manifest, Stack
 
 ERROR = "error"
 WARNING = "warning"

@@ -15,14 +15,14 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from stacklock import lock as lockmod
-from stacklock import render as rendermod
 from stacklock.console import info, step
+from stacklock.core import lock as lockmod
+from stacklock.core import render as rendermod
 from stacklock.core import runlock
+from stacklock.core.files import atomic_write, ensure_dir
+from stacklock.core.inventory import hosts_yaml
+from stacklock.core.manifest import LabEnvironment, LoadedManifest, StaticEnvironment
 from stacklock.errors import ExitCode, InvalidInput, Problem, ToolFailed
-from stacklock.files import atomic_write, ensure_dir
-from stacklock.inventory import hosts_yaml
-from stacklock.manifest import LabEnvironment, LoadedManifest, StaticEnvironment
 
 
 def new_run_dir(root: Path) -> Path:
@@ -139,7 +139,7 @@ class Orchestrator:
         if self._lab_ready == "nodes+mirror" or self._lab_ready == wanted:
             return
         if any(isinstance(self.loaded.manifest.environments[e], LabEnvironment) for e in envs):
-            from stacklock import lab
+            from stacklock.flows import lab
 
             lab.prepare(self.loaded, stack=self._resources, need_mirror=need_mirror)
             self._lab_ready = wanted
@@ -200,7 +200,7 @@ class Orchestrator:
         """Lab nodes whose container is gone: Terraform replaces them (it cannot see it)."""
         if self.provider(env) != "lab":
             return {}
-        from stacklock.auditing import gone_lab_nodes
+        from stacklock.flows.audit import gone_lab_nodes
 
         gone = gone_lab_nodes(tf.output())
         for address, why in gone.items():
@@ -227,7 +227,7 @@ class Orchestrator:
         path = hostkeys.known_hosts_path(self.root, env)
         entries: list[hostkeys.Entry] = []
         if isinstance(spec, LabEnvironment):
-            from stacklock import lab
+            from stacklock.flows import lab
 
             for name, h in sorted((outputs.get("hosts") or {}).items()):
                 key = lab.node_host_key(str(h.get("container", name)))
@@ -300,9 +300,9 @@ class Orchestrator:
         stack facts of every node are read first (the verify play); a node is skipped only
         when that parity report shows it matches its lock. The report is kept in the run
         folder (`configure-facts.json`) as the proof."""
-        from stacklock import report as reportmod
         from stacklock.core import converge
-        from stacklock.verify import collect
+        from stacklock.core import report as reportmod
+        from stacklock.flows.verify import collect
 
         hosts = {env: self.inventory_hosts(env) for env in envs}
         report = None
@@ -357,7 +357,7 @@ class Orchestrator:
 
     def verify(self, envs: list[str], *, fmt: str = "table", junit: Path | None = None,
                deep: bool = False, collected: Any = None, fast: bool = False) -> ExitCode:
-        from stacklock.verify import run_verify
+        from stacklock.flows.verify import run_verify
 
         self.hold(envs)
         self.ensure_current()
@@ -377,7 +377,7 @@ class Orchestrator:
 
     def preflight(self, envs: list[str]) -> None:
         """AWS environments: the instance type is offered and has the GPU validated for."""
-        from stacklock.manifest import AwsEnvironment
+        from stacklock.core.manifest import AwsEnvironment
 
         aws_envs = [e for e in envs
                     if isinstance(self.loaded.manifest.environments[e], AwsEnvironment)]

@@ -24,7 +24,7 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.table import Table
 
-from stacklock.audit import (
+from stacklock.core.audit import (
     DRIFT,
     ERROR,
     KINDS,
@@ -32,8 +32,8 @@ from stacklock.audit import (
     AuditReport,
     Finding,
 )
+from stacklock.core.files import atomic_write, default_mode, ensure_dir
 from stacklock.errors import InvalidInput, ToolFailed
-from stacklock.files import atomic_write, default_mode, ensure_dir
 
 HISTORY_SCHEMA = "stacklock.audit-history/v1"
 #: at most this many "kind:component" names are kept per environment in a history line

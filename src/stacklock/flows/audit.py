@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from stacklock import audit as auditmod
-from stacklock import report as reportmod
 from stacklock.adapters.proc import run_command
+from stacklock.core import audit as auditmod
+from stacklock.core import report as reportmod
+from stacklock.core.manifest import AwsEnvironment, LabEnvironment
 from stacklock.errors import ToolFailed
-from stacklock.manifest import AwsEnvironment, LabEnvironment
-from stacklock.orchestrate import Orchestrator
+from stacklock.flows.orchestrate import Orchestrator
 
 LAB_NODE_ADDRESS = 'module.nodes.terraform_data.node["{name}"]'
 
@@ -53,7 +53,7 @@ class RealProbes:
         return auditmod.PlanPair(plan.plan_json, refresh.plan_json, outside)
 
     def parity(self, envs: Sequence[str]) -> Mapping[str, Any]:
-        from stacklock.verify import collect
+        from stacklock.flows.verify import collect
 
         return reportmod.report_dict(collect(self.orch, list(envs), quiet=True))
 
@@ -61,8 +61,8 @@ class RealProbes:
         spec = self.orch.loaded.manifest.environments[env]
         if not isinstance(spec, AwsEnvironment):
             return None
-        from stacklock import lock as lockmod
         from stacklock.adapters import aws
+        from stacklock.core import lock as lockmod
 
         lock = lockmod.load_current_lock(self.orch.loaded)
         locked = lock["stacks"][spec.stack]

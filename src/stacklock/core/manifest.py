@@ -1,0 +1,507 @@
+"""The manifest (`stacklock.yaml`): parsed, validated against the schema (`core.schema`) and the
+compatibility rules (`core.rules`), every error reported at once with its path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from stacklock.core import grammar, rules
+from stacklock.core.schema import (
+    _CONTENT_TYPE,
+    _CUDA,
+    _DRIVER,
+    _NAME,
+    _SEMVER,
+    _SHA256,
+    _TORCH,
+    MAX_SMOKE_INPUT_BYTES,
+    MAX_SMOKE_NUMBERS,
+    PARITY_ALLOWED_CHOICES,
+    SCHEMA_VERSION,
+    AmiSpec,
+    AptRepository,
+    AwsEnvironment,
+    ContainerToolkit,
+    Cuda,
+    Docker,
+    Java,
+    LabEnvironment,
+    LabSettings,
+    LedgerLocation,
+    LedgerSettings,
+    Manifest,
+    Model,
+    ModelSmoke,
+    NvidiaDriver,
+    OperatingSystem,
+    PackageSources,
+    Parity,
+    Pinned,
+    PipSource,
+    Python,
+    RolloutPolicy,
+    Stack,
+    StaticEnvironment,
+    StaticHost,
+    Strict,
+    Torch,
+    TorchServe,
+    TorchServeConfig,
+    ledger_location,
+)
+from stacklock.errors import InvalidInput, Problem
+
+__all__ = [
+    "MAX_SMOKE_INPUT_BYTES",
+    "MAX_SMOKE_NUMBERS",
+    "PARITY_ALLOWED_CHOICES",
+    "SCHEMA_VERSION",
+    "AmiSpec",
+    "AptRepository",
+    "AwsEnvironment",
+    "ContainerToolkit",
+    "Cuda",
+    "Docker",
+    "Java",
+    "LabEnvironment",
+    "LabSettings",
+    "LedgerLocation",
+    "LedgerSettings",
+    "LoadedManifest",
+    "Manifest",
+    "Model",
+    "ModelSmoke",
+    "NvidiaDriver",
+    "OperatingSystem",
+    "PackageSources",
+    "Parity",
+    "Pinned",
+    "PipSource",
+    "Python",
+    "RolloutPolicy",
+    "Stack",
+    "StaticEnvironment",
+    "StaticHost",
+    "Strict",
+    "Torch",
+    "TorchServe",
+    "TorchServeConfig",
+    "ledger_location",
+    "load_manifest",
+    "parse_manifest",
+    "problems_from_validation",
+]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class LoadedManifest:
+    """A validated manifest with the file it came from."""
+
+    def __init__(self, manifest: Manifest, path: Path, raw_text: str) -> None:
+        self.manifest = manifest
+        self.path = path
+        self.raw_text = raw_text
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def output_root(self) -> Path:
+        return (self.base_dir / self.manifest.output_dir).resolve()
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_suffix(".lock")
+
+    def stack_of(self, env: str) -> Stack:
+        return self.manifest.stacks[self.manifest.environments[env].stack]
+
+
+def _loc_to_path(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for i, item in enumerate(loc):
+        if isinstance(item, int):
+            parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
+        elif i == 2 and item in ("aws", "static", "lab") and loc[0] == "environments":
+            continue  # the discriminator tag of a tagged union adds nothing for the user
+        elif item.startswith(("function-after[", "literal[", "union[", "list[")) or item == "[key]":
+            continue  # "[key]": the error is about the mapping key itself (its name)
+        else:
+            parts.append(item)
+    return ".".join(parts)
+
+
+# What each pattern means, in words: shown instead of the raw regular expression.
+_PATTERN_HELP: dict[str, tuple[str, str]] = {
+    _NAME: ("a name of 2-32 lowercase letters, digits and '-', starting with a letter",
+            "prod-stack"),
+    _DRIVER: ("a full driver version", "580.95.05"),
+    _CUDA: ("a CUDA version", "13.0.2 or 13.0"),
+    _SEMVER: ("an exact version", "1.18.0"),
+    _TORCH: ("a torch version with its build", "2.9.1+cu130 or 2.13.0+cpu"),
+    _SHA256: ("a sha256 of 64 lowercase hex digits", "the output of sha256sum FILE"),
+    r"^3\.\d{1,2}$": ("a Python minor version", '"3.12" (quoted)'),
+    r"^[A-Za-z0-9][A-Za-z0-9_-]*$": ("a model name of letters, digits, '_' and '-'",
+                                     "tiny-linear"),
+    r"^[0-9][0-9A-Za-z.]*$": ("a model version", '"1.0" (quoted)'),
+    _CONTENT_TYPE: ("a media type", "application/json or image/jpeg"),
+    r"^(\d{12}|amazon|self)$": ("an AMI owner: a 12-digit account id, amazon or self",
+                                '"099720109477" (quoted)'),
+    r"^[a-z0-9][a-z0-9.-]*$": ("a lowercase name of letters, digits, '.' and '-'", "node-1"),
+    r"^https?://\S+$": ("an http:// or https:// URL", "https://mirror.example.com/apt"),
+    r"^[a-z]{2}(-gov)?-[a-z]+-\d$": ("an AWS region", "us-east-1"),
+    r"^[a-z][a-z0-9-]*\.[a-z0-9]+$": ("an EC2 instance type (family.size)", "g6e.xlarge"),
+    r"^vpc-[0-9a-f]{8,17}$": ("a VPC id", "vpc-0123456789abcdef0"),
+    r"^subnet-[0-9a-f]{8,17}$": ("a subnet id", "subnet-0123456789abcdef0"),
+    r"^\d{12}$": ("a 12-digit AWS account id", '"111122223333" (quoted)'),
+}
+
+
+def _hint(err: dict[str, Any]) -> str:
+    kind = err.get("type", "")
+    ctx = err.get("ctx") or {}
+    if kind == "string_type" and isinstance(err.get("input"), int | float):
+        return ('quote it: YAML reads an unquoted 13.0 or 3.10 as a number '
+                '(write "13.0.2", "3.10")')
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") in _PATTERN_HELP:
+        return f"write {_PATTERN_HELP[ctx['pattern']][0]}, like {_PATTERN_HELP[ctx['pattern']][1]}"
+    if kind == "literal_error" and isinstance(err.get("input"), int | float):
+        return f"use one of {ctx.get('expected', '')}, quoted (YAML reads 17 as a number)"
+    if kind == "extra_forbidden":
+        return "remove it, or check its spelling against the manifest reference in the README"
+    if kind == "missing":
+        return "add this field"
+    if kind == "literal_error":
+        return f"use one of {ctx.get('expected', '')}"
+    if kind == "string_pattern_mismatch":
+        return f"match the pattern {ctx.get('pattern', '')}"
+    if kind == "union_tag_invalid":
+        return "set provider to one of 'aws', 'static', 'lab'"
+    if kind == "union_tag_not_found":
+        return "add provider: aws | static | lab"
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        return "give a value of the expected type"
+    return ""
+
+
+def _other_union_branch(err: Any) -> bool:
+    """An error from the branch of `'official' | list[...]` the input evidently did not mean."""
+    loc = [str(x) for x in err["loc"]]
+    value = err.get("input")
+    if any(x.startswith("literal[") for x in loc) and isinstance(value, list | dict):
+        return True
+    return (err.get("type") == "list_type" and any(x.startswith("list[") for x in loc)
+            and isinstance(value, str))
+
+
+def problems_from_validation(exc: ValidationError) -> list[Problem]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        if _other_union_branch(err):
+            continue
+        msg = str(err.get("msg", "invalid"))
+        msg = msg.removeprefix("Value error, ")
+        kind = err.get("type")
+        ctx = err.get("ctx") or {}
+        if kind == "extra_forbidden":
+            msg = "unknown key"
+        elif kind == "string_pattern_mismatch" and ctx.get("pattern") in _PATTERN_HELP:
+            what = "name" if err["loc"] and err["loc"][-1] == "[key]" else "value"
+            msg = f"{what} {err.get('input')!r} is not {_PATTERN_HELP[ctx['pattern']][0]}"
+        elif kind == "string_type" and isinstance(err.get("input"), int | float):
+            msg = f"expected a string, got the number {err.get('input')!r}"
+        problems.append(
+            Problem(path=_loc_to_path(tuple(err["loc"])), message=msg, hint=_hint(dict(err)),
+                    rule="schema")
+        )
+    return problems
+
+
+def _cross_references(m: Manifest) -> list[Problem]:
+    return _raw_cross_references(m.model_dump()) + ledger_location(m)[1]
+
+
+def _raw_cross_references(data: dict[str, Any]) -> list[Problem]:
+    """Environments naming unknown stacks, hosts shared between environments.
+
+    Works on the raw mapping too, so that these are reported beside schema errors."""
+    problems: list[Problem] = []
+    stacks = data.get("stacks")
+    envs = data.get("environments")
+    if not isinstance(envs, dict):
+        return problems
+    stack_names = sorted(str(k) for k in stacks) if isinstance(stacks, dict) else []
+    for env_name, env in envs.items():
+        if not isinstance(env, dict) or not stack_names:
+            continue  # no stacks at all: that is the problem reported
+        ref = env.get("stack")
+        if isinstance(ref, str) and ref not in stack_names:
+            problems.append(
+                Problem(
+                    path=f"environments.{env_name}.stack",
+                    message=f"names stack {ref!r}, which is not defined under stacks",
+                    hint="use one of: " + ", ".join(stack_names),
+                    rule="schema",
+                )
+            )
+    seen: dict[str, str] = {}
+    for env_name, env in envs.items():
+        if not isinstance(env, dict) or env.get("provider") != "static":
+            continue
+        hosts = env.get("hosts")
+        if not isinstance(hosts, list):
+            continue
+        for i, host in enumerate(hosts):
+            if not isinstance(host, dict) or not isinstance(host.get("address"), str):
+                continue
+            key = f"{host['address']}:{host.get('port', 22)}"
+            if key in seen and seen[key] != env_name:
+                problems.append(
+                    Problem(
+                        path=f"environments.{env_name}.hosts[{i}].address",
+                        message=f"{key} is already a host of environment {seen[key]!r}",
+                        hint="a host belongs to exactly one environment",
+                        rule="schema",
+                    )
+                )
+            seen.setdefault(key, env_name)
+    return problems
+
+
+MAX_MANIFEST_BYTES = 1 << 20  # 1 MiB: a manifest is a page of YAML, not a data set
+MAX_DEPTH = 64  # mappings and lists nested deeper than any manifest needs
+MAX_NODES = 200_000  # values after expanding aliases (a billion laughs stops here)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that rejects a key given twice in one mapping (YAML keeps the last).
+
+    Merge keys (`<<: *defaults`) are standard YAML and accepted: a key given explicitly
+    overrides a merged one, as YAML says; only explicit keys given twice are refused."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _value in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # flatten_mapping (in super) merges it
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                continue  # an unhashable key: construct_mapping reports it
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found duplicate key {key!r}", key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _too_deep(text: str) -> int | None:
+    """The line where nesting passes MAX_DEPTH (None: it never does); the scanner is not
+    recursive, so this runs before the (recursive) composer can overflow the stack."""
+    depth = 0
+    starts = (yaml.BlockSequenceStartToken, yaml.BlockMappingStartToken,
+              yaml.FlowSequenceStartToken, yaml.FlowMappingStartToken)
+    ends = (yaml.BlockEndToken, yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken)
+    for token in yaml.scan(text, Loader=yaml.SafeLoader):
+        if isinstance(token, starts):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return int(token.start_mark.line) + 1
+        elif isinstance(token, ends):
+            depth -= 1
+    return None
+
+
+def _oversized(data: Any) -> bool:
+    """More than MAX_NODES values once aliases are expanded (or a recursive alias)."""
+    count = 0
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > MAX_NODES:
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def _path_join(parent: str, key: Any) -> str:
+    if isinstance(key, int):
+        return f"{parent}[{key}]"
+    return f"{parent}.{key}" if parent else str(key)
+
+
+def _text_problems(data: Any) -> list[Problem]:
+    """Every string of the raw manifest (keys too) that no output format can carry safely:
+    control characters and newlines, template markers (`${`, `%{`, `{{`, `{%`, `{#`)."""
+    problems: list[Problem] = []
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, dict):
+            for k, v in item.items():
+                if isinstance(k, str) and (why := grammar.text_problem(k)):
+                    problems.append(Problem(path=_path_join(where, repr(k)),
+                                            message=f"the key {k!r} {why}",
+                                            hint="rename it", rule="schema"))
+                    continue
+                stack.append((_path_join(where, k), v))
+        elif isinstance(item, list):
+            stack.extend((_path_join(where, i), v) for i, v in enumerate(item))
+        elif isinstance(item, str) and (why := grammar.text_problem(item)):
+            problems.append(Problem(path=where, message=f"value {item[:80]!r} {why}",
+                                    hint="remove it: write plain text on one line",
+                                    rule="schema"))
+    return sorted(problems, key=lambda p: p.path)
+
+
+def _name_clashes(data: dict[str, Any]) -> list[Problem]:
+    """Stack and environment names that differ only by surrounding space or case."""
+    problems: list[Problem] = []
+    for section in ("stacks", "environments"):
+        names = data.get(section)
+        if not isinstance(names, dict):
+            continue
+        seen: dict[str, str] = {}
+        for name in names:
+            if not isinstance(name, str):
+                continue
+            norm = name.strip().casefold()
+            if norm in seen:
+                problems.append(Problem(
+                    path=f"{section}.{name.strip()}",
+                    message=f"{name!r} and {seen[norm]!r} are the same name once spaces and "
+                            "case are ignored",
+                    hint="give each one a distinct name, or merge them", rule="schema"))
+            else:
+                seen[norm] = name
+    return problems
+
+
+def _partial_rules(data: dict[str, Any]) -> list[Problem]:
+    """Compatibility errors of the parts of a manifest that did validate, so that a schema
+    error and a rule error are reported together (warnings wait for a valid manifest)."""
+    try:
+        return [p for p in rules.check_raw(data) if p.severity == "error"]
+    except Exception:  # the schema problems are reported whatever happens here
+        return []
+
+
+def _yaml_error(source: str, message: str) -> InvalidInput:
+    return InvalidInput(
+        f"{source}: {message}",
+        problems=[Problem(path="", message=message, hint="fix the YAML", rule="yaml")])
+
+
+def parse_manifest(text: str, source: str = "stacklock.yaml") -> Manifest:
+    """Parse and validate manifest text; raise InvalidInput listing every problem."""
+    if len(text) > MAX_MANIFEST_BYTES:
+        raise _yaml_error(source, f"the manifest is {len(text)} characters long; at most "
+                                  f"{MAX_MANIFEST_BYTES} (1 MiB)")
+    try:
+        line = _too_deep(text)
+        if line is not None:
+            raise _yaml_error(source, f"nested more than {MAX_DEPTH} levels deep at line {line}")
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise InvalidInput(
+            f"{source}: YAML syntax error{where}: {problem}",
+            problems=[Problem(path="", message=f"YAML syntax error{where}: {problem}",
+                              hint="fix the YAML syntax", rule="yaml")],
+        ) from None
+    except RecursionError:
+        raise _yaml_error(source, "nested too deeply") from None
+    if data is None:
+        raise InvalidInput(
+            f"{source}: the manifest is empty",
+            problems=[Problem(path="", message="the manifest is empty",
+                              hint="start from examples/lab.yaml", rule="schema")],
+        )
+    if not isinstance(data, dict):
+        raise InvalidInput(
+            f"{source}: the manifest must be a mapping, got {type(data).__name__}",
+            problems=[Problem(path="", message="the manifest must be a YAML mapping",
+                              hint="start from examples/lab.yaml", rule="schema")],
+        )
+    if _oversized(data):
+        raise _yaml_error(source, f"the manifest expands to more than {MAX_NODES} values "
+                                  "(aliases repeated or recursive)")
+    early = _text_problems(data) + _name_clashes(data)
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as exc:
+        problems = list(early)
+        flagged = {p.path for p in problems}
+        problems += [p for p in problems_from_validation(exc) if p.path not in flagged]
+        known = {p.path for p in problems}
+        problems += [p for p in _raw_cross_references(data) if p.path not in known]
+        problems += _partial_rules(data)
+        raise InvalidInput(f"{source}: {len(problems)} problem(s)", problems=problems) from None
+    problems = early + _cross_references(manifest)
+    if problems:
+        problems += _partial_rules(data)
+        raise InvalidInput(f"{source}: {len(problems)} problem(s)", problems=problems)
+    return manifest
+
+
+def _unreadable(p: Path, message: str, hint: str) -> InvalidInput:
+    return InvalidInput(f"{p}: {message}",
+                        problems=[Problem(path="", message=f"{p}: {message}", hint=hint,
+                                          rule="yaml")])
+
+
+def load_manifest(path: Path | str) -> LoadedManifest:
+    p = Path(path)
+    try:
+        is_dir = p.is_dir()
+        exists = p.exists()
+    except OSError as exc:
+        raise _unreadable(p, f"cannot be read ({exc.strerror or exc})",
+                          "check the path and its permissions") from None
+    if is_dir:
+        raise _unreadable(p, "is a directory, not a manifest file",
+                          "pass --manifest PATH/stacklock.yaml")
+    if not exists:
+        raise InvalidInput(
+            f"{p}: no such manifest",
+            problems=[Problem(path="", message=f"{p}: no such file",
+                              hint="pass --manifest PATH, or run where stacklock.yaml is")],
+        )
+    if not p.is_file():  # a FIFO or a device would block or never end
+        raise _unreadable(p, "is not a regular file", "pass the manifest file itself")
+    try:
+        with p.open("rb") as fh:
+            raw = fh.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
+        raise _unreadable(p, f"cannot be read ({exc.strerror or exc})",
+                          "check the file's permissions") from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise _unreadable(p, f"is larger than {MAX_MANIFEST_BYTES} bytes (1 MiB)",
+                          "a manifest is a page of YAML; check you passed the right file")
+    try:
+        text = raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+    except UnicodeDecodeError as exc:
+        message = f"not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}"
+        raise InvalidInput(
+            f"{p}: {message}",
+            problems=[Problem(path="", message=message,
+                              hint="save the manifest as UTF-8", rule="yaml")],
+        ) from None
+    return LoadedManifest(parse_manifest(text, source=str(p)), p.resolve(), text)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from stacklock.core.converge import Decision, limit, select
 from stacklock.core.parity import Check, Kind, NodeResult, ParityReport, Status
 
@@ -91,32 +93,33 @@ def test_many_findings_are_counted_not_all_named() -> None:
     assert decision.reason.startswith("5 deviation(s)") and "and 2 more" in decision.reason
 
 
-def test_provision_takes_the_facts_configure_read_as_verdict_when_no_roles_ran() -> None:
+def test_provision_takes_the_facts_configure_read_as_verdict_when_no_roles_ran(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     from types import SimpleNamespace
     from typing import Any
 
     from stacklock.errors import ExitCode
-    from stacklock.flows.orchestrate import Orchestrator
+    from stacklock.flows import provision
+    from stacklock.flows.configure import Configured
 
     verified: list[Any] = []
 
     def run(recap: dict[str, Any]) -> list[Any]:
         verified.clear()
-        fake = SimpleNamespace(pre_report=None, run_dir="/tmp/run")
-        fake.hold = fake.ensure_current = fake.preflight = lambda *a, **k: None
-        fake.apply = lambda *a, **k: None
-        fake._converge_batch = None
+        fake = SimpleNamespace(run_dir="/tmp/run")
+        fake.hold = fake.ensure_current = lambda *a, **k: None
+        monkeypatch.setattr(provision, "preflight", lambda *a, **k: None)
+        monkeypatch.setattr(provision, "apply", lambda *a, **k: None)
+        monkeypatch.setattr(provision.configureflow, "configure",
+                            lambda *a, **k: Configured(recap, _report()))
 
-        def configure(envs: list[str], force: bool = False) -> dict[str, Any]:
-            fake.pre_report = _report()
-            return recap
-
-        def verify(envs: list[str], collected: Any = None) -> ExitCode:
+        def verify(_run: Any, _targets: Any, collected: Any = None) -> ExitCode:
             verified.append(collected)
             return ExitCode.OK
 
-        fake.configure, fake.verify = configure, verify
-        assert Orchestrator.provision(fake, ["dev"]) == ExitCode.OK  # type: ignore[arg-type]
+        monkeypatch.setattr(provision.verifyflow, "verify", verify)
+        dev = SimpleNamespace(name="dev")
+        assert provision.provision(fake, [dev]) == ExitCode.OK  # type: ignore[arg-type,list-item]
         return list(verified)
 
     assert isinstance(run({})[0], ParityReport)  # nothing configured: no second facts run

@@ -307,23 +307,19 @@ def test_rollback_target_from_the_ledger(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(InvalidInput, match="never verified in staging or prod"):
         rb.choose(loaded, "prod", promotion.short(fnew), records)  # only dev verified it
 
-    class Orch:
-        def __init__(self) -> None:
-            self.loaded = loaded
+    from stacklock.flows.run import Run, Target
 
-        def hold(self, envs: list[str]) -> None:
-            pass
+    rolled: list[tuple[str, str]] = []
 
-    rolled: list[str] = []
-
-    def fake_rollout(_orch: object, env: str, **_kw: object) -> ExitCode:
-        rolled.append(env)
+    def fake_rollout(_run: object, target: Target, **_kw: object) -> ExitCode:
+        rolled.append((target.name, target.stack))
         return ExitCode.OK
 
     monkeypatch.setattr(ro, "run_rollout", fake_rollout)
-    orch = Orch()
-    assert rb.run_rollback(orch, "staging", None) == ExitCode.OK  # type: ignore[arg-type]
-    assert rolled == ["staging"]
+    with Run(loaded) as run:
+        assert rb.run_rollback(run, run.target("staging"), None) == ExitCode.OK
+    # the rollout got the target resolved again, naming the rolled-back stack
+    assert rolled == [("staging", "lab-2026-11")]
     assert load_manifest(path).manifest.environments["staging"].stack == "lab-2026-11"
     # the stack's lock no longer matches what was verified: refused, nothing changed
     text = path.read_text().replace("job_queue_size: 50", "job_queue_size: 51", 1)
@@ -332,10 +328,10 @@ def test_rollback_target_from_the_ledger(tmp_path: Path, monkeypatch: pytest.Mon
     lab_lock = json.loads(loaded.lock_path.read_text())
     closures = {n: s["pip"] for n, s in lab_lock["stacks"].items()}
     loaded.lock_path.write_text(lockmod.dump_lock(lockmod.build_lock(loaded, None, closures)))
-    orch.loaded = load_manifest(path)
     before = path.read_text()
-    with pytest.raises(InvalidInput, match=r"no stack of stacklock\.yaml locks to revision"):
-        rb.run_rollback(orch, "staging", promotion.short(fold))  # type: ignore[arg-type]
+    with Run(load_manifest(path)) as run, pytest.raises(
+            InvalidInput, match=r"no stack of stacklock\.yaml locks to revision"):
+        rb.run_rollback(run, run.target("staging"), promotion.short(fold))
     assert path.read_text() == before
 
 

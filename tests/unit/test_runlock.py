@@ -18,7 +18,7 @@ import pytest
 from stacklock.adapters import proc
 from stacklock.adapters.terraform import BinaryEngine, Terraform
 from stacklock.core import runlock
-from stacklock.flows.orchestrate import new_run_dir
+from stacklock.flows.run import new_run_dir
 
 HOLD = textwrap.dedent("""
     import sys, time

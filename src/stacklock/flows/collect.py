@@ -5,16 +5,15 @@ audit's `diff` kind."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from stacklock.console import step
 from stacklock.core.parity import FACTS_SCHEMA, Unreachable
-
-if TYPE_CHECKING:
-    from stacklock.flows.orchestrate import Orchestrator
+from stacklock.flows.run import Run, Target, inventories, names_of
 
 
 def env_hosts(inventory_dir: Path, env: str) -> list[str]:
@@ -47,21 +46,22 @@ def facts_of(path: Path) -> dict[str, Any] | Unreachable:
     return facts
 
 
-def collect_inventory(orch: Orchestrator, envs: list[str], *,
+def collect_inventory(run: Run, targets: Sequence[Target], *,
                       quiet: bool = False) -> dict[str, dict[str, Any]]:
     """env -> node -> facts (with `os_packages`) or `Unreachable`, in `envs` order."""
     from stacklock.adapters import ansible
 
-    inventories = orch._inventories(envs)
-    out_dir = orch.log_file("inventory")
+    envs = names_of(targets)
+    invs = inventories(targets)
+    out_dir = run.log_file("inventory")
     out_dir.mkdir(mode=0o700, exist_ok=True)
     if not quiet:
         step(f"inventory {', '.join(envs)}: every OS package and Python distribution of "
              "every node")
     ansible.run_playbook(
-        "inventory.yml", inventories, log_file=orch.log_file("inventory.log"),
+        "inventory.yml", invs, log_file=run.log_file("inventory.log"),
         extra_vars={"stacklock_inventory_dir": str(out_dir)},
         ok_codes=(0, 2, 4), quiet=quiet)
     return {env: {host: facts_of(out_dir / f"{host}.json")
                   for host in env_hosts(inv, env)}
-            for env, inv in zip(envs, inventories, strict=True)}
+            for env, inv in zip(envs, invs, strict=True)}

@@ -4,7 +4,7 @@ differs, grouped, as a table or as `stacklock.diff/v1` JSON."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 from rich.console import Console
 from rich.markup import escape
@@ -13,14 +13,13 @@ from rich.table import Table
 from stacklock.console import emit_json, err, info, out
 from stacklock.core import diff as diffmod
 from stacklock.flows.collect import collect_inventory
-
-if TYPE_CHECKING:
-    from stacklock.flows.orchestrate import Orchestrator
+from stacklock.flows.run import Run, Target
 
 
-def collect(orch: Orchestrator, envs: list[str], *, quiet: bool = False) -> diffmod.DiffReport:
-    facts = collect_inventory(orch, envs, quiet=quiet)
-    return diffmod.compare(facts, orch.loaded.manifest.parity.diff_ignore)
+def collect(run: Run, targets: Sequence[Target], *,
+            quiet: bool = False) -> diffmod.DiffReport:
+    facts = collect_inventory(run, targets, quiet=quiet)
+    return diffmod.compare(facts, run.loaded.manifest.parity.diff_ignore)
 
 
 def print_report(report: diffmod.DiffReport, console: Console) -> None:
@@ -65,11 +64,11 @@ def print_report(report: diffmod.DiffReport, console: Console) -> None:
          + (f"; {ignored} name(s) ignored by parity.diff_ignore" if ignored else ""))
 
 
-def run_diff(orch: Orchestrator, envs: list[str], *, fmt: str = "table",
+def run_diff(run: Run, targets: Sequence[Target], *, fmt: str = "table",
              fail_on_drift: bool = False) -> int:
-    orch.hold(envs)
-    orch.ensure_current()
-    report = collect(orch, envs, quiet=fmt == "json")
+    run.hold(targets)
+    run.ensure_current()
+    report = collect(run, targets, quiet=fmt == "json")
     if fmt == "json":
         emit_json(report.as_dict(fail_on_drift))
     else:

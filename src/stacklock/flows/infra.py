@@ -6,8 +6,8 @@ more than `batch_size` EC2 instances, one batch at a time (a targeted plan per b
 against the approved one, applied, the inventory refreshed, `after_batch` called), then the
 rest. `destroy_approved`: a destroy plan names what goes, is approved, and is applied as saved.
 
-The orchestrator (`orch`) and Terraform (`tf`) are passed in (duck-typed), so the decisions
-can be tested with a fake Terraform and plan JSON fixtures.
+The run's outputs (`run`: its `run_dir` and `write_inventory`) and Terraform (`tf`) are passed
+in (duck-typed), so the decisions can be tested with a fake Terraform and plan JSON fixtures.
 """
 
 from __future__ import annotations
@@ -50,16 +50,16 @@ def _approve(what: str, env: str, provider: str, changes: Sequence[ResourceChang
         raise ToolFailed(f"{what} of {env} was not approved: nothing was changed")
 
 
-def _plan_file(orch: Any, env: str, name: str) -> Path:
-    path: Path = orch.run_dir / f"{name}-{env}.tfplan"
+def _plan_file(run: Any, env: str, name: str) -> Path:
+    path: Path = run.run_dir / f"{name}-{env}.tfplan"
     return path
 
 
-def _apply_checked(tf: Any, orch: Any, env: str, name: str, approved: Sequence[ResourceChange],
+def _apply_checked(tf: Any, run: Any, env: str, name: str, approved: Sequence[ResourceChange],
                    target: Sequence[str] = ()) -> bool:
     """Plan (targeted), refuse anything the approved plan did not hold, apply the saved plan.
     Returns whether anything was applied."""
-    plan_file = _plan_file(orch, env, name)
+    plan_file = _plan_file(run, env, name)
     try:
         result = tf.plan(detailed_exitcode=True, out=plan_file, target=list(target))
         changes = resource_changes(result.plan_json or {})
@@ -78,7 +78,7 @@ def _apply_checked(tf: Any, orch: Any, env: str, name: str, approved: Sequence[R
 
 
 def apply_approved(
-    orch: Any,
+    run: Any,
     env: str,
     tf: Any,
     *,
@@ -94,13 +94,13 @@ def apply_approved(
     """Show the plan of `env`, get it approved, apply it (replaced instances in batches);
     the inventory is refreshed after each batch and at the end. Returns the batches used
     ([] when the plan was applied at once)."""
-    plan_file = _plan_file(orch, env, "apply")
+    plan_file = _plan_file(run, env, "apply")
     try:
         result = tf.plan(detailed_exitcode=True, out=plan_file)
         changes = resource_changes(result.plan_json or {})
         if not result.changes:
             info(f"  {env}: no changes")
-            orch.write_inventory(env, tf.output())
+            run.write_inventory(env, tf.output())
             return []
         for line in blast.plan_lines(changes):
             info(line)
@@ -114,25 +114,25 @@ def apply_approved(
                  implied=implied, environ=environ, stdin_tty=stdin_tty)
         if not batches:
             tf.apply(plan_file=plan_file)
-            orch.write_inventory(env, tf.output())
+            run.write_inventory(env, tf.output())
             return []
     finally:
         plan_file.unlink(missing_ok=True)
     for number, batch in enumerate(batches, 1):
         step(f"{env}: batch {number}/{len(batches)}: replacing {', '.join(batch)}")
-        _apply_checked(tf, orch, env, f"batch{number}", changes, target=batch)
-        orch.write_inventory(env, tf.output())
+        _apply_checked(tf, run, env, f"batch{number}", changes, target=batch)
+        run.write_inventory(env, tf.output())
         info(f"  {env}: batch {number}/{len(batches)} replaced, inventory refreshed")
         if after_batch is not None:
             after_batch(env, batch)
-    if _apply_checked(tf, orch, env, "rest", changes):
+    if _apply_checked(tf, run, env, "rest", changes):
         info(f"  {env}: the rest of the approved plan applied")
-    orch.write_inventory(env, tf.output())
+    run.write_inventory(env, tf.output())
     return batches
 
 
 def destroy_approved(
-    orch: Any,
+    run: Any,
     env: str,
     tf: Any,
     *,
@@ -144,7 +144,7 @@ def destroy_approved(
 ) -> list[str]:
     """Name what a destroy of `env` removes (from a destroy plan), get it approved, apply that
     plan. Returns the addresses destroyed."""
-    plan_file = _plan_file(orch, env, "destroy")
+    plan_file = _plan_file(run, env, "destroy")
     try:
         result = tf.plan(detailed_exitcode=True, out=plan_file, destroy=True)
         changes = [c for c in resource_changes(result.plan_json or {}) if "delete" in c.actions]

@@ -13,8 +13,10 @@ import ipaddress
 import logging
 import os
 import time
+from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from stacklock.adapters.proc import run_command
 from stacklock.console import info, step
@@ -128,3 +130,23 @@ def prepare(loaded: LoadedManifest, *, stack: ExitStack, need_mirror: bool = Tru
     stack.callback(mirror.release_server, lease)
     if lease.server.started:
         info(f"  serving the local mirror on {lease.server.url} (log {lease.server.log_file})")
+
+
+LAB_NODE_ADDRESS = 'module.nodes.terraform_data.node["{name}"]'
+
+
+def gone_lab_nodes(outputs: Mapping[str, Any]) -> dict[str, str]:
+    """Lab nodes in Terraform's state whose container is gone or stopped.
+
+    `terraform_data` cannot refresh, so Terraform cannot see a removed container by itself;
+    plan, apply and the audit ask Docker and then plan those nodes' replacement (`-replace`)."""
+    gone: dict[str, str] = {}
+    for name, host in sorted((outputs.get("hosts") or {}).items()):
+        container = host.get("container", name)
+        res = run_command(["docker", "inspect", "-f", "{{.State.Running}}", container],
+                          check=False, timeout=30)
+        if res.returncode != 0:
+            gone[LAB_NODE_ADDRESS.format(name=name)] = f"container {container} is gone"
+        elif res.stdout.strip() != "true":
+            gone[LAB_NODE_ADDRESS.format(name=name)] = f"container {container} is stopped"
+    return gone

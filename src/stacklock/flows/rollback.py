@@ -17,7 +17,7 @@ revision, or no stack of the manifest is that revision (the message says what to
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from stacklock.console import info, step
 from stacklock.core import ledger as core
@@ -28,9 +28,8 @@ from stacklock.core.manifest import LoadedManifest, load_manifest
 from stacklock.errors import ExitCode, InvalidInput, Problem
 from stacklock.flows import ledger as ledgerflow
 from stacklock.flows import promote as promoteflow
-
-if TYPE_CHECKING:
-    from stacklock.flows.orchestrate import Orchestrator
+from stacklock.flows import rollout as rolloutflow
+from stacklock.flows.run import Run, Target
 
 
 def choose(loaded: LoadedManifest, env: str, to: str | None,
@@ -68,13 +67,13 @@ def choose(loaded: LoadedManifest, env: str, to: str | None,
     return body
 
 
-def run_rollback(orch: Orchestrator, env: str, to: str | None) -> ExitCode:
+def run_rollback(run: Run, target: Target, to: str | None) -> ExitCode:
     from stacklock.core import lock as lockmod
     from stacklock.core import render as rendermod
-    from stacklock.flows.rollout import run_rollout
 
-    loaded = orch.loaded
-    orch.hold([env])
+    env = target.name
+    loaded = run.loaded
+    run.hold([target])
     records = ledgerflow.open_ledger(loaded).records()
     body = choose(loaded, env, to, records)
     fp = str(body["fingerprint"])
@@ -95,9 +94,19 @@ def run_rollback(orch: Orchestrator, env: str, to: str | None) -> ExitCode:
         atomic_write(loaded.path, text)
         loaded = load_manifest(loaded.path)
         info(f"  {loaded.path.name}: environments.{env}.stack -> {stacks[0]}")
-        orch.loaded = loaded
+        run.reload(loaded)
         changed = rendermod.write_tree(loaded, rendermod.render_tree(loaded, lock))
         info(f"  rendered: {len(changed)} file(s) changed")
-    if not loaded.manifest.environments[env].gpu:
+        target = run.target(env)  # resolved again: it names the rolled-back stack now
+    if not target.gpu:
         info(f"  {env}: no GPU on these nodes: the driver reload/reboot step is skipped")
-    return run_rollout(orch, env)
+    return rolloutflow.run_rollout(run, target)
+
+
+def rollout_or_roll_back(run: Run, target: Target, *, auto_rollback: bool = False) -> ExitCode:
+    """`rollout` (and `promote --rollout`): with `auto_rollback`, a halted rollout returns the
+    target to its previous verified revision, then exits 1."""
+    def back(old_fp: str) -> ExitCode:
+        return run_rollback(run, run.target(target.name), old_fp)
+
+    return rolloutflow.run_rollout(run, target, on_halt=back if auto_rollback else None)

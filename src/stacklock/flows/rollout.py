@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
-import yaml
 from rich.table import Table
 
 from stacklock.console import info, out, step
@@ -30,23 +30,19 @@ from stacklock.core import rollout as plan
 from stacklock.core.parity import ParityReport, Status
 from stacklock.errors import ExitCode, ToolFailed
 from stacklock.flows import ledger as ledgerflow
+from stacklock.flows import verify as verifyflow
+from stacklock.flows.run import Run, Target
 
-if TYPE_CHECKING:
-    from stacklock.flows.orchestrate import Orchestrator
+#: what a halted rollout does with --auto-rollback: return the target to this revision
+#: (stacklock.flows.rollback composes it; the rollout itself knows nothing of rollbacks)
+OnHalt = Callable[[str], ExitCode]
 
 
-def policy_of(orch: Orchestrator, env: str) -> plan.Policy:
-    spec = orch.loaded.manifest.environments[env].rollout
+def policy_of(run: Run, target: Target) -> plan.Policy:
+    spec = target.spec.rollout
     if spec is None:
-        return plan.default_policy(env, orch.loaded.manifest.promotion)
+        return plan.default_policy(target.name, run.loaded.manifest.promotion)
     return plan.Policy(spec.canary, spec.batch, spec.max_failures)
-
-
-def env_hosts(orch: Orchestrator, env: str) -> list[str]:
-    inv = orch._inventories([env])[0] / "hosts.yml"
-    data = yaml.safe_load(inv.read_text("utf-8")) or {}
-    group = ((data.get("all") or {}).get("children") or {}).get(env) or {}
-    return sorted((group.get("hosts") or {}).keys())
 
 
 def failed_nodes(report: ParityReport, batch: list[str], *,
@@ -67,14 +63,15 @@ def failed_nodes(report: ParityReport, batch: list[str], *,
     return bad
 
 
-def verify_batch(orch: Orchestrator, env: str, batch: list[str], n: int | str) -> ParityReport:
+def verify_batch(run: Run, target: Target, batch: list[str], n: int | str) -> ParityReport:
     from stacklock.adapters import ansible
 
+    env = target.name
     name = f"verify-{env}-{n if isinstance(n, str) else f'batch{n}'}"
-    path = orch.log_file(f"{name}.json")
+    path = run.log_file(f"{name}.json")
     path.unlink(missing_ok=True)
     ansible.run_playbook(
-        "verify.yml", orch._inventories([env]), log_file=orch.log_file(f"{name}.log"),
+        "verify.yml", [target.inventory()], log_file=run.log_file(f"{name}.log"),
         extra_vars={"stacklock_report_path": str(path), "stacklock_verify_fail": False,
                     "stacklock_verify_environments": [env],
                     "stacklock_verify_hosts": ",".join(batch)},
@@ -104,33 +101,35 @@ def what_changes(records: list[dict[str, Any]], old_fp: str | None,
     return [head, *(f"  {x}" for x in lines)] if lines else [f"{head} none in the lock"]
 
 
-def run_rollout(orch: Orchestrator, env: str, *, auto_rollback: bool = False) -> ExitCode:
+def run_rollout(run: Run, target: Target, *, on_halt: OnHalt | None = None) -> ExitCode:
+    """Roll `target` out canary first, then in batches. `on_halt`: what to do with the
+    previous revision when a batch fails (--auto-rollback)."""
     from stacklock.adapters import ansible
-    from stacklock.flows.verify import run_verify
 
+    env = target.name
     started = time.monotonic()
-    orch.hold([env])
-    lock = orch.ensure_current()
-    stack = orch.loaded.manifest.environments[env].stack
+    run.hold([target])
+    lock = run.ensure_current()
+    stack = target.stack
     new_fp = str(lock["stacks"][stack]["fingerprint"])
-    records = ledgerflow.open_ledger(orch.loaded).records()  # once: on AWS an S3 read
-    why = promotion.rollout_refusal(list(orch.loaded.manifest.promotion), env, new_fp, records)
+    records = ledgerflow.open_ledger(run.loaded).records()  # once: on AWS an S3 read
+    why = promotion.rollout_refusal(list(run.loaded.manifest.promotion), env, new_fp, records)
     if why is not None:
         step(f"rollout {env} refused")
         info(f"  {why}")
         return ExitCode.DEVIATION
     old_fp = previous_revision(records, env, new_fp)
-    hosts = env_hosts(orch, env)
-    pol = policy_of(orch, env)
+    hosts = target.hosts()
+    pol = policy_of(run, target)
     revision: dict[str, str] = {h: promotion.short(old_fp) if old_fp else "previous (unknown)"
                                 for h in hosts}
     state: dict[str, str] = dict.fromkeys(hosts, "untouched")
-    orch._prepare([env], need_mirror=True)
+    run.prepare([target], need_mirror=True)
     # nodes whose facts already match the revision are not configured (and not restarted): a
     # rollout resumed after a halt, or a rollback of a halted canary, touches only the nodes
     # that changed
     step(f"rollout {env}: read the stack facts of {len(hosts)} node(s)")
-    pre = failed_nodes(verify_batch(orch, env, hosts, "before"), hosts, per_node=True)
+    pre = failed_nodes(verify_batch(run, target, hosts, "before"), hosts, per_node=True)
     for h in hosts:
         if h not in pre:
             state[h] = "already at the revision: not touched"
@@ -149,8 +148,8 @@ def run_rollout(orch: Orchestrator, env: str, *, auto_rollback: bool = False) ->
         t0 = time.monotonic()
         step(f"{env} {label} ({n}/{len(batches)}): configure {', '.join(batch)}")
         recap = ansible.run_playbook(
-            "site.yml", orch._inventories([env]),
-            log_file=orch.log_file(f"site-{env}-batch{n}.log"),
+            "site.yml", [target.inventory()],
+            log_file=run.log_file(f"site-{env}-batch{n}.log"),
             # one batch at a time: a driver change may reboot these nodes (nvidia_driver role)
             extra_vars={"nvidia_driver_reboot": True},
             extra_args=["--limit", ",".join(batch)], ok_codes=(0, 2, 4))
@@ -159,9 +158,9 @@ def run_rollout(orch: Orchestrator, env: str, *, auto_rollback: bool = False) ->
             r = recap.get(h) or {}
             if not r or r.get("failed") or r.get("unreachable"):
                 bad[h] = ("configure failed" if r else "not in the play recap") + \
-                    f"; see {orch.log_file(f'site-{env}-batch{n}.log')}"
+                    f"; see {run.log_file(f'site-{env}-batch{n}.log')}"
         step(f"{env} {label}: verify {', '.join(batch)}")
-        report = verify_batch(orch, env, batch, n)
+        report = verify_batch(run, target, batch, n)
         for h, why in failed_nodes(report, batch).items():
             bad.setdefault(h, why)
         for h in batch:
@@ -182,12 +181,10 @@ def run_rollout(orch: Orchestrator, env: str, *, auto_rollback: bool = False) ->
     _print_nodes(env, hosts, revision, state)
     if halted:
         info(f"rollout of {env} halted after {time.monotonic() - started:.0f} s; logs in "
-             f"{orch.run_dir}")
-        if auto_rollback and old_fp is not None:
-            from stacklock.flows.rollback import run_rollback
-
+             f"{run.run_dir}")
+        if on_halt is not None and old_fp is not None:
             step(f"--auto-rollback: return {env} to revision {promotion.short(old_fp)}")
-            code = run_rollback(orch, env, old_fp)
+            code = on_halt(old_fp)
             info(f"auto-rollback of {env} ended with exit code {int(code)}; the rollout "
                  "itself failed: exit 1")
             return ExitCode.DEVIATION
@@ -195,9 +192,9 @@ def run_rollout(orch: Orchestrator, env: str, *, auto_rollback: bool = False) ->
              f"already at the revision are not touched), or `stacklock rollback {env}` to "
              "return the updated ones to the previous revision")
         return ExitCode.DEVIATION
-    code = run_verify(orch, [env])
+    code = verifyflow.verify(run, [target])
     info(f"rollout of {env} finished in {time.monotonic() - started:.0f} s with exit code "
-         f"{int(code)}; logs in {orch.run_dir}")
+         f"{int(code)}; logs in {run.run_dir}")
     return code
 
 

@@ -9,9 +9,10 @@ document (nor does its environment): exit 3 naming it.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.table import Table
 
@@ -21,9 +22,7 @@ from stacklock.core.files import atomic_write
 from stacklock.core.parity import Unreachable
 from stacklock.errors import ExitCode, InvalidInput, Problem
 from stacklock.flows.collect import collect_inventory
-
-if TYPE_CHECKING:
-    from stacklock.flows.orchestrate import Orchestrator
+from stacklock.flows.run import Run, Target
 
 
 def source_date() -> datetime:
@@ -78,13 +77,13 @@ def write_sboms(facts_by_env: dict[str, dict[str, Any]], lock: dict[str, Any],
 _COLUMNS = ("library", "device-driver", "device", "machine-learning-model")
 
 
-def run_sbom(orch: Orchestrator, envs: list[str], out_dir: Path) -> ExitCode:
-    orch.hold(envs)
-    lock = orch.ensure_current()
+def run_sbom(run: Run, targets: Sequence[Target], out_dir: Path) -> ExitCode:
+    run.hold(targets)
+    lock = run.ensure_current()
     timestamp = source_date()
-    facts = collect_inventory(orch, envs)
-    manifest = orch.loaded.manifest
-    stacks = {env: manifest.environments[env].stack for env in envs}
+    facts = collect_inventory(run, targets)
+    manifest = run.loaded.manifest
+    stacks = {t.name: t.stack for t in targets}
     written, problems = write_sboms(facts, lock, stacks, manifest.project, out_dir, timestamp)
     table = Table(title=f"CycloneDX {sbommod.SPEC_VERSION} SBOMs in {out_dir}")
     table.add_column("document")

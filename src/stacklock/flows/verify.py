@@ -7,20 +7,18 @@ The CLI and a plain `ansible-playbook ... verify.yml` therefore reach the same v
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from stacklock.console import emit_json, out, step
 from stacklock.core import report as reportmod
 from stacklock.core.files import atomic_write
 from stacklock.core.parity import ParityReport
 from stacklock.errors import ExitCode, ToolFailed
-
-if TYPE_CHECKING:
-    from stacklock.flows.orchestrate import Orchestrator
+from stacklock.flows.run import Run, Target, inventories, names_of
 
 
-def collect(orch: Orchestrator, envs: list[str], *, quiet: bool = False,
+def collect(run: Run, targets: Sequence[Target], *, quiet: bool = False,
             deep: bool = False, fast: bool = False) -> ParityReport:
     """Run the verify play over the environments' inventories; return the parity report.
     `deep`: hash every model archive again (no digest reused from the nodes' cache).
@@ -28,19 +26,20 @@ def collect(orch: Orchestrator, envs: list[str], *, quiet: bool = False,
     (`stacklock.flows.fastverify`)."""
     from stacklock.adapters import ansible
 
-    report_path = orch.log_file("verify.json")
+    envs = names_of(targets)
+    report_path = run.log_file("verify.json")
     report_path.unlink(missing_ok=True)
     if fast:
         from stacklock.flows import fastverify
 
-        return fastverify.collect(orch._inventories(envs), envs, report_path=report_path,
-                                  deep=deep, quiet=quiet, log_file=orch.log_file("verify.log"))
+        return fastverify.collect(inventories(targets), envs, report_path=report_path,
+                                  deep=deep, quiet=quiet, log_file=run.log_file("verify.log"))
     if not quiet:
         step(f"verify {', '.join(envs)}: stack facts from every node, one comparison")
     ansible.run_playbook(
         "verify.yml",
-        orch._inventories(envs),
-        log_file=orch.log_file("verify.log"),
+        inventories(targets),
+        log_file=run.log_file("verify.log"),
         extra_vars={"stacklock_report_path": str(report_path), "stacklock_verify_fail": False,
                     "stacklock_verify_environments": envs, "stacklock_verify_deep": deep},
         # 4: some hosts unreachable; the report says which (exit 3 below)
@@ -48,23 +47,27 @@ def collect(orch: Orchestrator, envs: list[str], *, quiet: bool = False,
         quiet=quiet,
     )
     if not report_path.is_file():
-        raise ToolFailed(f"the verify play wrote no report; see {orch.log_file('verify.log')}")
+        raise ToolFailed(f"the verify play wrote no report; see {run.log_file('verify.log')}")
     return reportmod.from_dict(json.loads(report_path.read_text("utf-8")))
 
 
-def run_verify(
-    orch: Orchestrator, envs: list[str], *, fmt: str = "table", junit: Path | None = None,
+def verify(
+    run: Run, targets: Sequence[Target], *, fmt: str = "table", junit: Path | None = None,
     deep: bool = False, collected: ParityReport | None = None, fast: bool = False,
 ) -> ExitCode:
-    """`collected`: a parity report of these environments read in this run, with nothing
+    """Collect and compare, record evidence when it passes, print the report.
+
+    `collected`: a parity report of these environments read in this run, with nothing
     changed on the nodes since (provision when configure ran no roles), instead of a new one."""
     from stacklock.flows import ledger
 
+    run.hold(targets)
+    run.ensure_current()
     if collected is None:
-        collected = collect(orch, envs, quiet=fmt == "json", deep=deep, fast=fast)
-    report = ledger.with_revision_checks(orch.loaded, collected)
+        collected = collect(run, targets, quiet=fmt == "json", deep=deep, fast=fast)
+    report = ledger.with_revision_checks(run.loaded, collected)
     if report.exit_code == ExitCode.OK:  # evidence of a passing verify, one record per env
-        ledger.record_passing(orch.loaded, report)
+        ledger.record_passing(run.loaded, report)
     if junit is not None:
         atomic_write(junit, reportmod.to_junit(report))
     if fmt == "json":

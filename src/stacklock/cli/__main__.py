@@ -1,0 +1,5 @@
+"""`python -m stacklock.cli`."""
+
+from stacklock.cli import main
+
+main()

@@ -1,0 +1,178 @@
+"""The command line's shared parts: the group, the context (manifest, verbosity, lock
+timeout), the options several commands take, and the run each command gets."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from stacklock import __version__
+from stacklock.core.manifest import LoadedManifest, load_manifest
+from stacklock.errors import InvalidInput, Problem
+from stacklock.flows.run import Run, Target
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_MANIFEST = "stacklock.yaml"
+
+class Ctx:
+    def __init__(self, manifest: str, verbose: bool, lock_timeout: float | None = None) -> None:
+        self.manifest_path = manifest
+        self.verbose = verbose
+        self.lock_timeout = lock_timeout
+        self._loaded: LoadedManifest | None = None
+
+    def loaded(self) -> LoadedManifest:
+        if self._loaded is None:
+            self._loaded = load_manifest(self.manifest_path)
+        return self._loaded
+
+    def envs(self, names: tuple[str, ...] | list[str], all_envs: bool = False) -> list[str]:
+        known = list(self.loaded().manifest.environments)
+        if all_envs or not names:
+            return known
+        for n in names:
+            if n not in known:
+                raise InvalidInput(
+                    f"unknown environment {n!r}",
+                    problems=[Problem("ENV", f"{n!r} is not an environment of the manifest",
+                                      "use one of: " + ", ".join(known))],
+                )
+        return list(names)
+
+
+_pass_ctx = click.make_pass_decorator(Ctx)
+
+
+def pass_ctx(f: F) -> F:
+    """Pass the Ctx, and accept `--manifest` after the subcommand too."""
+
+    def set_manifest(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+        if value is not None:
+            ctx.ensure_object(Ctx).manifest_path = value
+
+    wrapped = _pass_ctx(f)
+    return click.option("-m", "--manifest", default=None, expose_value=False, is_eager=True,
+                        callback=set_manifest, help="The manifest to use.")(wrapped)  # type: ignore[return-value]
+
+
+_LOCK_TIMEOUT_HELP = ("Seconds to wait for another stacklock run that holds an environment "
+                      "(0: fail at once with exit 3) [default: 600 or $STACKLOCK_LOCK_TIMEOUT].")
+
+
+def lock_timeout_option(f: F) -> F:
+    """`--lock-timeout SECONDS` after the subcommand (commands that hold run locks)."""
+
+    def set_timeout(ctx: click.Context, _param: click.Parameter, value: float | None) -> None:
+        if value is not None:
+            ctx.ensure_object(Ctx).lock_timeout = value
+
+    return click.option("--lock-timeout", type=click.FloatRange(min=0), default=None,
+                        expose_value=False, callback=set_timeout, metavar="SECONDS",
+                        help=_LOCK_TIMEOUT_HELP)(f)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-m", "--manifest", default=lambda: os.environ.get("STACKLOCK_MANIFEST",
+              DEFAULT_MANIFEST), show_default="stacklock.yaml or $STACKLOCK_MANIFEST",
+              help="The manifest to use.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every command; tracebacks for bugs.")
+@click.option("--lock-timeout", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help=_LOCK_TIMEOUT_HELP)
+@click.version_option(__version__, prog_name="stacklock")
+@click.pass_context
+def cli(ctx: click.Context, manifest: str, verbose: bool, lock_timeout: float | None) -> None:
+    """Keep the GPU model-serving stack identical in dev, staging and prod."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(name)s: %(message)s", stream=sys.stderr)
+    ctx.obj = Ctx(manifest, verbose, lock_timeout)
+
+
+
+def rules_problems(loaded: LoadedManifest) -> list[Problem]:
+    from stacklock.core import rules
+
+    return rules.check(loaded.manifest)
+
+
+def require_valid(loaded: LoadedManifest) -> None:
+    errors = [p for p in rules_problems(loaded) if p.severity == "error"]
+    if errors:
+        raise InvalidInput(f"{loaded.path.name} breaks {len(errors)} compatibility rule(s)",
+                           problems=errors)
+
+
+def env_option(f: F) -> F:
+    f = lock_timeout_option(f)
+    f = click.option("--all", "all_envs", is_flag=True, help="Every environment.")(f)
+    f = click.argument("envs", nargs=-1)(f)
+    return f
+
+
+def _lock_timeout(c: Ctx) -> float:
+    from stacklock.core.runlock import DEFAULT_TIMEOUT
+
+    if c.lock_timeout is not None:
+        return c.lock_timeout
+    raw = os.environ.get("STACKLOCK_LOCK_TIMEOUT", "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise InvalidInput(f"STACKLOCK_LOCK_TIMEOUT={raw!r} is not a number of seconds",
+                           problems=[Problem("STACKLOCK_LOCK_TIMEOUT", "not seconds >= 0",
+                                             "e.g. 600, or 0 to fail at once")])
+    return value
+
+
+
+def get_run(c: Ctx) -> Run:
+    """This command's run (one per command): its run locks and lab resources are released
+    when the command ends, however it ends."""
+    ctx = click.get_current_context()
+    run = ctx.meta.get("stacklock.run")
+    if run is None:
+        run = Run(c.loaded(), verbose=c.verbose, lock_timeout=_lock_timeout(c))
+        ctx.meta["stacklock.run"] = run
+        ctx.call_on_close(run.close)
+        RUNNING["command"] = ctx.info_name or ""
+        RUNNING["run"] = run
+    assert isinstance(run, Run)
+    return run
+
+
+def targets(c: Ctx, names: tuple[str, ...] | list[str], all_envs: bool = False) -> list[Target]:
+    """The environments a command acts on, resolved once (unknown names: exit 2)."""
+    return get_run(c).targets(c.envs(names, all_envs))
+
+
+#: the command running now and its run (for the message after an interruption)
+RUNNING: dict[str, Any] = {}
+
+
+def approve_options(f: F) -> F:
+    """`--auto-approve` (and `--batch-size`) of the commands that change infrastructure."""
+    f = click.option("--auto-approve", is_flag=True,
+                     help="Apply an aws environment's plan without asking (required in CI "
+                          "or without a terminal; lab and static never ask).")(f)
+    return f
+
+
+def batch_option(f: F) -> F:
+    return click.option("--batch-size", type=click.IntRange(min=1), default=1,
+                        show_default=True,
+                        help="EC2 instances replaced per batch (create-before-destroy, "
+                             "the inventory refreshed after each).")(f)
+
+
+def confirm(question: str) -> bool:
+    """Ask on the terminal (stacklock.core.blast refuses before this without one)."""
+    return click.confirm(question, default=False, err=True)

@@ -1,0 +1,169 @@
+"""`stacklock plan | apply | destroy | provision | configure | trust | demo`: the nodes."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from stacklock.cli.base import (
+    Ctx,
+    approve_options,
+    batch_option,
+    cli,
+    confirm,
+    env_option,
+    get_run,
+    lock_timeout_option,
+    pass_ctx,
+    rules_problems,
+    targets,
+)
+from stacklock.console import info, print_problems, step
+from stacklock.errors import ExitCode, InvalidInput, Problem
+
+
+@cli.command()
+@env_option
+@pass_ctx
+def plan(c: Ctx, envs: tuple[str, ...], all_envs: bool) -> None:
+    """terraform plan for environments (exit 0 no changes, 1 changes pending)."""
+    from stacklock.flows import provision as flow
+
+    changes = flow.plan(get_run(c), targets(c, envs, all_envs))
+    raise SystemExit(int(ExitCode.DEVIATION) if changes else 0)
+
+
+@cli.command()
+@env_option
+@approve_options
+@batch_option
+@pass_ctx
+def apply(c: Ctx, envs: tuple[str, ...], all_envs: bool, auto_approve: bool,
+          batch_size: int) -> None:
+    """terraform apply, then write inventories/<env>/hosts.yml from its outputs.
+
+    An aws environment's plan is shown and must be approved (a terminal, or --auto-approve;
+    refused with exit 2 in CI or without a terminal); replaced instances go in batches."""
+    from stacklock.flows import provision as flow
+
+    flow.apply(get_run(c), targets(c, envs, all_envs), auto_approve=auto_approve,
+               confirm=confirm, batch_size=batch_size)
+
+
+@cli.command()
+@env_option
+@approve_options
+@pass_ctx
+def destroy(c: Ctx, envs: tuple[str, ...], all_envs: bool, auto_approve: bool) -> None:
+    """terraform destroy for environments (and remove their hosts.yml): names what goes; an
+    aws environment's destroy must be approved (a terminal, or --auto-approve)."""
+    if not envs and not all_envs:
+        raise InvalidInput("name the environment(s) to destroy, or --all",
+                           problems=[Problem("ENV", "no environment given",
+                                             "stacklock destroy ENV, or --all")])
+    from stacklock.flows import provision as flow
+
+    flow.destroy(get_run(c), targets(c, envs, all_envs), auto_approve=auto_approve,
+                 confirm=confirm)
+
+
+@cli.command()
+@env_option
+@click.option("--force", is_flag=True,
+              help="Converge every node (default: only nodes whose stack facts deviate from "
+                   "their lock, are new or could not be read).")
+@approve_options
+@batch_option
+@pass_ctx
+def provision(c: Ctx, envs: tuple[str, ...], all_envs: bool, force: bool, auto_approve: bool,
+              batch_size: int) -> None:
+    """lock check, render, apply, configure (site.yml, on the nodes that deviate) and verify.
+
+    Like apply, an aws environment's plan must be approved; replaced instances go in batches,
+    each configured and verified before the next."""
+    from stacklock.flows import provision as flow
+
+    code = flow.provision(get_run(c), targets(c, envs, all_envs), force=force,
+                          auto_approve=auto_approve, confirm=confirm, batch_size=batch_size)
+    raise SystemExit(int(code))
+
+
+@cli.command()
+@env_option
+@click.option("--force", is_flag=True,
+              help="Converge every node (default: only nodes whose stack facts deviate from "
+                   "their lock, are new or could not be read).")
+@pass_ctx
+def configure(c: Ctx, envs: tuple[str, ...], all_envs: bool, force: bool) -> None:
+    """Run only the Ansible part (site.yml) on environments: first the stack facts of every
+    node, then the roles on the nodes that deviate, are new or could not be read (all: --force)."""
+    from stacklock.flows import configure as flow
+
+    flow.configure(get_run(c), targets(c, envs, all_envs), force=force)
+
+
+@cli.command()
+@env_option
+@click.option("--yes", is_flag=True,
+              help="Trust every offered key without asking, changed ones included.")
+@click.option("--replace", multiple=True, metavar="HOST",
+              help="Replace the trusted key of HOST (name or address) when it changed.")
+@pass_ctx
+def trust(c: Ctx, envs: tuple[str, ...], all_envs: bool, yes: bool,
+          replace: tuple[str, ...]) -> None:
+    """Fetch and show each host's SSH host key (SHA256 fingerprint) and trust it (exit 0/3).
+
+    Writes inventories/ENV/known_hosts, which every connection is checked against.
+    """
+    from stacklock.flows.trust import run_trust
+
+    if not envs and not all_envs:
+        raise InvalidInput("name the environment(s) whose host keys to trust, or --all",
+                           problems=[Problem("ENV", "no environment given",
+                                             "stacklock trust ENV, or --all")])
+
+    def ask(question: str) -> bool:
+        if not sys.stdin.isatty():
+            raise InvalidInput("stdin is not a terminal: nothing was trusted", problems=[
+                Problem("--yes", "cannot ask for confirmation",
+                        "compare the fingerprints out of band, then pass --yes")])
+        return click.confirm(question, default=False, err=True)
+
+    chosen = targets(c, envs, all_envs)
+    get_run(c).hold(chosen)
+    code = run_trust(c.loaded(), [t.name for t in chosen], yes=yes, replace=replace,
+                     confirm=ask)
+    raise SystemExit(int(code))
+
+
+@cli.command()
+@lock_timeout_option
+@approve_options
+@pass_ctx
+def demo(c: Ctx, auto_approve: bool) -> None:
+    """The main job on the local lab: validate, lock check, render, provision all, verify."""
+    from stacklock.core import lock as lockmod
+    from stacklock.core import render as rendermod
+
+    started = time.monotonic()
+    loaded = c.loaded()
+    everything = targets(c, list(loaded.manifest.environments))
+    get_run(c).hold(everything)
+    step(f"validate {loaded.path.name}")
+    problems = rules_problems(loaded)
+    print_problems(problems)
+    if any(p.severity == "error" for p in problems):
+        raise InvalidInput(f"{loaded.path.name} is invalid")
+    data = lockmod.load_current_lock(loaded)
+    info(f"  lock is current: {len(data['stacks'])} stack(s)")
+    tree = rendermod.render_tree(loaded, data)
+    changed = rendermod.write_tree(loaded, tree)
+    info(f"  rendered {len(tree)} file(s), {len(changed)} changed")
+    from stacklock.flows import provision as flow
+
+    code = flow.provision(get_run(c), everything, auto_approve=auto_approve, confirm=confirm)
+    info(f"demo finished in {time.monotonic() - started:.0f} s with exit code {int(code)}")
+    raise SystemExit(int(code))
+

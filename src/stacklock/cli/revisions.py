@@ -1,0 +1,99 @@
+"""`stacklock promote | rollout | rollback | status | ledger`: revisions and evidence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from stacklock.cli.base import Ctx, cli, get_run, lock_timeout_option, pass_ctx, targets
+from stacklock.errors import ExitCode
+
+
+@cli.command()
+@click.argument("env")
+@click.option("--rollout", is_flag=True,
+              help="Then configure and verify ENV (canary first, in batches: see rollout).")
+@click.option("--auto-rollback", is_flag=True,
+              help="With --rollout: when a batch fails, return ENV to its previous revision.")
+@lock_timeout_option
+@pass_ctx
+def promote(c: Ctx, env: str, rollout: bool, auto_rollback: bool) -> None:
+    """Move ENV to the revision of the environment before it in `promotion` (exit 0 done,
+    1 refused: the evidence is missing, 2 invalid input)."""
+    from stacklock.flows import promote as promoteflow
+
+    run = get_run(c)
+    run.hold(targets(c, [env]))
+    code, new = promoteflow.promote(c.loaded(), env)
+    if code == ExitCode.OK and rollout:
+        from stacklock.flows import rollback as rollbackflow
+
+        c._loaded = new
+        run.reload(new)
+        code = rollbackflow.rollout_or_roll_back(run, run.target(env),
+                                                 auto_rollback=auto_rollback)
+    raise SystemExit(int(code))
+
+
+@cli.command()
+@click.argument("env")
+@click.option("--auto-rollback", is_flag=True,
+              help="When a batch fails, return ENV (the nodes already changed) to its "
+                   "previous verified revision, then exit 1.")
+@lock_timeout_option
+@pass_ctx
+def rollout(c: Ctx, env: str, auto_rollback: bool) -> None:
+    """Configure ENV canary first, then in batches, verifying each batch before the next;
+    nodes already at the revision are not touched (exit 0 done, 1 a batch failed: the
+    rollout halted, or the revision was never verified before ENV; 3 could not finish)."""
+    from stacklock.flows import rollback as rollbackflow
+
+    code = rollbackflow.rollout_or_roll_back(get_run(c), targets(c, [env])[0],
+                                             auto_rollback=auto_rollback)
+    raise SystemExit(int(code))
+
+
+@cli.command()
+@click.argument("env")
+@click.option("--to", "to", default=None, metavar="REVISION",
+              help="The fingerprint (or its first hex digits) to return to [default: the "
+                   "newest other revision ENV verified].")
+@lock_timeout_option
+@pass_ctx
+def rollback(c: Ctx, env: str, to: str | None) -> None:
+    """Return ENV to a verified revision from the ledger, batch by batch, and verify it
+    (exit 0 done, 1 failed, 2 no such verified revision)."""
+    from stacklock.flows import rollback as rollbackflow
+
+    code = rollbackflow.run_rollback(get_run(c), targets(c, [env])[0], to)
+    raise SystemExit(int(code))
+
+
+@cli.command()
+@pass_ctx
+def status(c: Ctx) -> None:
+    """Each environment's revision (fingerprint), its latest evidence and the next step."""
+    from stacklock.flows import promote as promoteflow
+
+    raise SystemExit(int(promoteflow.print_status(c.loaded())))
+
+
+@cli.group()
+def ledger() -> None:
+    """The evidence ledger (<output_dir>/.stacklock/ledger.jsonl, or the S3 object the
+    manifest's ledger setting names)."""
+
+
+@ledger.command("verify")
+@click.option("--file", "path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A local ledger file [default: the manifest's ledger, local or S3].")
+@pass_ctx
+def ledger_verify(c: Ctx, path: Path | None) -> None:
+    """Check the hash chain (exit 0 intact, 1 naming the first tampered record)."""
+    from stacklock.flows import ledger as ledgerflow
+    from stacklock.flows import promote as promoteflow
+
+    led = ledgerflow.LocalLedger(path) if path else ledgerflow.open_ledger(c.loaded())
+    raise SystemExit(int(promoteflow.verify_ledger(led)))
+

@@ -67,7 +67,7 @@ def test_a_rendered_inventory_maps_to_its_connection(tmp_path: Path) -> None:
     assert t.known_hosts == inv / "known_hosts"  # {{ inventory_dir }} resolved
     assert t.key_file == inv / "../../.stacklock/ssh/id"
     assert t.python == "/usr/bin/python3" and t.jump is None
-    assert not t.become and not t.command().startswith("sudo")
+    assert not t.become and not t.command(t.python).startswith("sudo")
 
 
 def test_inventory_precedence_group_vars_files_then_host_vars(tmp_path: Path) -> None:
@@ -98,10 +98,9 @@ def test_become_follows_the_play(hv: dict[str, Any], become: bool) -> None:
     assert t.become is become
     assert t.user == hv["ansible_user"]
     if become:  # never a password: sudo -n, as root, the module through /bin/sh
-        assert t.command().startswith("sudo -H -n -u root /bin/sh -c ")
+        assert t.command("/usr/bin/python3").startswith("sudo -H -n -u root /bin/sh -c ")
     else:
-        assert t.command().startswith("/usr/bin/python3 -c ") or t.command().startswith(
-            "python3 -c ")
+        assert t.command("/usr/bin/python3").startswith("/usr/bin/python3 -c ")
 
 
 def test_the_play_and_the_fast_path_decide_become_alike() -> None:
@@ -365,19 +364,235 @@ def test_every_failure_gets_the_plays_status_in_the_report() -> None:
     assert rep.exit_code == ExitCode.FAILED and rep.unverified and not rep.deviations
 
 
-def test_the_payload_carries_the_module_and_its_options() -> None:
-    source = MODULE.read_text()
-    payload = fastssh.Payload(source, {"probe_timeout": 1.0}, ["torchserve_venv"])
-    doc = json.loads(payload.encode())
-    assert doc == {"source": source, "opts": {"probe_timeout": 1.0}, "paths": ["torchserve_venv"]}
-    assert "gather(o)" in fastssh.BOOTSTRAP
-
-
 def test_a_malformed_known_hosts_is_invalid_input_before_any_connection(tmp_path: Path) -> None:
     known = tmp_path / "known_hosts"
     known.write_text("10.0.0.2 ssh-ed25519 not-base64!\n")
     bad = Target("dev", "dev-1", "10.0.0.2", 22, "root", known)
     with pytest.raises(StacklockError) as exc:
-        fastssh.FanOut().run([(bad, fastssh.Payload("", {}))])
+        fastssh.FanOut().run([(bad, fastssh.Payload(fastssh.Bundle("m.py", ""), {}))])
     assert exc.value.exit_code == ExitCode.INVALID
     assert "stacklock trust" in exc.value.problems[0].hint
+
+
+# --------------------------------------------------------------------------- the payload
+
+
+def test_the_bundle_holds_the_module_and_every_module_util_once() -> None:
+    bundle = fastverify.read_bundle(ROOT)
+    names = bundle.names()
+    utils = sorted(p.relative_to(ROOT).as_posix()
+                   for p in (ROOT / "ansible" / "module_utils").rglob("*.py")
+                   if "__pycache__" not in p.parts)
+    assert names == sorted(["stacklock_stack_facts.py", "ansible/__init__.py",
+                            "ansible/module_utils/__init__.py", *utils])
+    assert "ansible/module_utils/stacklock_facts/collect.py" in names
+    assert bundle.module == "stacklock_stack_facts.py"
+    assert fastverify.read_bundle(ROOT) == bundle  # the same files, the same bytes
+    doc = json.loads(fastssh.Payload(bundle, {"probe_timeout": 1.0}, ["torchserve_venv"]).encode())
+    assert doc == {"module": "stacklock_stack_facts.py", "bundle": bundle.data,
+                   "opts": {"probe_timeout": 1.0}, "paths": ["torchserve_venv"]}
+    assert "gather(o)" in fastssh.BOOTSTRAP and "source" not in doc
+
+
+def _local_node(env: dict[str, str]) -> fastssh.Runner:
+    """This machine as the node: each command through /bin/sh, as sshd runs it."""
+    import asyncio
+
+    async def run(command: str, data: bytes | None) -> tuple[int | None, bytes, bytes]:
+        proc = await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", command, env=env, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await proc.communicate(data or b"")
+        return proc.returncode, out, err
+
+    return run
+
+
+def _module_opts(**args: Any) -> tuple[dict[str, Any], list[str]]:
+    spec = fastverify.module_spec(MODULE.read_text())
+    return fastverify.module_opts(args, spec)
+
+
+def test_the_payload_runs_the_module_and_its_collectors_where_no_ansible_is_installed(
+    tmp_path: Path
+) -> None:
+    """The real bundle through the real bootstrap on this machine, with an interpreter that
+    cannot see any installed package (`python3 -S`): the collectors come from the zip, and the
+    interpreter is the first of the fallback list found, as Ansible discovers it."""
+    import asyncio
+    import shutil
+
+    system_python = shutil.which("python3", path="/usr/bin:/bin")
+    if system_python is None:
+        pytest.skip("no python3 in /usr/bin")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    marker = tmp_path / "used"
+    wrapper = bin_dir / "stacklock-test-python"
+    wrapper.write_text(f'#!/bin/sh\ntouch {marker}\nexec {system_python} -S "$@"\n')
+    wrapper.chmod(0o755)
+    (bin_dir / "python3").write_text("#!/bin/sh\nexit 99\n")  # later in the list: never used
+    (bin_dir / "python3").chmod(0o755)
+    target = Target("dev", "dev-1", "127.0.0.1", 22, "root", tmp_path / "known_hosts",
+                    fallback=("python3.99-absent", "stacklock-test-python", "python3"))
+    opts, paths = _module_opts(packages=["no-such-package-xyz"], probe_timeout=10, run_id="77",
+                               archive_cache="", torchserve_model_store=str(tmp_path / "s"))
+    payload = fastssh.Payload(fastverify.read_bundle(ROOT), opts, paths)
+    node = _local_node({"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)})
+    facts = asyncio.run(fastssh.query(node, target, payload))
+    assert isinstance(facts, dict), facts
+    assert marker.exists()  # discovery picked the wrapper: the first found
+    assert facts["schema"] == parity.FACTS_SCHEMA and facts["run_id"] == "77"
+    assert facts["packages"] == {"no-such-package-xyz": {
+        "version": None, "status": "not-installed", "held": False}}
+    assert facts["python"]["executable"].startswith("/")
+    assert facts["torchserve"]["model_store"]["error"] == f"{tmp_path / 's'} not found"
+
+
+def test_interpreter_discovery_is_ansibles() -> None:
+    from ansible import constants as C
+
+    assert tuple(
+        C.config.get_config_value("INTERPRETER_PYTHON_FALLBACK")) == fastssh.INTERPRETER_FALLBACK
+    assert fastssh.discovery_command(("python3.12", "/usr/bin/python3")) == (
+        "echo FOUND; command -v 'python3.12'; command -v '/usr/bin/python3'; echo ENDFOUND")
+    found = "FOUND\n/usr/local/bin/python3.12\n/usr/bin/python3\nENDFOUND\n"
+    assert fastssh.discovered_interpreter(found) == "/usr/local/bin/python3.12"
+    assert fastssh.discovered_interpreter("FOUND\nENDFOUND\n") == "/usr/bin/python3"
+    assert fastssh.discovered_interpreter("Welcome!\n") == "/usr/bin/python3"
+
+
+@pytest.mark.parametrize(("hv", "python", "fallback"), [
+    ({}, None, fastssh.INTERPRETER_FALLBACK),
+    ({"ansible_python_interpreter": "auto_silent"}, None, fastssh.INTERPRETER_FALLBACK),
+    ({"ansible_python_interpreter": "/opt/py/bin/python3"}, "/opt/py/bin/python3",
+     fastssh.INTERPRETER_FALLBACK),
+    ({"ansible_interpreter_python_fallback": ["python3.12", "/usr/bin/python3"]}, None,
+     ("python3.12", "/usr/bin/python3")),
+])
+def test_the_interpreter_is_the_inventorys_else_discovered(
+    hv: dict[str, Any], python: str | None, fallback: tuple[str, ...]
+) -> None:
+    t = target(hv)
+    assert t.python == python and t.fallback == fallback
+
+
+def test_a_discovered_interpreter_is_used_and_named_when_it_fails() -> None:
+    import asyncio
+
+    ran: list[str] = []
+
+    async def node(command: str, data: bytes | None) -> tuple[int | None, bytes, bytes]:
+        ran.append(command)
+        if command.startswith("echo FOUND"):
+            return 0, b"FOUND\n/usr/libexec/platform-python\nENDFOUND\n", b""
+        return 127, b"", b"sh: 1: /usr/libexec/platform-python: not found\n"
+
+    got = asyncio.run(fastssh.query(node, target({}), fastssh.Payload(
+        fastssh.Bundle("m.py", ""), {})))
+    assert ran[1].startswith("/usr/libexec/platform-python -c ")
+    assert isinstance(got, Unreachable)
+    assert got.error == ("the facts module failed: The module interpreter "
+                         "'/usr/libexec/platform-python' was not found.")
+
+
+# --------------------------------------------------------------------------- output and deadline
+
+
+def test_lines_around_the_modules_json_are_ignored_as_ansible_does() -> None:
+    doc = json.dumps({"stacklock_stack": facts(os={"distribution": "debian"})}, indent=1)
+    out = f"Welcome to gpu-1 (authorised use only)\n\n{doc}\nYou have new mail.\n"
+    assert fastssh.facts_from_output(T, 0, out, "") == facts(os={"distribution": "debian"})
+    assert fastssh.filter_non_json_lines("motd\n {\"a\": 1}\nbye") == ' {"a": 1}'
+    for junk in ("no json at all", "{ never closed"):
+        with pytest.raises(ValueError):
+            fastssh.filter_non_json_lines(junk)
+    nothing = fastssh.facts_from_output(T, 0, "Welcome\n", "")
+    assert isinstance(nothing, Unreachable) and "holds no facts" in nothing.error
+
+
+class _Conn:
+    """An SSH connection whose command answers after `delay` seconds (or never)."""
+
+    def __init__(self, delay: float | None) -> None:
+        self.delay = delay
+        self.aborted = self.closed = False
+        self.commands: list[str] = []
+
+    async def run(self, command: str, **kwargs: Any) -> Any:
+        import asyncio
+        from types import SimpleNamespace
+
+        self.commands.append(command)
+        if self.delay is None:
+            await asyncio.Event().wait()  # a probe stuck in the kernel: no answer, ever
+        await asyncio.sleep(self.delay or 0)
+        out = json.dumps({"stacklock_stack": facts()}).encode()
+        return SimpleNamespace(exit_status=0, stdout=out, stderr=b"")
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def close(self) -> None:
+        self.closed = True
+
+    async def wait_closed(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize("delay", [None, 30.0])
+def test_a_node_past_its_deadline_is_closed_and_not_queried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, delay: float | None
+) -> None:
+    import time
+
+    conn = _Conn(delay)
+
+    async def connect(*args: Any, **kwargs: Any) -> _Conn:
+        return conn
+
+    monkeypatch.setattr(fastssh.asyncssh, "connect", connect)
+    (tmp_path / "known_hosts").write_text("")
+    slow = Target("dev", "dev-1", "10.0.0.2", 22, "root", tmp_path / "known_hosts",
+                  python="/usr/bin/python3", deadline=0.5)
+    started = time.monotonic()
+    [result] = fastssh.FanOut().run([(slow, fastssh.Payload(fastssh.Bundle("m.py", ""), {}))])
+    assert time.monotonic() - started < 5
+    assert isinstance(result.facts, Unreachable)
+    assert result.facts.error == (
+        "the facts module did not finish on dev-1 (10.0.0.2) within 0.5 s "
+        "(stacklock_verify_deadline): a probe may be stuck on the node; the connection was closed")
+    assert conn.aborted
+    rep = parity.compare({"dev": {"docker.version": "1"}}, {"dev": {"dev-1": result.facts}})
+    assert rep.exit_code == ExitCode.FAILED and not rep.deviations
+    assert rep.unreachable_nodes[0].node == "dev-1"
+
+
+def test_a_node_within_its_deadline_answers_and_is_closed_gently(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn = _Conn(0.0)
+
+    async def connect(*args: Any, **kwargs: Any) -> _Conn:
+        return conn
+
+    monkeypatch.setattr(fastssh.asyncssh, "connect", connect)
+    (tmp_path / "known_hosts").write_text("")
+    quick = Target("dev", "dev-1", "10.0.0.2", 22, "root", tmp_path / "known_hosts",
+                   python="/usr/bin/python3", deadline=5)
+    [result] = fastssh.FanOut().run([(quick, fastssh.Payload(fastssh.Bundle("m.py", ""), {}))])
+    assert result.facts == facts()
+    assert conn.closed and not conn.aborted
+
+
+def test_the_deadline_is_the_inventorys_else_beyond_the_archive_hashing() -> None:
+    assert target({"stacklock_verify_deadline": "600"}).deadline == 600.0
+    for bad in ("soon", 0, -5):
+        with pytest.raises(InvalidInput) as exc:
+            target({"stacklock_verify_deadline": bad})
+        assert exc.value.problems[0].path.endswith("stacklock_verify_deadline")
+    opts, _ = _module_opts()
+    assert fastverify.deadline({}, opts, target({})).deadline == fastssh.DEADLINE + 300.0
+    set_by_hand = target({"stacklock_verify_deadline": 45})
+    assert fastverify.deadline({"stacklock_verify_deadline": 45}, opts,
+                               set_by_hand).deadline == 45.0

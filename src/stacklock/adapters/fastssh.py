@@ -1,11 +1,18 @@
 """Fast fan-out for `stacklock verify --fast`: the facts module over asyncssh.
 
 One SSH connection per node (through its jump host when the inventory names one), at most
-`forks` at a time, each running the very same facts module file the verify play runs
-(`ansible/library/stacklock_stack_facts.py`): its source goes to the node's python3 on stdin,
-a short bootstrap loads it as a module and calls `gather(opts)` with the options the play
-gives it, and the facts come back as JSON on stdout. The privilege rule is the play's:
-`sudo -n` (never a password) when the node's vars say become.
+`forks` at a time, each running the very same code the verify play runs: the facts module
+(`ansible/library/stacklock_stack_facts.py`) and its collectors (`ansible/module_utils/`),
+zipped once per run into a `Bundle` as Ansible's AnsiballZ ships a module with its
+module_utils. The bundle and the node's options go to the node's Python on stdin; a short
+bootstrap serves the zip's files from memory under their `ansible.module_utils` names, loads
+the module and calls `gather(opts)` with the options the play gives it, and the facts come back
+as JSON on stdout, read as Ansible reads a module's output (lines around the JSON, a login
+banner or a MOTD, are ignored). The interpreter is the play's: `ansible_python_interpreter`, or
+Ansible's discovery (the first of INTERPRETER_PYTHON_FALLBACK found on the node, else
+/usr/bin/python3). The privilege rule is the play's: `sudo -n` (never a password) when the
+node's vars say become. The node's part has a deadline (`stacklock_verify_deadline`): a node
+still busy then (a probe stuck in the kernel) is closed and reported as not queried (exit 3).
 
 Host keys are enforced from the environment's known_hosts (the jump host's too): an unknown or
 changed key makes the node unreachable with the `stacklock trust ENV` hint, exactly as the play.
@@ -19,12 +26,17 @@ This module holds the SSH side only; which nodes and which options come from the
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import getpass
+import io
 import json
 import os
+import re
 import shlex
 import time
-from collections.abc import Callable, Mapping, Sequence
+import zipfile
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +53,18 @@ CONNECT_TIMEOUT = 30.0
 RETRIES = 3
 KEEPALIVE_INTERVAL = 15.0
 FORKS = 50
+#: seconds the node's part (interpreter discovery and the facts module) may take beyond the
+#: module's own bound on hashing model archives (`archive_hash_timeout`); then the node is
+#: closed and reported as not queried (exit 3). `stacklock_verify_deadline` sets it per node.
+DEADLINE = 120.0
+#: seconds a finished node's connection may take to close
+CLOSE_TIMEOUT = 5.0
+
+#: Ansible's INTERPRETER_PYTHON_FALLBACK (ansible-core 2.19), the discovery order when
+#: ansible_python_interpreter is unset or `auto*`; none found: /usr/bin/python3
+INTERPRETER_FALLBACK = ("python3.13", "python3.12", "python3.11", "python3.10", "python3.9",
+                        "python3.8", "/usr/bin/python3", "python3")
+FALLBACK_INTERPRETER = "/usr/bin/python3"
 
 #: connection variables verify --fast understands; any other `-o` option in
 #: ansible_ssh_common_args is refused (exit 2) rather than silently ignored
@@ -52,14 +76,29 @@ _UNSUPPORTED = (
     "ansible_become_password", "ansible_become_flags", "ansible_ssh_executable",
 )
 
-#: runs on the node: load the facts module from stdin as a module, call gather(opts)
+#: runs on the node: serve the bundle's files from memory (a meta path finder over the zip, so
+#: `ansible.module_utils.stacklock_facts` imports as under Ansible, nothing written to disk),
+#: load the facts module, call gather(opts)
 BOOTSTRAP = (
-    "import json,os,sys,types\n"
+    "import base64,importlib.util,io,json,os,sys,types,zipfile\n"
     "d=json.loads(sys.stdin.buffer.read())\n"
+    "z=zipfile.ZipFile(io.BytesIO(base64.b64decode(d['bundle'])))\n"
+    "n=set(z.namelist())\n"
+    "class F:\n"
+    " def find_spec(s,name,path=None,target=None):\n"
+    "  b=name.replace('.','/')\n"
+    "  for f,p in((b+'/__init__.py',True),(b+'.py',False)):\n"
+    "   if f in n:return importlib.util.spec_from_loader(name,s,origin='<stacklock>/'+f,"
+    "is_package=p)\n"
+    " def create_module(s,spec):return None\n"
+    " def exec_module(s,m):\n"
+    "  o=m.__spec__.origin\n"
+    "  exec(compile(z.read(o[12:]),o,'exec'),m.__dict__)\n"
+    "sys.meta_path.insert(0,F())\n"
     "m=types.ModuleType('stacklock_stack_facts')\n"
-    "m.__file__='stacklock_stack_facts.py'\n"
+    "m.__file__='<stacklock>/'+d['module']\n"
     "sys.modules[m.__name__]=m\n"
-    "exec(compile(d['source'],'stacklock_stack_facts.py','exec'),m.__dict__)\n"
+    "exec(compile(z.read(d['module']),m.__file__,'exec'),m.__dict__)\n"
     "o=d['opts']\n"
     "for k in d['paths']:\n"
     "    if isinstance(o.get(k),str):o[k]=os.path.expanduser(os.path.expandvars(o[k]))\n"
@@ -87,18 +126,43 @@ class Target:
     user: str
     known_hosts: Path
     key_file: Path | None = None
-    python: str = "python3"
+    #: ansible_python_interpreter; None: discovered on the node as Ansible does
+    python: str | None = None
     become: bool = False
     become_user: str = "root"
     jump: Jump | None = None
+    #: the interpreters discovery tries, in order (ansible_interpreter_python_fallback)
+    fallback: tuple[str, ...] = INTERPRETER_FALLBACK
+    #: seconds the node's part may take (see DEADLINE)
+    deadline: float = DEADLINE
 
-    def command(self) -> str:
-        """The remote command line (run by the login user's shell)."""
-        py = shlex.join([self.python, "-c", BOOTSTRAP])
+    def command(self, python: str) -> str:
+        """The remote command line running the bootstrap with `python` (run by the login
+        user's shell)."""
+        py = shlex.join([python, "-c", BOOTSTRAP])
         if not self.become:
             return py
         # the play's become: sudo, never asking for a password (-n), as the target user
         return shlex.join(["sudo", "-H", "-n", "-u", self.become_user, "/bin/sh", "-c", py])
+
+
+def discovery_command(fallback: Sequence[str]) -> str:
+    """Ansible's interpreter discovery, word for word (run as the login user, no become)."""
+    found = "; ".join(f"command -v '{py}'" for py in fallback)
+    return f"echo FOUND; {found}; echo ENDFOUND"
+
+
+_FOUND = re.compile(r"FOUND(.*)ENDFOUND", flags=re.DOTALL)
+
+
+def discovered_interpreter(stdout: str) -> str:
+    """The interpreter Ansible picks from the discovery's output: the first absolute path
+    found, else /usr/bin/python3 (also when the output is not the discovery's)."""
+    match = _FOUND.match(stdout)
+    if not match:
+        return FALLBACK_INTERPRETER
+    found = [line.strip() for line in match.group(1).splitlines() if line.startswith("/")]
+    return found[0] if found else FALLBACK_INTERPRETER
 
 
 @dataclass(frozen=True)
@@ -110,17 +174,51 @@ class HostResult:
     seconds: float = 0.0
 
 
+#: the zip's timestamp, so that the same files make the same bundle
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """The facts module and its module_utils, zipped and base64-encoded once per run.
+
+    `module`: the module's name in the zip; the module_utils are under
+    `ansible/module_utils/...` next to the (empty) `ansible` and `ansible/module_utils`
+    packages, as AnsiballZ lays them out."""
+
+    module: str
+    data: str
+
+    @classmethod
+    def build(cls, module: str, source: bytes, module_utils: Mapping[str, bytes]) -> Bundle:
+        """`module_utils`: {path below ansible/module_utils: content}."""
+        files = {module: source, "ansible/__init__.py": b"", "ansible/module_utils/__init__.py": b""}
+        files.update({f"ansible/module_utils/{rel}": text
+                      for rel, text in module_utils.items()})
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            for name in sorted(files):
+                zf.writestr(zipfile.ZipInfo(name, _ZIP_TIME), files[name],
+                            compress_type=zipfile.ZIP_DEFLATED)
+        return cls(module, base64.b64encode(buf.getvalue()).decode("ascii"))
+
+    def names(self) -> list[str]:
+        with zipfile.ZipFile(io.BytesIO(base64.b64decode(self.data))) as zf:
+            return zf.namelist()
+
+
 @dataclass
 class Payload:
-    """The module source and this node's options, as the bootstrap reads them."""
+    """The bundle (shared by every node of a run) and this node's options, as the bootstrap
+    reads them."""
 
-    source: str
+    bundle: Bundle
     opts: dict[str, Any]
     paths: list[str] = field(default_factory=list)
 
     def encode(self) -> bytes:
-        return json.dumps({"source": self.source, "opts": self.opts,
-                           "paths": self.paths}).encode()
+        return json.dumps({"module": self.bundle.module, "bundle": self.bundle.data,
+                           "opts": self.opts, "paths": self.paths}).encode()
 
 
 # --------------------------------------------------------------------------- inventory -> target
@@ -232,28 +330,57 @@ def target_from_vars(env: str, name: str, hv: Mapping[str, Any], inventory_dir: 
         # the play: (ansible_user | default(env USER, true) | default('root', true)) != 'root'
         become = (str(login) if login else (getpass.getuser() or "root")) != "root"
     key = hv.get("ansible_ssh_private_key_file") or hv.get("ansible_private_key_file")
-    python = str(hv.get("ansible_python_interpreter") or "python3")
-    if python.startswith("auto"):
-        python = "python3"
+    interpreter = hv.get("ansible_python_interpreter")
+    python = None if not interpreter or str(interpreter).startswith("auto") else str(interpreter)
+    fallback = hv.get("ansible_interpreter_python_fallback")
+    if isinstance(fallback, str):
+        fallback = [fallback]
+    deadline = hv.get("stacklock_verify_deadline")
+    try:
+        seconds = DEADLINE if deadline in (None, "") else float(deadline)
+        if not seconds > 0:
+            raise ValueError(seconds)
+    except (TypeError, ValueError):
+        raise _invalid(f"{where}: stacklock_verify_deadline", f"{deadline!r} is not a number "
+                       "of seconds", "set the seconds a node may take, e.g. 600") from None
     return Target(
         env=env, name=name, address=str(hv.get("ansible_host") or name), port=port, user=user,
         known_hosts=known_path, key_file=Path(str(key)).expanduser() if key else None,
         python=python, become=become, become_user=str(hv.get("ansible_become_user") or "root"),
-        jump=jump,
+        jump=jump, fallback=tuple(str(f) for f in fallback) if fallback else INTERPRETER_FALLBACK,
+        deadline=seconds,
     )
 
 
 # --------------------------------------------------------------------------- result -> facts
 
 
+def filter_non_json_lines(data: str) -> str:
+    """The JSON object in a module's output, as Ansible finds it (`_filter_non_json_lines` of
+    ansible.module_utils.json_utils, objects only, as its action plugins call it): lines before
+    the first line starting with `{` and after the last line ending with `}` are dropped (a
+    login banner, a MOTD, a shell's noise). ValueError when there is no such object."""
+    lines = data.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip().startswith("{")), None)
+    if start is None:
+        raise ValueError("No start of json char found")
+    end = next((i for i in range(len(lines) - 1, start - 1, -1)
+                if lines[i].strip().endswith("}")), None)
+    if end is None:
+        raise ValueError("No end of json char found")
+    return "\n".join(lines[start:end + 1])
+
+
 def facts_from_output(target: Target, exit_status: int | None, stdout: str,
-                      stderr: str) -> dict[str, Any] | Unreachable:
+                      stderr: str, python: str | None = None) -> dict[str, Any] | Unreachable:
     """One node's facts from the remote command's result, or why there are none (the reasons
-    the play's comparison gives for a failed facts task)."""
+    the play's comparison gives for a failed facts task). `python`: the interpreter that ran
+    it (default: the target's)."""
+    python = python or target.python or FALLBACK_INTERPRETER
     lines = [ln.strip() for ln in (stderr or "").splitlines() if ln.strip()]
     if exit_status == 0:
         try:
-            doc = json.loads(stdout)
+            doc = json.loads(filter_non_json_lines(stdout))
         except ValueError:
             doc = None
         facts = doc.get("stacklock_stack") if isinstance(doc, dict) else None
@@ -264,8 +391,8 @@ def facts_from_output(target: Target, exit_status: int | None, stdout: str,
         return Unreachable("the facts module failed: Missing sudo password (verify becomes "
                            f"{target.become_user} with `sudo -n`: allow it without a password, "
                            "or set stacklock_verify_become: false)")
-    if exit_status == 127 and target.python in (stderr or ""):
-        return Unreachable(f"the facts module failed: The module interpreter '{target.python}' "
+    if exit_status == 127 and python in (stderr or ""):
+        return Unreachable(f"the facts module failed: The module interpreter '{python}' "
                            "was not found.")
     status = "killed by a signal" if exit_status is None else f"exit {exit_status}"
     last = lines[-1] if lines else "no error output"
@@ -308,6 +435,32 @@ def connect_failure(target: Target, exc: BaseException, *, jump: bool = False) -
                            f"port {port}: {why}{via}")
     text = str(exc).strip() or type(exc).__name__
     return Unreachable(f"Failed to connect to the host via ssh: {who}: {text}{via}"[:500])
+
+
+# --------------------------------------------------------------------------- on the node
+
+#: runs one command on the node, `input` on its stdin: (exit status or None, stdout, stderr)
+Runner = Callable[[str, bytes | None], Awaitable[tuple[int | None, bytes, bytes]]]
+
+
+async def query(run: Runner, target: Target, payload: Payload) -> dict[str, Any] | Unreachable:
+    """The node's facts: the interpreter (the inventory's, else discovered as Ansible does, as
+    the login user), then the bootstrap with the payload on stdin, its output read as Ansible
+    reads a module's. The caller bounds it by `target.deadline`."""
+    python = target.python
+    if python is None:
+        _status, out, _err = await run(discovery_command(target.fallback), None)
+        python = discovered_interpreter(out.decode("utf-8", "replace"))
+    status, out, err = await run(target.command(python), payload.encode())
+    return facts_from_output(target, status, out.decode("utf-8", "replace"),
+                             err.decode("utf-8", "replace"), python)
+
+
+def deadline_passed(target: Target) -> Unreachable:
+    """A node whose facts did not come within its deadline: not queried (exit 3), named."""
+    return Unreachable(f"the facts module did not finish on {target.name} ({target.address}) "
+                       f"within {target.deadline:g} s (stacklock_verify_deadline): a probe may "
+                       "be stuck on the node; the connection was closed")
 
 
 # --------------------------------------------------------------------------- the fan-out
@@ -424,16 +577,25 @@ class FanOut:
             raise
         except Exception as exc:
             return done(connect_failure(target, exc))
+
+        async def run(command: str, data: bytes | None) -> tuple[int | None, bytes, bytes]:
+            proc = await conn.run(command, input=data, encoding=None, check=False)
+            out = proc.stdout if isinstance(proc.stdout, bytes) else b""
+            err = proc.stderr if isinstance(proc.stderr, bytes) else b""
+            return proc.exit_status, out, err
+
         try:
-            async with conn:
-                proc = await conn.run(target.command(), input=payload.encode(), encoding=None,
-                                      check=False)
+            facts = await asyncio.wait_for(query(run, target, payload), target.deadline)
+        except TimeoutError:
+            conn.abort()  # whatever still runs there, this run is done with the node
+            return done(deadline_passed(target))
         except (asyncssh.Error, OSError) as exc:
+            conn.abort()
             return done(connect_failure(target, exc))
-        out = proc.stdout if isinstance(proc.stdout, bytes) else b""
-        err = proc.stderr if isinstance(proc.stderr, bytes) else b""
-        return done(facts_from_output(target, proc.exit_status, out.decode("utf-8", "replace"),
-                                      err.decode("utf-8", "replace")))
+        conn.close()
+        with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
+            await asyncio.wait_for(conn.wait_closed(), CLOSE_TIMEOUT)
+        return done(facts)
 
     async def _all(self, jobs: Sequence[tuple[Target, Payload]]) -> list[HostResult]:
         sem = asyncio.Semaphore(self.forks)
@@ -458,7 +620,8 @@ class FanOut:
 
 
 __all__ = [
-    "BOOTSTRAP", "CONNECT_TIMEOUT", "FORKS", "RETRIES", "FanOut", "HostResult", "Jump",
-    "Payload", "Target", "ansible_bool", "connect_failure", "facts_from_output",
-    "target_from_vars",
+    "BOOTSTRAP", "CONNECT_TIMEOUT", "DEADLINE", "FORKS", "INTERPRETER_FALLBACK", "RETRIES",
+    "Bundle", "FanOut", "HostResult", "Jump", "Payload", "Runner", "Target", "ansible_bool",
+    "connect_failure", "deadline_passed", "discovered_interpreter", "discovery_command",
+    "facts_from_output", "filter_non_json_lines", "query", "target_from_vars",
 ]

@@ -2,7 +2,8 @@
 
 Reads the same rendered inventories (`inventories/ENV/hosts.yml`, its group_vars and
 host_vars), gives every node the facts module options the play's task gives it, runs the
-module on all nodes at once over asyncssh (`stacklock.adapters.fastssh`), and hands the facts
+module with its collectors (ansible/module_utils, one bundle for the run) on all nodes at once
+over asyncssh (`stacklock.adapters.fastssh`), and hands the facts
 to the one comparison (`stacklock.core.parity.compare`) with the expectation and `may_differ` the
 play's `stacklock_parity` action takes (its first host's group_vars per environment). The
 report is written and read back as the play's is, so everything after collection (ledger
@@ -16,6 +17,7 @@ stacklock renders use nothing else); any other Jinja in a variable verify needs 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import re
 import secrets
@@ -36,6 +38,8 @@ from stacklock.core.render import repo_root
 from stacklock.errors import InvalidInput, Problem, ToolFailed
 
 MODULE = Path("ansible") / "library" / "stacklock_stack_facts.py"
+#: what Ansible ships with the module (module_utils in ansible.cfg), shipped the same way here
+MODULE_UTILS = Path("ansible") / "module_utils"
 PLAY = Path("ansible") / "playbooks" / "verify.yml"
 
 _INVENTORY_DIR = re.compile(r"\{\{\s*inventory_dir\s*\}\}")
@@ -316,6 +320,28 @@ def module_opts(args: Mapping[str, Any], spec: Mapping[str, Mapping[str, Any]]
     return opts, sorted(n for n, s in spec.items() if s.get("type") == "path")
 
 
+def read_bundle(root: Path, source: str | None = None) -> fastssh.Bundle:
+    """The facts module (`source`, else read) and every Python file under ansible/module_utils
+    of the checkout at `root`, zipped once for the run: the same files the play ships."""
+    utils = root / MODULE_UTILS
+    files = {p.relative_to(utils).as_posix(): p.read_bytes() for p in sorted(utils.rglob("*.py"))
+             if "__pycache__" not in p.parts}
+    text = source if source is not None else (root / MODULE).read_text("utf-8")
+    return fastssh.Bundle.build(MODULE.name, text.encode("utf-8"), files)
+
+
+def deadline(hv: Mapping[str, Any], opts: Mapping[str, Any], target: fastssh.Target
+             ) -> fastssh.Target:
+    """`target` with its deadline: `stacklock_verify_deadline` when the inventory sets it
+    (already in `target`), else DEADLINE beyond the module's own bound on hashing model
+    archives (`archive_hash_timeout`), so that a long first hashing is never cut short (it
+    caches what it finished, and the next run goes on)."""
+    if hv.get("stacklock_verify_deadline") not in (None, ""):
+        return target
+    hashing = float(opts.get("archive_hash_timeout") or 0)
+    return dataclasses.replace(target, deadline=fastssh.DEADLINE + hashing)
+
+
 def new_run_id() -> str:
     """20 random digits, as the play's `password` lookup makes it."""
     return "".join(secrets.choice(string.digits) for _ in range(20))
@@ -331,6 +357,7 @@ def collect(inventories: Sequence[Path], envs: Sequence[str], *, report_path: Pa
     (to `report_path`) and as the CLI reads it back."""
     source = (repo_root() / MODULE).read_text("utf-8")
     spec = module_spec(source)
+    bundle = read_bundle(repo_root(), source)  # once: every node's payload shares it
     options = play_options((repo_root() / PLAY).read_text("utf-8"))
     run_id = new_run_id()
     expected: dict[str, dict[str, str | None]] = {}
@@ -351,7 +378,7 @@ def collect(inventories: Sequence[Path], envs: Sequence[str], *, report_path: Pa
                 refused.append(fastssh.HostResult(
                     target, Unreachable(f"the facts module failed: {exc}")))
                 continue
-            jobs.append((target, fastssh.Payload(source, opts, paths)))
+            jobs.append((deadline(hv, opts, target), fastssh.Payload(bundle, opts, paths)))
         if hosts:
             first = hosts[0][1]
             _plain(first, (*parity.GROUP_VAR_KEYS, "stacklock_parity_may_differ"),
@@ -390,5 +417,5 @@ def collect(inventories: Sequence[Path], envs: Sequence[str], *, report_path: Pa
     return reportmod.from_dict(json.loads(report_path.read_text("utf-8")))
 
 
-__all__ = ["OptionError", "collect", "module_opts", "module_spec", "new_run_id", "play_args",
-           "play_options", "read_inventory", "task_args"]
+__all__ = ["OptionError", "collect", "deadline", "module_opts", "module_spec", "new_run_id",
+           "play_args", "play_options", "read_bundle", "read_inventory", "task_args"]

@@ -109,12 +109,18 @@ def test_bad_ledger_settings_name_the_field(ledger: dict[str, Any], where: str) 
 
 
 def test_extend_builds_on_the_head() -> None:
-    assert core.extend([], []) == []
-    first = core.extend([], [("evidence", {"n": 1}), ("evidence", {"n": 2})], "2026-11-04T10:00:00Z")
+    from stacklock.core import signing
+
+    key = signing.generate("writer")
+    trust = signing.Trust.of([key.public])
+    assert core.extend([], [], key) == []
+    first = core.extend([], [("evidence", {"n": 1}), ("evidence", {"n": 2})], key,
+                        "2026-11-04T10:00:00Z")
     assert [r["seq"] for r in first] == [1, 2] and first[0]["prev"] == core.GENESIS
-    more = core.extend(first, [("revision", {"fingerprint": "x"})])
+    more = core.extend(first, [("revision", {"fingerprint": "x"})], key)
     assert more[0]["seq"] == 3 and more[0]["prev"] == first[1]["hash"]
-    assert core.check_chain(first + more) is None
+    assert core.check_chain(first + more, trust) is None
+    assert core.check_chain(first + more, signing.Trust({})) is not None  # nobody trusted
 
 
 def test_backoff_grows_is_capped_and_jittered() -> None:

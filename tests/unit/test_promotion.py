@@ -23,6 +23,20 @@ from stacklock.flows import promote as promoteflow
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
+PROJECT = "stacklock-lab"  # examples/lab.yaml's
+
+
+@pytest.fixture(autouse=True)
+def _private_home(tmp_path_factory: pytest.TempPathFactory,
+                  monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Signing keys live in a temporary HOME (a lab manifest creates and trusts one on first
+    use): the real ~/.config is never touched."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.delenv("STACKLOCK_SIGNING_KEY", raising=False)
+    monkeypatch.setenv("STACKLOCK_SIGNER", "test-writer")
+    return home
 EXAMPLES = ROOT / "examples"
 NOW = datetime(2026, 11, 4, 12, 0, tzinfo=UTC)
 
@@ -70,11 +84,31 @@ def _report(envs: list[str], ok: bool = True) -> ParityReport:
                         checks, observed={e: {f"{e}-1": {"docker.version": "1"}} for e in envs})
 
 
-def _evidence(path: Path, env: str, time: str = "2026-11-04T10:00:00Z") -> None:
+def _node_sets(loaded: Any, *envs: str, project: str | None = None,
+               drop: int = 0) -> tuple[dict[str, Any], dict[str, flow.NodeSet]]:
+    """A report's observed nodes and the node sets (expected nodes, host keys) of `envs`:
+    every expected node, less the last `drop` verified."""
+    observed, sets = {}, {}
+    for env in envs:
+        expected = promotion.expected_nodes(loaded.manifest, env)
+        if project is not None:
+            expected = [n.replace(PROJECT, project) for n in expected]
+        verified = expected[:len(expected) - drop]
+        observed[env] = {n: {"docker.version": "1"} for n in verified}
+        sets[env] = flow.NodeSet(tuple(expected), {n: f"SHA256:key-of-{n}" for n in verified})
+    return observed, sets
+
+
+def _evidence(path: Path, env: str, time: str = "2026-11-04T10:00:00Z", *,
+              project: str | None = None, drop: int = 0, ledger: Any = None,
+              stacks: dict[str, str] | None = None) -> None:
+    """What a passing verify of `env` records (by default: this project, every node)."""
     loaded = load_manifest(path)
-    flow.record_evidence(flow.open_ledger(loaded), flow.current_lock(loaded),
-                         flow.env_stacks(loaded), {"environments": [env], "observed": {}},
-                         time=time)
+    observed, sets = _node_sets(loaded, env, project=project, drop=drop)
+    flow.record_evidence(ledger or flow.open_ledger(loaded), flow.current_lock(loaded),
+                         stacks or flow.env_stacks(loaded),
+                         {"environments": [env], "observed": observed},
+                         project=project or loaded.manifest.project, node_sets=sets, time=time)
 
 
 def test_promotion_refused_without_evidence_then_accepted(tmp_path: Path) -> None:
@@ -169,9 +203,8 @@ def test_verify_names_untested_and_behind(tmp_path: Path) -> None:
     extra = [c for c in report.checks if c.component == flow.REVISION_COMPONENT]
     assert len(extra) == 1 and "staging runs revision" in extra[0].detail
     # dev verified the old revision before it moved on: staging is behind dev, both named
-    led = flow.LocalLedger(tmp_path / "other.jsonl")
-    flow.record_evidence(led, flow.current_lock(loaded), {"dev": "lab-2026-11"},
-                         {"environments": ["dev"], "observed": {}})
+    led = flow.open_ledger(loaded, file=tmp_path / "other.jsonl")
+    _evidence(path, "dev", ledger=led, stacks={"dev": "lab-2026-11"})
     report = flow.with_revision_checks(loaded, _report(["dev", "staging"]), led.records())
     extra = [c for c in report.checks if c.component == flow.REVISION_COMPONENT]
     assert len(extra) == 1 and extra[0].environment == "staging"
@@ -204,13 +237,14 @@ def test_no_promotion_order_leaves_verify_unchanged(tmp_path: Path) -> None:
 def test_status_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = _case(tmp_path)
     loaded = load_manifest(path)
-    rows = promotion.status(["dev", "staging", "prod"], promoteflow.revisions(loaded), [], NOW)
+    rows = promotion.status(["dev", "staging", "prod"], promoteflow.revisions(loaded), [], NOW,
+                            project=PROJECT)
     assert [r.next_step.split(" (")[0] for r in rows] == [
         "stacklock verify dev", "stacklock verify staging", "stacklock verify prod"]
     _evidence(path, "dev")
     records = flow.open_ledger(loaded).records()
     rows = promotion.status(["dev", "staging", "prod"], promoteflow.revisions(loaded),
-                            records, NOW)
+                            records, NOW, project=PROJECT)
     assert rows[0].next_step == "stacklock promote staging"
     assert promoteflow.print_status(loaded) == ExitCode.OK
     assert "stacklock promote staging" in capsys.readouterr().out
@@ -262,27 +296,31 @@ def test_failed_nodes_of_a_batch() -> None:
     assert set(failed_nodes(clean, ["p1", "p2"], per_node=True)) == {"p2"}
 
 
+def _refusal(order: list[str], env: str, fp: str, records: list[dict[str, Any]]) -> str | None:
+    return promotion.rollout_refusal(order, env, fp, records, project=PROJECT)
+
+
 def test_rollout_refuses_a_revision_no_earlier_environment_verified(tmp_path: Path) -> None:
     path = _case(tmp_path)
     loaded = load_manifest(path)
     order = list(loaded.manifest.promotion)
     fnew = _fp(path, "dev")
     records = flow.open_ledger(loaded).records()
-    assert promotion.rollout_refusal(order, "dev", fnew, records) is None  # first: anything
-    why = promotion.rollout_refusal(order, "prod", fnew, records)
+    assert _refusal(order, "dev", fnew, records) is None  # first: anything
+    why = _refusal(order, "prod", fnew, records)
     assert why is not None and "never verified in staging (nor in prod)" in why
     assert "environments.prod.stack" in why
     _evidence(path, "dev")  # dev verified the new revision: staging may get it, prod not yet
     records = flow.open_ledger(loaded).records()
-    assert promotion.rollout_refusal(order, "staging", fnew, records) is None
-    assert promotion.rollout_refusal(order, "prod", fnew, records) is not None  # not dev
+    assert _refusal(order, "staging", fnew, records) is None
+    assert _refusal(order, "prod", fnew, records) is not None  # not dev
     # an environment may always return to a revision it verified itself
     fold = _fp(path, "prod")
-    assert promotion.rollout_refusal(order, "prod", fold, []) is not None
+    assert _refusal(order, "prod", fold, []) is not None
     _evidence(path, "prod")
     records = flow.open_ledger(loaded).records()
-    assert promotion.rollout_refusal(order, "prod", fold, records) is None
-    assert promotion.rollout_refusal(["dev", "staging"], "prod", fnew, []) is None  # not in it
+    assert _refusal(order, "prod", fold, records) is None
+    assert _refusal(["dev", "staging"], "prod", fnew, []) is None  # not in it
 
 
 def test_rollback_target_from_the_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -90,10 +90,11 @@ def ledger() -> None:
               help="A local ledger file [default: the manifest's ledger, local or S3].")
 @pass_ctx
 def ledger_verify(c: Ctx, path: Path | None) -> None:
-    """Check the hash chain (exit 0 intact, 1 naming the first tampered record)."""
+    """Check the hash chain, every record's signature by a trusted key, time order and the
+    repository's recorded head (exit 0 intact, 1 naming the first record that is not)."""
     from stacklock.flows import ledger as ledgerflow
     from stacklock.flows import promote as promoteflow
 
-    led = ledgerflow.LocalLedger(path) if path else ledgerflow.open_ledger(c.loaded())
+    led = ledgerflow.open_ledger(c.loaded(), file=path)  # the manifest's trusted signers
     raise SystemExit(int(promoteflow.verify_ledger(led)))
 

@@ -6,6 +6,17 @@ A stack revision is its lock fingerprint. An environment gets its revision by na
 promoting ENV makes it name the stack of the environment before it in `promotion`, and is
 allowed only when the ledger holds passing evidence of that exact fingerprint there (at least
 `promotion_soak` old).
+
+Every gate takes the ledger's checked records and `project` (the manifest's project) and
+accepts only evidence of that project whose nodes are exactly the environment's expected nodes
+(`ledger.evidence`); with `expected` (env -> the nodes the manifest says it has now), evidence
+of another node set than today's is not accepted either. The gates:
+
+* `decide(order, env, revs, records, now, soak, *, project, expected)`: may ENV be promoted;
+* `rollout_refusal(order, env, fp, records, *, project, expected)`: why ENV may not be given
+  revision `fp` (None: it may) -- the gate of every path that changes a node;
+* `findings(order, revs, records, verified_now, *, project, expected)`: what verify says;
+* `status(order, revs, records, now, soak, *, project, expected)`.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ from datetime import datetime
 from typing import Any
 
 from stacklock.core import ledger
+from stacklock.core.schema import LabEnvironment, Manifest, StaticEnvironment
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -40,6 +52,61 @@ class Revision:
     environment: str
     stack: str
     fingerprint: str
+
+
+def expected_nodes(manifest: Manifest, env: str) -> list[str]:
+    """The nodes the manifest says `env` has, by their inventory names: a static environment's
+    hosts; on lab and aws `<project>-<env>-<i>` for i = 1..count (the Terraform modules' names:
+    the lab's containers, the aws Name tags that `terraform output` keys the hosts by)."""
+    spec = manifest.environments[env]
+    if isinstance(spec, StaticEnvironment):
+        return sorted(h.name for h in spec.hosts)
+    return sorted(f"{manifest.project}-{env}-{i}" for i in range(1, spec.count + 1))
+
+
+def expected_of(manifest: Manifest) -> dict[str, list[str]]:
+    """env -> its expected nodes, for every environment."""
+    return {env: expected_nodes(manifest, env) for env in manifest.environments}
+
+
+def evidence_refusal(env: str, expected: Sequence[str], inventory: Sequence[str],
+                     verified: Sequence[str], identities: Mapping[str, str | None]
+                     ) -> str | None:
+    """Why a passing verify of `env` may not be recorded as evidence (None: it may): the
+    inventory (`hosts.yml`) and the nodes verified must be exactly the expected nodes, each
+    with a pinned identity."""
+    want = set(expected)
+    for what, got in (("the inventory", set(inventory)), ("the verify report", set(verified))):
+        if got != want:
+            parts = []
+            if want - got:
+                parts.append("missing " + ", ".join(sorted(want - got)))
+            if got - want:
+                parts.append("not this project's: " + ", ".join(sorted(got - want)))
+            return (f"{what} of {env} does not hold exactly the nodes the manifest says it has "
+                    f"({', '.join(sorted(want))}): {'; '.join(parts)} -- run stacklock apply "
+                    f"{env} (it writes inventories/{env}/hosts.yml), then verify again")
+    unknown = sorted(n for n in want if not identities.get(n))
+    if unknown:
+        return (f"no pinned host key for {', '.join(unknown)} in inventories/{env}/known_hosts"
+                f" -- run stacklock trust {env} (or apply it), then verify again")
+    return None
+
+
+def stacks_of_revision(lock: Mapping[str, Any], fingerprint: str) -> list[str]:
+    """The stacks of `lock` that are revision `fingerprint`, by fingerprint: the stack part
+    that decides the node. A stack's per-region AMI ids are not part of it (which regions use
+    an image changes with the environments, the image does not), so a revision stays found
+    when the regions that use its AMI changed."""
+    from stacklock.core.lock import fingerprint_of
+
+    return sorted(name for name, locked in (lock.get("stacks") or {}).items()
+                  if locked.get("fingerprint") == fingerprint
+                  and fingerprint_of(dict(locked)) == fingerprint)
+
+
+def is_lab_only(manifest: Manifest) -> bool:
+    return all(isinstance(e, LabEnvironment) for e in manifest.environments.values())
 
 
 def revisions_of(environments: Mapping[str, str], lock: Mapping[str, Any]) -> dict[str, Revision]:
@@ -69,8 +136,10 @@ def previous(order: Sequence[str], env: str) -> str | None:
 
 
 def decide(order: Sequence[str], env: str, revs: Mapping[str, Revision],
-           records: Sequence[Mapping[str, Any]], now: datetime, soak: int = 0) -> Decision:
-    """May `env` take the revision of the environment before it in `order`?"""
+           records: Sequence[Mapping[str, Any]], now: datetime, soak: int = 0, *,
+           project: str, expected: Mapping[str, Sequence[str]] | None = None) -> Decision:
+    """May `env` take the revision of the environment before it in `order`? Only evidence of
+    `project` over the environment's complete node set counts."""
     if env not in order:
         return Decision(env, False, None, None, None,
                         f"{env} is not in the promotion order ({', '.join(order) or 'none'})")
@@ -84,14 +153,16 @@ def decide(order: Sequence[str], env: str, revs: Mapping[str, Revision],
         return Decision(env, True, src, want.stack, want.fingerprint,
                         f"{env} already runs revision {short(want.fingerprint)} "
                         f"(stack {revs[env].stack}), as {src} does", noop=True)
-    ev = ledger.latest_evidence(records, src, want.fingerprint)
+    evs = ledger.evidence(records, project, expected)
+    ev = ledger.latest_evidence(evs, src, want.fingerprint)
     if ev is None:
         return Decision(env, False, src, want.stack, want.fingerprint,
                         f"no passing verify of {src} at revision {short(want.fingerprint)} "
-                        f"(stack {want.stack}) in the ledger: roll it out there (`stacklock "
+                        f"(stack {want.stack}) of project {project} on all its nodes in the ledger: "
+                        f"roll it out there (`stacklock "
                         f"rollout {src}`), or `stacklock verify {src}` if its nodes already "
                         "run it (exit 0 records the evidence), then promote again")
-    first = ledger.first_evidence(records, src, want.fingerprint) or ev
+    first = ledger.first_evidence(evs, src, want.fingerprint) or ev
     age = (now - first.when).total_seconds()
     if age < soak:
         return Decision(env, False, src, want.stack, want.fingerprint,
@@ -116,7 +187,8 @@ class Finding:
 
 
 def findings(order: Sequence[str], revs: Mapping[str, Revision],
-             records: Sequence[Mapping[str, Any]], verified_now: Sequence[str] = ()
+             records: Sequence[Mapping[str, Any]], verified_now: Sequence[str] = (), *,
+             project: str, expected: Mapping[str, Sequence[str]] | None = None
              ) -> list[Finding]:
     """For the environments in `revs` (those verified now), in promotion order:
 
@@ -130,7 +202,7 @@ def findings(order: Sequence[str], revs: Mapping[str, Revision],
     if not order:
         return out
     verified: dict[str, set[str]] = {}
-    for ev in ledger.evidence(records):
+    for ev in ledger.evidence(records, project, expected):
         verified.setdefault(ev.environment, set()).add(ev.fingerprint)
     for env in verified_now:
         if env in revs:
@@ -208,17 +280,19 @@ def changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 
 
 def rollout_refusal(order: Sequence[str], env: str, fp: str,
-                    records: Sequence[Mapping[str, Any]]) -> str | None:
+                    records: Sequence[Mapping[str, Any]], *, project: str,
+                    expected: Mapping[str, Sequence[str]] | None = None) -> str | None:
     """Why ENV may not be given revision `fp` (None: it may). In the promotion order, an
     environment only ever receives a revision that the environment just before it verified, or
     that it verified itself (a return to it): prod never gets what staging did not verify,
     even from a hand-edited manifest. The first environment of the order, and environments
-    outside it, take any revision."""
+    outside it, take any revision. Only evidence of `project` over the environment's complete
+    node set counts (with `expected`: the node set it has now)."""
     if env not in order or list(order).index(env) == 0:
         return None
     prev = order[list(order).index(env) - 1]
     if any(e.fingerprint == fp and e.environment in (prev, env)
-           for e in ledger.evidence(records)):
+           for e in ledger.evidence(records, project, expected)):
         return None
     return (f"revision {short(fp)} was never verified in {prev} (nor in {env}) -- next: roll "
             f"it out and verify it in {prev} first (stacklock promote {env} then moves {env} "
@@ -235,19 +309,22 @@ class StatusRow:
 
 
 def status(order: Sequence[str], revs: Mapping[str, Revision],
-           records: Sequence[Mapping[str, Any]], now: datetime, soak: int = 0
+           records: Sequence[Mapping[str, Any]], now: datetime, soak: int = 0, *,
+           project: str, expected: Mapping[str, Sequence[str]] | None = None
            ) -> list[StatusRow]:
     names = list(order) + [e for e in revs if e not in order]
+    evs = ledger.evidence(records, project, expected)
     rows = []
     for env in names:
         rev = revs[env]
-        latest = ledger.latest_evidence(records, env)
-        current = ledger.latest_evidence(records, env, rev.fingerprint)
+        latest = ledger.latest_evidence(evs, env)
+        current = ledger.latest_evidence(evs, env, rev.fingerprint)
         if current is None:
             step = f"stacklock verify {env} (no passing verify of this revision yet)"
         elif env in order and order.index(env) + 1 < len(order):
             nxt = order[order.index(env) + 1]
-            d = decide(order, nxt, revs, records, now, soak)
+            d = decide(order, nxt, revs, records, now, soak, project=project,
+                       expected=expected)
             step = (f"{nxt} runs it too" if d.noop else
                     f"stacklock promote {nxt}" if d.allowed else f"wait: {d.reason}")
         else:

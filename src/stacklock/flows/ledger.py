@@ -13,6 +13,12 @@
   first record). When another writer got there first (412/409) it reads again, checks again,
   builds its records on the new head and tries again, up to `S3_TRIES` times.
 
+Every read checks the whole chain, every record's signature against the manifest's trusted
+signers (`<manifest stem>.signers`), that times never go backwards, and that the ledger still
+holds the head this repository last saw (`<manifest stem>.ledger-head`, rewritten after every
+append by this controller); anything else is `LedgerTampered` (exit 1) naming the record.
+Appends are signed with this user's key (`stacklock.flows.keys.signer_for`).
+
 The records and the chain: `stacklock.core.ledger`.
 """
 
@@ -25,11 +31,16 @@ import time as _time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from stacklock.console import info
 from stacklock.core import ledger as core
+from stacklock.core import promotion
+from stacklock.core.files import atomic_write
 from stacklock.core.manifest import LedgerLocation, LoadedManifest, ledger_location
+from stacklock.core.signing import SigningKey, Trust
 from stacklock.errors import ExitCode, InvalidInput, Problem, StacklockError, ToolFailed
 
 if TYPE_CHECKING:
@@ -42,15 +53,8 @@ S3_TRIES = 12
 Entries = list[tuple[str, Mapping[str, Any]]]
 #: what to append, decided on the records that are there (read again on every try)
 Builder = Callable[[Sequence[Mapping[str, Any]]], Entries]
-
-
-class LedgerTampered(StacklockError):
-    """The ledger's chain is broken: the evidence cannot be trusted (exit 1)."""
-
-    def __init__(self, where: Path | str, error: core.ChainError) -> None:
-        super().__init__(f"{where}: the ledger was tampered with at {error.describe()}",
-                         ExitCode.DEVIATION)
-        self.error = error
+#: the key that signs an append, asked for only when something is appended
+SignerSource = Callable[[], SigningKey]
 
 
 def ledger_path(loaded: LoadedManifest) -> Path:
@@ -59,7 +63,16 @@ def ledger_path(loaded: LoadedManifest) -> Path:
 
 
 class Ledger(ABC):
-    """The evidence ledger: read whole and checked, appended to after a check of the chain."""
+    """The evidence ledger: read whole and checked, appended to after a check of the chain.
+
+    `trust`: the keys whose records are accepted; `head_file`: where this repository keeps
+    the head it last saw (None: not kept); `signer`: gives the key that signs appends."""
+
+    def __init__(self, *, trust: Trust | None = None, head_file: Path | None = None,
+                 signer: SignerSource | None = None) -> None:
+        self.trust = trust if trust is not None else Trust({})
+        self.head_file = head_file
+        self.signer = signer
 
     @property
     @abstractmethod
@@ -75,26 +88,85 @@ class Ledger(ABC):
         """Append the records `build` returns for the records there (kind, body); return the
         records written. The chain is checked before (raises LedgerTampered)."""
 
+    def head(self) -> core.Head | None:
+        """The head this repository last saw (None: none recorded)."""
+        if self.head_file is None:
+            return None
+        try:
+            text = self.head_file.read_text("utf-8")
+        except FileNotFoundError:
+            return None
+        try:
+            return core.parse_head(text)
+        except ValueError as exc:
+            raise InvalidInput(f"{self.head_file}: {exc}", problems=[Problem(
+                self.head_file.name, str(exc), "restore it from git (it is committed)")]
+            ) from None
+
+    def check(self, text: str) -> tuple[list[dict[str, Any]], core.ChainError | None]:
+        return core.check_text(text, self.trust, self.head())
+
     def records(self) -> list[dict[str, Any]]:
-        """Every record, after checking the chain (raises LedgerTampered)."""
-        return checked(self.where, self.read_text())
+        """Every record, after checking the chain, the signatures, the times and the head
+        (raises LedgerTampered)."""
+        records, error = self.check(self.read_text())
+        if error is not None:
+            raise LedgerTampered(self.where, error)
+        return records
 
     def append(self, entries: Entries, time: str | None = None) -> list[dict[str, Any]]:
         """Append records (kind, body) after checking the chain; return them."""
         return self.append_with(lambda _records: entries, time)
 
+    def signing_key(self) -> SigningKey:
+        if self.signer is None:
+            raise InvalidInput(f"{self.where}: no signing key to append with",
+                               problems=[Problem("STACKLOCK_SIGNING_KEY", "no key",
+                                                 "stacklock ledger key new")])
+        key = self.signer()
+        if not self.trust.trusts(key.public):
+            raise InvalidInput(f"your signing key {key.name} ({key.key_id}) is not trusted by "
+                               f"{self.trust.source}", problems=[Problem(
+                                   self.trust.source, f"{key.name} is not a trusted signer",
+                                   "stacklock ledger key trust, then commit the signers file "
+                                   "through review")])
+        return key
 
-def checked(where: str, text: str) -> list[dict[str, Any]]:
-    records, error = core.check_text(text)
-    if error is not None:
-        raise LedgerTampered(where, error)
-    return records
+    def _extend(self, records: Sequence[Mapping[str, Any]], entries: Entries, key: SigningKey,
+                time: str | None) -> list[dict[str, Any]]:
+        try:
+            return core.extend(records, entries, key, time)
+        except core.ClockBehind as exc:
+            raise ToolFailed(f"{self.where}: {exc}: set this machine's clock right (NTP); "
+                             "nothing was written") from None
+
+    def _saw(self, written: Sequence[Mapping[str, Any]]) -> None:
+        """Record the new head in the head file (never moves it back)."""
+        if self.head_file is None or not written:
+            return
+        new = core.head_of(written, self.where)
+        assert new is not None
+        old = self.head()
+        if old is not None and old.seq >= new.seq:
+            return
+        atomic_write(self.head_file, core.format_head(new), mode=0o644)
+
+
+class LedgerTampered(StacklockError):
+    """The ledger's chain is broken: the evidence cannot be trusted (exit 1)."""
+
+    def __init__(self, where: Path | str, error: core.ChainError) -> None:
+        super().__init__(f"{where}: the ledger was tampered with at {error.describe()}",
+                         ExitCode.DEVIATION)
+        self.error = error
 
 
 class LocalLedger(Ledger):
     """A local ledger file."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, trust: Trust | None = None, head_file: Path | None = None,
+                 signer: SignerSource | None = None) -> None:
+        super().__init__(trust=trust, head_file=head_file, signer=signer)
         self.path = path
 
     @property
@@ -119,11 +191,13 @@ class LocalLedger(Ledger):
             os.close(fd)  # releases the flock
 
     def append_with(self, build: Builder, time: str | None = None) -> list[dict[str, Any]]:
+        key = self.signing_key()
         with self._locked() as fd:
             records = self.records()
-            written = core.extend(records, build(records), time)
+            written = self._extend(records, build(records), key, time)
             os.write(fd, "".join(core.dumps(r) for r in written).encode("utf-8"))
             os.fsync(fd)
+            self._saw(written)
         return written
 
 
@@ -131,7 +205,9 @@ class S3Ledger(Ledger):
     """The ledger as one S3 object, appended to with conditional writes (see the module)."""
 
     def __init__(self, bucket: str, key: str, region: str, *, setting: str = "ledger.bucket",
-                 tries: int = S3_TRIES) -> None:
+                 tries: int = S3_TRIES, trust: Trust | None = None,
+                 head_file: Path | None = None, signer: SignerSource | None = None) -> None:
+        super().__init__(trust=trust, head_file=head_file, signer=signer)
         self.bucket = bucket
         self.key = key
         self.region = region
@@ -174,10 +250,13 @@ class S3Ledger(Ledger):
     def append_with(self, build: Builder, time: str | None = None) -> list[dict[str, Any]]:
         from stacklock.adapters import aws
 
+        key = self.signing_key()
         for attempt in range(self.tries):
             text, etag = self._read()
-            records = checked(self.where, text)
-            written = core.extend(records, build(records), time)
+            records, error = self.check(text)
+            if error is not None:
+                raise LedgerTampered(self.where, error)
+            written = self._extend(records, build(records), key, time)
             if not written:
                 return []
             body = (text + "".join(core.dumps(r) for r in written)).encode("utf-8")
@@ -188,6 +267,7 @@ class S3Ledger(Ledger):
                     raise self._missing_bucket() from None
                 raise
             if new_etag is not None:
+                self._saw(written)
                 return written
             self.conflicts += 1
             _time.sleep(core.backoff(attempt, random.random()))
@@ -202,21 +282,54 @@ def location(loaded: LoadedManifest) -> LedgerLocation:
     return loc
 
 
-def open_ledger(loaded: LoadedManifest) -> Ledger:
-    """The manifest's ledger: an S3 object or the local file (`manifest.ledger_location`)."""
+def open_ledger(loaded: LoadedManifest, file: Path | None = None) -> Ledger:
+    """The manifest's ledger: an S3 object or the local file (`manifest.ledger_location`), or
+    the local `file` given (`ledger verify --file`), checked against the manifest's trusted
+    signers and the head its repository last saw; appends signed with this user's key."""
+    from stacklock.flows import keys
+
+    trust = keys.trust(loaded)
+    head = core.head_path(loaded.path)
+
+    def signer() -> SigningKey:
+        return keys.signer_for(loaded)
+
+    def refreshed() -> SigningKey:  # a lab manifest may have just trusted the key
+        key = signer()
+        led.trust = keys.trust(loaded)
+        return key
+
+    led: Ledger
+    if file is not None:
+        led = LocalLedger(file, trust=trust, head_file=None, signer=refreshed)
+        return led
     loc = location(loaded)
     if loc.bucket:
         setting = "ledger.bucket" if loaded.manifest.ledger.bucket else "ledger"
-        return S3Ledger(loc.bucket, loc.key, loc.region, setting=setting)
-    return LocalLedger(ledger_path(loaded))
+        led = S3Ledger(loc.bucket, loc.key, loc.region, setting=setting, trust=trust,
+                       head_file=head, signer=refreshed)
+    else:
+        led = LocalLedger(ledger_path(loaded), trust=trust, head_file=head, signer=refreshed)
+    return led
+
+
+@dataclass(frozen=True)
+class NodeSet:
+    """What evidence says about an environment's nodes: those the manifest says it has, and
+    each one's identity (`SHA256:...` of its pinned SSH host key, `ssm:<instance>` over SSM)."""
+
+    expected: tuple[str, ...]
+    keys: Mapping[str, str]
 
 
 def record_evidence(ledger: Ledger, lock: Mapping[str, Any], env_stacks: Mapping[str, str],
-                    report: Mapping[str, Any], time: str | None = None) -> list[dict[str, Any]]:
-    """Evidence of a passing verify for each environment of the JSON `report` (with a revision
-    record first for each fingerprint the ledger has not seen). `env_stacks`: env -> stack.
-    The revisions the ledger holds are looked up on the records the append builds on, so a
-    writer that lost a race to another does not record a revision twice."""
+                    report: Mapping[str, Any], *, project: str, node_sets: Mapping[str, NodeSet],
+                    time: str | None = None) -> list[dict[str, Any]]:
+    """Evidence of a passing verify for each environment of the JSON `report` that
+    `node_sets` names (with a revision record first for each fingerprint the ledger has not
+    seen). `env_stacks`: env -> stack. The revisions the ledger holds are looked up on the
+    records the append builds on, so a writer that lost a race to another does not record a
+    revision twice."""
     report_digest = core.digest(report)
     observed = report.get("observed") or {}
 
@@ -224,20 +337,53 @@ def record_evidence(ledger: Ledger, lock: Mapping[str, Any], env_stacks: Mapping
         known = set(core.revisions(records))
         entries: Entries = []
         for env in report.get("environments") or []:
+            if env not in node_sets:
+                continue
             stack = env_stacks[env]
             locked = lock["stacks"][stack]
             fp = str(locked["fingerprint"])
             if fp not in known:
-                entries.append(("revision", core.revision_body(
-                    fp, stack, str(lock.get("project", "")), locked)))
+                entries.append(("revision", core.revision_body(fp, stack, project, locked)))
                 known.add(fp)
             nodes = sorted((observed.get(env) or {}).keys())
-            body = core.evidence_body(env, fp, stack, nodes, observed.get(env) or {}, {})
+            ns = node_sets[env]
+            body = core.evidence_body(env, fp, stack, nodes, observed.get(env) or {}, {},
+                                      project=project, expected=ns.expected,
+                                      node_keys={n: ns.keys[n] for n in nodes if n in ns.keys})
             body["report_sha256"] = report_digest
             entries.append(("evidence", body))
         return entries
 
     return ledger.append_with(build, time)
+
+
+def inventory_identities(loaded: LoadedManifest, env: str) -> tuple[list[str], dict[str, str]]:
+    """The hosts of `inventories/ENV/hosts.yml` and each one's identity: the fingerprint of
+    its key in the environment's pinned known_hosts (`ssm:<instance id>` for an SSM host)."""
+    import yaml
+
+    from stacklock.core import hostkeys
+
+    path = loaded.output_root / "inventories" / env / "hosts.yml"
+    try:
+        doc = yaml.safe_load(path.read_text("utf-8")) or {}
+    except FileNotFoundError:
+        return [], {}
+    group = ((doc.get("all") or {}).get("children") or {}).get(env) or {}
+    hosts: dict[str, Any] = group.get("hosts") or {}
+    known = hostkeys.by_pattern(hostkeys.load_known_hosts(
+        hostkeys.known_hosts_path(loaded.output_root, env)))
+    ids: dict[str, str] = {}
+    for name, h in hosts.items():
+        h = h or {}
+        if h.get("ansible_connection") == "community.aws.aws_ssm":
+            ids[str(name)] = f"ssm:{h.get('ansible_aws_ssm_instance_id', name)}"
+            continue
+        entry = known.get(hostkeys.host_pattern(str(h.get("ansible_host", name)),
+                                                int(h.get("ansible_port", 22))))
+        if entry is not None:
+            ids[str(name)] = entry.key.fingerprint
+    return sorted(str(n) for n in hosts), ids
 
 
 # --------------------------------------------------------------------------- verify's hooks
@@ -276,10 +422,10 @@ def with_revision_checks(loaded: LoadedManifest, report: ParityReport,
                          records: list[dict[str, Any]] | None = None) -> ParityReport:
     """With a promotion order: a deviation for each environment of the report that runs a
     revision no earlier environment verified, and one naming each environment that is behind
-    the one before it (both revisions). Without one: the report unchanged."""
+    the one before it (both revisions). Without one: the report unchanged. Only evidence of
+    this project over each environment's whole node set counts."""
     import dataclasses
 
-    from stacklock.core import promotion
     from stacklock.core.parity import Check, Kind, Status
 
     order = loaded.manifest.promotion
@@ -293,15 +439,33 @@ def with_revision_checks(loaded: LoadedManifest, report: ParityReport,
     extra = [Check(f.environment, "*", REVISION_COMPONENT, promotion.short(f.expected)
                    if not f.untested else f.expected, promotion.short(f.fingerprint),
                    Status.DEVIATION, Kind.CROSS, f.detail)
-             for f in promotion.findings(order, revs, records, passing_envs(report))]
+             for f in promotion.findings(order, revs, records, passing_envs(report),
+                                         project=loaded.manifest.project,
+                                         expected=promotion.expected_of(loaded.manifest))]
     if not extra:
         return report
     return dataclasses.replace(report, checks=report.checks + tuple(extra))
 
 
 def record_passing(loaded: LoadedManifest, report: ParityReport) -> list[dict[str, Any]]:
-    """Evidence for every environment of a passing (exit 0) report."""
+    """Evidence for every environment of a passing (exit 0) report whose inventory and
+    verified nodes are exactly the nodes the manifest says it has, each with a pinned host
+    key; for the others it says why no evidence is recorded (the verdict stands)."""
     from stacklock.core import report as reportmod
 
-    return record_evidence(open_ledger(loaded), current_lock(loaded), env_stacks(loaded),
-                           reportmod.report_dict(report))
+    data = reportmod.report_dict(report)
+    observed = data.get("observed") or {}
+    node_sets: dict[str, NodeSet] = {}
+    for env in report.environments:
+        expected = promotion.expected_nodes(loaded.manifest, env)
+        inventory, ids = inventory_identities(loaded, env)
+        why = promotion.evidence_refusal(env, expected, inventory,
+                                         sorted((observed.get(env) or {}).keys()), ids)
+        if why is not None:
+            info(f"  no evidence recorded for {env}: {why}")
+            continue
+        node_sets[env] = NodeSet(tuple(expected), {n: ids[n] for n in expected})
+    if not node_sets:
+        return []
+    return record_evidence(open_ledger(loaded), current_lock(loaded), env_stacks(loaded), data,
+                           project=loaded.manifest.project, node_sets=node_sets)

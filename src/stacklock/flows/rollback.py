@@ -22,9 +22,8 @@ from typing import Any
 from stacklock.console import info, step
 from stacklock.core import ledger as core
 from stacklock.core import promotion
-from stacklock.core.files import atomic_write
 from stacklock.core.lock import fingerprint_of
-from stacklock.core.manifest import LoadedManifest, load_manifest
+from stacklock.core.manifest import LoadedManifest
 from stacklock.errors import ExitCode, InvalidInput, Problem
 from stacklock.flows import ledger as ledgerflow
 from stacklock.flows import promote as promoteflow
@@ -41,7 +40,8 @@ def choose(loaded: LoadedManifest, env: str, to: str | None,
     # revision the environment before it did not verify
     allowed = order[max(0, order.index(env) - 1): order.index(env) + 1] if env in order \
         else [env]
-    verified = {e.fingerprint for e in core.evidence(records) if e.environment in allowed}
+    evs = core.evidence(records, loaded.manifest.project)
+    verified = {e.fingerprint for e in evs if e.environment in allowed}
     if to:
         found = core.find_revision(records, to)
         if len(found) != 1:
@@ -51,8 +51,7 @@ def choose(loaded: LoadedManifest, env: str, to: str | None,
                                    "stacklock status lists the revisions")])
         body = found[0]
     else:
-        older = [e for e in core.evidence(records)
-                 if e.environment == env and e.fingerprint != current]
+        older = [e for e in evs if e.environment == env and e.fingerprint != current]
         if not older:
             raise InvalidInput(f"{env} has no verified revision other than the current one "
                                f"({promotion.short(current)}) in the ledger")
@@ -69,34 +68,28 @@ def choose(loaded: LoadedManifest, env: str, to: str | None,
 
 def run_rollback(run: Run, target: Target, to: str | None) -> ExitCode:
     from stacklock.core import lock as lockmod
-    from stacklock.core import render as rendermod
 
     env = target.name
-    loaded = run.loaded
     run.hold([target])
-    records = ledgerflow.open_ledger(loaded).records()
-    body = choose(loaded, env, to, records)
-    fp = str(body["fingerprint"])
-    stored = json.loads(body["lock_text"])
-    lock = lockmod.load_current_lock(loaded)
-    stacks = [n for n, s in sorted(lock["stacks"].items()) if s == stored]
-    step(f"rollback {env} to revision {promotion.short(fp)} (stack {body.get('stack')} when "
-         "verified)")
-    if not stacks:
-        raise InvalidInput(
-            f"no stack of {loaded.path.name} locks to revision {promotion.short(fp)}",
-            problems=[Problem(f"environments.{env}.stack",
-                              "the verified revision is not among the manifest's stacks",
-                              f"restore stack {body.get('stack')} as it was (its lock is in the "
-                              "ledger's revision record), then roll back again")])
-    if loaded.manifest.environments[env].stack != stacks[0]:
-        text = promoteflow.set_stack(loaded.path.read_text("utf-8"), env, stacks[0])
-        atomic_write(loaded.path, text)
-        loaded = load_manifest(loaded.path)
-        info(f"  {loaded.path.name}: environments.{env}.stack -> {stacks[0]}")
-        run.reload(loaded)
-        changed = rendermod.write_tree(loaded, rendermod.render_tree(loaded, lock))
-        info(f"  rendered: {len(changed)} file(s) changed")
+    with promoteflow.manifest_edit(run.loaded, run.locks.timeout) as loaded:
+        records = ledgerflow.open_ledger(loaded).records()
+        body = choose(loaded, env, to, records)
+        fp = str(body["fingerprint"])
+        lock = lockmod.load_current_lock(loaded)
+        stacks = promotion.stacks_of_revision(lock, fp)
+        step(f"rollback {env} to revision {promotion.short(fp)} (stack {body.get('stack')} "
+             "when verified)")
+        if not stacks:
+            raise InvalidInput(
+                f"no stack of {loaded.path.name} locks to revision {promotion.short(fp)}",
+                problems=[Problem(f"environments.{env}.stack",
+                                  "the verified revision is not among the manifest's stacks",
+                                  f"restore stack {body.get('stack')} as it was (its lock is in "
+                                  "the ledger's revision record), then roll back again")])
+        if loaded.manifest.environments[env].stack != stacks[0]:
+            loaded, _diff = promoteflow.edit_stack(loaded, env, stacks[0])
+            info(f"  {loaded.path.name}: environments.{env}.stack -> {stacks[0]}")
+        run.reload(loaded)  # under the manifest lock: what is on disk now
         target = run.target(env)  # resolved again: it names the rolled-back stack now
     if not target.gpu:
         info(f"  {env}: no GPU on these nodes: the driver reload/reboot step is skipped")

@@ -81,8 +81,9 @@ def verify_batch(run: Run, target: Target, batch: list[str], n: int | str) -> Pa
     return reportmod.from_dict(json.loads(path.read_text("utf-8")))
 
 
-def previous_revision(records: list[dict[str, Any]], env: str, new_fp: str) -> str | None:
-    older = [e for e in core.evidence(records) if e.environment == env
+def previous_revision(records: list[dict[str, Any]], env: str, new_fp: str,
+                      project: str) -> str | None:
+    older = [e for e in core.evidence(records, project) if e.environment == env
              and e.fingerprint != new_fp]
     return older[-1].fingerprint if older else None
 
@@ -113,12 +114,15 @@ def run_rollout(run: Run, target: Target, *, on_halt: OnHalt | None = None) -> E
     stack = target.stack
     new_fp = str(lock["stacks"][stack]["fingerprint"])
     records = ledgerflow.open_ledger(run.loaded).records()  # once: on AWS an S3 read
-    why = promotion.rollout_refusal(list(run.loaded.manifest.promotion), env, new_fp, records)
+    project = run.loaded.manifest.project
+    why = promotion.rollout_refusal(list(run.loaded.manifest.promotion), env, new_fp, records,
+                                    project=project,
+                                    expected=promotion.expected_of(run.loaded.manifest))
     if why is not None:
         step(f"rollout {env} refused")
         info(f"  {why}")
         return ExitCode.DEVIATION
-    old_fp = previous_revision(records, env, new_fp)
+    old_fp = previous_revision(records, env, new_fp, project)
     hosts = target.hosts()
     pol = policy_of(run, target)
     revision: dict[str, str] = {h: promotion.short(old_fp) if old_fp else "previous (unknown)"

@@ -14,7 +14,7 @@ from stacklock.console import emit_json, out, step
 from stacklock.core import report as reportmod
 from stacklock.core.files import atomic_write
 from stacklock.core.parity import ParityReport
-from stacklock.errors import ExitCode, ToolFailed
+from stacklock.errors import ExitCode, InvalidInput, ToolFailed
 from stacklock.flows.run import Run, Target, inventories, names_of
 
 
@@ -66,12 +66,18 @@ def verify(
     if collected is None:
         collected = collect(run, targets, quiet=fmt == "json", deep=deep, fast=fast)
     report = ledger.with_revision_checks(run.loaded, collected)
+    unrecorded: InvalidInput | None = None
     if report.exit_code == ExitCode.OK:  # evidence of a passing verify, one record per env
-        ledger.record_passing(run.loaded, report)
+        try:
+            ledger.record_passing(run.loaded, report)
+        except InvalidInput as exc:  # e.g. no trusted signing key: the report, then exit 2
+            unrecorded = exc
     if junit is not None:
         atomic_write(junit, reportmod.to_junit(report))
     if fmt == "json":
         emit_json(reportmod.report_dict(report))
     else:
         reportmod.print_report(report, out, compact=True)
+    if unrecorded is not None:
+        raise unrecorded
     return report.exit_code

@@ -1,0 +1,107 @@
+"""`stacklock ledger key new | pub | trust | revoke | list`: the ledger's signing keys."""
+
+from __future__ import annotations
+
+import click
+
+from stacklock.cli.base import Ctx, pass_ctx
+from stacklock.cli.revisions import ledger
+from stacklock.console import info, out
+from stacklock.errors import ExitCode, InvalidInput, Problem
+
+
+@ledger.group("key")
+def key() -> None:
+    """Signing keys: every ledger record is signed by a key the manifest's `<stem>.signers`
+    file trusts (yours: $STACKLOCK_SIGNING_KEY, or ~/.config/stacklock/keys/NAME.key)."""
+
+
+@key.command("new")
+@click.argument("name", required=False)
+def key_new(name: str | None) -> None:
+    """Create your signing key (0600, never in the repository) and print its public line."""
+    from stacklock.flows import keys
+
+    k = keys.new_key(name)
+    info(f"created {k.path} ({k.key_id}); keep it private, it never leaves this machine")
+    out.print(k.public.line(), markup=False, highlight=False)
+    info("next: stacklock ledger key trust (in the repository), and commit the signers file "
+         "through review")
+    raise SystemExit(int(ExitCode.OK))
+
+
+@key.command("pub")
+def key_pub() -> None:
+    """Print your key's public line (what a reviewer adds to the signers file)."""
+    from stacklock.flows import keys
+
+    k = keys.load_key()
+    if k is None:
+        raise InvalidInput(f"no signing key at {keys.key_path()}", problems=[Problem(
+            keys.KEY_ENV, "no key", "stacklock ledger key new")])
+    out.print(k.public.line(), markup=False, highlight=False)
+    raise SystemExit(int(ExitCode.OK))
+
+
+@key.command("trust")
+@click.option("--public", "line", default=None, metavar="'NAME ed25519 KEY'",
+              help="Trust this public line (e.g. a CI job's) instead of your own key.")
+@pass_ctx
+def key_trust(c: Ctx, line: str | None) -> None:
+    """Add your key (or --public) to the manifest's signers file; commit it through review."""
+    from stacklock.core import signing
+    from stacklock.flows import keys
+
+    loaded = c.loaded()
+    if line is not None:
+        try:
+            pub = signing.parse_public_line(line)
+        except ValueError as exc:
+            raise InvalidInput(f"--public: {exc}", problems=[Problem(
+                "--public", str(exc), "stacklock ledger key pub prints the line")]) from None
+    else:
+        k = keys.load_key()
+        if k is None:
+            raise InvalidInput(f"no signing key at {keys.key_path()}", problems=[Problem(
+                keys.KEY_ENV, "no key", "stacklock ledger key new")])
+        pub = k.public
+    added = keys.add_trusted(loaded, pub)
+    where = keys.signers_file(loaded)
+    info(f"{where}: {pub.name} ({pub.key_id}) " + ("added: commit it through review" if added
+                                                   else "is trusted already"))
+    raise SystemExit(int(ExitCode.OK))
+
+
+@key.command("revoke")
+@click.argument("name")
+@pass_ctx
+def key_revoke(c: Ctx, name: str) -> None:
+    """Remove signer NAME from the signers file: every record it signed is refused from
+    then on (see docs/security.md)."""
+    from stacklock.flows import keys
+
+    loaded = c.loaded()
+    if not keys.revoke(loaded, name):
+        raise InvalidInput(f"{keys.signers_file(loaded)} has no signer {name}")
+    info(f"{keys.signers_file(loaded)}: {name} removed; records it signed are refused from now "
+         "on (commit it through review)")
+    raise SystemExit(int(ExitCode.OK))
+
+
+@key.command("list")
+@pass_ctx
+def key_list(c: Ctx) -> None:
+    """The manifest's trusted signers; yours is marked."""
+    from stacklock.flows import keys
+
+    loaded = c.loaded()
+    trusted = keys.trust(loaded)
+    mine = keys.load_key()
+    info(f"{keys.signers_file(loaded)}: {len(trusted.keys)} trusted signer(s)")
+    for kid, pub in sorted(trusted.keys.items(), key=lambda kv: kv[1].name):
+        you = "  (you)" if mine is not None and mine.key_id == kid else ""
+        out.print(f"{pub.name}  {kid}{you}", markup=False, highlight=False)
+    if mine is not None and not trusted.trusts(mine.public):
+        info(f"your key {mine.name} ({mine.key_id}) is not trusted here: stacklock ledger key "
+             "trust")
+    raise SystemExit(int(ExitCode.OK))

@@ -11,12 +11,13 @@ CHECKOV_VENV := .cache/checkov-venv
 CHECKOV := $(CHECKOV_VENV)/bin/checkov
 PYTHON ?= python3
 
-.PHONY: demo upgrade-demo test lint unit integration prereqs venv clean-lab render-check help
+.PHONY: demo upgrade-demo test check lint unit integration prereqs venv clean-lab render-check help
 
 help:
 	@echo "make demo   provision and verify the local lab (dev, staging, prod)"
 	@echo "make upgrade-demo   the README walkthrough: promote dev -> staging -> prod (canary), roll back"
 	@echo "make test   run the whole test suite"
+	@echo "make check  the fast lane: lint, types, layers, generated files, unit tests (< 3 min)"
 
 prereqs:
 	@scripts/bootstrap.sh
@@ -45,10 +46,11 @@ upgrade-demo: prereqs venv
 test: prereqs venv $(CHECKOV)
 	@STACKLOCK_CHECKOV=$(CURDIR)/$(CHECKOV) scripts/test.sh
 
+check: prereqs venv
+	@scripts/check.sh
+
 lint: venv
-	@$(VENV)/bin/ruff check src tests
-	@$(VENV)/bin/mypy
-	@$(STACKLOCK) render --check && $(STACKLOCK) lock --check
+	@scripts/static.sh
 
 clean-lab: venv
 	@$(STACKLOCK) --manifest examples/lab.yaml destroy --all || true

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The static checks shared by `make check` and `make test`: lint, types, layers, generated files.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+export PATH="$PWD/$VENV/bin:$PATH"
+
+echo "==> ruff"
+ruff check src tests
+echo "==> mypy (strict)"
+mypy
+echo "==> layers: imports go down only, no circles (lint-imports)"
+out=$(lint-imports --no-cache 2>&1) || { echo "$out"; exit 1; }
+echo "$out" | grep -E 'KEPT|Contracts:'
+echo "==> generated files are current (lock --check, render --check)"
+for m in stacklock.yaml examples/static.yaml examples/lab.yaml examples/upgrade.yaml examples/onprem/stacklock.yaml tests/golden/static-lab/manifest.yaml; do
+  stacklock --manifest "$m" lock --check
+  stacklock --manifest "$m" render --check
+done
+echo "==> docs/roles.md matches the roles' argument_specs"
+python scripts/role_docs.py --check

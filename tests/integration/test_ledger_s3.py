@@ -2,7 +2,8 @@
 127.0.0.1 (boto3 through stacklock's adapter; moto's dummy credentials, never real ones).
 
 The manifest is the AWS example (`stacklock.yaml`, whose `ledger:` names prod's state bucket)
-with its committed lock and a promotion order, copied to a temporary folder.
+with its committed lock and a promotion order, copied to a temporary folder, with a test key
+(in a temporary HOME, `$STACKLOCK_SIGNING_KEY`) in its `stacklock.signers`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 import yaml
 
 from stacklock.core import ledger as core
+from stacklock.core import signing
 from stacklock.core.manifest import load_manifest
 from stacklock.errors import ExitCode, InvalidInput, ToolFailed
 from stacklock.flows import ledger as flow
@@ -29,7 +31,29 @@ pytestmark = pytest.mark.integration
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUCKET = "acme-serving-prod-tfstate"
 REGION = "us-west-2"
-KEY = "acme-serving/ledger.jsonl"
+KEY_NAME = "acme-serving/ledger.jsonl"
+
+
+KEY = signing.generate("ci-test")
+TRUST = signing.Trust.of([KEY.public], "test signers")
+
+
+@pytest.fixture(autouse=True)
+def _signing_key(tmp_path_factory: pytest.TempPathFactory,
+                 monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The writer's key in a temporary HOME, named by $STACKLOCK_SIGNING_KEY (inherited by the
+    stacklock processes these tests start): the real ~/.config is never touched."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    path = home / "ci-test.key"
+    signing.write_private(KEY, path)
+    monkeypatch.setenv("STACKLOCK_SIGNING_KEY", str(path))
+    return path
+
+
+def _s3ledger(**kw: Any) -> flow.S3Ledger:
+    return flow.S3Ledger(BUCKET, KEY_NAME, REGION, trust=TRUST, signer=lambda: KEY, **kw)
 
 
 def _s3() -> Any:
@@ -43,7 +67,7 @@ def _bucket() -> None:
 
 
 def _object() -> str:
-    return str(_s3().get_object(Bucket=BUCKET, Key=KEY)["Body"].read().decode("utf-8"))
+    return str(_s3().get_object(Bucket=BUCKET, Key=KEY_NAME)["Body"].read().decode("utf-8"))
 
 
 def _case(tmp_path: Path) -> Path:
@@ -52,6 +76,11 @@ def _case(tmp_path: Path) -> Path:
     path.write_text((REPO_ROOT / "stacklock.yaml").read_text("utf-8")
                     + "\npromotion: [dev, staging, prod]\n", encoding="utf-8")
     shutil.copyfile(REPO_ROOT / "stacklock.lock", tmp_path / "stacklock.lock")
+    (tmp_path / "examples").mkdir(exist_ok=True)
+    shutil.copytree(REPO_ROOT / "examples" / "models", tmp_path / "examples" / "models",
+                    dirs_exist_ok=True)
+    (tmp_path / "stacklock.signers").write_text(
+        signing.with_signer("", KEY.public, "stacklock.yaml"))
     return path
 
 
@@ -63,17 +92,23 @@ def _stacklock(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def _verified(path: Path, *envs: str, time: str = "2026-11-04T10:00:00Z") -> list[dict[str, Any]]:
     """What a passing verify of `envs` records (the ledger chosen from the manifest)."""
+    from stacklock.core import promotion
+
     loaded = load_manifest(path)
+    nodes = {e: promotion.expected_nodes(loaded.manifest, e) for e in envs}
     return flow.record_evidence(
         flow.open_ledger(loaded), flow.current_lock(loaded), flow.env_stacks(loaded),
         {"environments": list(envs),
-         "observed": {e: {f"{e}-1": {"docker.version": "1"}} for e in envs}}, time=time)
+         "observed": {e: {n: {"docker.version": "1"} for n in nodes[e]} for e in envs}},
+        project=loaded.manifest.project,
+        node_sets={e: flow.NodeSet(tuple(nodes[e]), {n: "SHA256:k" for n in nodes[e]})
+                   for e in envs}, time=time)
 
 
 def test_the_example_manifest_keeps_its_ledger_in_prods_state_bucket(tmp_path: Path) -> None:
     led = flow.open_ledger(load_manifest(_case(tmp_path)))
     assert isinstance(led, flow.S3Ledger)
-    assert led.where == f"s3://{BUCKET}/{KEY}" and led.region == REGION
+    assert led.where == f"s3://{BUCKET}/{KEY_NAME}" and led.region == REGION
 
 
 def test_append_and_read_back(moto: str, tmp_path: Path) -> None:
@@ -88,24 +123,24 @@ def test_append_and_read_back(moto: str, tmp_path: Path) -> None:
     records = led.records()
     assert records == first + second
     assert [r["seq"] for r in records] == [1, 2, 3]
-    assert core.check_chain(records) is None
+    assert core.check_chain(records, TRUST) is None
     text = _object()
     assert text == "".join(core.dumps(r) for r in records)
     assert not (tmp_path / ".stacklock" / "ledger.jsonl").exists()  # nothing written locally
     run = _stacklock("--manifest", str(path), "ledger", "verify", cwd=tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert f"s3://{BUCKET}/{KEY}: 3 record(s), chain intact" in " ".join(run.stdout.split())
+    assert f"s3://{BUCKET}/{KEY_NAME}: 3 record(s), chain intact" in " ".join(run.stdout.split())
     # status reads the same object
     run = _stacklock("--manifest", str(path), "status", cwd=tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert f"ledger: s3://{BUCKET}/{KEY} (3 record(s), chain intact)" in run.stderr
+    assert f"ledger: s3://{BUCKET}/{KEY_NAME} (3 record(s), chain intact)" in run.stderr
 
 
 class _RacedLedger(flow.S3Ledger):
     """Another writer appends between this one's read and its conditional write, once."""
 
     def __init__(self, other: flow.Ledger, **kw: Any) -> None:
-        super().__init__(BUCKET, KEY, REGION, **kw)
+        super().__init__(BUCKET, KEY_NAME, REGION, trust=TRUST, signer=lambda: KEY, **kw)
         self.other = other
         self.raced = False
 
@@ -124,7 +159,7 @@ def _entry(who: str, i: int) -> list[tuple[str, Mapping[str, Any]]]:
 @pytest.mark.parametrize("first_write", [True, False])
 def test_a_writer_that_loses_the_race_reads_again_and_lands(moto: str, first_write: bool) -> None:
     _bucket()
-    plain = flow.S3Ledger(BUCKET, KEY, REGION)
+    plain = _s3ledger()
     if not first_write:
         plain.append(_entry("seed", 0))
     raced = _RacedLedger(plain)
@@ -136,7 +171,7 @@ def test_a_writer_that_loses_the_race_reads_again_and_lands(moto: str, first_wri
     # ... so it read again and built on the other writer's record: both landed, in order
     assert who == (["other", "ci"] if first_write else ["seed", "other", "ci"])
     assert records[-1] == written[0] and written[0]["prev"] == records[-2]["hash"]
-    assert core.check_chain(records) is None
+    assert core.check_chain(records, TRUST) is None
 
 
 def test_concurrent_writers_all_land_with_an_intact_chain(moto: str) -> None:
@@ -144,7 +179,7 @@ def test_concurrent_writers_all_land_with_an_intact_chain(moto: str) -> None:
     writers, each = 3, 4
     start = threading.Barrier(writers)
     errors: list[BaseException] = []
-    ledgers = [flow.S3Ledger(BUCKET, KEY, REGION, tries=40) for _ in range(writers)]
+    ledgers = [_s3ledger(tries=40) for _ in range(writers)]
 
     def work(n: int) -> None:
         try:
@@ -160,7 +195,7 @@ def test_concurrent_writers_all_land_with_an_intact_chain(moto: str) -> None:
     for t in threads:
         t.join(timeout=120)
     assert not errors, errors
-    records = flow.S3Ledger(BUCKET, KEY, REGION).records()  # checks the chain
+    records = _s3ledger().records()  # checks the chain and every signature
     assert [r["seq"] for r in records] == list(range(1, writers * each + 1))
     for n in range(writers):  # every writer's records, each once and in its own order
         mine = [r["body"]["n"] for r in records if r["body"]["environment"] == f"w{n}"]
@@ -173,7 +208,7 @@ def _tamper() -> None:
     rec = json.loads(lines[1])
     rec["body"]["nodes"] = ["dev-1", "a-node-that-never-ran"]
     lines[1] = core.dumps(rec)
-    _s3().put_object(Bucket=BUCKET, Key=KEY, Body="".join(lines).encode("utf-8"))
+    _s3().put_object(Bucket=BUCKET, Key=KEY_NAME, Body="".join(lines).encode("utf-8"))
 
 
 def test_a_tampered_object_is_detected_and_promote_refuses(moto: str, tmp_path: Path) -> None:
@@ -187,11 +222,11 @@ def test_a_tampered_object_is_detected_and_promote_refuses(moto: str, tmp_path: 
     run = _stacklock("--manifest", str(path), "ledger", "verify", cwd=tmp_path)
     out = " ".join((run.stdout + run.stderr).split())
     assert run.returncode == 1, out
-    assert f"s3://{BUCKET}/{KEY}: TAMPERED at line 2 (record seq 2)" in out
+    assert f"s3://{BUCKET}/{KEY_NAME}: TAMPERED at line 2 (record seq 2)" in out
     run = _stacklock("--manifest", str(path), "promote", "staging", cwd=tmp_path)
     out = " ".join((run.stdout + run.stderr).split())
     assert run.returncode == 1, out
-    assert "tampered" in out and f"s3://{BUCKET}/{KEY}" in out and "Traceback" not in out
+    assert "tampered" in out and f"s3://{BUCKET}/{KEY_NAME}" in out and "Traceback" not in out
     before = _object()
     with pytest.raises(flow.LedgerTampered):  # and nothing is appended to it
         _verified(path, "staging")
@@ -243,4 +278,79 @@ def test_ledger_store_local_keeps_an_aws_manifest_off_s3(moto: str, tmp_path: Pa
     data["ledger"] = {"store": "local"}
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     _verified(path, "dev")  # no bucket exists: it must not be asked for
-    assert core.check_text((tmp_path / ".stacklock" / "ledger.jsonl").read_text())[1] is None
+    assert core.check_text((tmp_path / ".stacklock" / "ledger.jsonl").read_text(),
+                           TRUST)[1] is None
+
+
+# --------------------------------------------------------------------------- issue #19 holes
+
+
+def _cli_out(run: subprocess.CompletedProcess[str]) -> str:
+    return " ".join((run.stdout + run.stderr).split())
+
+
+def test_a_forged_unsigned_record_in_the_object_is_refused(moto: str, tmp_path: Path) -> None:
+    """Anyone who can write the object appended records with a valid sha256 chain."""
+    _bucket()
+    path = _case(tmp_path)
+    _verified(path, "dev")
+    records = core.parse_lines(_object())[0]
+    body = dict(records[-1]["body"], environment="staging")
+    forged = {"seq": 3, "prev": records[-1]["hash"], "kind": "evidence",
+              "time": "2030-01-01T00:00:00Z", "body": body}
+    forged["hash"] = core.record_hash(forged)
+    _s3().put_object(Bucket=BUCKET, Key=KEY_NAME,
+                     Body=(_object() + core.dumps(forged)).encode("utf-8"))
+    run = _stacklock("--manifest", str(path), "ledger", "verify", cwd=tmp_path)
+    out = _cli_out(run)
+    assert run.returncode == 1, out
+    assert "TAMPERED at line 3 (record seq 3)" in out and "not signed" in out
+    run = _stacklock("--manifest", str(path), "promote", "prod", cwd=tmp_path)
+    assert run.returncode == 1, _cli_out(run)
+    assert "record seq 3" in _cli_out(run) and "Traceback" not in _cli_out(run)
+
+
+@pytest.mark.parametrize("how", ["deleted", "truncated"])
+def test_a_deleted_or_truncated_object_is_tamper(moto: str, tmp_path: Path, how: str) -> None:
+    """The repository's head file (written on every append) catches what the chain cannot."""
+    _bucket()
+    path = _case(tmp_path)
+    _verified(path, "dev")
+    _verified(path, "staging", time="2026-11-04T11:00:00Z")
+    head = core.parse_head((tmp_path / "stacklock.ledger-head").read_text())
+    assert head is not None and head.seq == 3 and head.where == f"s3://{BUCKET}/{KEY_NAME}"
+    if how == "deleted":
+        _s3().delete_object(Bucket=BUCKET, Key=KEY_NAME)
+        want = "missing or empty"
+    else:
+        lines = _object().splitlines(keepends=True)
+        _s3().put_object(Bucket=BUCKET, Key=KEY_NAME, Body="".join(lines[:2]).encode())
+        want = "only 2 record(s) long"
+    run = _stacklock("--manifest", str(path), "ledger", "verify", cwd=tmp_path)
+    out = _cli_out(run)
+    assert run.returncode == 1, out
+    assert "TAMPERED" in out and want in out and "chain intact" not in out
+    with pytest.raises(flow.LedgerTampered):  # nothing is appended to it either
+        _verified(path, "prod", time="2026-11-04T12:00:00Z")
+
+
+def test_another_projects_evidence_in_the_bucket_does_not_count(moto: str,
+                                                                tmp_path: Path) -> None:
+    _bucket()
+    path = _case(tmp_path)
+    loaded = load_manifest(path)
+    from stacklock.core import promotion
+
+    stack = loaded.manifest.environments["dev"].stack
+    lock = flow.current_lock(loaded)
+    fp = lock["stacks"][stack]["fingerprint"]
+    nodes = promotion.expected_nodes(loaded.manifest, "dev")
+    led = flow.open_ledger(loaded)
+    led.append([("evidence", core.evidence_body(
+        "dev", fp, stack, nodes, {}, {}, project="another-project", expected=nodes,
+        node_keys={n: "SHA256:k" for n in nodes}))])
+    records = led.records()
+    assert core.evidence(records, "another-project") and \
+        not core.evidence(records, loaded.manifest.project)
+    assert promotion.rollout_refusal(["dev", "staging"], "staging", fp, records,
+                                     project=loaded.manifest.project) is not None

@@ -16,7 +16,7 @@ from stacklock.core import promotion
 from stacklock.core import rollout as rplan
 from stacklock.core.manifest import load_manifest
 from stacklock.core.parity import Check, Kind, NodeResult, ParityReport, Status
-from stacklock.errors import ExitCode, InvalidInput
+from stacklock.errors import ExitCode, InvalidInput, StacklockError
 from stacklock.flows import ledger as flow
 from stacklock.flows import promote as promoteflow
 
@@ -388,3 +388,286 @@ def test_changes_between_two_revisions_name_what_changes() -> None:
     gone = dict(a, pip=a["pip"][1:])
     assert promotion.changes(a, gone) == [f"pip {a['pip'][0]['name']}: "
                                           f"{a['pip'][0]['version']} -> (none)"]
+
+
+# --------------------------------------------------------------------------- issue #19 holes
+
+
+def test_another_projects_evidence_in_a_shared_ledger_does_not_count(tmp_path: Path) -> None:
+    """Hole: two projects sharing a ledger satisfied each other's gates."""
+    path = _case(tmp_path)
+    fnew = _fp(path, "dev")
+    _evidence(path, "dev", project="someone-else")  # same fingerprint, another project
+    d = promoteflow.decide(load_manifest(path), "staging", NOW)
+    assert not d.allowed and f"of project {PROJECT}" in d.reason
+    records = flow.open_ledger(load_manifest(path)).records()
+    assert _refusal(["dev", "staging", "prod"], "staging", fnew, records) is not None
+    assert promoteflow.promote(load_manifest(path), "staging", now=NOW)[0] == ExitCode.DEVIATION
+    _evidence(path, "dev")  # this project's own
+    assert promoteflow.decide(load_manifest(path), "staging", NOW).allowed
+
+
+def test_evidence_of_a_trimmed_node_set_does_not_count(tmp_path: Path) -> None:
+    """Hole: a verify against a trimmed hosts.yml recorded passing evidence that gates took."""
+    path = _case(tmp_path)
+    path.write_text(path.read_text().replace(
+        "dev: {provider: lab, stack: lab-next, count: 1}",
+        "dev: {provider: lab, stack: lab-next, count: 2}"))
+    _evidence(path, "dev", drop=1)  # one of dev's two nodes verified
+    d = promoteflow.decide(load_manifest(path), "staging", NOW)
+    assert not d.allowed
+    _evidence(path, "dev")
+    assert promoteflow.decide(load_manifest(path), "staging", NOW).allowed
+    # evidence of two nodes no longer counts once dev has three
+    path.write_text(path.read_text().replace("stack: lab-next, count: 2}",
+                                             "stack: lab-next, count: 3}"))
+    assert not promoteflow.decide(load_manifest(path), "staging", NOW).allowed
+
+
+def _known_hosts_line(address: str) -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    pub = Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    return f"{address} {pub}\n"
+
+
+def _inventory(loaded: Any, env: str, names: list[str]) -> None:
+    from stacklock.core.inventory import hosts_yaml
+
+    inv = loaded.output_root / "inventories" / env
+    inv.mkdir(parents=True, exist_ok=True)
+    hosts: dict[str, dict[str, Any]] = {n: {"address": f"10.9.0.{i + 2}", "port": 22}
+                                        for i, n in enumerate(names)}
+    (inv / "hosts.yml").write_text(hosts_yaml(env, "lab", {"hosts": hosts}, None))
+    (inv / "known_hosts").write_text("".join(_known_hosts_line(h["address"])
+                                             for h in hosts.values()))
+
+
+def _passing(loaded: Any, env: str, names: list[str]) -> ParityReport:
+    return ParityReport((env,), tuple(NodeResult(env, n, True) for n in names),
+                        tuple(Check(env, n, "docker.version", "1", "1", Status.MATCH)
+                              for n in names),
+                        observed={env: {n: {"docker.version": "1"} for n in names}})
+
+
+@pytest.mark.parametrize("case", ["trimmed", "other-project", "unpinned"])
+def test_verify_records_no_evidence_for_other_than_the_expected_nodes(
+        tmp_path: Path, case: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """verify on a trimmed hosts.yml, or on another project's, records nothing, and says why."""
+    path = _case(tmp_path)
+    path.write_text(path.read_text().replace("stack: lab-next, count: 1}",
+                                             "stack: lab-next, count: 2}"))
+    loaded = load_manifest(path)
+    full = promotion.expected_nodes(loaded.manifest, "dev")
+    assert full == [f"{PROJECT}-dev-1", f"{PROJECT}-dev-2"]
+    names = {"trimmed": full[:1], "other-project": ["other-dev-1", "other-dev-2"],
+             "unpinned": full}[case]
+    _inventory(loaded, "dev", names)
+    if case == "unpinned":
+        (loaded.output_root / "inventories/dev/known_hosts").write_text(
+            _known_hosts_line("10.9.0.2"))  # dev-2's key is not pinned
+    assert flow.record_passing(loaded, _passing(loaded, "dev", names)) == []
+    err = " ".join(capsys.readouterr().err.split())
+    assert "no evidence recorded for dev" in err
+    assert ("no pinned host key" if case == "unpinned" else "missing") in err
+    assert flow.open_ledger(loaded).records() == []
+    # the whole node set, each node's key pinned: evidence with their identities
+    _inventory(loaded, "dev", full)
+    written = flow.record_passing(loaded, _passing(loaded, "dev", full))
+    ev = next(r for r in written if r["kind"] == "evidence")["body"]
+    assert ev["project"] == PROJECT and ev["expected_nodes"] == full
+    assert set(ev["node_keys"]) == set(full)
+    assert all(v.startswith("SHA256:") for v in ev["node_keys"].values())
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and ".stacklock" not in p.parts}
+
+
+@pytest.mark.parametrize("where", ["render", "rename"])
+def test_promote_failing_mid_way_changes_nothing(tmp_path: Path, where: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hole: promote rewrote the manifest first and left it rewritten when a later step
+    failed."""
+    import os as _os
+
+    from stacklock.core import render as rendermod
+
+    path = _case(tmp_path)
+    loaded = load_manifest(path)
+    rendermod.write_tree(loaded, rendermod.render_tree(loaded, flow.current_lock(loaded)))
+    _evidence(path, "dev")
+    before = _snapshot(path.parent)
+    if where == "render":
+        def broken(*_a: object, **_kw: object) -> dict[str, str]:
+            raise InvalidInput("render failed")
+
+        monkeypatch.setattr(rendermod, "render_tree", broken)
+        with pytest.raises(InvalidInput):
+            promoteflow.promote(load_manifest(path), "staging", now=NOW)
+    else:  # the third rename fails: the two already replaced are put back
+        real = _os.replace
+        calls: list[str] = []
+
+        def flaky(src: Any, dst: Any) -> None:
+            calls.append(str(dst))
+            if len(calls) == 3:
+                raise OSError(28, "No space left on device", str(dst))
+            real(src, dst)
+
+        monkeypatch.setattr(_os, "replace", flaky)
+        with pytest.raises(StacklockError, match="nothing was changed"):
+            promoteflow.promote(load_manifest(path), "staging", now=NOW)
+        assert len(calls) >= 3  # then the restore's own renames
+    assert _snapshot(path.parent) == before  # manifest, lock, rendered files: as they were
+    assert not list(path.parent.rglob(".*.tmp"))
+    monkeypatch.undo()
+    assert promoteflow.promote(load_manifest(path), "staging", now=NOW)[0] == ExitCode.OK
+
+
+def test_concurrent_manifest_edits_both_land(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hole: promote and rollback edited the one manifest holding only their environment's
+    lock: two at once lost one edit."""
+    import threading
+    import time as _time
+
+    path = _case(tmp_path)
+    _evidence(path, "dev")
+    assert promoteflow.promote(load_manifest(path), "staging", now=NOW)[0] == ExitCode.OK
+    _evidence(path, "staging")
+    real = promoteflow.set_stack
+
+    def slow(text: str, env: str, stack: str) -> str:  # widen the race window
+        _time.sleep(0.5)
+        return real(text, env, stack)
+
+    monkeypatch.setattr(promoteflow, "set_stack", slow)
+    # prod moves up to staging's revision while dev is set back to the old stack
+    stale = load_manifest(path)  # both commands loaded the manifest before either edit
+    errors: list[BaseException] = []
+
+    def promote_prod() -> None:
+        try:
+            assert promoteflow.promote(stale, "prod", now=NOW)[0] == ExitCode.OK
+        except BaseException as exc:
+            errors.append(exc)
+
+    def edit_dev() -> None:  # what rollback does to the manifest
+        try:
+            with promoteflow.manifest_edit(stale) as current:
+                promoteflow.edit_stack(current, "dev", "lab-2026-11")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=promote_prod), threading.Thread(target=edit_dev)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    envs = load_manifest(path).manifest.environments
+    assert envs["prod"].stack == "lab-next" and envs["dev"].stack == "lab-2026-11"
+
+
+def test_rollback_finds_the_revision_when_its_ami_regions_changed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hole: on AWS, rollback looked for an exact lock match, AMI region map included."""
+    import yaml
+
+    from stacklock.flows import rollback as rb
+    from stacklock.flows import rollout as ro
+    from stacklock.flows.run import Run, Target
+
+    text = (ROOT / "stacklock.yaml").read_text()
+    data = yaml.safe_load(text)
+    data["ledger"] = {"store": "local"}
+    data["promotion"] = ["dev", "staging", "prod"]
+    path = tmp_path / "stacklock.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    (tmp_path / "examples").mkdir()
+    shutil.copytree(EXAMPLES / "models", tmp_path / "examples" / "models")
+    lock = json.loads((ROOT / "stacklock.lock").read_text())
+    shutil.copyfile(ROOT / "stacklock.lock", tmp_path / "stacklock.lock")
+    loaded = load_manifest(path)
+    project = loaded.manifest.project
+    stack = loaded.manifest.environments["prod"].stack
+    locked = lock["stacks"][stack]
+    assert locked.get("ami"), "the AWS example's lock has per-region AMI ids"
+    fp = locked["fingerprint"]
+    # the lock of that revision as the ledger stored it when prod verified it, back when
+    # the stack's image was used in one more region than now
+    then = dict(locked, ami=dict(locked["ami"], **{"eu-west-1": "ami-0123456789abcdef0"}))
+    assert then != locked and lockmod.fingerprint_of(then) == fp
+    assert promotion.stacks_of_revision(lock, fp) == [
+        n for n, s in lock["stacks"].items() if s["fingerprint"] == fp]
+    from stacklock.core import signing
+
+    key = signing.generate("ci")
+
+    led = flow.LocalLedger(tmp_path / "l.jsonl", trust=signing.Trust.of([key.public]),
+                           signer=lambda: key)
+    expected = promotion.expected_nodes(loaded.manifest, "prod")
+    from stacklock.core import ledger as core
+
+    led.append([("revision", core.revision_body(fp, stack, project, then)),
+                ("evidence", core.evidence_body("prod", fp, stack, expected, {}, {},
+                                                project=project, expected=expected,
+                                                node_keys={n: "SHA256:k" for n in expected}))])
+    records = led.records()
+    # prod now names another stack; rollback returns it to the verified revision
+    other = [n for n in lock["stacks"] if lock["stacks"][n]["fingerprint"] != fp]
+    if other:
+        body = rb.choose(loaded, "prod", promotion.short(fp), records)
+        assert json.loads(body["lock_text"]) == then
+    rolled: list[str] = []
+
+    def fake_rollout(_run: object, target: Target, **_kw: object) -> ExitCode:
+        rolled.append(target.stack)
+        return ExitCode.OK
+
+    monkeypatch.setattr(ro, "run_rollout", fake_rollout)
+    monkeypatch.setattr(flow, "open_ledger", lambda _loaded, file=None: led)
+    with Run(loaded) as run:  # prod already names that stack: found by fingerprint anyway
+        assert rb.run_rollback(run, run.target("prod"), promotion.short(fp)) == ExitCode.OK
+    assert rolled == [stack]
+
+
+def test_lab_manifest_creates_and_trusts_a_key_others_refuse(
+        tmp_path: Path, _private_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from stacklock.core import signing
+    from stacklock.flows import keys
+
+    path = _case(tmp_path)
+    _evidence(path, "dev")  # a lab: the key is made and trusted on first use
+    err = " ".join(capsys.readouterr().err.split())
+    assert "created your ledger signing key" in err and "trusted your key" in err
+    key_file = _private_home / ".config" / "stacklock" / "keys" / "test-writer.key"
+    assert key_file.is_file() and (key_file.stat().st_mode & 0o777) == 0o600
+    trusted = signing.read_signers(path.with_suffix(".signers"))
+    assert [k.name for k in trusted.keys.values()] == ["test-writer"]
+    head = path.with_suffix(".ledger-head").read_text()
+    assert "seq: 2" in head  # the revision and the evidence
+    # a static environment: no key made, exit 2 naming the commands
+    text = path.read_text().replace(
+        "prod: {provider: lab, stack: lab-2026-11, count: 1}",
+        "prod: {provider: static, stack: lab-2026-11, gpu: false, hosts: [{name: p1, "
+        "address: 10.1.1.1}]}")
+    assert text != path.read_text()
+    static = tmp_path / "static.yaml"
+    static.write_text(text)
+    shutil.copyfile(path.with_suffix(".lock"), static.with_suffix(".lock"))
+    loaded = load_manifest(static)
+    with pytest.raises(InvalidInput) as exc:
+        keys.signer_for(loaded)
+    assert exc.value.exit_code == ExitCode.INVALID
+    hint = exc.value.problems[0].render()
+    assert "not a trusted signer" in hint and "ledger key trust" in hint
+    key_file.unlink()
+    with pytest.raises(InvalidInput) as exc:
+        keys.signer_for(loaded)
+    assert "ledger key new" in exc.value.problems[0].render()
+    assert not key_file.exists()  # nothing created for a non-lab manifest

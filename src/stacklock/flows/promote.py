@@ -142,7 +142,8 @@ def write_together(changes: Mapping[Path, str | None]) -> None:
             if text is None:
                 path.unlink(missing_ok=True)
             else:
-                os.replace(temps.pop(path), path)
+                os.replace(temps[path], path)
+                del temps[path]
             done.append(path)
     except BaseException as exc:
         for tmp in temps.values():

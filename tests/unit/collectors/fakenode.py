@@ -256,12 +256,7 @@ LAB_PACKAGES = ["nvidia-driver", "nvidia-kernel-dkms", "libcudart11.0", "docker.
                 "openjdk-17-jre-headless"]
 LAB_PIP = ["pyyaml", "numpy"]
 
-SYSTEMCTL_ACTIVE = (
-    "Id=torchserve.service\nLoadState=loaded\nActiveState=active\nSubState=running\n"
-    "UnitFileState=enabled\n\n"
-    "Id=docker.service\nLoadState=loaded\nActiveState=active\nSubState=running\n"
-    "UnitFileState=enabled\n"
-)
+SYSTEMCTL_ACTIVE = recorded("systemctl-show-active.txt")
 
 
 def dpkg_output(rows: list[tuple[str, str, str]]) -> str:
@@ -344,10 +339,8 @@ def lab_node(**overrides: Any) -> FakeSystem:
     return FakeSystem(**kwargs)
 
 
-H100_SMI = "NVIDIA H100 80GB HBM3, 580.159.04, 9.0, 81559 MiB\n"
-H100_PROC = ("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release Build  "
-             "(dvs-builder@U22-I3-AM02-24-3)  Thu Oct 30 00:11:57 UTC 2025\n"
-             "GCC version:  gcc version 13.3.0 (Ubuntu 13.3.0-6ubuntu2~24.04)\n")
+H100_SMI = recorded("h100-nvidia-smi.csv")
+H100_PROC = recorded("h100-proc-driver-nvidia-version.txt")
 H100_DPKG = [
     ("cuda-toolkit-13-0", "13.0.2-1", "hi "),
     ("cuda-cudart-13-0", "13.0.96-1", "hi "),
@@ -370,10 +363,7 @@ def h100_node(**overrides: Any) -> FakeSystem:
             "dpkg-query -W": (0, dpkg_output(H100_DPKG), ""),
             "nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total": (
                 0, H100_SMI, ""),
-            "nvcc --version": (0, "nvcc: NVIDIA (R) Cuda compiler driver\nCopyright (c) "
-                                  "2005-2025 NVIDIA Corporation\nBuilt on Wed_Aug_20_01:58:59_PM"
-                                  "_PDT_2025\nCuda compilation tools, release 13.0, V13.0.88\n"
-                                  "Build cuda_13.0.r13.0/compiler.36424714_0\n", ""),
+            "nvcc --version": (0, recorded("h100-nvcc-version.txt"), ""),
             "docker info": (0, json.dumps({"ServerVersion": "28.5.1", "DefaultRuntime": "nvidia",
                                            "Runtimes": {"runc": {}, "nvidia": {}}}) + "\n", ""),
             "nvidia-ctk --version": (0, "NVIDIA Container Toolkit CLI version 1.18.0\n", ""),

@@ -19,3 +19,5 @@ for m in stacklock.yaml examples/static.yaml examples/lab.yaml examples/upgrade.
 done
 echo "==> docs/roles.md matches the roles' argument_specs"
 python scripts/role_docs.py --check
+echo "==> the documentation site builds: no broken link or anchor, every page in the nav"
+NO_MKDOCS_2_WARNING=1 mkdocs build --strict --quiet --site-dir "$PWD/.cache/site"

@@ -20,4 +20,4 @@ done
 echo "==> docs/roles.md matches the roles' argument_specs"
 python scripts/role_docs.py --check
 echo "==> the documentation site builds: no broken link or anchor, every page in the nav"
-NO_MKDOCS_2_WARNING=1 mkdocs build --strict --quiet --site-dir "$PWD/.cache/site"
+NO_MKDOCS_2_WARNING=1 mkdocs build --strict --site-dir "$PWD/.cache/site"  # not --quiet: it hides the warnings strict counts

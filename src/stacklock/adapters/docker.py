@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stacklock.adapters.proc import run_command
+from stacklock.core.share import cache_root
 from stacklock.errors import StacklockError, ToolFailed
 
 log = logging.getLogger("stacklock.docker")
@@ -46,15 +47,11 @@ LAB_IMAGE_PACKAGES = (
 DEFAULT_DEBIAN_MIRROR = "http://deb.debian.org/debian"
 
 
-def repo_root() -> Path:
-    """The repository this package is installed (editable) from."""
-    return Path(__file__).resolve().parents[3]
-
-
 def cache_dir() -> Path:
-    """Where stacklock keeps downloads, logs and pid files (gitignored)."""
+    """Where stacklock keeps downloads, logs and pid files: $STACKLOCK_CACHE, else the
+    checkout's .cache (gitignored), else the user's cache folder (core.share.cache_root)."""
     env = os.environ.get("STACKLOCK_CACHE")
-    return Path(env) if env else repo_root() / ".cache"
+    return Path(env) if env else cache_root()
 
 
 @dataclass(frozen=True)

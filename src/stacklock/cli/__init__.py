@@ -9,7 +9,7 @@ import traceback
 import click
 from rich.markup import escape
 
-from stacklock.cli import audit, infra, inspect, keys, lab, manifest, revisions  # noqa: F401 (register)
+from stacklock.cli import audit, infra, init, inspect, keys, lab, manifest, revisions  # noqa: F401 (register)
 from stacklock.cli.base import RUNNING, cli
 from stacklock.console import err, print_problems
 from stacklock.errors import ExitCode, StacklockError

@@ -170,6 +170,15 @@ def render(c: Ctx, check: bool) -> None:
             info(f"stale: {loaded.output_root / rel}")
         if stale:
             info(f"{len(stale)} generated file(s) are stale: run `stacklock render`")
+        from stacklock.flows.init import stale_vendored
+
+        home, vendored = stale_vendored(loaded)  # the vendored modules the roots call
+        for rel in vendored:
+            info(f"stale: {home.path / rel}")
+        if vendored:
+            info(f"{len(vendored)} vendored file(s) are not this stacklock's: run `stacklock "
+                 f"init --upgrade {home.path.parents[1]}`")
+        if stale or vendored:
             raise SystemExit(int(ExitCode.DEVIATION))
         info(f"{len(tree)} generated file(s) are current")
         return

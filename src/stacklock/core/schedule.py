@@ -42,6 +42,7 @@ from pathlib import Path, PurePosixPath
 
 from jinja2 import Environment, StrictUndefined
 
+from stacklock.core import share
 from stacklock.core.files import atomic_write
 from stacklock.errors import InvalidInput, Problem
 
@@ -314,6 +315,7 @@ def render_schedules(
     runs_on: str = "ubuntu-latest",
     timeout_minutes: int = 60,
     actions: Mapping[str, str] | None = None,
+    ci_install: str | None = None,
 ) -> dict[str, str]:
     """Every schedule file, {path relative to the output folder: content}. Pure.
 
@@ -322,7 +324,8 @@ def render_schedules(
     the audit runs as. Defaults: `stacklock_bin` = REPO/.venv/bin/stacklock, `report_dir` =
     REPO/.stacklock/audit, `textfile` = REPORT_DIR/stacklock.prom, `output_dir` (the manifest's
     output dir, where audits write `.stacklock/` and Terraform its `.terraform/`) = REPO: the
-    systemd unit may write there and in the report folders only.
+    systemd unit may write there and in the report folders only. `ci_install`: the workflow's
+    install step (default: `ci_install_command(repo_dir)`).
     Raises InvalidInput (naming each bad option) before anything is rendered.
     """
     env_list = list(envs)
@@ -372,6 +375,7 @@ def render_schedules(
         "python_version": python_version,
         "actions": {**ACTIONS, **(actions or {})},
         "ci_command": shlex.join(ci_argv),
+        "ci_install": ci_install or ci_install_command(repo),
         "ci_summary": (f'if [ -f {shlex.quote(ci_artifacts[1])} ]; then '
                        f'cat {shlex.quote(ci_artifacts[1])} >> "$GITHUB_STEP_SUMMARY"; fi'),
         "ci_artifact_paths": "\n".join(ci_artifacts),
@@ -394,6 +398,19 @@ def render_schedules(
     }
     return {rel: jinja.from_string(_template(src)).render(**context)
             for rel, src in sorted(sources.items())}
+
+
+def ci_install_command(repo_dir: str | Path) -> str:
+    """How the workflow installs stacklock in the repository's fresh checkout: the version its
+    vendor/stacklock/ stamp names (`stacklock init`), so that CI renders and checks what the
+    repository vendored; else (a stacklock source tree, or a folder not on this machine) the
+    checkout itself."""
+    repo = Path(repo_dir)
+    found = share.find_vendor(repo) if repo.is_dir() else None
+    version = share.vendored_version(found.path) if found and found.kind == "vendored" else None
+    if version:
+        return f"python -m pip install stacklock=={version}"
+    return "python -m pip install ."
 
 
 def read_write_paths(output_dir: str, report_dir: str, textfile: str) -> str:

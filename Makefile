@@ -15,7 +15,7 @@ PYTHON ?= python3
 
 help:
 	@echo "make demo   provision and verify the local lab (dev, staging, prod)"
-	@echo "make upgrade-demo   the README walkthrough: promote dev -> staging -> prod (canary), roll back"
+	@echo "make upgrade-demo   the upgrading walkthrough (docs/upgrading.md): promote dev -> staging -> prod (canary), roll back"
 	@echo "make test   run the whole test suite"
 	@echo "make check  the fast lane: lint, types, layers, generated files, unit tests (< 3 min)"
 

@@ -3,7 +3,7 @@
 This machine cannot reach AWS, so the example's AMI ids are resolved against moto, where this
 script registers the pinned image name (owner 099720109477) in each region first: the ids in
 the committed `stacklock.lock` are moto's, not Canonical's. With credentials for a real
-account, run `stacklock lock` instead (README, "AWS").
+account, run `stacklock lock` instead (docs/aws.md).
 
     .venv/bin/python scripts/lock_aws_example.py
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's "Upgrading a stack" walkthrough on the lab (examples/upgrade.yaml), timed:
+# The "Upgrading a stack" walkthrough (docs/upgrading.md) on the lab (examples/upgrade.yaml), timed:
 # provision dev, staging and prod (3 nodes) at revision A; start revision B in dev; see the
 # promotion refused before dev has evidence; roll B out to dev, promote it to staging, then to
 # prod canary first; roll prod back to A; check the ledger. Prints each step's wall time and

@@ -7,7 +7,7 @@ from enum import IntEnum
 
 
 class ExitCode(IntEnum):
-    """Exit codes shared by every command (see README, "Exit codes")."""
+    """Exit codes shared by every command (docs/exit-codes.md)."""
 
     OK = 0
     DEVIATION = 1  # deviation, drift, or a stale generated file found

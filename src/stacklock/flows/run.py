@@ -32,11 +32,63 @@ from stacklock.core.manifest import LabEnvironment, LoadedManifest
 from stacklock.core.schema import Environment
 from stacklock.errors import InvalidInput, Problem, ToolFailed
 
+#: run folders kept under .stacklock/runs: the newest KEEP_RUNS, none older than KEEP_RUN_DAYS
+#: ($STACKLOCK_KEEP_RUNS, $STACKLOCK_KEEP_RUN_DAYS; 0 days: no age limit)
+KEEP_RUNS = 50
+KEEP_RUN_DAYS = 30
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit():
+        raise InvalidInput(f"{name}={raw!r} is not a whole number", problems=[Problem(
+            name, "not a whole number >= 0", f"e.g. {name}={default}")])
+    return int(raw)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def prune_runs(runs: Path, *, keep: int | None = None, days: int | None = None,
+               now: float | None = None) -> list[Path]:
+    """Remove run folders beyond the newest `keep` or older than `days` (a folder whose
+    process still runs is kept whatever its age). Returns what was removed."""
+    import shutil
+
+    keep = _env_int("STACKLOCK_KEEP_RUNS", KEEP_RUNS) if keep is None else keep
+    days = _env_int("STACKLOCK_KEEP_RUN_DAYS", KEEP_RUN_DAYS) if days is None else days
+    now = time.time() if now is None else now
+    folders = sorted((p for p in runs.iterdir() if p.is_dir() and not p.is_symlink()),
+                     key=lambda p: (p.stat().st_mtime, p.name), reverse=True)
+    removed = []
+    for n, path in enumerate(folders):
+        too_many = n >= keep
+        too_old = days > 0 and now - path.stat().st_mtime > days * 86400
+        if not (too_many or too_old):
+            continue
+        parts = path.name.split("-")
+        if len(parts) >= 2 and parts[1].isdigit() and _alive(int(parts[1])):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
 
 def new_run_dir(root: Path) -> Path:
     """A folder of this run's own under `.stacklock/runs` (0700): the time, the pid and a
-    random suffix, created exclusively, so two runs in the same second never share one."""
+    random suffix, created exclusively, so two runs in the same second never share one.
+    Older run folders are pruned first (`prune_runs`)."""
     runs = ensure_dir(root / ".stacklock" / "runs")
+    prune_runs(runs)
     for _ in range(10):
         path = runs / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
         try:

@@ -33,6 +33,9 @@ Kinds:
   read from its nodes), `report_sha256` (the parity report), `ok`. Gates accept evidence only
   of their own project whose nodes are exactly its expected nodes (`evidence(records,
   project=...)`).
+* `gate-override` — the promotion gate let a revision through on an explicit override
+  (`stacklock.core.gate.override_body`): `project`, `environment`, `fingerprint`, `reason`,
+  `refusal` (what the gate said), `command`, `run`. Never evidence.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from typing import Any, Protocol
 from stacklock.core.signing import Trust
 
 GENESIS = "0" * 64
-KINDS = ("evidence", "revision")
+KINDS = ("evidence", "revision", "gate-override")
 RECORD_KEYS = ("seq", "prev", "kind", "time", "body", "signer", "hash", "sig")
 #: the records of a ledger written before records were signed (refused: unsigned)
 UNSIGNED_KEYS = ("seq", "prev", "kind", "time", "body", "hash")

@@ -286,6 +286,22 @@ def _special_cases() -> list[tuple[str, dict[str, Any], str]]:
     for bad in ("certs/ca pem", "certs/ca;pem"):
         out.append((f"ca_bundle:{bad}", _set(b, (*SRC, "ca_bundle"), bad),
                     "package_sources.ca_bundle"))
+    # files outside the manifest's folder (issue 19): absolute, '..', file:// URLs
+    for bad in ("/etc/shadow", "../secrets/ca.pem", "certs/../../ca.pem", "/etc/ssl/../shadow"):
+        for path in ((*SRC, "ca_bundle"), (*SRC, "apt", 0, "signing_key"),
+                     (*SRC, "pip", "find_links", 0)):
+            out.append((f"{_dotted(path)}:{bad}", _set(b, path, bad), _dotted(path)))
+    out.append(("find_links:file-url", _set(b, (*SRC, "pip", "find_links", 0),
+                                            "file://localhost/srv/wheels"),
+                "package_sources.pip.find_links[0]"))
+    for bad in ("/srv/models/m.mar", "../m.mar"):
+        path = ("stacks", "serving", "models", 0, "archive")
+        out.append((f"archive:{bad}", _set(b, path, bad), _dotted(path)))
+    # static host addresses that name no single remote host (issue 19)
+    for bad in ("0.0.0.0", "::", "0.0.0.1", "224.0.0.1", "ff02::1", "255.255.255.255",
+                "127.0.0.1", "127.1.2.3", "::1", "::ffff:7f00:1", "localhost", "a.localhost"):
+        out.append((f"address:{bad}", _set(b, (*ONPREM_HOST, "address"), bad),
+                    "environments.onprem.hosts[0].address"))
     return out
 
 
@@ -473,6 +489,7 @@ def unusual() -> dict[str, Any]:
                 "trusted_hosts": ["pypi.example.com:8443", "[2001:db8::6]"]},
         "ca_bundle": "/etc/ssl/certs/corp_ca-2026+1.pem",
     }
+    data["allowed_paths"] = ["/etc/ssl/certs"]  # the CA bundle lives outside the manifest's folder
     s = data["stacks"]["serving"]
     s["ami"]["name"] = "ubuntu/images (hvm) [gp3] o'neil@build_x-1.2"
     s["torchserve_config"]["allowed_urls"] = [r"https://models\.example\.com/v1/[a-z0-9_-]+\.mar",

@@ -334,3 +334,314 @@ def test_load_manifest_of_a_file_that_is_not_utf8(tmp_path: Path) -> None:
     assert "UTF-8" in info.value.problems[0].hint
     path.write_bytes((VALID / "aws.yaml").read_bytes())
     assert load_manifest(path).manifest.project == "corpus-aws"
+
+
+# --------------------------------------------------------------------------- static host addresses
+#
+# A static host's address names one host: never an address that names none or many, and this
+# machine (loopback) only where the environment says so (`allow_loopback: true`).
+
+HOST0 = "environments.prod.hosts.0.address"
+HOST0_PATH = "environments.prod.hosts[0].address"
+
+
+@pytest.mark.parametrize(("address", "words"), [
+    ("0.0.0.0", "unspecified"),
+    ("::", "unspecified"),
+    ("0.1.2.3", "this network"),
+    ("224.0.0.251", "multicast"),
+    ("239.1.2.3", "multicast"),
+    ("ff02::1", "multicast"),
+    ("255.255.255.255", "broadcast"),
+    ("127.0.0.1", "loopback"),
+    ("127.0.0.53", "loopback"),
+    ("::1", "loopback"),
+    ("::ffff:7f00:1", "loopback"),  # IPv4-mapped 127.0.0.1
+    ("localhost", "loopback"),
+    ("db.localhost", "loopback"),
+])
+def test_a_static_host_address_that_names_no_single_remote_host_is_refused(
+        address: str, words: str) -> None:
+    found = problems(edit(base("static"), HOST0, address))
+    assert [p.path for p in found] == [HOST0_PATH], [p.render() for p in found]
+    assert words in found[0].message, found[0].message
+
+
+@pytest.mark.parametrize("address", ["192.0.2.255", "10.0.0.0", "gpu-p1.example.com",
+                                     "2001:db8::10", "localhost-gpu.example.com"])
+def test_ordinary_addresses_and_host_names_stay_allowed(address: str) -> None:
+    assert problems(edit(base("static"), HOST0, address)) == []
+
+
+def test_loopback_needs_the_environment_s_opt_in() -> None:
+    data = edit(base("static"), HOST0, "127.0.0.1")
+    (p,) = problems(data)
+    assert "allow_loopback: true on environment prod" in p.hint
+    assert problems(edit(data, "environments.prod.allow_loopback", True)) == []
+    # the opt-in of another environment does not cover this one
+    other = edit(data, "environments.staging.allow_loopback", True)
+    assert [p.path for p in problems(other)] == [HOST0_PATH]
+    # and it allows loopback only: an unspecified address stays refused
+    nowhere = edit(edit(data, "environments.prod.allow_loopback", True), HOST0, "0.0.0.0")
+    assert [p.path for p in problems(nowhere)] == [HOST0_PATH]
+
+
+def test_address_problems_are_reported_beside_schema_errors() -> None:
+    data = edit(base("static"), HOST0, "localhost")
+    data = edit(data, "environments.staging.hosts.0.address", "255.255.255.255")
+    data = edit(data, "project", "BAD")
+    assert sorted(p.path for p in problems(data)) == [
+        HOST0_PATH, "environments.staging.hosts[0].address", "project"]
+
+
+# --------------------------------------------------------------------------- file paths
+#
+# Every file a manifest names stays inside the manifest's folder (symbolic links followed)
+# unless `allowed_paths` names its folder: refused at validate when the text says so, at
+# load (every command) when a link leads out, and again where lock and render read the file.
+
+GOLDEN = ROOT / "tests" / "golden" / "static-lab"
+MODEL0 = "stacks.s1.models[0]"
+SECRET = "AKIA-NOT-A-REAL-SECRET-but-it-must-never-reach-the-lock"
+
+
+def _golden(path: str, value: Any) -> dict[str, Any]:
+    data = yaml.safe_load((GOLDEN / "manifest.yaml").read_text(encoding="utf-8"))
+    return edit(data, path, value)
+
+
+def _smoke(input_file: str) -> dict[str, Any]:
+    return {"input_file": input_file, "content_type": "application/json", "expected": [1.0]}
+
+
+@pytest.mark.parametrize(("path", "value", "field"), [
+    ("stacks.s1.models.0.smoke", _smoke("/root/.aws/credentials"), f"{MODEL0}.smoke.input_file"),
+    ("stacks.s1.models.0.smoke", _smoke("../../etc/shadow"), f"{MODEL0}.smoke.input_file"),
+    ("stacks.s1.models.0.smoke", _smoke("req/../../x.json"), f"{MODEL0}.smoke.input_file"),
+    ("stacks.s1.models.0.archive", "/srv/models/fixture.mar", f"{MODEL0}.archive"),
+    ("stacks.s1.models.0.archive", "../models/fixture.mar", f"{MODEL0}.archive"),
+    ("package_sources.ca_bundle", "/home/ci/.ssh/id_ed25519", "package_sources.ca_bundle"),
+    ("package_sources.ca_bundle", "../ca.pem", "package_sources.ca_bundle"),
+    ("package_sources.apt.0.signing_key", "/etc/keys/a.asc", "package_sources.apt[0].signing_key"),
+    ("package_sources.pip.find_links", ["../wheels"], "package_sources.pip.find_links[0]"),
+    ("package_sources.pip.find_links", ["file://localhost/srv/wheels"],
+     "package_sources.pip.find_links[0]"),
+])
+def test_a_path_leaving_the_manifest_s_folder_is_refused_at_validate(
+        path: str, value: Any, field: str) -> None:
+    found = problems(_golden(path, value))
+    assert [p.path for p in found] == [field], [p.render() for p in found]
+    assert "outside the manifest's folder" in found[0].message
+    assert "allowed_paths: [" in found[0].hint
+
+
+def test_allowed_paths_lets_a_named_folder_in_and_nothing_beside_it() -> None:
+    data = _golden("package_sources.ca_bundle", "/etc/pki/tls/ca.pem")
+    assert [p.path for p in problems(data)] == ["package_sources.ca_bundle"]
+    assert problems(edit(data, "allowed_paths", ["/etc/pki/tls"])) == []
+    assert problems(edit(data, "allowed_paths", ["/etc/pki/tls/"])) == []
+    # a folder's name as a prefix of another's is not that folder
+    assert [p.path for p in problems(edit(data, "allowed_paths", ["/etc/pki/tl"]))] == [
+        "package_sources.ca_bundle"]
+    # '..' after an allowed folder leaves it
+    escaped = edit(data, "package_sources.ca_bundle", "/etc/pki/tls/../../shadow")
+    assert [p.path for p in problems(edit(escaped, "allowed_paths", ["/etc/pki/tls"]))] == [
+        "package_sources.ca_bundle"]
+    # relative folders, reached with '..'
+    shared = _golden("stacks.s1.models.0.archive", "../shared/fixture.mar")
+    assert problems(edit(shared, "allowed_paths", ["../shared"])) == []
+
+
+@pytest.mark.parametrize(("entry", "words"), [("/", "every file"), ("/etc/..", "every file"),
+                                              (".", "always allowed"), ("a b", "plain path")])
+def test_allowed_paths_entries_are_folders_not_everything(entry: str, words: str) -> None:
+    found = problems(edit(base("static"), "allowed_paths", [entry]))
+    assert [p.path for p in found] == ["allowed_paths[0]"] and words in found[0].message
+
+
+@pytest.fixture()
+def golden_case(tmp_path: Path) -> Path:
+    """The golden manifest with its lock and model in tmp/case/, a secret in tmp/outside/."""
+    import shutil
+
+    dst = tmp_path / "case"
+    shutil.copytree(GOLDEN, dst, ignore=shutil.ignore_patterns("expected"))
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret.txt").write_text(SECRET)
+    shutil.copy(dst / "models" / "fixture.mar", tmp_path / "outside" / "fixture.mar")
+    (dst / "certs").mkdir()
+    (dst / "certs" / "internal-ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    return dst / "manifest.yaml"
+
+
+def _write(manifest: Path, data: dict[str, Any]) -> None:
+    manifest.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+
+def _tree(*roots: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.lstat().st_size, p.lstat().st_mtime_ns)
+            for root in roots for p in sorted(root.rglob("*"))}
+
+
+def _cli(manifest: Path, *args: str) -> tuple[int, str]:
+    import os
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).parent / "stacklock"
+    res = subprocess.run([str(exe), "-m", str(manifest), *args], cwd=manifest.parent,
+                         capture_output=True, text=True, timeout=120, check=False,
+                         env={**os.environ, "NO_COLOR": "1", "COLUMNS": "400"})
+    return res.returncode, res.stdout + res.stderr
+
+
+def _link_case(case: Path, how: str) -> tuple[dict[str, Any], str]:
+    """Make `how` (a symbolic link leading out of the manifest's folder); the manifest data and
+    the field the refusal must name."""
+    outside = case.parent.parent / "outside"
+    data = yaml.safe_load(case.read_text(encoding="utf-8"))
+    if how == "smoke-input-file-link":
+        (case.parent / "request.json").symlink_to(outside / "secret.txt")
+        return edit(data, "stacks.s1.models.0.smoke", _smoke("request.json")), \
+            f"{MODEL0}.smoke.input_file"
+    if how == "smoke-input-folder-link":
+        (case.parent / "requests").symlink_to(outside, target_is_directory=True)
+        return edit(data, "stacks.s1.models.0.smoke", _smoke("requests/secret.txt")), \
+            f"{MODEL0}.smoke.input_file"
+    if how == "archive-link":
+        (case.parent / "models" / "fixture.mar").unlink()
+        (case.parent / "models" / "fixture.mar").symlink_to(outside / "fixture.mar")
+        return data, f"{MODEL0}.archive"
+    if how == "models-folder-link":
+        import shutil
+
+        shutil.rmtree(case.parent / "models")
+        (case.parent / "models").symlink_to(outside, target_is_directory=True)
+        return data, f"{MODEL0}.archive"
+    if how == "ca-bundle-link":
+        (case.parent / "certs" / "internal-ca.pem").unlink()
+        (case.parent / "certs" / "internal-ca.pem").symlink_to(outside / "secret.txt")
+        return data, "package_sources.ca_bundle"
+    if how == "find-links-folder-link":
+        (case.parent / "wheels").symlink_to(outside, target_is_directory=True)
+        return edit(data, "package_sources.pip.find_links", ["wheels"]), \
+            "package_sources.pip.find_links[0]"
+    if how == "output-dir-link":
+        (case.parent / "expected").symlink_to(outside, target_is_directory=True)
+        return data, "output_dir"
+    raise AssertionError(how)
+
+
+LINK_CASES = ["smoke-input-file-link", "smoke-input-folder-link", "archive-link",
+              "models-folder-link", "ca-bundle-link", "find-links-folder-link", "output-dir-link"]
+
+
+@pytest.mark.parametrize("how", LINK_CASES)
+def test_a_symbolic_link_leading_out_is_refused_by_every_command_and_nothing_is_written(
+        golden_case: Path, how: str) -> None:
+    data, field = _link_case(golden_case, how)
+    _write(golden_case, data)
+    outside = golden_case.parent.parent / "outside"
+    before = _tree(golden_case.parent, outside)
+    for command in (["validate"], ["lock", "--offline"], ["render"], ["render", "--check"]):
+        code, out = _cli(golden_case, *command)
+        assert code == 2, (command, out)
+        assert f"ERROR {field}: " in out, (command, out)
+        assert str(outside.resolve()) in out, "the message names where the link leads"
+        assert "allowed_paths" in out, "the message says how to allow it"
+        assert "Traceback" not in out and "internal error" not in out, out
+        assert SECRET not in out
+    assert _tree(golden_case.parent, outside) == before, "a refused command wrote a file"
+    with pytest.raises(InvalidInput) as info:
+        load_manifest(golden_case)
+    assert info.value.exit_code == ExitCode.INVALID
+    assert [p.path for p in info.value.problems] == [field]
+
+
+@pytest.mark.parametrize("how", [h for h in LINK_CASES if h != "output-dir-link"])
+def test_allowed_paths_lets_the_same_link_through(golden_case: Path, how: str) -> None:
+    from stacklock.core import lock as lockmod
+
+    data, _field = _link_case(golden_case, how)
+    outside = golden_case.parent.parent / "outside"
+    _write(golden_case, edit(data, "allowed_paths", [str(outside)]))
+    loaded = load_manifest(golden_case)
+    if how.startswith("find-links"):
+        src = lockmod.pip_sources(loaded, loaded.manifest.stacks["s1"])
+        assert src["find_links"] == [str(outside.resolve())]
+        return
+    locked = lockmod.build_lock(loaded)
+    if how.startswith("smoke"):
+        import base64
+
+        smoke = locked["stacks"]["s1"]["models"][0]["smoke"]
+        assert base64.b64decode(smoke["input_base64"]).decode() == SECRET
+
+
+def test_a_link_inside_an_allowed_folder_that_leads_further_out_is_refused(
+        golden_case: Path) -> None:
+    outside = golden_case.parent.parent / "outside"
+    elsewhere = golden_case.parent.parent / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "key.pem").write_text(SECRET)
+    (outside / "ca.pem").symlink_to(elsewhere / "key.pem")
+    data = yaml.safe_load(golden_case.read_text(encoding="utf-8"))
+    data = edit(data, "package_sources.ca_bundle", str(outside / "ca.pem"))
+    _write(golden_case, edit(data, "allowed_paths", [str(outside)]))
+    with pytest.raises(InvalidInput) as info:
+        load_manifest(golden_case)
+    (p,) = info.value.problems
+    assert p.path == "package_sources.ca_bundle"
+    assert str((elsewhere / "key.pem").resolve()) in p.message
+
+
+def test_lock_and_render_check_again_when_a_link_changes_after_loading(
+        golden_case: Path) -> None:
+    """Readers resolve each path again (LoadedManifest.local_file): a file swapped for a link
+    between load and read is refused, not read."""
+    from stacklock.core import lock as lockmod
+    from stacklock.core import render as rendermod
+
+    outside = golden_case.parent.parent / "outside"
+    data = yaml.safe_load(golden_case.read_text(encoding="utf-8"))
+    (golden_case.parent / "request.json").write_text('{"inputs": [1]}')
+    _write(golden_case, edit(data, "stacks.s1.models.0.smoke", _smoke("request.json")))
+    loaded = load_manifest(golden_case)
+    locked = lockmod.build_lock(loaded)
+    (golden_case.parent / "request.json").unlink()
+    (golden_case.parent / "request.json").symlink_to(outside / "secret.txt")
+    with pytest.raises(InvalidInput) as info:
+        lockmod.build_lock(loaded)
+    assert [p.path for p in info.value.problems] == [f"{MODEL0}.smoke.input_file"]
+    (golden_case.parent / "certs" / "internal-ca.pem").unlink()
+    (golden_case.parent / "certs" / "internal-ca.pem").symlink_to(outside / "secret.txt")
+    with pytest.raises(InvalidInput) as info:
+        rendermod.render_tree(loaded, locked)
+    assert [p.path for p in info.value.problems] == ["package_sources.ca_bundle"]
+
+
+def test_render_points_ansible_at_the_ca_bundle_in_the_manifest_s_folder(
+        golden_case: Path) -> None:
+    """ca_bundle is a controller file the torchserve role copies (`copy: src:`): rendered
+    relative to the inventory like the model archives (Ansible would otherwise look for a
+    relative path in the role's files/), absolute only when the manifest gave an absolute
+    path in an allowed folder."""
+    from stacklock.core import lock as lockmod
+    from stacklock.core import render as rendermod
+
+    loaded = load_manifest(golden_case)
+    tree = rendermod.render_tree(loaded, lockmod.build_lock(loaded))
+    gv = yaml.safe_load(tree["inventories/onprem/group_vars/onprem/stacklock.yml"])
+    value = gv["stacklock_ca_bundle"]
+    assert value.startswith("{{ inventory_dir }}/"), value
+    inventory = loaded.output_root / "inventories" / "onprem"
+    target = (inventory / value.removeprefix("{{ inventory_dir }}/")).resolve()
+    assert target == (golden_case.parent / "certs" / "internal-ca.pem").resolve()
+    outside = golden_case.parent.parent / "outside"
+    data = yaml.safe_load(golden_case.read_text(encoding="utf-8"))
+    data = edit(data, "package_sources.ca_bundle", str(outside / "secret.txt"))
+    _write(golden_case, edit(data, "allowed_paths", [str(outside)]))
+    loaded = load_manifest(golden_case)
+    tree = rendermod.render_tree(loaded, lockmod.build_lock(loaded))
+    gv = yaml.safe_load(tree["inventories/onprem/group_vars/onprem/stacklock.yml"])
+    assert gv["stacklock_ca_bundle"] == str(outside / "secret.txt")

@@ -1,7 +1,8 @@
 """The lock: every resolved pin of every stack, and the stack fingerprint.
 
 Pure: it reads model archives to verify their sha256, the models' smoke inputs and the packaged
-data file, nothing else.
+data file, nothing else; every file the manifest names is read through
+`LoadedManifest.local_file` (inside the manifest's folder or an `allowed_paths` folder).
 AMI ids are resolved by the AWS adapter and handed in (`amis`), so the core never calls AWS.
 """
 
@@ -29,6 +30,7 @@ from stacklock.core.manifest import (
     ModelSmoke,
     Stack,
 )
+from stacklock.core.schema import local_path_of
 from stacklock.errors import ExitCode, InvalidInput, Problem, StacklockError
 
 LOCK_VERSION = 1
@@ -238,8 +240,13 @@ def pip_sources(loaded: LoadedManifest, stack: Stack) -> dict[str, Any]:
     extra = src.extra_index_urls
     if extra is None:
         extra = [f"https://download.pytorch.org/whl/{stack.torch.variant}"]
-    return {"index_url": src.index_url, "extra_index_urls": list(extra),
-            "find_links": list(src.find_links)}
+    # a find-links folder is read here, on the controller: inside the manifest's folder (or an
+    # allowed_paths folder), and absolute so that uv finds it from any working directory
+    links = [link if local_path_of(link) is None else
+             str(loaded.local_file(f"package_sources.pip.find_links[{i}]",
+                                   str(local_path_of(link))))
+             for i, link in enumerate(src.find_links)]
+    return {"index_url": src.index_url, "extra_index_urls": list(extra), "find_links": links}
 
 
 def torch_from_pypi(loaded: LoadedManifest, stack: Stack) -> bool:
@@ -626,8 +633,11 @@ def _smoke(loaded: LoadedManifest, smoke: ModelSmoke, where: str
     nothing Ansible would evaluate), its sha256 and size, where it came from, and the answer
     expected. A changed input file changes the lock (and the stack fingerprint)."""
     if smoke.input_file is not None:
-        path = loaded.base_dir / smoke.input_file
         field = f"{where}.input_file"
+        try:
+            path = loaded.local_file(field, smoke.input_file)  # inside the manifest's folder
+        except InvalidInput as exc:
+            return {}, exc.problems[0]
         try:
             size = path.stat().st_size if path.is_file() else None
             body = path.read_bytes() if size is not None and size <= MAX_SMOKE_INPUT_BYTES else b""
@@ -681,7 +691,12 @@ def _models(loaded: LoadedManifest, stack_name: str, stack: Stack) -> list[dict[
             else:
                 entry["smoke"] = smoke
         if "://" not in model.archive:
-            path = (loaded.base_dir / model.archive).resolve()
+            try:
+                path = loaded.local_file(f"{where}.archive", model.archive)
+            except InvalidInput as exc:
+                problems += exc.problems
+                out.append(entry)
+                continue
             if not path.is_file():
                 problems.append(Problem(f"{where}.archive", f"{model.archive}: no such file",
                                         "point archive at the .mar file, relative to the manifest"))

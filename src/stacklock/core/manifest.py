@@ -3,6 +3,7 @@ compatibility rules (`core.rules`), every error reported at once with its path."
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,11 @@ from stacklock.core.schema import (
     Torch,
     TorchServe,
     TorchServeConfig,
+    confinement_hint,
     ledger_location,
+    local_paths,
+    loopback_problems,
+    path_problems,
 )
 from stacklock.errors import InvalidInput, Problem
 
@@ -123,6 +128,65 @@ class LoadedManifest:
     def stack_of(self, env: str) -> Stack:
         return self.manifest.stacks[self.manifest.environments[env].stack]
 
+    # ----------------------------------------------------------------------- confinement
+
+    @property
+    def allowed_roots(self) -> list[Path]:
+        """The manifest's folder and its `allowed_paths` folders, symbolic links resolved."""
+        roots = [self.base_dir]
+        for folder in self.manifest.allowed_paths:
+            try:
+                roots.append((self.base_dir / folder).resolve())
+            except (OSError, RuntimeError):
+                continue  # a folder that cannot be resolved allows nothing
+        return roots
+
+    def _confine(self, field: str, value: str) -> tuple[Path | None, Problem | None]:
+        try:
+            resolved = (self.base_dir / value).resolve()
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a symbolic link loop
+            return None, Problem(field, f"{value} cannot be resolved ({exc})",
+                                 "point it at a file, not a loop of symbolic links",
+                                 rule="paths")
+        if any(resolved.is_relative_to(root) for root in self.allowed_roots):
+            return resolved, None
+        as_written = Path(os.path.normpath(self.base_dir / value))
+        via = ", through a symbolic link," if as_written.is_relative_to(self.base_dir) else ""
+        return None, Problem(
+            field, f"{value} resolves{via} to {resolved}, outside the manifest's folder "
+                   f"{self.base_dir}, and no allowed_paths folder holds it; nothing was read "
+                   "or written", confinement_hint(field, str(resolved)), rule="paths")
+
+    def local_file(self, field: str, value: str) -> Path:
+        """The file (or folder) a path of the manifest names, symbolic links resolved, after
+        checking that it lies inside the manifest's folder or an `allowed_paths` folder;
+        InvalidInput (exit 2) naming the field otherwise. Every reader of a manifest path
+        (lock, render) goes through here, so a link changed after loading is caught too."""
+        path, problem = self._confine(field, value)
+        if problem is not None or path is None:
+            assert problem is not None
+            raise InvalidInput(f"{field}: {problem.message}", problems=[problem])
+        return path
+
+    def confinement_problems(self) -> list[Problem]:
+        """Every file path of the manifest that resolves outside its folder (and outside every
+        `allowed_paths` folder), and an output_dir that leads out of it."""
+        problems = [problem for field, value in local_paths(self.manifest.model_dump())
+                    if (problem := self._confine(field, value)[1]) is not None]
+        try:
+            out = self.output_root
+        except (OSError, RuntimeError) as exc:
+            return [*problems, Problem("output_dir", f"cannot be resolved ({exc})",
+                                       "make it a plain folder", rule="paths")]
+        if not out.is_relative_to(self.base_dir):
+            problems.append(Problem(
+                "output_dir", f"{self.manifest.output_dir} resolves, through a symbolic link, "
+                              f"to {out}, outside the manifest's folder {self.base_dir}: render "
+                              "would write there; nothing was written",
+                "make output_dir a real folder inside the manifest's folder (allowed_paths "
+                "does not apply to it)", rule="paths"))
+        return problems
+
 
 def _loc_to_path(loc: tuple[int | str, ...]) -> str:
     parts: list[str] = []
@@ -175,7 +239,7 @@ def _hint(err: dict[str, Any]) -> str:
     if kind == "literal_error" and isinstance(err.get("input"), int | float):
         return f"use one of {ctx.get('expected', '')}, quoted (YAML reads 17 as a number)"
     if kind == "extra_forbidden":
-        return "remove it, or check its spelling against the manifest reference in the README"
+        return "remove it, or check its spelling against the manifest reference (docs/manifest.md)"
     if kind == "missing":
         return "add this field"
     if kind == "literal_error":
@@ -273,6 +337,12 @@ def _raw_cross_references(data: dict[str, Any]) -> list[Problem]:
                 )
             seen.setdefault(key, env_name)
     return problems
+
+
+def _raw_safety(data: dict[str, Any]) -> list[Problem]:
+    """File paths that leave the manifest's folder (as written) and loopback static hosts
+    without the opt-in: on the raw mapping, so that they are reported beside schema errors."""
+    return path_problems(data) + loopback_problems(data)
 
 
 MAX_MANIFEST_BYTES = 1 << 20  # 1 MiB: a manifest is a page of YAML, not a data set
@@ -451,10 +521,11 @@ def parse_manifest(text: str, source: str = "stacklock.yaml") -> Manifest:
         flagged = {p.path for p in problems}
         problems += [p for p in problems_from_validation(exc) if p.path not in flagged]
         known = {p.path for p in problems}
-        problems += [p for p in _raw_cross_references(data) if p.path not in known]
+        problems += [p for p in _raw_cross_references(data) + _raw_safety(data)
+                     if p.path not in known]
         problems += _partial_rules(data)
         raise InvalidInput(f"{source}: {len(problems)} problem(s)", problems=problems) from None
-    problems = early + _cross_references(manifest)
+    problems = early + _cross_references(manifest) + _raw_safety(data)
     if problems:
         problems += _partial_rules(data)
         raise InvalidInput(f"{source}: {len(problems)} problem(s)", problems=problems)
@@ -504,4 +575,9 @@ def load_manifest(path: Path | str) -> LoadedManifest:
             problems=[Problem(path="", message=message,
                               hint="save the manifest as UTF-8", rule="yaml")],
         ) from None
-    return LoadedManifest(parse_manifest(text, source=str(p)), p.resolve(), text)
+    loaded = LoadedManifest(parse_manifest(text, source=str(p)), p.resolve(), text)
+    outside = loaded.confinement_problems()
+    if outside:
+        raise InvalidInput(f"{p}: {len(outside)} file path(s) outside the manifest's folder",
+                           problems=outside)
+    return loaded

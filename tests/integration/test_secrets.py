@@ -39,6 +39,7 @@ def site(tmp_path: Path) -> Path:
         "suite": "jammy", "components": ["main"], "trusted": True}]
     data["environments"] = {"dev": {
         "provider": "static", "stack": data["environments"]["dev"]["stack"],
+        "allow_loopback": True,  # this machine's closed port 9, on purpose
         "hosts": [{"name": "gpu-dev-01", "address": "127.0.0.1", "port": 9, "user": "ubuntu"}]}}
     (tmp_path / "stacklock.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     shutil.copy(ROOT / "examples" / "static.lock", tmp_path / "stacklock.lock")

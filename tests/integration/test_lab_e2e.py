@@ -142,7 +142,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory, lab_docker: str) -> Iterator[P
 @pytest.fixture(scope="module")
 def provisioned(lab: Path) -> dict[str, Any]:
     started = time.monotonic()
-    res = sl(lab, "provision", "--all", timeout=2400)
+    # prod is the last environment of the promotion order: --yes (no terminal here); the
+    # order is walked: dev, then staging, then prod, each verified before the next
+    res = sl(lab, "provision", "--all", "--yes", timeout=2400)
     seconds = time.monotonic() - started
     assert res.returncode == 0, (f"provision failed ({seconds:.0f} s):\n{res.stderr[-4000:]}\n"
                                  f"{res.stdout[-6000:]}")
@@ -157,6 +159,9 @@ def test_provision_all_ends_in_parity(lab: Path, provisioned: dict[str, Any]) ->
     for env in ENVS:
         assert container(env) in out
     assert "parity: all nodes match the lock and each other" in out
+    # the promotion order walked: each environment verified before the next one's gate
+    for n, env in enumerate(ENVS, start=1):
+        assert f"wave {n}/3 of the promotion order: {env}" in out, out[-4000:]
     code, report = verify_json(lab)
     assert code == 0, report["problems"]
     assert report["ok"] is True and report["deviations"] == [] and report["unreachable"] == []
@@ -178,7 +183,7 @@ def test_second_configure_skips_every_node_then_converges_only_the_deviating_one
     lab: Path, provisioned: dict[str, Any]
 ) -> None:
     # an unchanged lab: the stack facts prove every node matches, site.yml does not run
-    res = sl(lab, "configure", "--all", timeout=1800)
+    res = sl(lab, "configure", "--all", "--yes", timeout=1800)
     assert res.returncode == 0, res.stderr[-4000:]
     for env in ENVS:
         assert f"skip      {env}/{container(env)}: matches its lock" in res.stderr, res.stderr
@@ -186,7 +191,7 @@ def test_second_configure_skips_every_node_then_converges_only_the_deviating_one
     # one real deviation (a hold removed on staging): only staging is configured
     on_node("staging", "apt-mark unhold docker.io >/dev/null")
     try:
-        res = sl(lab, "configure", "--all", timeout=1800)
+        res = sl(lab, "configure", "--all", "--yes", timeout=1800)
         assert res.returncode == 0, res.stderr[-4000:]
         assert (f"configure staging/{container('staging')}: 1 deviation(s): hold.docker.io "
                 "not held (lock: held)") in res.stderr, res.stderr[-4000:]
@@ -710,6 +715,18 @@ def test_promotion_is_refused_without_evidence(lab: Path, provisioned: dict[str,
     res = sl(lab, "rollout", "prod")
     assert res.returncode == 1, res.stdout + res.stderr
     assert "never verified in staging (nor in prod)" in res.stderr, res.stderr[-3000:]
+    # every other path that changes a node refuses it too, before touching one
+    for args in (["configure", "prod", "--yes"], ["configure", "--all", "--yes"],
+                 ["provision", "prod", "--yes"]):
+        res = sl(lab, *args)
+        assert res.returncode == 1, res.stdout + res.stderr
+        assert "never verified in staging (nor in prod)" in res.stderr, res.stderr[-3000:]
+    inv = lab.parent / "lab" / "inventories" / "prod"
+    res = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inv),
+                          "ansible/playbooks/site.yml"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600, check=False)
+    assert res.returncode != 0 and "never verified in staging (nor in prod)" in res.stdout
+    assert "PLAY [Install the pinned GPU serving stack]" not in res.stdout
     code, report = verify_json(lab)
     assert code == 1
     found = deviation(report, "prod", "stack.revision")

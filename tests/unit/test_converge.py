@@ -98,6 +98,7 @@ def test_provision_takes_the_facts_configure_read_as_verdict_when_no_roles_ran(
     from types import SimpleNamespace
     from typing import Any
 
+    from stacklock.core.gate import Plan
     from stacklock.errors import ExitCode
     from stacklock.flows import provision
     from stacklock.flows.configure import Configured
@@ -110,6 +111,9 @@ def test_provision_takes_the_facts_configure_read_as_verdict_when_no_roles_ran(
         fake.hold = fake.ensure_current = lambda *a, **k: None
         monkeypatch.setattr(provision, "preflight", lambda *a, **k: None)
         monkeypatch.setattr(provision, "apply", lambda *a, **k: None)
+        # the promotion gate (tests/unit/test_gate.py): open, one wave
+        monkeypatch.setattr(provision.gateflow, "check",
+                            lambda *a, **k: provision.gateflow.Gate(Plan((("dev",),))))
         monkeypatch.setattr(provision.configureflow, "configure",
                             lambda *a, **k: Configured(recap, _report()))
 

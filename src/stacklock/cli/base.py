@@ -176,3 +176,59 @@ def batch_option(f: F) -> F:
 def confirm(question: str) -> bool:
     """Ask on the terminal (stacklock.core.blast refuses before this without one)."""
     return click.confirm(question, default=False, err=True)
+
+
+# --------------------------------------------------------------------------- changing nodes
+
+
+def require_envs(command: str, envs: tuple[str, ...] | list[str], all_envs: bool) -> None:
+    """A command that changes nodes acts on the environments named, or on --all: never on
+    every environment because none was named (exit 2)."""
+    if not envs and not all_envs:
+        raise InvalidInput(f"name the environment(s) to {command}, or --all",
+                           problems=[Problem("ENV", "no environment given",
+                                             f"stacklock {command} ENV, or --all")])
+
+
+def gate_options(f: F) -> F:
+    """`--override-gate REASON` of the commands that change a node's revision."""
+    return click.option(
+        "--override-gate", "override_gate", default=None, metavar="REASON",
+        help="Change the nodes even where the promotion gate refuses the revision (the "
+             "environment before it never verified it, or not promotion_soak ago); printed "
+             "and recorded in the ledger with REASON.")(f)
+
+
+def yes_option(f: F) -> F:
+    return click.option(
+        "--yes", is_flag=True,
+        help="Do not ask before changing the last environment of `promotion` (required "
+             "without a terminal).")(f)
+
+
+def _stdin_tty() -> bool:
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def consent_last(c: Ctx, names: list[str], command: str, yes: bool) -> None:
+    """The last environment of `promotion` changes only with consent: --yes, or a yes on the
+    terminal. Without a terminal and without --yes: exit 2, nothing changed; declined: exit 3,
+    nothing changed."""
+    from stacklock.errors import ToolFailed
+
+    order = list(c.loaded().manifest.promotion)
+    if not order or order[-1] not in names or yes:
+        return
+    last = order[-1]
+    if not _stdin_tty():
+        raise InvalidInput(
+            f"{command} {last}: {last} is the last environment of the promotion order and "
+            "nobody can be asked (stdin is not a terminal): nothing was changed",
+            problems=[Problem("--yes", f"{last} changes only with consent",
+                              f"stacklock {command} {' '.join(names)} --yes")])
+    if not confirm(f"{command} changes {last}, the last environment of the promotion order "
+                   f"({' -> '.join(order)}). Go ahead?"):
+        raise ToolFailed(f"{command} of {last} was not approved: nothing was changed")

@@ -13,12 +13,16 @@ from stacklock.cli.base import (
     batch_option,
     cli,
     confirm,
+    consent_last,
     env_option,
+    gate_options,
     get_run,
     lock_timeout_option,
     pass_ctx,
+    require_envs,
     rules_problems,
     targets,
+    yes_option,
 )
 from stacklock.console import info, print_problems, step
 from stacklock.errors import ExitCode, InvalidInput, Problem
@@ -39,17 +43,21 @@ def plan(c: Ctx, envs: tuple[str, ...], all_envs: bool) -> None:
 @env_option
 @approve_options
 @batch_option
+@gate_options
 @pass_ctx
 def apply(c: Ctx, envs: tuple[str, ...], all_envs: bool, auto_approve: bool,
-          batch_size: int) -> None:
+          batch_size: int, override_gate: str | None) -> None:
     """terraform apply, then write inventories/<env>/hosts.yml from its outputs.
 
     An aws environment's plan is shown and must be approved (a terminal, or --auto-approve;
-    refused with exit 2 in CI or without a terminal); replaced instances go in batches."""
+    refused with exit 2 in CI or without a terminal); replaced instances go in batches. An aws
+    environment's instances are built from its stack's image: the promotion gate applies
+    (lab and static nodes get no revision from apply: configure gives it)."""
+    require_envs("apply", envs, all_envs)
     from stacklock.flows import provision as flow
 
     flow.apply(get_run(c), targets(c, envs, all_envs), auto_approve=auto_approve,
-               confirm=confirm, batch_size=batch_size)
+               confirm=confirm, batch_size=batch_size, override=override_gate)
 
 
 @cli.command()
@@ -76,17 +84,29 @@ def destroy(c: Ctx, envs: tuple[str, ...], all_envs: bool, auto_approve: bool) -
                    "their lock, are new or could not be read).")
 @approve_options
 @batch_option
+@gate_options
+@yes_option
 @pass_ctx
 def provision(c: Ctx, envs: tuple[str, ...], all_envs: bool, force: bool, auto_approve: bool,
-              batch_size: int) -> None:
+              batch_size: int, override_gate: str | None, yes: bool) -> None:
     """lock check, render, apply, configure (site.yml, on the nodes that deviate) and verify.
 
     Like apply, an aws environment's plan must be approved; replaced instances go in batches,
-    each configured and verified before the next."""
+    each configured and verified before the next. With a promotion order, the environments
+    go in its order, each verified before the next one that needs its evidence; a revision
+    the gate refuses stops it before anything changes (exit 1)."""
+    require_envs("provision", envs, all_envs)
+    from stacklock.flows import gate as gateflow
     from stacklock.flows import provision as flow
 
-    code = flow.provision(get_run(c), targets(c, envs, all_envs), force=force,
-                          auto_approve=auto_approve, confirm=confirm, batch_size=batch_size)
+    run = get_run(c)
+    chosen = targets(c, envs, all_envs)
+    run.hold(chosen)
+    gate = gateflow.check(run, chosen, override=override_gate, verified_in_run=True,
+                          what="provision")
+    consent_last(c, [t.name for t in chosen], "provision", yes)
+    code = flow.provision(run, chosen, force=force, auto_approve=auto_approve, confirm=confirm,
+                          batch_size=batch_size, gate=gate)
     raise SystemExit(int(code))
 
 
@@ -95,13 +115,25 @@ def provision(c: Ctx, envs: tuple[str, ...], all_envs: bool, force: bool, auto_a
 @click.option("--force", is_flag=True,
               help="Converge every node (default: only nodes whose stack facts deviate from "
                    "their lock, are new or could not be read).")
+@gate_options
+@yes_option
 @pass_ctx
-def configure(c: Ctx, envs: tuple[str, ...], all_envs: bool, force: bool) -> None:
+def configure(c: Ctx, envs: tuple[str, ...], all_envs: bool, force: bool,
+              override_gate: str | None, yes: bool) -> None:
     """Run only the Ansible part (site.yml) on environments: first the stack facts of every
-    node, then the roles on the nodes that deviate, are new or could not be read (all: --force)."""
-    from stacklock.flows import configure as flow
+    node, then the roles on the nodes that deviate, are new or could not be read (all: --force).
 
-    flow.configure(get_run(c), targets(c, envs, all_envs), force=force)
+    Each environment's revision must pass the promotion gate (exit 1, nothing changed)."""
+    require_envs("configure", envs, all_envs)
+    from stacklock.flows import configure as flow
+    from stacklock.flows import gate as gateflow
+
+    run = get_run(c)
+    chosen = targets(c, envs, all_envs)
+    run.hold(chosen)
+    gate = gateflow.check(run, chosen, override=override_gate, what="configure")
+    consent_last(c, [t.name for t in chosen], "configure", yes)
+    flow.configure(run, chosen, force=force, gate=gate)
 
 
 @cli.command()
@@ -161,9 +193,18 @@ def demo(c: Ctx, auto_approve: bool) -> None:
     tree = rendermod.render_tree(loaded, data)
     changed = rendermod.write_tree(loaded, tree)
     info(f"  rendered {len(tree)} file(s), {len(changed)} changed")
+    from stacklock.flows import gate as gateflow
     from stacklock.flows import provision as flow
 
-    code = flow.provision(get_run(c), everything, auto_approve=auto_approve, confirm=confirm)
+    gate = gateflow.check(get_run(c), everything, verified_in_run=True, what="demo")
+    order = list(loaded.manifest.promotion)
+    if order:
+        info(f"  promotion order {' -> '.join(order)}: each environment is configured and "
+             "verified before the next one (its evidence opens the next one's gate)")
+        info(f"  {order[-1]} is the last environment of the promotion order: the demo gives "
+             "its own consent (it provisions the local lab; configure/provision would ask)")
+    code = flow.provision(get_run(c), everything, auto_approve=auto_approve, confirm=confirm,
+                          gate=gate)
     info(f"demo finished in {time.monotonic() - started:.0f} s with exit code {int(code)}")
     raise SystemExit(int(code))
 

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import click
 
-from stacklock.cli.base import Ctx, cli, get_run, lock_timeout_option, pass_ctx, targets
+from stacklock.cli.base import (
+    Ctx,
+    cli,
+    gate_options,
+    get_run,
+    lock_timeout_option,
+    pass_ctx,
+    targets,
+)
 from stacklock.errors import ExitCode
 
 
@@ -41,16 +49,18 @@ def promote(c: Ctx, env: str, rollout: bool, auto_rollback: bool) -> None:
 @click.option("--auto-rollback", is_flag=True,
               help="When a batch fails, return ENV (the nodes already changed) to its "
                    "previous verified revision, then exit 1.")
+@gate_options
 @lock_timeout_option
 @pass_ctx
-def rollout(c: Ctx, env: str, auto_rollback: bool) -> None:
+def rollout(c: Ctx, env: str, auto_rollback: bool, override_gate: str | None) -> None:
     """Configure ENV canary first, then in batches, verifying each batch before the next;
     nodes already at the revision are not touched (exit 0 done, 1 a batch failed: the
     rollout halted, or the revision was never verified before ENV; 3 could not finish)."""
     from stacklock.flows import rollback as rollbackflow
 
     code = rollbackflow.rollout_or_roll_back(get_run(c), targets(c, [env])[0],
-                                             auto_rollback=auto_rollback)
+                                             auto_rollback=auto_rollback,
+                                             override=override_gate)
     raise SystemExit(int(code))
 
 
@@ -59,14 +69,16 @@ def rollout(c: Ctx, env: str, auto_rollback: bool) -> None:
 @click.option("--to", "to", default=None, metavar="REVISION",
               help="The fingerprint (or its first hex digits) to return to [default: the "
                    "newest other revision ENV verified].")
+@gate_options
 @lock_timeout_option
 @pass_ctx
-def rollback(c: Ctx, env: str, to: str | None) -> None:
+def rollback(c: Ctx, env: str, to: str | None, override_gate: str | None) -> None:
     """Return ENV to a verified revision from the ledger, batch by batch, and verify it
     (exit 0 done, 1 failed, 2 no such verified revision)."""
     from stacklock.flows import rollback as rollbackflow
 
-    code = rollbackflow.run_rollback(get_run(c), targets(c, [env])[0], to)
+    code = rollbackflow.run_rollback(get_run(c), targets(c, [env])[0], to,
+                                     override=override_gate)
     raise SystemExit(int(code))
 
 

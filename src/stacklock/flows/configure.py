@@ -1,5 +1,9 @@
 """`stacklock configure`: read every node's stack facts first, then run site.yml on the nodes
-that deviate from their lock, are new or could not be read (every node with `force`)."""
+that deviate from their lock, are new or could not be read (every node with `force`).
+
+Every target's revision passes the promotion gate first (`stacklock.flows.gate`; exit 1 and
+nothing changed when refused); site.yml's own gate play then makes the same decision, and an
+override this run recorded is not recorded twice."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from stacklock.core import report as reportmod
 from stacklock.core.files import atomic_write
 from stacklock.core.parity import ParityReport
 from stacklock.errors import ToolFailed
+from stacklock.flows import gate as gateflow
 from stacklock.flows import verify as verifyflow
 from stacklock.flows.run import Run, Target, inventories, names_of
 
@@ -53,14 +58,18 @@ def select_nodes(run: Run, targets: Sequence[Target], *,
     return decisions, report
 
 
-def configure(run: Run, targets: Sequence[Target], *, force: bool = False) -> Configured:
+def configure(run: Run, targets: Sequence[Target], *, force: bool = False,
+              gate: gateflow.Gate | None = None, override: str | None = None) -> Configured:
     """Run site.yml on the nodes that deviate from their lock (or are new, or could not be
-    read); on every node with `force`."""
+    read); on every node with `force`. `gate`: the run's gate, checked already (None: checked
+    here, with `override`)."""
     from stacklock.adapters import ansible
 
     names = ", ".join(names_of(targets))
     run.hold(targets)
     run.ensure_current()
+    if gate is None:
+        gate = gateflow.check(run, targets, override=override)
     run.credentials()  # unusable credentials (a group-readable file) stop here, exit 2
     inventories(targets)
     decisions, report = select_nodes(run, targets, force=force)
@@ -70,12 +79,13 @@ def configure(run: Run, targets: Sequence[Target], *, force: bool = False) -> Co
              f" (proof: {run.log_file('configure-facts.json')})")
         return Configured({}, report)
     run.prepare(targets, need_mirror=True)
+    gateflow.record_overrides(run, gate, names_of(targets))
     every = len(chosen) == len(decisions)
     step(f"configure {names}: ansible-playbook site.yml on "
          + ("every node" if every else f"{len(chosen)} of {len(decisions)} node(s)"))
     recap = ansible.run_playbook(
         "site.yml", inventories(targets), log_file=run.log_file("site.log"),
-        credentials=run.credentials(),
+        credentials=run.credentials(), extra_vars=gateflow.play_vars(gate) or None,
         extra_args=() if every else ("--limit", ",".join(chosen)),
     )
     changed = ansible.recap_changed(recap)

@@ -2,6 +2,14 @@
 and known_hosts from its outputs, then (provision) configure and verify.
 
 Sequences the core and the adapters; holds no comparison or rendering logic.
+
+The promotion gate (`stacklock.flows.gate`) is checked before anything changes. `apply` changes
+a node's revision only on aws (an instance is built from its stack's image, tagged with the
+fingerprint), so only an aws target's apply is gated; a lab apply creates bare containers and a
+static apply records the hosts, and `configure` gives them their revision, gated. `provision`
+with a promotion order goes in that order: the environments whose gate is open now first,
+verified, and then each one whose gate the verify just opened (the same revision as the
+environment before it, no `promotion_soak`), checked again on the ledger before it changes.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from stacklock.core.inventory import hosts_yaml
 from stacklock.core.manifest import AwsEnvironment, LabEnvironment, StaticEnvironment
 from stacklock.errors import ExitCode, InvalidInput, ToolFailed
 from stacklock.flows import configure as configureflow
+from stacklock.flows import gate as gateflow
 from stacklock.flows import infra
 from stacklock.flows import lab as labflow
 from stacklock.flows import verify as verifyflow
@@ -73,13 +82,20 @@ def plan(run: Run, targets: Sequence[Target]) -> bool:
 
 
 def apply(run: Run, targets: Sequence[Target], *, auto_approve: bool = False,
-          confirm: Any = None, batch_size: int = 1, after_batch: Any = None) -> None:
+          confirm: Any = None, batch_size: int = 1, after_batch: Any = None,
+          gate: gateflow.Gate | None = None, override: str | None = None) -> None:
     """terraform apply. An aws environment's plan is printed and must be approved
     (`auto_approve`, `confirm` on a terminal; refused in CI or without a terminal), and
     replaced instances go `batch_size` at a time (stacklock.flows.infra); lab and static
-    environments apply without asking."""
+    environments apply without asking. An aws target's revision passes the gate first
+    (`gate`: checked already; None: checked here, with `override`)."""
     run.hold(targets)
     run.ensure_current()
+    aws = [t for t in targets if t.provider == "aws"]
+    if aws and gate is None:
+        gate = gateflow.check(run, aws, override=override, what="apply")
+    if gate is not None and aws:
+        gateflow.record_overrides(run, gate, names_of(aws))
     run.prepare(targets)
     for t in targets:
         step(f"{t.name}: terraform apply")
@@ -180,20 +196,26 @@ def preflight(targets: Sequence[Target]) -> None:
 
 def provision(run: Run, targets: Sequence[Target], *, force: bool = False,
               auto_approve: bool = False, confirm: Any = None,
-              batch_size: int = 1) -> ExitCode:
-    """lock check, apply, configure (the nodes that deviate) and verify."""
+              batch_size: int = 1, gate: gateflow.Gate | None = None,
+              override: str | None = None) -> ExitCode:
+    """lock check, gate, apply, configure (the nodes that deviate) and verify; with a
+    promotion order, in waves (the module)."""
     run.hold(targets)
     started = time.monotonic()
     run.ensure_current()
+    if gate is None:
+        gate = gateflow.check(run, targets, override=override, verified_in_run=True,
+                              what="provision")
     preflight(targets)
     by_name = {t.name: t for t in targets}
+    waves = [[by_name[e] for e in wave] for wave in gate.waves] or [list(targets)]
 
     def converge_batch(env: str, batch: Any) -> None:
         """After a batch of replaced instances: configure the environment (the new nodes
         deviate, so they are the ones converged) and verify it; a failing verify stops the
         rollout before the next batch, the remaining old instances untouched."""
         t = by_name[env]
-        configureflow.configure(run, [t])
+        configureflow.configure(run, [t], gate=gate)
         code = verifyflow.verify(run, [t])
         if code != ExitCode.OK:
             raise ToolFailed(f"{env}: verify failed (exit {int(code)}) after replacing "
@@ -201,8 +223,10 @@ def provision(run: Run, targets: Sequence[Target], *, force: bool = False,
                              f"the other instances are untouched (logs in {run.run_dir})")
 
     apply(run, targets, auto_approve=auto_approve, confirm=confirm, batch_size=batch_size,
-          after_batch=converge_batch)
-    result = configureflow.configure(run, targets, force=force)
+          after_batch=converge_batch, gate=gate)
+    if len(waves) > 1:
+        return _in_waves(run, targets, waves, gate, force=force, started=started)
+    result = configureflow.configure(run, targets, force=force, gate=gate)
     recap = result.recap
     changed = sum(r.get("changed", 0) for r in recap.values())
     if not recap and result.pre_report is not None:
@@ -216,4 +240,32 @@ def provision(run: Run, targets: Sequence[Target], *, force: bool = False,
          f"{len(recap)} host(s), changed={changed}"
          + (" (nothing changed)" if changed == 0 else "")
          + f"; logs in {run.run_dir}")
+    return code
+
+
+def _in_waves(run: Run, targets: Sequence[Target], waves: list[list[Target]],
+              gate: gateflow.Gate, *, force: bool, started: float) -> ExitCode:
+    """Configure and verify each wave before the next: a wave's passing verify records the
+    evidence that opens the next wave's gate, which is checked again on the ledger. A wave
+    that fails verify stops the run; the later ones are untouched. Then one verify of every
+    target, across environments."""
+    for n, wave in enumerate(waves, start=1):
+        names = names_of(wave)
+        step(f"wave {n}/{len(waves)} of the promotion order: {', '.join(names)}")
+        if n > 1:  # the evidence the earlier waves just recorded must open this gate
+            wave_gate = gateflow.check(run, wave, override=gate.override, what="provision")
+            wave_gate.recorded = gate.recorded
+            gate = wave_gate
+        configureflow.configure(run, wave, force=force, gate=gate)
+        code = verifyflow.verify(run, wave)
+        if code != ExitCode.OK:
+            later = [t.name for w in waves[n:] for t in w]
+            info(f"  {', '.join(names)}: verify exit {int(code)}: stopped"
+                 + (f"; {', '.join(later)} untouched (their gate needs this evidence)"
+                    if later else ""))
+            return code
+    step(f"verify {', '.join(names_of(targets))}: every environment, one comparison")
+    code = verifyflow.verify(run, targets)
+    info(f"provisioned {', '.join(names_of(targets))} in {time.monotonic() - started:.0f} s "
+         f"in {len(waves)} wave(s) of the promotion order; logs in {run.run_dir}")
     return code

@@ -25,6 +25,7 @@ from stacklock.core import promotion
 from stacklock.core.lock import fingerprint_of
 from stacklock.core.manifest import LoadedManifest
 from stacklock.errors import ExitCode, InvalidInput, Problem
+from stacklock.flows import gate as gateflow
 from stacklock.flows import ledger as ledgerflow
 from stacklock.flows import promote as promoteflow
 from stacklock.flows import rollout as rolloutflow
@@ -66,7 +67,8 @@ def choose(loaded: LoadedManifest, env: str, to: str | None,
     return body
 
 
-def run_rollback(run: Run, target: Target, to: str | None) -> ExitCode:
+def run_rollback(run: Run, target: Target, to: str | None, *,
+                 override: str | None = None) -> ExitCode:
     from stacklock.core import lock as lockmod
 
     env = target.name
@@ -79,6 +81,9 @@ def run_rollback(run: Run, target: Target, to: str | None) -> ExitCode:
         stacks = promotion.stacks_of_revision(lock, fp)
         step(f"rollback {env} to revision {promotion.short(fp)} (stack {body.get('stack')} "
              "when verified)")
+        # the promotion gate (its soak too), before the manifest changes
+        gateflow.check_revision(loaded, env, fp, records, override=override,
+                                what=f"rollback {env}")
         if not stacks:
             raise InvalidInput(
                 f"no stack of {loaded.path.name} locks to revision {promotion.short(fp)}",
@@ -93,13 +98,15 @@ def run_rollback(run: Run, target: Target, to: str | None) -> ExitCode:
         target = run.target(env)  # resolved again: it names the rolled-back stack now
     if not target.gpu:
         info(f"  {env}: no GPU on these nodes: the driver reload/reboot step is skipped")
-    return rolloutflow.run_rollout(run, target)
+    return rolloutflow.run_rollout(run, target, override=override)
 
 
-def rollout_or_roll_back(run: Run, target: Target, *, auto_rollback: bool = False) -> ExitCode:
+def rollout_or_roll_back(run: Run, target: Target, *, auto_rollback: bool = False,
+                         override: str | None = None) -> ExitCode:
     """`rollout` (and `promote --rollout`): with `auto_rollback`, a halted rollout returns the
     target to its previous verified revision, then exits 1."""
     def back(old_fp: str) -> ExitCode:
         return run_rollback(run, run.target(target.name), old_fp)
 
-    return rolloutflow.run_rollout(run, target, on_halt=back if auto_rollback else None)
+    return rolloutflow.run_rollout(run, target, on_halt=back if auto_rollback else None,
+                                   override=override)

@@ -29,6 +29,7 @@ from stacklock.core import report as reportmod
 from stacklock.core import rollout as plan
 from stacklock.core.parity import ParityReport, Status
 from stacklock.errors import ExitCode, ToolFailed
+from stacklock.flows import gate as gateflow
 from stacklock.flows import ledger as ledgerflow
 from stacklock.flows import verify as verifyflow
 from stacklock.flows.run import Run, Target
@@ -102,9 +103,11 @@ def what_changes(records: list[dict[str, Any]], old_fp: str | None,
     return [head, *(f"  {x}" for x in lines)] if lines else [f"{head} none in the lock"]
 
 
-def run_rollout(run: Run, target: Target, *, on_halt: OnHalt | None = None) -> ExitCode:
+def run_rollout(run: Run, target: Target, *, on_halt: OnHalt | None = None,
+                override: str | None = None) -> ExitCode:
     """Roll `target` out canary first, then in batches. `on_halt`: what to do with the
-    previous revision when a batch fails (--auto-rollback)."""
+    previous revision when a batch fails (--auto-rollback). The revision must pass the
+    promotion gate (`stacklock.flows.gate`, exit 1) unless `override` (a reason, recorded)."""
     from stacklock.adapters import ansible
 
     env = target.name
@@ -115,13 +118,8 @@ def run_rollout(run: Run, target: Target, *, on_halt: OnHalt | None = None) -> E
     new_fp = str(lock["stacks"][stack]["fingerprint"])
     records = ledgerflow.open_ledger(run.loaded).records()  # once: on AWS an S3 read
     project = run.loaded.manifest.project
-    why = promotion.rollout_refusal(list(run.loaded.manifest.promotion), env, new_fp, records,
-                                    project=project,
-                                    expected=promotion.expected_of(run.loaded.manifest))
-    if why is not None:
-        step(f"rollout {env} refused")
-        info(f"  {why}")
-        return ExitCode.DEVIATION
+    gate = gateflow.check(run, [target], override=override, what=f"rollout {env}",
+                          records=records)
     old_fp = previous_revision(records, env, new_fp, project)
     hosts = target.hosts()
     pol = policy_of(run, target)
@@ -147,6 +145,8 @@ def run_rollout(run: Run, target: Target, *, on_halt: OnHalt | None = None) -> E
         info(f"  {line}")
     failures = 0
     halted = False
+    if batches:
+        gateflow.record_overrides(run, gate)
     for n, batch in enumerate(batches, start=1):
         label = "canary" if n == 1 and pol.canary else f"batch {n}"
         t0 = time.monotonic()
@@ -155,7 +155,7 @@ def run_rollout(run: Run, target: Target, *, on_halt: OnHalt | None = None) -> E
             "site.yml", [target.inventory()],
             log_file=run.log_file(f"site-{env}-batch{n}.log"),
             # one batch at a time: a driver change may reboot these nodes (nvidia_driver role)
-            extra_vars={"nvidia_driver_reboot": True},
+            extra_vars={"nvidia_driver_reboot": True, **gateflow.play_vars(gate)},
             extra_args=["--limit", ",".join(batch)], ok_codes=(0, 2, 4))
         bad: dict[str, str] = {}
         for h in batch:

@@ -7,6 +7,10 @@ must let the child stop gracefully, exit 130 without a traceback and say what to
 the next run must reach a clean state: no orphan container, a plan with no changes, a clean
 `verify`, every pinned package held, and a venv that is never a half-built one. The tests run
 in file order (each one continues from the state the previous one left).
+
+The last four need no lab (a static environment and a fake `terraform`): a hangup (SIGHUP,
+sent, or the controlling terminal going away) stops the run's child before the run ends and
+its lock goes, and a child that outlives a killed run keeps the environment locked.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -187,3 +193,242 @@ def test_the_next_configure_recovers_to_a_clean_verify(lab: Path) -> None:
     assert on_node(f"test -f {target}/.stacklock-complete").returncode == 0
     again = sl(lab, "configure", "dev", "--force")  # site.yml even where nothing deviates
     assert again.returncode == 0 and "changed=0" in again.stderr, again.stderr[-4000:]
+
+
+# --------------------------------------------------------------------------- runs that end
+#
+# Issue 19: a hangup (SIGHUP: the SSH session dropped) is a stop like SIGTERM, and an
+# environment stays locked while any child of a run still runs -- also when stacklock itself
+# is gone. Cheap: a static environment (nothing is contacted) and a fake `terraform` whose
+# `plan` runs long and records when it started and ended; every other call is the real
+# binary's. A second run waits for the lock; its first Terraform call (after it got the lock)
+# must come after the long child ended.
+
+TERRAFORM = shutil.which("terraform")
+
+FAKE_TERRAFORM = '''#!{python}
+import os, signal, sys, time
+state = os.environ["FAKE_TF_STATE"]
+args = sys.argv[1:]
+def note(name, text=""):
+    with open(os.path.join(state, name), "a") as fh:
+        fh.write(text)
+note("calls", f"{{os.getpid()}} {{time.time()!r}} {{' '.join(args)}}\\n")
+slow = os.path.join(state, "slow")
+if "plan" in args and os.path.exists(slow):
+    mode = open(slow).read().strip()
+    os.unlink(slow)  # one long plan: the waiting run's plan is the real one
+    note("pid", str(os.getpid()))
+    def stop(signum, frame):
+        time.sleep(2.0)  # a graceful stop takes a while (Terraform records its state)
+        note("ended", repr(time.time()))
+        os._exit(130)
+    def terminated(signum, frame):
+        note("ended", repr(time.time()))
+        os._exit(143)
+    signal.signal(signal.SIGINT, stop if mode == "graceful" else signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, terminated)
+    note("started", repr(time.time()))
+    end = time.time() + (4.0 if mode == "outlive" else 300.0)
+    while time.time() < end:
+        time.sleep(0.05)
+    note("ended", repr(time.time()))
+    sys.exit(0)
+os.execv({terraform!r}, [{terraform!r}, *args])
+'''
+
+
+@pytest.fixture
+def static_site(tmp_path: Path) -> Iterator[Path]:
+    """examples/static.yaml with one environment, locked and rendered, and the fake Terraform;
+    a long child left running (the test failed) is killed afterwards."""
+    if TERRAFORM is None:
+        pytest.skip("no terraform binary on PATH (the fake one hands every other call to it)")
+    text = (ROOT / "examples/static.yaml").read_text()
+    text = text[:text.index("environments:\n")] + (
+        "environments:\n  dev:\n    provider: static\n    stack: onprem-2026-11\n"
+        "    hosts:\n      - {name: gpu-dev-01, address: 198.51.100.11, user: ubuntu}\n")
+    manifest = tmp_path / "site.yaml"
+    manifest.write_text(text)
+    shutil.copy(ROOT / "examples/static.lock", tmp_path / "site.lock")
+    shutil.copytree(ROOT / "examples/models", tmp_path / "models")
+    fake = tmp_path / "fake-terraform"
+    fake.write_text(FAKE_TERRAFORM.format(python=sys.executable, terraform=TERRAFORM))
+    fake.chmod(0o755)
+    (tmp_path / "state").mkdir()
+    res = subprocess.run([str(BIN / "stacklock"), "-m", str(manifest), "render"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode == 0, res.stderr
+    yield manifest
+    left = _state(manifest, "pid")
+    if left and _alive(int(left)):
+        os.kill(int(left), signal.SIGKILL)
+
+
+def _site_env(site: Path) -> dict[str, str]:
+    return dict(os.environ, NO_COLOR="1", COLUMNS="200", STACKLOCK_INTERRUPT_GRACE="3",
+                STACKLOCK_TERRAFORM_BIN=str(site.parent / "fake-terraform"),
+                FAKE_TF_STATE=str(site.parent / "state"))
+
+
+def _start_site(site: Path, *args: str, **popen: object) -> subprocess.Popen[str]:
+    return subprocess.Popen([str(BIN / "stacklock"), "-m", str(site), *args],  # type: ignore[call-overload, no-any-return]
+                            cwd=site.parent, text=True, env=_site_env(site), **popen)
+
+
+def _state(site: Path, name: str) -> str:
+    path = site.parent / "state" / name
+    return path.read_text() if path.exists() else ""
+
+
+def _wait_for(what: str, check: object, timeout: float = 60) -> None:
+    assert callable(check)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {what} within {timeout:.0f} s")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (ended, not reaped: its parent is gone or has not waited yet) is not running
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _lock_is_held(site: Path) -> bool:
+    import fcntl
+
+    path = site.parent / "static" / ".stacklock" / "locks" / "dev.lock"
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _long_plan(site: Path, mode: str, **popen: object) -> tuple[subprocess.Popen[str], int]:
+    """`stacklock plan dev` whose Terraform plan runs long (`mode`: graceful -- stops 2 s after
+    SIGINT; stubborn -- ignores SIGINT; outlive -- ends by itself after 4 s); the run and the
+    long child's pid, once it runs."""
+    (site.parent / "state" / "slow").write_text(mode)
+    first = _start_site(site, "plan", "dev", **popen)
+    _wait_for("long terraform plan", lambda: _state(site, "started") or first.poll() is not None)
+    assert first.poll() is None, "the run ended before its plan started"
+    return first, int(_state(site, "pid"))
+
+
+@dataclass
+class Waiting:
+    """A second `stacklock plan dev`, waiting for the lock; its stderr read as it comes."""
+
+    run: subprocess.Popen[str]
+    lines: list[str]
+    reader: threading.Thread
+
+
+def _waiting_run(site: Path) -> Waiting:
+    second = _start_site(site, "plan", "dev", "--lock-timeout", "120",
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    lines: list[str] = []
+    assert second.stderr is not None
+    reader = threading.Thread(target=lambda: lines.extend(second.stderr or ()), daemon=True)
+    reader.start()
+    _wait_for("the second run waiting for the lock",
+              lambda: any("waiting for another stacklock run" in x for x in lines)
+              or second.poll() is not None)
+    assert second.poll() is None, "".join(lines)[-3000:]
+    return Waiting(second, lines, reader)
+
+
+def _got_the_lock_after_the_child(site: Path, waiting: Waiting, child: int) -> None:
+    """The waiting run ran Terraform only after the long child had ended."""
+    waiting.run.wait(timeout=300)
+    waiting.reader.join(timeout=30)
+    err = "".join(waiting.lines)
+    assert waiting.run.returncode in (0, 1), err[-3000:]
+    started, ended = float(_state(site, "started")), float(_state(site, "ended"))
+    calls = [line.split(" ", 2) for line in _state(site, "calls").splitlines()]
+    # the first run called Terraform before its long plan started; later calls are the
+    # waiting run's, made once it held the lock
+    later = [float(t) for pid, t, _args in calls if int(pid) != child and float(t) > started]
+    assert later, calls
+    assert min(later) >= ended, (
+        f"the waiting run called Terraform {ended - min(later):.2f} s before the locked "
+        f"child ended: {calls}")
+
+
+def test_sighup_stops_the_child_before_the_run_ends_and_the_lock_goes(static_site: Path
+                                                                      ) -> None:
+    first, child = _long_plan(static_site, "graceful", stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    second = _waiting_run(static_site)
+    first.send_signal(signal.SIGHUP)
+    _out, err = first.communicate(timeout=120)
+    assert first.returncode == 3, f"exit {first.returncode}:\n{err[-3000:]}"
+    assert "Traceback" not in err and "internal error" not in err, err[-3000:]
+    assert "SIGHUP" in err and "stopped gracefully" in err, err[-3000:]
+    assert not _alive(child), "the child outlived the run"
+    assert _state(static_site, "ended")
+    _got_the_lock_after_the_child(static_site, second, child)
+
+
+def test_sighup_escalates_to_sigterm_for_a_child_that_ignores_sigint(static_site: Path
+                                                                     ) -> None:
+    first, child = _long_plan(static_site, "stubborn", stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    second = _waiting_run(static_site)
+    first.send_signal(signal.SIGHUP)
+    _out, err = first.communicate(timeout=120)
+    assert first.returncode == 3, f"exit {first.returncode}:\n{err[-3000:]}"
+    assert "did not stop within 3 s and was terminated" in err, err[-3000:]
+    assert not _alive(child)
+    _got_the_lock_after_the_child(static_site, second, child)
+
+
+def test_a_dropped_terminal_hangs_up_the_run_and_it_still_stops_its_child(
+        static_site: Path) -> None:
+    """The real thing: stacklock on a pseudo-terminal it controls, and the terminal goes away
+    (the master side closed, as sshd does when the connection drops). The kernel sends SIGHUP
+    and every later write to the terminal fails; the run must still stop its child first."""
+    import fcntl
+    import pty
+    import termios
+
+    master, slave = pty.openpty()
+
+    def controlling_terminal() -> None:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    first, child = _long_plan(static_site, "graceful", stdin=slave, stdout=slave,
+                              stderr=slave, start_new_session=True,
+                              preexec_fn=controlling_terminal)
+    os.close(slave)
+    second = _waiting_run(static_site)
+    os.close(master)  # the session drops
+    assert first.wait(timeout=120) == 3
+    assert not _alive(child), "the child outlived the run"
+    assert _state(static_site, "ended")
+    _got_the_lock_after_the_child(static_site, second, child)
+
+
+def test_a_child_that_outlives_a_killed_run_keeps_the_environment_locked(
+        static_site: Path) -> None:
+    """SIGKILL cannot be handled: the child carries on (Terraform must finish recording its
+    state) and the environment stays locked until it exits."""
+    first, child = _long_plan(static_site, "outlive", stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    second = _waiting_run(static_site)
+    first.kill()
+    first.wait(timeout=30)
+    assert _alive(child) and not _state(static_site, "ended")
+    assert _lock_is_held(static_site), "the lock went with stacklock while its child runs"
+    _got_the_lock_after_the_child(static_site, second, child)

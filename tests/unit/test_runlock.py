@@ -197,3 +197,60 @@ def test_a_child_that_ignores_sigint_is_terminated_after_the_grace() -> None:
         with pytest.raises(proc.Interrupted) as info:
             proc.run_command([sys.executable, "-c", stubborn])
     assert "terminated" in info.value.how
+
+
+# --------------------------------------------------------------------------- issue 19: runs that end
+
+
+def test_held_lock_descriptors_are_known_while_held(tmp_path: Path) -> None:
+    lock = runlock.RunLock(tmp_path, "dev", command="stacklock plan dev")
+    lock.acquire()
+    fd = lock._fd
+    assert fd is not None and fd in runlock.held_fds()
+    lock.release()
+    assert fd not in runlock.held_fds()
+
+
+def test_a_child_keeps_the_environment_locked_until_it_exits(tmp_path: Path) -> None:
+    """The child inherits the lock (run_command passes the held descriptors): when stacklock's
+    own descriptor is gone (here: released while the child runs; in life: stacklock killed),
+    the environment stays locked until the child has exited."""
+    lock = runlock.RunLock(tmp_path, "dev", command="stacklock configure dev")
+    lock.acquire()
+    done: list[float] = []
+    runner = threading.Thread(target=lambda: (proc.run_command(["sleep", "1.5"]),
+                                              done.append(time.monotonic())))
+    runner.start()
+    deadline = time.monotonic() + 10
+    while not proc._children and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc._children, "the child never started"
+    lock.release()  # stacklock's descriptor is closed; the child's is not
+    other = runlock.RunLock(tmp_path, "dev", command="stacklock verify dev", timeout=0)
+    with pytest.raises(runlock.LockBusy):
+        other.acquire()
+    waiting = runlock.RunLock(tmp_path, "dev", command="stacklock verify dev", timeout=20)
+    waiting.acquire()
+    got = time.monotonic()
+    waiting.release()
+    runner.join()
+    assert done and got >= done[0] - 0.2, "the lock was free before the child exited"
+
+
+def test_sighup_stops_the_child_like_sigterm() -> None:
+    """A dropped SSH session (SIGHUP): the child gets its SIGINT and time to stop, and the
+    run ends with exit 3 naming SIGHUP -- not killed on the spot with its child left behind."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    proc.install_signal_handlers()
+    try:
+        threading.Timer(0.7, os.kill, (os.getpid(), signal.SIGHUP)).start()
+        started = time.monotonic()
+        with pytest.raises(proc.Interrupted) as info:
+            proc.run_command([sys.executable, "-c", GRACEFUL])
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    assert time.monotonic() - started < 10
+    assert "SIGHUP" in info.value.message
+    assert "stopped gracefully" in info.value.how and "exit code 7" in info.value.how
+    assert info.value.exit_status == 3

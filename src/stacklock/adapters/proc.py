@@ -4,12 +4,22 @@ Interruption: every child runs in its own process group (a new session), so a Ct
 terminal reaches stacklock only. stacklock forwards it once, as SIGINT, to the running child
 (Terraform then starts its graceful stop and records what it created; ansible-playbook stops
 after its running task), waits for the child to end (`INTERRUPT_GRACE` seconds, then SIGTERM,
-then SIGKILL), and raises `Interrupted` saying how it ended. SIGTERM to stacklock is handled
-the same way (`install_signal_handlers`).
+then SIGKILL), and raises `Interrupted` saying how it ended. SIGTERM and SIGHUP (a dropped SSH
+session: the terminal is gone) to stacklock are handled the same way (`install_signal_handlers`):
+the run ends only after its children did, with exit 3. On SIGHUP, standard output and error
+are moved to /dev/null when their terminal has hung up (writing there fails with EIO), so that
+the messages about stopping cannot themselves stop the stopping.
+
+The run locks outlive nothing they guard: every child inherits the descriptors of the run locks
+held when it starts (`pass_fds`, `stacklock.core.runlock.held_fds`), so a child that outlives
+stacklock (SIGKILL, a crash) keeps its environments locked until it exits; see
+`stacklock.core.runlock`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import queue
@@ -24,6 +34,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+from stacklock.core import runlock
 from stacklock.core.files import open_append
 from stacklock.errors import ExitCode, StacklockError, ToolFailed
 
@@ -55,16 +66,21 @@ TERM_GRACE = 10.0
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like a Ctrl-C so that the same code stops the running child."""
+    """SIGTERM or SIGHUP (`signum`), raised like a Ctrl-C so that the same code stops the
+    running child."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 class Interrupted(StacklockError):
     """A signal stopped stacklock while a child ran; the child has ended (how: `how`).
 
-    Exit 130 after SIGINT (Ctrl-C), 3 after SIGTERM."""
+    Exit 130 after SIGINT (Ctrl-C), 3 after SIGTERM or SIGHUP."""
 
     def __init__(self, command: str, how: str, signum: int) -> None:
-        name = "SIGTERM" if signum == signal.SIGTERM else "SIGINT"
+        name = signal.Signals(signum).name
         super().__init__(f"interrupted ({name}) while running `{command}`: {how}")
         self.command = command
         self.how = how
@@ -114,19 +130,45 @@ def forward_interrupt() -> int:
     return sum(_interrupt_once(p) for p in running)
 
 
+def _detach_hung_up_terminal() -> None:
+    """Point standard output and error at /dev/null when their terminal has hung up (a write
+    there fails with EIO): after SIGHUP nobody reads them, and a failing print must not cut
+    short the wait for the children."""
+    devnull: int | None = None
+    for fd in (1, 2):
+        try:
+            os.write(fd, b"")
+        except OSError as exc:
+            if exc.errno not in (errno.EIO, errno.ENXIO):
+                continue
+            if devnull is None:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, fd)
+    if devnull is not None:
+        os.close(devnull)
+
+
+#: the signals that stop a run like SIGTERM (exit 3): SIGHUP is a dropped terminal or session
+TERMINATING = (signal.SIGTERM, signal.SIGHUP)
+
+
 def _on_signal(signum: int, _frame: FrameType | None) -> None:
+    if signum == signal.SIGHUP:
+        _detach_hung_up_terminal()
     forward_interrupt()
-    if signum == signal.SIGTERM:
-        raise Terminated()
+    if signum in TERMINATING:
+        raise Terminated(signum)
     raise KeyboardInterrupt()
 
 
 def install_signal_handlers() -> None:
-    """SIGINT and SIGTERM: forward to the running children, then raise in the main thread
-    (KeyboardInterrupt, or `Terminated` for SIGTERM) so the run stops where it is."""
+    """SIGINT, SIGTERM and SIGHUP: forward to the running children, then raise in the main
+    thread (KeyboardInterrupt, or `Terminated` for SIGTERM and SIGHUP) so the run stops where
+    it is, after its children."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _on_signal)
-        signal.signal(signal.SIGTERM, _on_signal)
+        for sig in TERMINATING:
+            signal.signal(sig, _on_signal)
 
 
 def short_command(cmd: Sequence[str], limit: int = 160) -> str:
@@ -142,7 +184,9 @@ def short_command(cmd: Sequence[str], limit: int = 160) -> str:
 def _say(message: str) -> None:
     from stacklock.console import err
 
-    err.print(f"stacklock: {message}", markup=False, highlight=False)
+    # nobody reads it (a terminal that hung up, a closed pipe): keep stopping the child
+    with contextlib.suppress(OSError):
+        err.print(f"stacklock: {message}", markup=False, highlight=False)
 
 
 def run_command(
@@ -190,10 +234,12 @@ def run_command(
         else:
             stdout = stderr = subprocess.PIPE if capture else None
         try:
+            # the run locks go with the child: held until it exits (stacklock.core.runlock)
             proc = subprocess.Popen(
                 cmd, env=full_env, cwd=cwd, text=True, start_new_session=True,
                 stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
-                stdout=stdout, stderr=stderr, bufsize=1 if on_line is not None else -1)
+                stdout=stdout, stderr=stderr, bufsize=1 if on_line is not None else -1,
+                pass_fds=runlock.held_fds())
         except FileNotFoundError as exc:
             raise ToolFailed(f"{cmd[0]}: command not found (is it installed?)") from exc
         with _children_lock:
@@ -208,7 +254,7 @@ def run_command(
                         waiter.wait(TERM_GRACE)
                         raise ToolFailed(f"{printable}: timed out after {timeout:.0f} s")
             except KeyboardInterrupt as exc:
-                signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+                signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
                 how = _stop(proc, waiter, cmd)
                 raise Interrupted(short_command(cmd), how, signum) from None
         finally:

@@ -8,6 +8,19 @@ holder (pid, command line, host, start time) so that a second run can say whom i
 
 Several environments are locked in sorted order, so two runs over overlapping sets of
 environments cannot deadlock. The lock folder is 0700 and each lock file 0600.
+
+A child outlives its run: the lock goes with it. Every child stacklock starts (Terraform,
+ansible-playbook: `stacklock.adapters.proc.run_command`) inherits the descriptors of the run
+locks held at that moment (`held_fds`, passed with Popen's `pass_fds`). flock belongs to the
+open file description, which the kernel frees only when its last descriptor closes: while a
+child runs, the environment stays locked even when stacklock itself is gone (SIGKILL, a
+crash, a hangup it could not handle). The next run waiting for the lock gets it when the
+child has ended, not when stacklock ended. (The other way -- stopping every child before the
+lock is released -- cannot hold when stacklock is killed with SIGKILL, and killing Terraform
+mid-apply loses what it created.) Only what the child keeps the descriptor in holds the lock
+longer: Terraform's plugins and provisioners run for the command's length; a daemon started
+through start-stop-daemon gets no descriptor beyond 0-2. SIGHUP, SIGTERM and Ctrl-C stop the
+children first anyway (`proc.install_signal_handlers`): the lock is released after them.
 """
 
 from __future__ import annotations
@@ -17,6 +30,7 @@ import fcntl
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -26,6 +40,17 @@ from stacklock.errors import ToolFailed
 
 #: the default of `--lock-timeout`: how long a run waits for another run's lock
 DEFAULT_TIMEOUT = 600.0
+
+#: descriptors of the run locks this process holds now (what children inherit)
+_held_fds: set[int] = set()
+_held_fds_lock = threading.Lock()
+
+
+def held_fds() -> tuple[int, ...]:
+    """The descriptors of every run lock this process holds now: `run_command` passes them to
+    each child, so that a child that outlives stacklock keeps its environments locked."""
+    with _held_fds_lock:
+        return tuple(sorted(_held_fds))
 
 
 @dataclass(frozen=True)
@@ -142,12 +167,16 @@ class RunLock:
             os.close(fd)
             raise
         self._fd = fd
+        with _held_fds_lock:
+            _held_fds.add(fd)
 
     def release(self) -> None:
         """Release the lock (the file stays: removing it would race with the next holder)."""
         fd, self._fd = self._fd, None
         if fd is None:
             return
+        with _held_fds_lock:
+            _held_fds.discard(fd)  # no child started from now on inherits it
         try:
             os.ftruncate(fd, 0)
         except OSError:
@@ -198,5 +227,5 @@ class RunLocks:
             self._locks.pop(env).release()
 
 
-__all__ = ["DEFAULT_TIMEOUT", "Holder", "LockBusy", "RunLock", "RunLocks", "lock_dir",
-           "read_holder"]
+__all__ = ["DEFAULT_TIMEOUT", "Holder", "LockBusy", "RunLock", "RunLocks", "held_fds",
+           "lock_dir", "read_holder"]

@@ -14,6 +14,8 @@ Options (all optional):
                 host of the play that is not all/ungrouped and not a sub-group of another
   may_differ    components allowed to differ between environments; default: the
                 `stacklock_parity_may_differ` variable of the first host
+  waivers       known, accepted deviations (parity.waivers: item, node, environment, reason,
+                expires); default: the `stacklock_parity_waivers` variable of the first host
   facts_var     host fact holding the stack facts (stacklock_stack)
   result_var    registered result of the facts task, for the reason a host has no facts
   run_id        this run's id, given to the facts task: facts without it are stale (exit 3)
@@ -110,6 +112,7 @@ class ActionModule(ActionBase):
         expected: dict[str, dict[str, str | None]] = {}
         facts: dict[str, dict[str, Any]] = {}
         may_differ = args.get("may_differ")
+        waivers = args.get("waivers")
         for env, members in envs.items():
             facts[env] = {}
             for h in members:
@@ -120,11 +123,13 @@ class ActionModule(ActionBase):
                 expected[env] = parity.expected_from_vars(self._templar.template(group_vars))
                 if may_differ is None:
                     may_differ = hv.get("stacklock_parity_may_differ")
+                if waivers is None:
+                    waivers = self._templar.template(hv.get("stacklock_parity_waivers"))
             else:
                 expected[env] = {}
         run_id = args.get("run_id")
         rep = parity.compare(expected, facts, list(may_differ or []),
-                             run_id=str(run_id) if run_id else None)
+                             run_id=str(run_id) if run_id else None, waivers=waivers or None)
 
         for key, render in (("report_path", report.to_json), ("junit_path", report.to_junit)):
             if args.get(key):

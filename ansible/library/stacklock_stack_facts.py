@@ -137,6 +137,28 @@ options:
         the next run goes on where this one stopped.
     type: float
     default: 300
+  units:
+    description:
+      - systemd units whose effective settings are read (C(systemctl show)), with their main
+        process and its children as the kernel sees them (/proc); empty leaves the runtime
+        class out (C(units), C(manager_environment), C(processes)).
+    type: list
+    elements: str
+    default: []
+  watch_files:
+    description:
+      - C(UNIT=PATH) settings files of a unit (besides its unit files) whose change needs a
+        restart; their modification times are reported with the process start.
+    type: list
+    elements: str
+    default: []
+  commands:
+    description:
+      - C(NAME=UNIT) commands to resolve on the PATH of UNIT (empty UNIT - systemd's default
+        PATH) - the first match, its C(readlink -f) target, the alternative it goes through.
+    type: list
+    elements: str
+    default: []
 attributes:
   check_mode:
     support: full
@@ -220,6 +242,11 @@ def main() -> None:
             "archive_cache": {"type": "str",
                               "default": "/var/cache/stacklock/archive-digests.json"},
             "archive_hash_timeout": {"type": "float", "default": 300.0},
+            # the runtime class (docs/facts.md): units to read, UNIT=PATH settings files whose
+            # change needs a restart, NAME=UNIT commands to resolve on the unit's PATH
+            "units": {"type": "list", "elements": "str", "default": []},
+            "watch_files": {"type": "list", "elements": "str", "default": []},
+            "commands": {"type": "list", "elements": "str", "default": []},
         },
         supports_check_mode=True,
     )

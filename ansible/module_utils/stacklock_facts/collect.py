@@ -13,11 +13,14 @@ from typing import Any
 
 from ansible.module_utils.stacklock_facts import (
     apt,
+    commands,
     cuda,
     docker,
+    files,
     gpu,
     java,
     osinfo,
+    process,
     python,
     systemd,
     toolkit,
@@ -42,8 +45,12 @@ COLLECTORS: tuple[Collector, ...] = (
     python.collect,          # python
     torchserve.collect,      # torchserve (config, model_store, models, venv, smoke)
     systemd.collect,         # services
+    systemd.collect_units,   # units, manager_environment (runtime class; `units` option)
+    process.collect,         # processes (the units' main processes, from /proc)
+    commands.collect,        # commands (what each command resolves to; `commands` option)
     apt.collect_protection,  # apt_protection
     apt.collect_packages,    # packages, holds, family_packages
+    files.collect,           # files (trees, unowned)
 )
 
 

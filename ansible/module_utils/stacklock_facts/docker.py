@@ -36,6 +36,10 @@ def probe_docker(sy: System, dpkg: dict[str, dict[str, Any]] | None) -> dict[str
                 out["default_runtime"] = info.get("DefaultRuntime")
                 out["default_runtime_source"] = "docker info" if out["default_runtime"] else None
                 out["runtimes"] = sorted((info.get("Runtimes") or {}).keys())
+                # the effective runtimes, as the running daemon holds them (runtime class)
+                out["runtime_paths"] = {
+                    str(k): (v.get("path") if isinstance(v, dict) else None)
+                    for k, v in (info.get("Runtimes") or {}).items()}
             else:
                 errors.append(cmd_error(argv, res))
         except (ProbeError, ValueError, IndexError) as exc:

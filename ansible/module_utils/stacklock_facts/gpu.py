@@ -172,6 +172,28 @@ def probe_driver(running: dict[str, Any], dpkg: dict[str, dict[str, Any]] | None
     return out
 
 
+def parse_params(text: str) -> dict[str, str]:
+    """/proc/driver/nvidia/params (`ResmanDebugLevel: 4294967295` lines) -> {name: value}."""
+    out = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name.strip():
+            out[name.strip()] = value.strip()
+    return out
+
+
+def probe_params(sy: System) -> dict[str, str] | None:
+    """The loaded NVIDIA module's parameters: /proc/driver/nvidia/params, else the files of
+    /sys/module/nvidia/parameters; None when the module is not loaded (runtime class)."""
+    text = sy.read_text("/proc/driver/nvidia/params")
+    if text is not None:
+        return parse_params(text)
+    files = sy.glob("/sys/module/nvidia/parameters/*")
+    if not files:
+        return None
+    return {os.path.basename(f): (sy.read_text(f) or "").strip() for f in files}
+
+
 def collect(run: Run) -> None:
     """`gpu`, then `nvidia_driver` (the running driver from the GPU probe, its packages from
     dpkg, and the installed kernels with or without the module)."""
@@ -190,3 +212,8 @@ def collect(run: Run) -> None:
             driver["kernels_without_module"] = sorted(k for k, ok in kernels.items() if not ok)
         except ProbeError as exc:
             driver["kernels_error"] = str(exc)
+        if run.opts.get("units"):  # the runtime class is asked for
+            try:
+                driver["params"] = probe_params(run.sy)
+            except ProbeError as exc:
+                driver["params_error"] = str(exc)

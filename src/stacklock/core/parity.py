@@ -31,6 +31,7 @@ input (`model.NAME.smoke`: the response's sha256, or its numbers within the tole
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import math
 import re
@@ -39,6 +40,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from stacklock.core import integrity, runtime
+from stacklock.core import waivers as waiverlib
 from stacklock.errors import ExitCode
 
 FACTS_SCHEMA = "stacklock.facts/v1"
@@ -115,6 +118,13 @@ _ERROR_SOURCES = (
     ("apt_pin.", ("apt_protection",)),
     ("apt_blacklist.", ("apt_protection",)),
     ("apt.unpinned", ("packages",)),
+    # the runtime class (core/runtime.py)
+    ("unit.", ("units",)),
+    ("process.", ("processes", "units")),
+    ("systemd.environment.", ("units",)),
+    ("docker.runtime.", ("docker",)),
+    ("command.", ("commands", "units")),
+    ("nvidia_driver.param.", ("nvidia_driver",)),
 )
 
 #: named components for these pip distributions; other pins are `pip.<name>`
@@ -154,6 +164,8 @@ GROUP_VAR_KEYS = (
     "stacklock_os_distribution",
     "stacklock_os_release",
     *APT_PIN_VARS,
+    *runtime.GROUP_VAR_KEYS,
+    "stacklock_files",  # the files class (core/integrity.py), set on the controller
 )
 
 
@@ -163,6 +175,8 @@ class Status(StrEnum):
     UNREACHABLE = "unreachable"
     #: the node answered, but this value could not be read (permission, timeout, auth, crash)
     UNVERIFIED = "could-not-look"
+    #: a deviation a waiver in force accepts (parity.waivers; core/waivers.py)
+    WAIVED = "waived"
 
 
 class Kind(StrEnum):
@@ -260,6 +274,12 @@ class ParityReport:
     expected: Mapping[str, Mapping[str, str | None]] = field(default_factory=dict)
     #: environment -> node -> component -> actual value (reachable nodes only)
     observed: Mapping[str, Mapping[str, Mapping[str, str | None]]] = field(default_factory=dict)
+    #: the waivers in force for this run (parity.waivers), in their plain form
+    waivers: tuple[Mapping[str, Any], ...] = ()
+
+    @property
+    def waived(self) -> tuple[Check, ...]:
+        return tuple(c for c in self.checks if c.status is Status.WAIVED)
 
     @property
     def deviations(self) -> tuple[Check, ...]:
@@ -301,6 +321,7 @@ class ParityReport:
             f"{len(self.unreachable_nodes)} unreachable node(s)"
             + (f", {len(self.unverified)} value(s) that could not be read"
                if self.unverified else "")
+            + (f", {len(self.waived)} waived" if self.waived else "")
         )
 
     def problems(self) -> list[str]:
@@ -316,6 +337,7 @@ class ParityReport:
                 lines.append(_with_next(c.describe(), _next_unreachable(c.environment)))
         lines += [c.describe() for c in self.unverified]  # the detail says what to do
         lines += [_with_next(c.describe(), c.next_step()) for c in self.deviations]
+        lines += [f"WAIVED {c.describe()}" for c in self.waived]
         if not self.nodes and not lines:
             lines.append("no nodes were verified")
         return lines
@@ -442,6 +464,8 @@ def expected_from_vars(group_vars: Mapping[str, Any]) -> dict[str, str | None]:
     if "stacklock_os_distribution" in gv:
         put("os.distribution", "stacklock_os_distribution")
         put("os.release", "stacklock_os_release")
+    exp.update(runtime.expected_from_vars(gv))  # the runtime class
+    exp.update(integrity.expected_components(gv.get("stacklock_files")))  # the files class
     return exp
 
 
@@ -622,6 +646,7 @@ def actual_values(facts: Mapping[str, Any]) -> dict[str, str | None]:
             act[f"package.{name}"] = _s(_get(entry, "version"))
             held = _get(entry, "held")
             act[f"hold.{name}"] = None if held is None else ("held" if held else "not held")
+    act.update(runtime.actual_values(facts))  # the runtime class
     return act
 
 
@@ -708,12 +733,16 @@ def compare(
     facts: Mapping[str, Mapping[str, Any]],
     may_differ: Sequence[str] = (),
     run_id: str | None = None,
+    waivers: Sequence[Mapping[str, Any]] | None = None,
+    today: _dt.date | None = None,
 ) -> ParityReport:
     """Compare every node with its environment's expectation, and environments with each other.
 
     `expected`: environment -> component -> value (`expected_from_vars`).
     `facts`: environment -> node -> facts dict, or None / `Unreachable` / {"unreachable": true}.
     `run_id`: when given, facts that do not carry it are stale (not gathered by this run).
+    `waivers`: parity.waivers (core/waivers.py) -- a deviation one in force names is WAIVED;
+    one past its expiry (`today`: the date it is checked on) is a deviation of its own.
     Environment order: `expected` first, then environments only in `facts`.
     """
     envs = list(expected) + [e for e in facts if e not in expected]
@@ -754,19 +783,27 @@ def compare(
             errors = node_facts.get("errors") or {}
             blocked = node_facts.get("blocked") or {}
             readable[env][node] = {c: v for c, v in act.items() if not _error_for(c, blocked)}
-            for comp in sort_components(exp):
-                want, got = exp[comp], act.get(comp)
+            node_exp = runtime.node_expected(exp, act, "units" in node_facts)  # runtime class
+            for comp in sort_components(node_exp):
+                if comp.startswith(integrity.PREFIX):
+                    continue  # the files class, below
+                want, got = node_exp[comp], act.get(comp)
                 ok = smoke_matches(want, got) if _smoke_model(comp) else want == got
                 status = Status.MATCH if ok else Status.DEVIATION
                 detail = "" if ok else (_protection_detail(comp, node_facts)
-                                        or _error_for(comp, errors))
+                                        or _error_for(comp, errors)
+                                        or runtime.detail(comp, act))
                 if not ok and (cause := _error_for(comp, blocked)):
                     status, detail = Status.UNVERIFIED, cause + _HINT
                 elif not ok and comp not in act and _smoke_model(comp):
                     status, detail = Status.UNVERIFIED, _NOT_ASKED
                 checks.append(Check(env, node, comp, want, got, status, Kind.LOCK, detail))
+            checks += [Check(env, node, f.component, f.expected, f.actual, Status(f.status),
+                             Kind.LOCK, f.detail)
+                       for f in integrity.findings(node_exp, node_facts)]  # the files class
 
     checks += _cross_environment(envs, expected, readable, may_differ)
+    checks, in_force = _apply_waivers(checks, waivers, today or _dt.date.today())
     return ParityReport(
         environments=tuple(envs),
         nodes=tuple(nodes),
@@ -774,7 +811,32 @@ def compare(
         may_differ=tuple(may_differ),
         expected={e: dict(expected.get(e) or {}) for e in envs},
         observed=actuals,
+        waivers=tuple(w.as_dict() for w in in_force),
     )
+
+
+def _apply_waivers(checks: list[Check], entries: Sequence[Mapping[str, Any]] | None,
+                   today: _dt.date) -> tuple[list[Check], list[waiverlib.Waiver]]:
+    """Deviations a waiver in force names become WAIVED; an expired waiver waives nothing
+    and is a deviation naming it (exit 1)."""
+    parsed = waiverlib.parse(entries)
+    if not parsed:
+        return checks, []
+    live = waiverlib.in_force(parsed, today)
+    out = []
+    for c in checks:
+        w = waiverlib.find(live, c.environment, c.node, c.component) \
+            if c.status is Status.DEVIATION else None
+        if w is not None:
+            c = Check(c.environment, c.node, c.component, c.expected, c.actual, Status.WAIVED,
+                      c.kind, f"waived until {w.expires.isoformat()}: {w.reason}")
+        out.append(c)
+    for w in waiverlib.expired(parsed, today):
+        out.append(Check(w.environment or "*", w.node or "*", f"waiver.{w.item}",
+                         f"in force (until {w.expires.isoformat()})",
+                         f"expired on {w.expires.isoformat()}", Status.DEVIATION, Kind.NODE,
+                         waiverlib.describe_expired(w)))
+    return out, live
 
 
 #: a smoke test the facts did not run (the module was not given it): nothing was asked

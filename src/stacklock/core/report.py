@@ -49,6 +49,7 @@ REPORT_KEYS = (
     "problems",
     "expected",
     "observed",
+    "waivers",
 )
 
 _HEX_LONG = 16
@@ -75,6 +76,8 @@ def report_dict(report: ParityReport) -> dict[str, Any]:
         "observed": {
             e: {n: dict(vals) for n, vals in nodes.items()} for e, nodes in report.observed.items()
         },
+        # the waivers in force (parity.waivers); a waived check's status is "waived"
+        "waivers": [dict(w) for w in report.waivers],
     }
     assert tuple(data) == REPORT_KEYS
     return data
@@ -103,6 +106,7 @@ def from_dict(data: Mapping[str, Any]) -> ParityReport:
             e: {n: dict(vals) for n, vals in nodes.items()}
             for e, nodes in (data.get("observed") or {}).items()
         },
+        waivers=tuple(dict(w) for w in data.get("waivers") or ()),
     )
 
 
@@ -121,8 +125,9 @@ def to_junit(report: ParityReport, name: str = "stacklock verify") -> str:
         cases = [c for c in report.checks if c.environment == env]
         failures = sum(1 for c in cases if c.status is Status.DEVIATION)
         errors = sum(1 for c in cases if c.status in (Status.UNREACHABLE, Status.UNVERIFIED))
+        waived = sum(1 for c in cases if c.status is Status.WAIVED)
         suite = ET.SubElement(root, "testsuite", name=env, tests=str(len(cases)),
-                              failures=str(failures), errors=str(errors), skipped="0")
+                              failures=str(failures), errors=str(errors), skipped=str(waived))
         totals["tests"] += len(cases)
         totals["failures"] += failures
         totals["errors"] += errors
@@ -136,6 +141,8 @@ def to_junit(report: ParityReport, name: str = "stacklock verify") -> str:
             elif c.status in (Status.UNREACHABLE, Status.UNVERIFIED):
                 err = ET.SubElement(case, "error", type=c.status.value, message=c.describe())
                 err.text = c.detail or c.status.value
+            elif c.status is Status.WAIVED:
+                ET.SubElement(case, "skipped", message=f"WAIVED {c.describe()}")
     for key, value in totals.items():
         root.set(key, str(value))
     ET.indent(root)
@@ -164,7 +171,8 @@ def table_components(report: ParityReport, *, compact: bool = False) -> list[str
     names: set[str] = set(OBSERVED_ONLY)
     for exp in report.expected.values():
         names.update(exp)
-    bad = {c.component for c in report.checks if c.status in (Status.DEVIATION, Status.UNVERIFIED)}
+    bad = {c.component for c in report.checks
+           if c.status in (Status.DEVIATION, Status.UNVERIFIED, Status.WAIVED)}
     if compact:
         names = {n for n in names if not n.startswith(_COMPACT_HIDDEN)}
     names.update(bad)
@@ -192,6 +200,9 @@ def _cell(report: ParityReport, env: str, component: str,
             parts.append((node, "could not look", "bold yellow"))
             continue
         value = report.observed.get(env, {}).get(node, {}).get(component)
+        if bad and all(c.status is Status.WAIVED for c in bad):
+            parts.append((node, f"{_short(value)} (WAIVED)", "bold cyan"))
+            continue
         if bad:
             exp = next((c.expected for c in bad if c.kind is Kind.LOCK), bad[0].expected)
             parts.append((node, f"{_short(value)} (expected {_short(exp)})", "bold red"))

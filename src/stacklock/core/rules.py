@@ -188,7 +188,17 @@ def check(
     """Every compatibility error and warning of the manifest (empty: all clear)."""
     data = data or load_compatibility()
     today = today or date.today()
-    return _check_parts(dict(manifest.stacks), dict(manifest.environments), data, today)
+    return (_check_parts(dict(manifest.stacks), dict(manifest.environments), data, today)
+            + _expired_waivers(manifest, today))
+
+
+def _expired_waivers(manifest: Manifest, today: date) -> list[Problem]:
+    """A warning for each waiver past its expiry (verify fails on it: exit 1)."""
+    return [Problem(path=f"parity.waivers[{i}].expires",
+                    message=f"the waiver of {w.item} expired on {w.expires.isoformat()}",
+                    hint="fix the deviation, or renew the waiver with a new expiry date",
+                    severity="warning", rule="waiver-expired")
+            for i, w in enumerate(manifest.parity.waivers) if w.expires < today]
 
 
 def check_raw(raw: dict[str, Any], *, today: date | None = None,

@@ -30,7 +30,7 @@ import yaml
 
 from stacklock.adapters import fastssh
 from stacklock.console import info, step
-from stacklock.core import parity
+from stacklock.core import parity, runtime
 from stacklock.core import report as reportmod
 from stacklock.core.files import atomic_write
 from stacklock.core.parity import ParityReport, Unreachable
@@ -49,7 +49,7 @@ _VARS_SUFFIXES = ("", ".yml", ".yaml", ".json")
 _ARG_VARS = (
     *parity.APT_PIN_VARS, "torchserve_pip_packages", "torchserve_venv", "torchserve_config_path",
     "torchserve_model_store", "torchserve_config", "torchserve_key_file", "torchserve_state_dir",
-    "stacklock_verify_probe_timeout",
+    "stacklock_verify_probe_timeout", "stacklock_verify_units",
 )
 _CONN_VARS = (
     "ansible_host", "ansible_port", "ansible_user", "ansible_ssh_private_key_file",
@@ -280,6 +280,10 @@ def task_args(hv: Mapping[str, Any], run_id: str, deep: bool) -> dict[str, Any]:
     args["probe_timeout"] = hv.get("stacklock_verify_probe_timeout", 20)
     args["run_id"] = run_id
     args["deep"] = deep
+    # the runtime class (verify.yml's units, watch_files, commands: stacklock.core.runtime)
+    args["units"] = list(hv.get("stacklock_verify_units") or runtime.units_option())
+    args["watch_files"] = runtime.watch_option(hv)
+    args["commands"] = runtime.commands_option()
     return args
 
 
@@ -362,6 +366,7 @@ def collect(inventories: Sequence[Path], envs: Sequence[str], *, report_path: Pa
     run_id = new_run_id()
     expected: dict[str, dict[str, str | None]] = {}
     may_differ: Any = None
+    waivers: Any = None
     jobs: list[tuple[fastssh.Target, fastssh.Payload]] = []
     refused: list[fastssh.HostResult] = []
     for env, inventory in zip(envs, inventories, strict=True):
@@ -381,12 +386,15 @@ def collect(inventories: Sequence[Path], envs: Sequence[str], *, report_path: Pa
             jobs.append((deadline(hv, opts, target), fastssh.Payload(bundle, opts, paths)))
         if hosts:
             first = hosts[0][1]
-            _plain(first, (*parity.GROUP_VAR_KEYS, "stacklock_parity_may_differ"),
+            _plain(first, (*parity.GROUP_VAR_KEYS, "stacklock_parity_may_differ",
+                           "stacklock_parity_waivers"),
                    f"inventory {inv_dir}, host {hosts[0][0]}")
             expected[env] = parity.expected_from_vars(
                 {k: first[k] for k in parity.GROUP_VAR_KEYS if k in first})
             if may_differ is None:
                 may_differ = first.get("stacklock_parity_may_differ")
+            if waivers is None:  # as the play's parity task: the first host's
+                waivers = first.get("stacklock_parity_waivers")
         else:
             expected[env] = {}
     if not quiet:
@@ -412,7 +420,8 @@ def collect(inventories: Sequence[Path], envs: Sequence[str], *, report_path: Pa
     facts: dict[str, dict[str, Any]] = {env: {} for env in envs}
     for r in results:
         facts[r.target.env][r.target.name] = r.facts
-    rep = parity.compare(expected, facts, list(may_differ or []), run_id=run_id)
+    rep = parity.compare(expected, facts, list(may_differ or []), run_id=run_id,
+                         waivers=waivers)
     atomic_write(report_path, reportmod.to_json(rep))
     return reportmod.from_dict(json.loads(report_path.read_text("utf-8")))
 

@@ -351,6 +351,12 @@ def record_evidence(ledger: Ledger, lock: Mapping[str, Any], env_stacks: Mapping
                                       project=project, expected=ns.expected,
                                       node_keys={n: ns.keys[n] for n in nodes if n in ns.keys})
             body["report_sha256"] = report_digest
+            # --- the waivers in force for this verify (parity.waivers; stacklock.core.waivers)
+            in_force = [w for w in report.get("waivers") or []
+                        if w.get("environment") in (None, env)]
+            if in_force:
+                body["waivers"] = in_force
+            # ---
             entries.append(("evidence", body))
         return entries
 

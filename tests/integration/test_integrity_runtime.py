@@ -1,0 +1,255 @@
+"""The RUNTIME class on one real lab node: real changes to a unit's effective settings, the
+serving process's environment, Docker's runtimes and what a command resolves to, each caught by
+the verify play and by `verify --fast` naming the unit, process or command; `configure` puts
+them back and verify exits 0; a clean node gives no finding after provisioning, after a node
+restart and with TorchServe's keys renewed; a waiver shows a deviation as WAIVED.
+
+One lab node of its own project (`slintr`) and network (10.226), provisioned once for the
+module. Tests run in file order; each puts the node back (configure) before the next.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+PROJECT = "slintr"
+NETWORK = "10.226"
+NODE = f"{PROJECT}-dev-1"
+
+
+def sl(manifest: Path, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, NO_COLOR="1", COLUMNS="200")
+    return subprocess.run([str(BIN / "stacklock"), "-m", str(manifest), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, env=env, check=False)
+
+
+def on_node(script: str) -> str:
+    res = subprocess.run(["docker", "exec", NODE, "bash", "-ec", script], capture_output=True,
+                         text=True, timeout=300, check=False)
+    assert res.returncode == 0, f"{script}\n{res.stdout}\n{res.stderr}"
+    return res.stdout
+
+
+def verify(manifest: Path, *extra: str) -> tuple[int, dict[str, Any]]:
+    res = sl(manifest, "verify", "dev", "--format", "json", *extra, timeout=900)
+    try:
+        return res.returncode, json.loads(res.stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(f"verify printed no JSON (exit {res.returncode}):\n"
+                             f"{res.stdout[-3000:]}\n{res.stderr[-3000:]}") from None
+
+
+def runtime_findings(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    from stacklock.core import runtime
+
+    return {c["component"]: c for c in report["checks"]
+            if c["status"] in ("deviation", "waived")
+            and c["component"].startswith((*runtime.PREFIXES, "waiver."))}
+
+
+def both(manifest: Path) -> list[tuple[str, int, dict[str, Any]]]:
+    """The play's and --fast's reports."""
+    out = []
+    for how, extra in (("play", ()), ("fast", ("--fast",))):
+        code, rep = verify(manifest, *extra)
+        out.append((how, code, rep))
+    return out
+
+
+def assert_caught(manifest: Path, component: str, actual: str | None = None) -> None:
+    seen: dict[str, dict[str, dict[str, Any]]] = {}
+    for how, code, rep in both(manifest):
+        found = runtime_findings(rep)
+        assert code == 1, f"{how}: exit {code}; {rep.get('problems')}"
+        assert component in found, f"{how}: {component} not named: {sorted(found)}"
+        if actual is not None:
+            assert actual in str(found[component]["actual"]), found[component]
+        seen[how] = found
+    assert seen["play"].keys() == seen["fast"].keys(), "the play and --fast disagree"
+
+
+def repair(manifest: Path) -> None:
+    res = sl(manifest, "configure", "dev", "--yes", timeout=1800)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    for how, code, rep in both(manifest):
+        assert code == 0, f"{how} after configure: exit {code}; {rep.get('problems')}"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory, lab_docker: str) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root")
+    for tool in ("ip", "ssh", "debootstrap", "dockerd"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is missing: run scripts/bootstrap.sh")
+    work = tmp_path_factory.mktemp("slintr")
+    (work / "models").mkdir()
+    shutil.copy(ROOT / "examples/models/tiny-linear.mar", work / "models/tiny-linear.mar")
+    text = (ROOT / "examples/lab.yaml").read_text()
+    text = re.sub(r"^project: .*$", f"project: {PROJECT}", text, flags=re.M)
+    text = text.replace("10.213.", f"{NETWORK}.")
+    data = yaml.safe_load(text)
+    data["environments"] = {"dev": data["environments"]["dev"]}
+    data.pop("promotion", None)
+    manifest = work / "lab.yaml"
+    manifest.write_text(yaml.safe_dump(data, sort_keys=False))
+    for step in (["lock"], ["render"]):
+        res = sl(manifest, *step)
+        assert res.returncode == 0, res.stderr
+    try:
+        res = sl(manifest, "provision", "dev", "--yes", timeout=2400)
+        assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+        yield manifest
+    finally:
+        sl(manifest, "destroy", "--all", timeout=600)
+        left = subprocess.run(["docker", "ps", "-aq", "--filter", f"name={PROJECT}-"],
+                              capture_output=True, text=True, check=False).stdout.split()
+        if left:
+            subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)
+
+
+def test_clean_node_right_after_provisioning(lab: Path) -> None:
+    for how, code, rep in both(lab):
+        assert code == 0, f"{how}: {rep.get('problems')}"
+        comps = {c["component"] for c in rep["checks"]}
+        for name in ("unit.torchserve.user", "process.torchserve.exe",
+                     "process.torchserve.java.exe", "docker.runtime.nvidia",
+                     "command.java.target", "unit.docker.daemon_reload"):
+            assert name in comps, f"{how}: {name} not checked"
+
+
+# --------------------------------------------------------------------------- units
+
+
+def test_a_drop_in_with_environment_is_caught_and_removed(lab: Path) -> None:
+    on_node("mkdir -p /etc/systemd/system/torchserve.service.d\n"
+            "printf '[Service]\\nEnvironment=FOO=bar\\n' "
+            "> /etc/systemd/system/torchserve.service.d/zz-foo.conf\n"
+            "systemctl daemon-reload && systemctl restart torchserve")
+    assert_caught(lab, "unit.torchserve.drop_in./etc/systemd/system/torchserve.service.d/"
+                       "zz-foo.conf", "present")
+    assert_caught(lab, "unit.torchserve.environment.FOO", "bar")
+    assert_caught(lab, "process.torchserve.environment.FOO")
+    repair(lab)
+    assert "zz-foo" not in on_node("ls /etc/systemd/system/torchserve.service.d || true")
+
+
+def test_a_drop_in_not_reloaded_is_need_daemon_reload(lab: Path) -> None:
+    on_node("mkdir -p /etc/systemd/system/docker.service.d\n"
+            "printf '[Service]\\nEnvironment=HTTP_PROXY=http://10.9.9.9:3128\\n' "
+            "> /etc/systemd/system/docker.service.d/proxy.conf")  # not reloaded
+    assert_caught(lab, "unit.docker.daemon_reload", "not reloaded")
+    repair(lab)
+
+
+# --------------------------------------------------------------------------- the process
+
+
+def test_set_environment_and_ld_preload_in_the_process(lab: Path) -> None:
+    on_node("systemctl set-environment LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libSegFault.so "
+            "&& systemctl restart torchserve")
+    assert_caught(lab, "systemd.environment.LD_PRELOAD", "libSegFault")
+    assert_caught(lab, "process.torchserve.environment.LD_PRELOAD", "libSegFault")
+    repair(lab)
+    assert "LD_PRELOAD" not in on_node("systemctl show-environment")
+
+
+def test_config_changed_without_restart_is_running_older_settings(lab: Path) -> None:
+    on_node("touch -d '+10 seconds' /etc/torchserve/config.properties")
+    assert_caught(lab, "unit.torchserve.settings", "running older settings")
+    repair(lab)
+
+
+# --------------------------------------------------------------------------- Docker
+
+
+def test_docker_runtimes_changed_in_daemon_json(lab: Path) -> None:
+    on_node("python3 - <<'EOF'\n"
+            "import json\n"
+            "p = '/etc/docker/daemon.json'\n"
+            "d = json.load(open(p))\n"
+            "d['runtimes'] = {'evil': {'path': '/usr/local/bin/evil-runc'}}\n"
+            "json.dump(d, open(p, 'w'))\n"
+            "EOF\n"
+            "systemctl restart docker")
+    assert_caught(lab, "docker.runtime.nvidia")  # no longer registered: (missing)
+    assert_caught(lab, "docker.runtime.evil", "/usr/local/bin/evil-runc")
+    repair(lab)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def test_a_command_shadowed_or_pointed_elsewhere(lab: Path) -> None:
+    on_node("ln -sf /bin/true /usr/local/bin/java")
+    assert_caught(lab, "command.java.path", "/usr/local/bin/java")
+    on_node("rm -f /usr/local/bin/java")
+    on_node("update-alternatives --install /usr/bin/java java /bin/true 5000")
+    assert_caught(lab, "command.java.target", "/usr/bin/true")
+    on_node("update-alternatives --remove java /bin/true")
+    for how, code, rep in both(lab):
+        assert code == 0, f"{how}: {rep.get('problems')}"
+
+
+# --------------------------------------------------------------------------- waivers
+
+
+def test_a_waived_drop_in_shows_waived_and_an_expired_waiver_fails(lab: Path) -> None:
+    item = "unit.docker.drop_in./etc/systemd/system/docker.service.d/site.conf"
+    on_node("mkdir -p /etc/systemd/system/docker.service.d\n"
+            "printf '[Service]\\nLimitNOFILE=1048576\\n' "
+            "> /etc/systemd/system/docker.service.d/site.conf\n"
+            "systemctl daemon-reload && systemctl restart docker")
+    data = yaml.safe_load(lab.read_text())
+    tomorrow = dt.date.today() + dt.timedelta(days=1)
+    data.setdefault("parity", {})["waivers"] = [
+        {"item": item, "node": "dev-1", "reason": "site file limit", "expires": tomorrow}]
+    lab.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert sl(lab, "render").returncode == 0
+    for how, code, rep in both(lab):
+        assert code == 0, f"{how}: {rep.get('problems')}"
+        assert runtime_findings(rep)[item]["status"] == "waived"
+    data["parity"]["waivers"][0]["expires"] = dt.date.today() - dt.timedelta(days=1)
+    lab.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert sl(lab, "render").returncode == 0
+    for how, code, rep in both(lab):
+        assert code == 1, how
+        assert f"waiver.{item}" in runtime_findings(rep), how
+    data["parity"].pop("waivers")
+    lab.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert sl(lab, "render").returncode == 0
+    repair(lab)
+
+
+# --------------------------------------------------------------------------- clean after
+
+
+def test_clean_after_a_node_restart_and_with_renewed_keys(lab: Path) -> None:
+    subprocess.run(["docker", "restart", NODE], check=True, capture_output=True, timeout=300)
+    on_node("for i in $(seq 90); do systemctl is-active -q torchserve && break; sleep 2; done")
+    # the keys TorchServe renews every 60 min: rotated now through its token API
+    on_node("python3 - <<'EOF'\n"
+            "import json, urllib.request\n"
+            "k = json.load(open('/var/lib/torchserve/key_file.json'))\n"
+            "req = urllib.request.Request('http://127.0.0.1:8081/token?type=management',"
+            " headers={'Authorization': 'Bearer ' + k['API']['key']})\n"
+            "urllib.request.urlopen(req, timeout=10)\n"
+            "EOF")
+    for how, code, rep in both(lab):
+        assert code == 0, f"{how}: {rep.get('problems')}"

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from jinja2 import Environment, StrictUndefined
 
+from stacklock.core import gate
 from stacklock.core.files import atomic_write
 from stacklock.core.lock import FAMILY_ORDER, config_text
 from stacklock.core.manifest import (
@@ -150,6 +151,8 @@ def group_vars(
         "stacklock_provider": env.provider,
         "stacklock_stack": env.stack,
         "stacklock_fingerprint": locked["fingerprint"],
+        # what site.yml's gate play needs (stacklock.core.gate, action plugin stacklock_gate)
+        "stacklock_gate": gate.vars_for(loaded, env_name, locked["fingerprint"], inventory_dir),
         "stacklock_apt_official": src.apt == "official",
         "stacklock_apt_repositories": apt_repos,
         "stacklock_pip_index_url": src.pip.index_url,

@@ -110,6 +110,22 @@ def _rel(target: Path, start: Path) -> str:
     return Path(os.path.relpath(target, start)).as_posix()
 
 
+def _controller_file(loaded: LoadedManifest, field: str, value: str, inventory_dir: Path
+                     ) -> str:
+    """Where Ansible finds a file of the manifest on the controller (a `copy: src:`): checked
+    to lie inside the manifest's folder or an allowed_paths folder; relative to the inventory
+    (the checkout may move) unless the manifest gave an absolute path (an allowed_paths
+    folder of this machine), which is written as given."""
+    path = loaded.local_file(field, value)
+    if value.startswith("/"):
+        return value
+    rel = _rel(path, inventory_dir)
+    # the one template stacklock writes on purpose; a path that carries a template marker
+    # itself (the schema refuses it) is written !unsafe, whole, by the dumper
+    return AnsibleTemplate("{{ inventory_dir }}/" + rel) if not _jinja_marked(
+        rel) else "{{ inventory_dir }}/" + rel
+
+
 def lab_env_index(loaded: LoadedManifest, env_name: str) -> int:
     names = [n for n, e in loaded.manifest.environments.items() if isinstance(e, LabEnvironment)]
     return names.index(env_name)
@@ -128,17 +144,13 @@ def group_vars(
         extra = [f"https://download.pytorch.org/whl/{stack.torch.variant}"]
     comp = locked["components"]
     models = []
-    for model in locked["models"]:
+    for i, model in enumerate(locked["models"]):  # in the manifest's order (lock._models)
         archive = model["archive"]
         if "://" in archive:
             source = archive
         else:
-            path = (loaded.base_dir / archive).resolve()
-            rel = _rel(path, inventory_dir)
-            # the one template stacklock writes on purpose; a path that carries a template
-            # marker itself (the schema refuses it) is written !unsafe, whole, below
-            source = AnsibleTemplate("{{ inventory_dir }}/" + rel) if not _jinja_marked(
-                rel) else "{{ inventory_dir }}/" + rel
+            source = _controller_file(loaded, f"stacks.{env.stack}.models[{i}].archive", archive,
+                                      inventory_dir)
         entry = {"name": model["name"], "version": model["version"],
                  "file": model["file"], "sha256": model["sha256"], "src": source}
         if model.get("smoke"):
@@ -159,7 +171,9 @@ def group_vars(
         "stacklock_pip_extra_index_urls": list(extra),
         "stacklock_pip_find_links": list(src.pip.find_links),
         "stacklock_pip_trusted_hosts": list(src.pip.trusted_hosts),
-        "stacklock_ca_bundle": src.ca_bundle,
+        # a file on the controller that the torchserve role copies to every node
+        "stacklock_ca_bundle": None if src.ca_bundle is None else _controller_file(
+            loaded, "package_sources.ca_bundle", src.ca_bundle, inventory_dir),
         "stacklock_parity_may_differ": list(m.parity.may_differ),
         # parity.waivers, only when there are any (stacklock.core.waivers)
         **({"stacklock_parity_waivers": [w.model_dump(mode="json", exclude_none=True)

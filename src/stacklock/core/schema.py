@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 import re
+import urllib.parse
 from dataclasses import dataclass
 from datetime import date as _date
 from pathlib import Path
@@ -186,7 +188,8 @@ class ModelSmoke(Strict):
                               description="the request body, inline (one line of text)")
     input_file: PlainPath | None = Field(
         default=None, description="a file holding the request body, relative to the manifest "
-                                  f"(at most {MAX_SMOKE_INPUT_BYTES // 1024} KiB)")
+                                  "(or inside an allowed_paths folder; at most "
+                                  f"{MAX_SMOKE_INPUT_BYTES // 1024} KiB)")
     content_type: Annotated[str, Field(pattern=_CONTENT_TYPE)] = "application/octet-stream"
     sha256: Annotated[str | None, Field(pattern=_SHA256)] = Field(
         default=None, description="sha256 of the whole response body")
@@ -224,7 +227,8 @@ class ModelSmoke(Strict):
 class Model(Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")]
     version: Annotated[str, Field(pattern=r"^[0-9][0-9A-Za-z.]*$")]
-    archive: str = Field(description="path (relative to the manifest) or https:// URL of the .mar")
+    archive: str = Field(description="https:// URL of the .mar, or its path relative to the "
+                                     "manifest (or inside an allowed_paths folder)")
     sha256: Annotated[str, Field(pattern=_SHA256, description="64 lowercase hex digits")]
     smoke: ModelSmoke | None = Field(
         default=None, description="a sample request and the answer verify expects from TorchServe")
@@ -337,7 +341,8 @@ class AptRepository(Strict):
     suite: AptSuite = Field(description="suite, or './' style path for a flat repository")
     components: list[AptComponent] = Field(default_factory=list)
     signing_key: UrlOrPath | None = Field(
-        default=None, description="URL or path (relative to the manifest) of the armored key"
+        default=None, description="URL of the armored key, or a path relative to the manifest "
+                                  "(or inside an allowed_paths folder)"
     )
     trusted: bool = Field(default=False, description="accept unsigned metadata (test mirrors)")
 
@@ -356,7 +361,10 @@ class PipSource(Strict):
         default=None,
         description="defaults to the PyTorch index of the stack's torch build",
     )
-    find_links: list[UrlOrPath] = Field(default_factory=list)
+    find_links: list[UrlOrPath] = Field(
+        default_factory=list,
+        description="URLs or folders of wheels; a folder (or file:// URL) is relative to the "
+                    "manifest or inside an allowed_paths folder (lock reads it on the controller)")
     trusted_hosts: list[TrustedHost] = Field(default_factory=list)
 
 
@@ -366,8 +374,12 @@ class PackageSources(Strict):
         description="'official' (NVIDIA CUDA + Docker repositories) or a list of repositories",
     )
     pip: PipSource = Field(default_factory=PipSource)
-    ca_bundle: PlainPath | None = Field(default=None,
-                                        description="CA bundle (path) for the mirror")
+    ca_bundle: PlainPath | None = Field(
+        default=None,
+        description="a CA bundle (PEM) for the pip index, a file on the controller: relative to "
+                    "the manifest's folder (or inside an allowed_paths folder); render points "
+                    "the inventory at it and the torchserve role copies it to every node "
+                    "(pip --cert)")
 
 
 # --------------------------------------------------------------------------- environments
@@ -440,6 +452,52 @@ class AwsEnvironment(Strict):
         return self
 
 
+_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
+_LIMITED_BROADCAST = ipaddress.ip_address("255.255.255.255")
+
+
+def _as_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP address a host address names (an IPv4-mapped IPv6 address as its IPv4 one);
+    None for a host name."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _static_address(value: str) -> str:
+    """A node's address: a host name or one host's IP address, never an address that names
+    no host or many (unspecified, 'this network', multicast, the limited broadcast). A subnet's
+    broadcast address cannot be told from the address alone (no prefix is given): the host
+    list names hosts, and a .255 is a valid host in a /23."""
+    address = grammar.host(value)
+    ip = _as_ip(address)
+    if ip is None:
+        return address
+    if ip.is_unspecified or (ip.version == 4 and ip in _THIS_NETWORK):
+        raise ValueError(f"{address} is the unspecified ('this network') address: it names no "
+                         "host (ssh would reach this machine); write the node's own address")
+    if ip.is_multicast:
+        raise ValueError(f"{address} is a multicast group, not a host; write the node's own "
+                         "address")
+    if ip == _LIMITED_BROADCAST:
+        raise ValueError(f"{address} is the broadcast address, not a host; write the node's own "
+                         "address")
+    return address
+
+
+def is_loopback_host(address: str) -> bool:
+    """127.0.0.0/8, ::1 (also IPv4-mapped), `localhost` and names under `.localhost`."""
+    ip = _as_ip(address)
+    if ip is not None:
+        return ip.is_loopback
+    name = address.rstrip(".").casefold()
+    return name == "localhost" or name.endswith(".localhost")
+
+
 class StaticHost(Strict):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]*$", max_length=253)]
     address: str
@@ -455,7 +513,7 @@ class StaticHost(Strict):
     @field_validator("address")
     @classmethod
     def _address(cls, v: str) -> str:
-        return grammar.host(v)
+        return _static_address(v)
 
     @field_validator("host_key")
     @classmethod
@@ -481,6 +539,12 @@ class StaticEnvironment(Strict):
         description="the nodes have an NVIDIA GPU (false: CPU-only hosts or a test bed; the "
                     "driver packages are installed and held, GPU-only steps are skipped, and "
                     "verify does not require a GPU or a loaded driver)")
+    allow_loopback: bool = Field(
+        default=False,
+        description="hosts may be loopback addresses (127.0.0.0/8, ::1, localhost): this "
+                    "machine itself, for tests and single-machine setups; without it a loopback "
+                    "host address is refused (a manifest naming this controller as a node is "
+                    "a mistake, or an attack)")
 
     @field_validator("hosts")
     @classmethod
@@ -603,6 +667,146 @@ class Parity(Strict):
         return v
 
 
+# --------------------------------------------------------------------------- file paths
+#
+# A manifest may come from a pull request; the files it names are read on the controller
+# (lock hashes the model archives and copies the smoke inputs into the lock; uv reads the
+# find-links folders) and copied to every node (archives, the CA bundle). So every file path
+# a manifest names resolves, symbolic links followed, inside the manifest's folder, unless the
+# manifest's `allowed_paths` names the folder it is in. Checked twice: here, on the text
+# (absolute paths and '..'), and where the file system is known (manifest.LoadedManifest:
+# load, lock and render resolve every path and check where it lands).
+
+
+def _allowed_folder(value: str) -> str:
+    grammar.path(value)
+    norm = posixpath.normpath(value)
+    if norm.strip("/") == "":
+        raise ValueError(f"{value!r} would allow every file of the machine; name the folder "
+                         "that holds the files (/etc/pki/tls, ../models)")
+    if norm == ".":
+        raise ValueError("the manifest's own folder is always allowed; name a folder outside "
+                         "it, or remove the entry")
+    return value
+
+
+AllowedFolder = Annotated[str, AfterValidator(_allowed_folder)]
+
+
+def local_path_of(value: str) -> str | None:
+    """The file system path a path-or-URL value names: the value itself, the path of a
+    file:// URL; None for any other URL."""
+    if "://" not in value:
+        return value
+    parts = urllib.parse.urlsplit(value)
+    return urllib.parse.unquote(parts.path) if parts.scheme.casefold() == "file" else None
+
+
+def local_paths(data: Any) -> list[tuple[str, str]]:
+    """Every file path a (raw) manifest names that stacklock reads: (field, path), for the
+    models' archives and smoke inputs, the CA bundle, apt signing keys and pip find-links
+    given as a path or a file:// URL. Works on a manifest that does not validate too (any
+    value of the wrong type is skipped: its own error is reported)."""
+    out: list[tuple[str, str]] = []
+
+    def add(field: str, value: Any) -> None:
+        if isinstance(value, str) and value and (path := local_path_of(value)):
+            out.append((field, path))
+
+    if not isinstance(data, dict):
+        return out
+    src = data.get("package_sources")
+    if isinstance(src, dict):
+        add("package_sources.ca_bundle", src.get("ca_bundle"))
+        apt = src.get("apt")
+        for i, repo in enumerate(apt if isinstance(apt, list) else []):
+            if isinstance(repo, dict):
+                add(f"package_sources.apt[{i}].signing_key", repo.get("signing_key"))
+        pip = src.get("pip")
+        links = pip.get("find_links") if isinstance(pip, dict) else None
+        for i, link in enumerate(links if isinstance(links, list) else []):
+            add(f"package_sources.pip.find_links[{i}]", link)
+    stacks = data.get("stacks")
+    for name, stack in (stacks.items() if isinstance(stacks, dict) else []):
+        models = stack.get("models") if isinstance(stack, dict) else None
+        for i, model in enumerate(models if isinstance(models, list) else []):
+            if not isinstance(model, dict):
+                continue
+            where = f"stacks.{name}.models[{i}]"
+            add(f"{where}.archive", model.get("archive"))
+            smoke = model.get("smoke")
+            if isinstance(smoke, dict):
+                add(f"{where}.smoke.input_file", smoke.get("input_file"))
+    return out
+
+
+def allowed_folders(data: Any) -> list[str]:
+    """The `allowed_paths` entries of a (raw) manifest that are strings."""
+    allowed = data.get("allowed_paths") if isinstance(data, dict) else None
+    return [a for a in allowed if isinstance(a, str)] if isinstance(allowed, list) else []
+
+
+def _lexically_under(path: str, folder: str) -> bool:
+    p, f = posixpath.normpath(path), posixpath.normpath(folder)
+    return p == f or p.startswith(f.rstrip("/") + "/")
+
+
+def confinement_hint(field: str, path: str) -> str:
+    """How to fix a path outside the manifest's folder."""
+    folder = path if "find_links" in field else posixpath.dirname(path) or path
+    return ("keep the file in the manifest's folder (or a folder below it) and name it "
+            "relative to the manifest; if this very file is meant to be read from where it "
+            f"is, name its folder in the manifest: allowed_paths: [{folder}]")
+
+
+def path_problems(data: Any) -> list[Problem]:
+    """Every file path of a (raw) manifest that, as written, leaves the manifest's folder
+    (absolute, or climbing out with '..') without an `allowed_paths` folder holding it."""
+    allowed = allowed_folders(data)
+    problems: list[Problem] = []
+    for field, path in local_paths(data):
+        norm = posixpath.normpath(path)
+        if not (norm.startswith("/") or norm == ".." or norm.startswith("../")):
+            continue
+        if any(_lexically_under(path, folder) for folder in allowed):
+            continue
+        how = ("an absolute path" if norm.startswith("/")
+               else "it climbs out of it with '..'")
+        problems.append(Problem(
+            field, f"{path} is outside the manifest's folder ({how}), and no allowed_paths "
+                   "folder holds it", confinement_hint(field, norm), rule="schema"))
+    return problems
+
+
+def loopback_problems(data: Any) -> list[Problem]:
+    """Static hosts on a loopback address (this machine) in an environment without
+    `allow_loopback: true`. Works on a manifest that does not validate too."""
+    problems: list[Problem] = []
+    envs = data.get("environments") if isinstance(data, dict) else None
+    for env_name, env in (envs.items() if isinstance(envs, dict) else []):
+        if not isinstance(env, dict) or env.get("provider") != "static":
+            continue
+        if env.get("allow_loopback") is True:
+            continue
+        hosts = env.get("hosts")
+        for i, host in enumerate(hosts if isinstance(hosts, list) else []):
+            address = host.get("address") if isinstance(host, dict) else None
+            if not isinstance(address, str):
+                continue
+            try:
+                address = grammar.host(address.strip())
+            except ValueError:
+                continue  # its own error is reported
+            if is_loopback_host(address):
+                problems.append(Problem(
+                    f"environments.{env_name}.hosts[{i}].address",
+                    f"{address} is a loopback address: this machine, not a node",
+                    "write the node's own address; to manage this machine itself on purpose "
+                    f"(a test bed), set allow_loopback: true on environment {env_name}",
+                    rule="schema"))
+    return problems
+
+
 _REGION = r"^[a-z]{2}(-gov)?-[a-z]+-\d$"
 
 
@@ -709,6 +913,14 @@ class Manifest(Strict):
     ledger: LedgerSettings = Field(
         default_factory=LedgerSettings,
         description="where the evidence ledger lives: a local file, or an S3 object")
+    allowed_paths: list[AllowedFolder] = Field(
+        default_factory=list, max_length=32,
+        description="folders outside the manifest's folder whose files the manifest may name "
+                    "(absolute, or relative to the manifest: ../models). Every file path of "
+                    "the manifest (models[].archive, models[].smoke.input_file, "
+                    "package_sources.ca_bundle, apt[].signing_key, pip.find_links) must "
+                    "resolve, symbolic links followed, inside the manifest's folder or one of "
+                    "these; output_dir always stays inside the manifest's folder")
 
     @field_validator("output_dir")
     @classmethod

@@ -37,7 +37,9 @@ if [[ -e $ledger ]]; then  # a new walkthrough starts without evidence: keep the
   echo "==> the earlier run's ledger kept aside as $ledger.<time>"
 fi
 
-run 0 "provision dev, staging, prod at A" -- provision --all
+# the promotion order is walked (dev, then staging, then prod, each verified before the next);
+# prod is the last environment of it: --yes is this script's consent
+run 0 "provision dev, staging, prod at A" -- provision --all --yes
 run 0 "status" -- status
 echo "==> the change: environments.dev.stack lab-2026-11 -> lab-2026-12 (revision B)"
 sed -i 's/^  dev: {provider: lab, stack: lab-2026-11,/  dev: {provider: lab, stack: lab-2026-12,/' examples/upgrade.yaml

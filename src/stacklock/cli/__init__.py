@@ -3,6 +3,7 @@ exit codes. One module per group of commands; importing them registers the comma
 
 from __future__ import annotations
 
+import signal
 import sys
 import traceback
 
@@ -49,9 +50,9 @@ def _signalled(exc: KeyboardInterrupt) -> None:
     """A signal while no child ran (children of worker threads got it forwarded)."""
     from stacklock.adapters import proc
 
-    terminated = isinstance(exc, proc.Terminated)
-    _interrupted(int(ExitCode.FAILED) if terminated else 130,
-                 "SIGTERM" if terminated else "SIGINT (Ctrl-C)")
+    if isinstance(exc, proc.Terminated):
+        _interrupted(int(ExitCode.FAILED), signal.Signals(exc.signum).name)
+    _interrupted(130, "SIGINT (Ctrl-C)")
 
 
 def main(argv: list[str] | None = None) -> None:

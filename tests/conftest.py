@@ -8,6 +8,7 @@ lock many copies of the example manifests; this seeds the cache from the committ
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,14 @@ def _committed_closures_are_known() -> None:
             lockmod.closures_from_lock(lockmod.read_lock(loaded.lock_path), loaded)
         except StacklockError:
             continue  # a broken example is reported by its own tests
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_signing_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Ledger signing keys made by the tests (a lab manifest makes and trusts one on first use)
+    go to a folder of this session's, never to the user's ~/.config (XDG_CONFIG_HOME, which
+    every stacklock the tests start inherits)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg-config")))
+        mp.delenv("STACKLOCK_SIGNING_KEY", raising=False)
+        yield

@@ -10,7 +10,9 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from stacklock.console import emit_json, out, step
+from rich.markup import escape
+
+from stacklock.console import emit_json, err, out, step
 from stacklock.core import report as reportmod
 from stacklock.core.files import atomic_write
 from stacklock.core.parity import ParityReport
@@ -70,7 +72,7 @@ def verify(
     if report.exit_code == ExitCode.OK:  # evidence of a passing verify, one record per env
         try:
             ledger.record_passing(run.loaded, report)
-        except InvalidInput as exc:  # e.g. no trusted signing key: the report, then exit 2
+        except InvalidInput as exc:  # e.g. no trusted signing key: the verdict stands
             unrecorded = exc
     if junit is not None:
         atomic_write(junit, reportmod.to_junit(report))
@@ -79,5 +81,11 @@ def verify(
     else:
         reportmod.print_report(report, out, compact=True)
     if unrecorded is not None:
-        raise unrecorded
+        # the nodes match; what failed is signing the evidence, which only the gates read:
+        # say so loudly, keep the verdict's exit code (promotion refuses without evidence)
+        err.print(f"[bold yellow]no evidence recorded:[/] {escape(unrecorded.message)}",
+                  markup=True, highlight=False)
+        for p in unrecorded.problems:
+            err.print(f"  {p.path}: {p.message}" + (f" (fix: {p.hint})" if p.hint else ""),
+                      markup=False, highlight=False)
     return report.exit_code

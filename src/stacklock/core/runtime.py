@@ -62,8 +62,8 @@ ROLE_DEFAULTS: dict[str, Any] = {
     "docker_daemon_options": {},
 }
 
-#: the group_vars the expectation reads (besides parity's)
-GROUP_VAR_KEYS = tuple(ROLE_DEFAULTS)
+#: the group_vars the expectation reads (besides parity's; torchserve_config decides --models)
+GROUP_VAR_KEYS = (*ROLE_DEFAULTS, "torchserve_config")
 
 #: names systemd itself sets in a service's environment: compared across nodes, never with
 #: the lock (their values follow the node: the manager's LANG, the user's HOME and SHELL)

@@ -321,3 +321,17 @@ def test_copy_is_not_shared() -> None:
     f = facts_of(node())
     g = copy.deepcopy(f)
     assert findings(f) == findings(g) == {}
+
+
+def test_the_expectation_sees_every_group_var_the_unit_template_reads() -> None:
+    """The play and --fast hand the comparison only parity.GROUP_VAR_KEYS of a host's vars:
+    the unit's ExecStart depends on torchserve_config (load_models), so it must be among them
+    (a lab node once showed `--models` expected and absent on a clean node)."""
+    from stacklock.core import parity, runtime
+
+    gv_all = {"torchserve_models": [{"name": "tiny-linear", "file": "tiny-linear.mar"}],
+              "torchserve_config": {"load_models": "tiny-linear=tiny-linear.mar"},
+              "torchserve_version": "0.12.0", "unrelated": 1}
+    handed = {k: v for k, v in gv_all.items() if k in parity.GROUP_VAR_KEYS}
+    assert "--models" not in runtime.torchserve_exec_start(handed)
+    assert runtime.torchserve_exec_start(handed) == runtime.torchserve_exec_start(gv_all)

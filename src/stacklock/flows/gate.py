@@ -214,8 +214,8 @@ def check_play(loaded: LoadedManifest, targets: Mapping[str, str], *,
         return PlayResult(verdicts, [], [])
     if not override:
         raise GateRefused("\n".join(v.describe() for v in plan.refused)
-                          + "\n(an explicit override: -e stacklock_gate_override=REASON, "
-                            "recorded in the ledger)")
+                          + "\n(an explicit override, recorded in the ledger: -e "
+                            "'{\"stacklock_gate_override\": \"REASON\"}')")
     project = loaded.manifest.project
     reused: list[dict[str, Any]] = []
     entries: list[tuple[str, Mapping[str, Any]]] = []

@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 from ansible.module_utils.stacklock_facts.common import (
+    CANNOT_LOOK,
     ProbeError,
     cmd_error,
     upstream_version,
@@ -200,6 +201,11 @@ def collect(run: Run) -> None:
     gpu_and_driver = run.section("gpu", lambda: probe_gpu(run.sy, run.opts.get("use_nvml", True)))
     if isinstance(gpu_and_driver, tuple):
         run.facts["gpu"], running = gpu_and_driver
+        # a probe that could not look (a timeout, permission refused) leaves the GPUs and the
+        # running driver unknown, not absent: recorded so that parity says "could not look"
+        looked = str(run.facts["gpu"].get("error") or "")
+        if CANNOT_LOOK in looked:
+            run.errors["gpu"] = looked
     else:
         run.facts["gpu"] = dict(gpu_and_driver, present=False, count=0)
         running = {"running": None, "kernel_module": None, "running_source": None}

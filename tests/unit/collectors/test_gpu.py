@@ -110,3 +110,24 @@ def test_kernels_without_the_nvidia_module_are_reported() -> None:
     assert not gpu.NVIDIA_KO_RE.match("nvidia-uvm.ko")
 
 
+
+
+def test_a_gpu_probe_that_could_not_look_is_blocked_not_absent() -> None:
+    """nvidia-smi timing out on a node without /proc/driver/nvidia: the GPUs are unknown, so
+    the section's error is recorded (parity: could not look, exit 3), never a plain 'no GPU'."""
+    from ansible.module_utils.stacklock_facts.common import CannotLook
+
+    node = lab_node()
+    node.executables["nvidia-smi"] = "/usr/bin/nvidia-smi"
+    node.commands["nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total"] = (
+        CannotLook("nvidia-smi: did not answer within 10 s"))
+    run = Run({"use_nvml": False}, node)
+    gpu.collect(run)
+    assert run.facts["gpu"]["present"] is False
+    assert run.errors["gpu"].startswith("could not look: ")
+    # a plain failure (no driver talking to a GPU) stays the section's error only
+    node.commands["nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total"] = (
+        9, "", "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver\n")
+    run = Run({"use_nvml": False}, node)
+    gpu.collect(run)
+    assert "gpu" not in run.errors and "exited 9" in run.facts["gpu"]["error"]

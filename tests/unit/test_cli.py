@@ -40,7 +40,7 @@ def test_lock_render_check_cycle(case: Path) -> None:
     m = str(case)
     assert run("-m", m, "lock", "--check").returncode == 1  # no lock yet
     r = run("-m", m, "render")
-    assert r.returncode == 2 and "stacklock lock" in r.stderr  # render needs a current lock
+    assert r.returncode == 2 and f"stacklock -m {m} lock" in r.stderr  # needs a current lock
     r = run("-m", m, "lock")
     assert r.returncode == 0, r.stderr
     assert "wrote manifest.lock" in r.stderr

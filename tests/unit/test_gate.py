@@ -226,7 +226,7 @@ def test_mutating_commands_need_env_or_all(home: Path, tmp_path: Path, command: 
     res = cli(home, "-m", str(m), command)
     assert res.returncode == 2, res.stderr
     assert f"name the environment(s) to {command}, or --all" in res.stderr
-    assert f"stacklock {command} ENV, or --all" in res.stderr
+    assert f"stacklock -m {m} {command} ENV, or --all" in res.stderr
 
 
 def test_configure_refused_by_the_gate_before_any_node(home: Path, tmp_path: Path) -> None:
@@ -252,10 +252,10 @@ def test_last_environment_asks_and_without_a_terminal_needs_yes(home: Path,
         res = cli(home, "-m", str(m), command, "prod")
         assert res.returncode == 2, res.stderr
         assert "prod is the last environment of the promotion order" in res.stderr
-        assert f"stacklock {command} prod --yes" in res.stderr
+        assert f"stacklock -m {m} {command} prod --yes" in res.stderr
     # with --yes it goes on: here to the missing inventory (exit 2 naming apply), past consent
     res = cli(home, "-m", str(m), "configure", "prod", "--yes")
-    assert res.returncode == 2 and "stacklock apply prod" in res.stderr, res.stderr
+    assert res.returncode == 2 and f"stacklock -m {m} apply prod" in res.stderr, res.stderr
     assert "last environment" not in res.stderr
     assert ledger.read_bytes() == before  # nothing recorded, nothing changed
 
@@ -280,7 +280,7 @@ def test_override_on_the_cli_is_loud(home: Path, tmp_path: Path) -> None:
     # past the gate (loudly), then the missing inventory stops it before any change, so
     # nothing is recorded: an override is recorded right before the change it allows
     assert "THE PROMOTION GATE IS OVERRIDDEN for staging: INC-7 hotfix" in res.stderr
-    assert res.returncode == 2 and "stacklock apply staging" in res.stderr, res.stderr
+    assert res.returncode == 2 and f"stacklock -m {m} apply staging" in res.stderr, res.stderr
     assert not (m.parent / "upgrade/.stacklock/ledger.jsonl").exists()
 
 

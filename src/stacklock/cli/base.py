@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from stacklock import __version__
+from stacklock.console import use_manifest
 from stacklock.core.manifest import LoadedManifest, load_manifest
 from stacklock.errors import InvalidInput, Problem
 from stacklock.flows.run import Run, Target
@@ -26,6 +27,17 @@ class Ctx:
         self.verbose = verbose
         self.lock_timeout = lock_timeout
         self._loaded: LoadedManifest | None = None
+
+    @property
+    def manifest_path(self) -> str:
+        return self._manifest_path
+
+    @manifest_path.setter
+    def manifest_path(self, path: str) -> None:
+        """The manifest in use; every hint naming a stacklock command repeats it (`-m PATH`)
+        unless it is the default."""
+        self._manifest_path = path
+        use_manifest(None if path == DEFAULT_MANIFEST else path, cli.commands)
 
     def loaded(self) -> LoadedManifest:
         if self._loaded is None:

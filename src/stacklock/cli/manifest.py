@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from stacklock.cli.base import Ctx, cli, pass_ctx, require_valid, rules_problems
-from stacklock.console import emit_json, info, print_problems, step
+from stacklock.console import emit_json, info, print_problems, problem_json, step
 from stacklock.core.files import atomic_write
 from stacklock.errors import ExitCode, InvalidInput, Problem
 
@@ -31,7 +31,7 @@ def validate(c: Ctx, strict: bool, fmt: str, online: bool) -> None:
     except InvalidInput as exc:
         if fmt == "json":
             emit_json({"schema": "stacklock.validate/v1", "ok": False,
-                       "problems": [p.as_dict() for p in exc.problems]})
+                       "problems": [problem_json(p) for p in exc.problems]})
             raise SystemExit(int(ExitCode.INVALID)) from None
         raise
     errors = [p for p in problems if p.severity == "error"]
@@ -39,7 +39,7 @@ def validate(c: Ctx, strict: bool, fmt: str, online: bool) -> None:
     failed = bool(errors) or (strict and bool(warnings))
     if fmt == "json":
         emit_json({"schema": "stacklock.validate/v1", "ok": not failed,
-                   "problems": [p.as_dict() for p in problems]})
+                   "problems": [problem_json(p) for p in problems]})
     else:
         print_problems(problems)
         m = loaded.manifest

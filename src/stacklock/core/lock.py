@@ -873,7 +873,7 @@ def check_lock(loaded: LoadedManifest) -> LockStatus:
     existing = read_lock(loaded.lock_path)
     if existing is None:
         return LockStatus(False, f"{loaded.lock_path.name} does not exist")
-    held = lock_pin_problems(existing, loaded.lock_path.name, loaded.path.name)
+    held = lock_pin_problems(existing, loaded.lock_path.name)
     if held:
         raise InvalidInput(
             f"{loaded.lock_path.name} holds {len(held)} pin(s) the roles refuse",
@@ -915,7 +915,7 @@ def load_current_lock(loaded: LoadedManifest) -> dict[str, Any]:
         raise InvalidInput(
             status.reason,
             problems=[Problem(loaded.lock_path.name, status.reason,
-                              f"run: stacklock lock --manifest {loaded.path.name}")],
+                              "run: stacklock lock")],
         )
     lock = read_lock(loaded.lock_path)
     assert lock is not None

@@ -116,8 +116,7 @@ def revoke(loaded: LoadedManifest, name: str) -> bool:
 
 
 def _fix(loaded: LoadedManifest) -> str:
-    m = loaded.path.name
-    return (f"stacklock ledger key new (creates {key_path()}), then stacklock -m {m} ledger "
+    return (f"stacklock ledger key new (creates {key_path()}), then stacklock ledger "
             f"key trust (adds it to {signers_file(loaded).name}) and commit that file through "
             f"review; a CI job: set {KEY_ENV} to its key file")
 
@@ -141,7 +140,7 @@ def signer_for(loaded: LoadedManifest) -> signing.SigningKey:
                 f"your signing key {key.name} ({key.key_id}) is not trusted by "
                 f"{signers_file(loaded)}", problems=[Problem(
                     signers_file(loaded).name, f"{key.name} is not a trusted signer",
-                    f"stacklock -m {loaded.path.name} ledger key trust, then commit "
+                    f"stacklock ledger key trust, then commit "
                     f"{signers_file(loaded).name} through review")])
         add_trusted(loaded, key.public)
         info(f"  trusted your key {key.name} ({key.key_id}) in {signers_file(loaded)}: every "

@@ -171,8 +171,7 @@ def _lock_for(new: LoadedManifest) -> tuple[dict[str, Any], str | None]:
     existing = lockmod.read_lock(new.lock_path)
     if status.current and existing is not None:
         return existing, None
-    fix = (f"run stacklock lock --manifest {new.path.name} first, then promote again; "
-           "nothing was changed")
+    fix = "run stacklock lock first, then promote again; nothing was changed"
     if existing is None:
         raise InvalidInput(status.reason, problems=[Problem(new.lock_path.name, status.reason,
                                                             fix)])

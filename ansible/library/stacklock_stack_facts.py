@@ -28,16 +28,18 @@ description:
     service's virtualenv, the sha256 of TorchServe's config and of every model archive, the
     models TorchServe serves, the systemd state of torchserve and docker, dpkg holds and the
     installed version of each package named in O(packages).
-  - Every probe is bounded by O(probe_timeout); a probe that fails records C(error) in its
-    section (and in C(errors)) instead of failing the module. A probe that could not look
-    (permission denied, timeout, token refused, a crash) says so with C(could not look:) and is
-    listed in C(blocked): its value is unknown, not absent.
-  - Read-only, with one exception: when TorchServe refuses the management or inference key
-    (the keys in key_file.json expire C(token_expiration_min) after TorchServe started, 60
-    minutes by default), the module asks TorchServe's own token API for a fresh key of that kind
-    with the API key (which does not expire) and retries once. A refused key is an expired key,
-    so no working key is taken from anyone. A smoke test (O(smoke)) is one inference request per
-    model; the model answers it as any client's.
+  - >-
+      Every probe is bounded by O(probe_timeout); a probe that fails records C(error) in its
+      section (and in C(errors)) instead of failing the module. A probe that could not look
+      (permission denied, timeout, token refused, a crash) says so with C(could not look:) and is
+      listed in C(blocked): its value is unknown, not absent.
+  - >-
+      Read-only, with one exception: when TorchServe refuses the management or inference key
+      (the keys in key_file.json expire C(token_expiration_min) after TorchServe started, 60
+      minutes by default), the module asks TorchServe's own token API for a fresh key of that kind
+      with the API key (which does not expire) and retries once. A refused key is an expired key,
+      so no working key is taken from anyone. A smoke test (O(smoke)) is one inference request per
+      model; the model answers it as any client's.
   - Returns C(ansible_facts.stacklock_stack); the schema is documented in docs/facts.md.
 version_added: "0.1.0"
 options:
@@ -87,12 +89,13 @@ options:
     default: http://127.0.0.1:8080
   smoke:
     description:
-      - the models whose smoke test runs, as the lock renders them (C(torchserve_models) entries
-        with a C(smoke)), each C({name, version, smoke: {input_base64, input_sha256,
-        content_type, ...}}). The module POSTs the input to
-        C(/predictions/NAME/VERSION) with the inference key and reports the response's status,
-        sha256 and numbers under C(torchserve.smoke.NAME); the comparison happens on the
-        controller (stacklock.parity).
+      - >-
+          the models whose smoke test runs, as the lock renders them (C(torchserve_models) entries
+          with a C(smoke)), each C({name, version, smoke: {input_base64, input_sha256,
+          content_type, ...}}). The module POSTs the input to
+          C(/predictions/NAME/VERSION) with the inference key and reports the response's status,
+          sha256 and numbers under C(torchserve.smoke.NAME); the comparison happens on the
+          controller (stacklock.parity).
     type: list
     elements: dict
     default: []
@@ -159,6 +162,22 @@ options:
     type: list
     elements: str
     default: []
+  files:
+    description:
+      - the files class, sent by the controller (stacklock.core.integrity), never read from
+        the node - one entry per tree (C(dpkg) package, C(record) locked distribution,
+        C(paths) role files) with the hash of the lines the controller expects, and one per
+        managed directory (C(dir), C(recurse)). Returns each tree's actual hash (its lines
+        only when it differs) and the files of the managed directories nothing owns.
+    type: list
+    elements: dict
+    default: []
+  files_cache:
+    description:
+      - where file digests are kept between runs (root, 0600), each with the file's identity;
+        only speeds up (C(deep) ignores it). An empty string disables it.
+    type: str
+    default: /var/cache/stacklock/file-digests.json
 attributes:
   check_mode:
     support: full
@@ -247,6 +266,9 @@ def main() -> None:
             "units": {"type": "list", "elements": "str", "default": []},
             "watch_files": {"type": "list", "elements": "str", "default": []},
             "commands": {"type": "list", "elements": "str", "default": []},
+            # the files class (docs/facts.md): expected tree hashes and managed directories
+            "files": {"type": "list", "elements": "dict", "default": []},
+            "files_cache": {"type": "str", "default": "/var/cache/stacklock/file-digests.json"},
         },
         supports_check_mode=True,
     )

@@ -151,3 +151,55 @@ def moto(moto_server: str) -> str:
     return moto_server
 
 
+
+
+# --------------------------------------------------------------------------- the integrity node
+
+#: one lab node shared by the integrity tests (files class and runtime class): project and
+#: network of its own, environment dev only; each test puts the node back before the next
+INTEGRITY_PROJECT = "slint"
+INTEGRITY_NETWORK = "10.231"
+INTEGRITY_NODE = f"{INTEGRITY_PROJECT}-dev-1"
+
+
+def integrity_sl(manifest: Path, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, NO_COLOR="1", COLUMNS="200")
+    return subprocess.run([str(Path(sys.executable).parent / "stacklock"), "-m", str(manifest),
+                           *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=env, check=False)
+
+
+@pytest.fixture(scope="session")
+def integrity_lab(tmp_path_factory: pytest.TempPathFactory, lab_docker: str) -> Iterator[Path]:
+    """The manifest of one provisioned lab node (dev), shared by test_integrity_files.py and
+    test_integrity_runtime.py; destroyed at the end of the session."""
+    import re
+
+    import yaml
+
+    if os.geteuid() != 0 or shutil.which("dpkg-scanpackages") is None:
+        pytest.skip("the lab needs root and scripts/bootstrap.sh's tools")
+    work = tmp_path_factory.mktemp(INTEGRITY_PROJECT)
+    (work / "models").mkdir()
+    shutil.copy(REPO_ROOT / "examples/models/tiny-linear.mar", work / "models/tiny-linear.mar")
+    text = (REPO_ROOT / "examples/lab.yaml").read_text()
+    text = re.sub(r"^project: .*$", f"project: {INTEGRITY_PROJECT}", text, flags=re.M)
+    text = text.replace("10.213.", f"{INTEGRITY_NETWORK}.")
+    data = yaml.safe_load(text)
+    data["environments"] = {"dev": data["environments"]["dev"]}
+    data.pop("promotion", None)
+    manifest = work / "lab.yaml"
+    manifest.write_text(yaml.safe_dump(data, sort_keys=False))
+    for step in (["lock"], ["render"]):
+        res = integrity_sl(manifest, *step)
+        assert res.returncode == 0, res.stdout + res.stderr
+    try:
+        res = integrity_sl(manifest, "provision", "dev", "--yes", timeout=2400)
+        assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+        yield manifest
+    finally:
+        integrity_sl(manifest, "destroy", "--all", timeout=600)
+        left = subprocess.run(["docker", "ps", "-aq", "--filter", f"name={INTEGRITY_PROJECT}-"],
+                              capture_output=True, text=True, check=False).stdout.split()
+        if left:
+            subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)

@@ -3,32 +3,27 @@ files and changed role files, each caught by the verify play and by `verify --fa
 file, then put back by `configure`; a clean node verifies with exit 0 after provisioning and
 after a restart.
 
-One node (project slintf, its own 10.231 network, environment dev only) is provisioned once for
-the module and shared by its tests, which run in file order.
+One node (project slint, its own 10.231 network, environment dev only: conftest's
+`integrity_lab`) is shared with tests/integration/test_integrity_runtime.py; tests run in file
+order and each puts the node back.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-PROJECT = "slintf"
-NETWORK = "10.231"
-NODE = f"{PROJECT}-dev-1"
+NODE = "slint-dev-1"  # conftest.INTEGRITY_NODE
 VENV = "/opt/torchserve/venv"
 SITE = f"{VENV}/lib/python3.11/site-packages"
 
@@ -62,33 +57,9 @@ def file_findings(report: dict[str, Any]) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory, lab_docker: str) -> Iterator[Path]:
-    if os.geteuid() != 0 or shutil.which("dpkg-scanpackages") is None:
-        pytest.skip("the lab needs root and scripts/bootstrap.sh's tools")
-    work = tmp_path_factory.mktemp("intf")
-    (work / "models").mkdir()
-    shutil.copy(ROOT / "examples/models/tiny-linear.mar", work / "models/tiny-linear.mar")
-    text = (ROOT / "examples/lab.yaml").read_text()
-    text = re.sub(r"^project: .*$", f"project: {PROJECT}", text, flags=re.M)
-    text = text.replace("10.213.", f"{NETWORK}.")
-    data = yaml.safe_load(text)
-    data["environments"] = {"dev": data["environments"]["dev"]}
-    data.pop("promotion", None)
-    manifest = work / "lab.yaml"
-    manifest.write_text(yaml.safe_dump(data, sort_keys=False))
-    for step in (["lock"], ["render"]):
-        res = sl(manifest, *step)
-        assert res.returncode == 0, res.stdout + res.stderr
-    try:
-        res = sl(manifest, "provision", "dev", "--yes", timeout=2400)
-        assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
-        yield manifest
-    finally:
-        sl(manifest, "destroy", "--all", timeout=600)
-        left = subprocess.run(["docker", "ps", "-aq", "--filter", f"name={PROJECT}-"],
-                              capture_output=True, text=True, check=False).stdout.split()
-        if left:
-            subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)
+def lab(integrity_lab: Path) -> Path:
+    """The integrity node shared with the other class's tests (tests/integration/conftest.py)."""
+    return integrity_lab
 
 
 def test_clean_node_verifies(lab: Path) -> None:
@@ -108,7 +79,7 @@ CHANGES = [
      f"{SITE}/zz-evil.pth", "file.unowned"),
     ("unowned file in the model store", "echo x > /var/lib/torchserve/model-store/extra.py",
      "/var/lib/torchserve/model-store/extra.py", "file.unowned"),
-    ("changed package file (runc)", "printf 'x' >> /usr/bin/runc", "/usr/bin/runc",
+    ("changed package file (runc)", "printf 'x' >> /usr/sbin/runc", "/usr/sbin/runc",
      "package.file.changed"),
     ("changed package conffile (docker.io)", "echo '# x' >> /etc/default/docker",
      "/etc/default/docker", "package.file.changed"),

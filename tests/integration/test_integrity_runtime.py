@@ -4,8 +4,9 @@ the verify play and by `verify --fast` naming the unit, process or command; `con
 them back and verify exits 0; a clean node gives no finding after provisioning, after a node
 restart and with TorchServe's keys renewed; a waiver shows a deviation as WAIVED.
 
-One lab node of its own project (`slintr`) and network (10.226), provisioned once for the
-module. Tests run in file order; each puts the node back (configure) before the next.
+One lab node (conftest's `integrity_lab`, project slint, network 10.231), shared with
+tests/integration/test_integrity_files.py. Tests run in file order; each puts the node back
+(configure) before the next.
 """
 
 from __future__ import annotations
@@ -13,11 +14,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import re
-import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +26,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-PROJECT = "slintr"
-NETWORK = "10.226"
-NODE = f"{PROJECT}-dev-1"
+NODE = "slint-dev-1"  # conftest.INTEGRITY_NODE
 
 
 def sl(manifest: Path, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess[str]:
@@ -92,36 +88,9 @@ def repair(manifest: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory, lab_docker: str) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("the lab needs root")
-    for tool in ("ip", "ssh", "debootstrap", "dockerd"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is missing: run scripts/bootstrap.sh")
-    work = tmp_path_factory.mktemp("slintr")
-    (work / "models").mkdir()
-    shutil.copy(ROOT / "examples/models/tiny-linear.mar", work / "models/tiny-linear.mar")
-    text = (ROOT / "examples/lab.yaml").read_text()
-    text = re.sub(r"^project: .*$", f"project: {PROJECT}", text, flags=re.M)
-    text = text.replace("10.213.", f"{NETWORK}.")
-    data = yaml.safe_load(text)
-    data["environments"] = {"dev": data["environments"]["dev"]}
-    data.pop("promotion", None)
-    manifest = work / "lab.yaml"
-    manifest.write_text(yaml.safe_dump(data, sort_keys=False))
-    for step in (["lock"], ["render"]):
-        res = sl(manifest, *step)
-        assert res.returncode == 0, res.stderr
-    try:
-        res = sl(manifest, "provision", "dev", "--yes", timeout=2400)
-        assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
-        yield manifest
-    finally:
-        sl(manifest, "destroy", "--all", timeout=600)
-        left = subprocess.run(["docker", "ps", "-aq", "--filter", f"name={PROJECT}-"],
-                              capture_output=True, text=True, check=False).stdout.split()
-        if left:
-            subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)
+def lab(integrity_lab: Path) -> Path:
+    """The integrity node shared with the other class's tests (tests/integration/conftest.py)."""
+    return integrity_lab
 
 
 def test_clean_node_right_after_provisioning(lab: Path) -> None:

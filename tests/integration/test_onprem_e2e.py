@@ -361,7 +361,7 @@ def test_table_report_names_every_host(deployment: Deployment) -> None:
 
 def standalone_verify(dep: Deployment, report: Path) -> subprocess.CompletedProcess[str]:
     """`ansible-playbook -i <output>/inventories/prod ansible/playbooks/verify.yml` from the
-    checkout, as the README shows: no CLI."""
+    checkout, as docs/onprem.md shows: no CLI."""
     argv = [str(BIN / "ansible-playbook"), "-i", str(dep.inventory),
             "ansible/playbooks/verify.yml", "-e", f"stacklock_report_path={report}"]
     return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600,

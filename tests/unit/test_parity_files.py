@@ -81,3 +81,12 @@ def test_wheel_policy_pip_files_pyc_and_scripts() -> None:
     paths = {line.split("\t")[0]: line.split("\t")[1] for line in t.lines}
     assert paths["/v/bin/pip3.11"] == "*" and "/v/bin/pip3.13" not in paths
     assert not any(p.endswith((".pyc", "/RECORD")) for p in paths)
+
+
+def test_a_host_without_a_rendered_stack_has_no_files_class() -> None:
+    """The files class compares what stacklock rendered; an inventory it did not render (no
+    stacklock_fingerprint) gets no option, so the module checks nothing of that host's dirs."""
+    from stacklock.flows import integrity as flow
+
+    assert flow.files_option({"stacklock_os_release": "12"}) == []
+    assert flow.files_option({"stacklock_fingerprint": ""}) == []

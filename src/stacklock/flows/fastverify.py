@@ -36,6 +36,7 @@ from stacklock.core.files import atomic_write
 from stacklock.core.parity import ParityReport, Unreachable
 from stacklock.core.render import repo_root
 from stacklock.errors import InvalidInput, Problem, ToolFailed
+from stacklock.flows import integrity
 
 MODULE = Path("ansible") / "library" / "stacklock_stack_facts.py"
 #: what Ansible ships with the module (module_utils in ansible.cfg), shipped the same way here
@@ -284,6 +285,9 @@ def task_args(hv: Mapping[str, Any], run_id: str, deep: bool) -> dict[str, Any]:
     args["units"] = list(hv.get("stacklock_verify_units") or runtime.units_option())
     args["watch_files"] = runtime.watch_option(hv)
     args["commands"] = runtime.commands_option()
+    # the files class: the controller's expectation (stacklock.flows.integrity), as the play's
+    # stacklock_files_reference task sets it
+    args["files"] = list(hv.get("stacklock_files") or [])
     return args
 
 
@@ -371,6 +375,8 @@ def collect(inventories: Sequence[Path], envs: Sequence[str], *, report_path: Pa
     refused: list[fastssh.HostResult] = []
     for env, inventory in zip(envs, inventories, strict=True):
         hosts = read_inventory(inventory, env)
+        # the files class, computed on the controller as the play's reference task does
+        hosts = [(n, {**hv, "stacklock_files": integrity.files_option(hv)}) for n, hv in hosts]
         inv_dir = _hosts_file(inventory).parent
         for name, hv in hosts:
             where = f"inventory {inv_dir}, host {name}"

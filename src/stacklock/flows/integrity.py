@@ -156,7 +156,10 @@ _MEMO: dict[str, list[dict[str, Any]]] = {}
 
 def files_option(hv: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The facts module's `files` option for a host with these variables (the reference
-    lines stored on the controller as a side effect)."""
+    lines stored on the controller as a side effect). A host whose variables hold no stack
+    rendered by stacklock (no `stacklock_fingerprint`) has nothing to compare: []."""
+    if not hv.get("stacklock_fingerprint"):
+        return []
     keys = ("torchserve_venv", "torchserve_python_version", "torchserve_config_path",
             "torchserve_model_store", "torchserve_home", "torchserve_group",
             "torchserve_pip_packages", "torchserve_models", "torchserve_config_sha256",

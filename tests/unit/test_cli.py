@@ -114,3 +114,18 @@ def test_missing_manifest() -> None:
 def test_manifest_option_after_subcommand(case: Path) -> None:
     r = run("validate", "--manifest", str(case))
     assert r.returncode == 0, r.stderr
+
+
+def test_validate_checks_the_model_archives(case: Path) -> None:
+    """validate is the whole pre-merge gate: an archive that changed or went missing fails it,
+    not only `lock` (issue #21)."""
+    archive = case.parent / "models" / "fixture.mar"
+    archive.write_bytes(archive.read_bytes() + b"changed")
+    r = run("-m", str(case), "validate")
+    assert r.returncode == 2
+    assert "stacks.s1.models[0].sha256: does not match models/fixture.mar" in r.stderr
+    archive.unlink()
+    r = run("-m", str(case), "validate", "--format", "json")
+    assert r.returncode == 2
+    (p,) = [p for p in json.loads(r.stdout)["problems"] if p["severity"] == "error"]
+    assert p["path"] == "stacks.s1.models[0].archive" and "no such file" in p["message"]

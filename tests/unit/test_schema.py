@@ -645,3 +645,36 @@ def test_render_points_ansible_at_the_ca_bundle_in_the_manifest_s_folder(
     tree = rendermod.render_tree(loaded, lockmod.build_lock(loaded))
     gv = yaml.safe_load(tree["inventories/onprem/group_vars/onprem/stacklock.yml"])
     assert gv["stacklock_ca_bundle"] == str(outside / "secret.txt")
+
+
+def test_a_misspelt_required_key_hides_no_rule_error() -> None:
+    """`pythn` for the required `python` (and `regoin` for `region`): the schema errors, with
+    the key they meant, and the rule error of the same stack, all at once (issue #21)."""
+    data = edit(base(), f"{S}.nvidia_driver.version", "535.54.03")  # too old for CUDA 13
+    data["stacks"]["prod-stack"]["pythn"] = data["stacks"]["prod-stack"].pop("python")
+    data["environments"]["dev"]["regoin"] = data["environments"]["dev"].pop("region")
+    found = {p.path: p for p in problems(data)}
+    assert set(found) == {f"{S}.python", f"{S}.pythn", f"{DEV}.region", f"{DEV}.regoin",
+                          f"{S}.nvidia_driver.version"}
+    assert "needs NVIDIA driver" in found[f"{S}.nvidia_driver.version"].message
+    assert "did you mean 'python'?" in found[f"{S}.pythn"].hint
+    assert "did you mean 'region'?" in found[f"{DEV}.regoin"].hint
+
+
+@pytest.mark.parametrize(("where", "typo", "meant"), [
+    ("", "promotoin", "promotion"),
+    (S, "torchserv", "torchserve"),
+    (f"{S}.nvidia_driver", "kernel_modul", "kernel_module"),
+    (f"{S}.models.0", "shaa256", "sha256"),
+    (DEV, "instance_typ", "instance_type"),
+])
+def test_unknown_key_names_the_closest_allowed_one(where: str, typo: str, meant: str) -> None:
+    data = edit(base(), f"{where}.{typo}" if where else typo, "x")
+    path = f"{where}.{typo}".replace(".models.0.", ".models[0].") if where else typo
+    found = {p.path: p for p in problems(data)}
+    assert f"did you mean {meant!r}?" in found[path].hint
+
+
+def test_an_unknown_key_far_from_any_suggests_nothing() -> None:
+    found = {p.path: p for p in problems(edit(base(), "zzzqqq", 1))}
+    assert "did you mean" not in found["zzzqqq"].hint

@@ -23,7 +23,9 @@ def validate(c: Ctx, strict: bool, fmt: str, online: bool) -> None:
     """Check the manifest's schema and compatibility rules (exit 2 on errors)."""
     try:
         loaded = c.loaded()
-        problems = rules_problems(loaded)
+        from stacklock.core.lock import model_problems
+
+        problems = rules_problems(loaded) + model_problems(loaded)
         if online:
             from stacklock.adapters import aws
 

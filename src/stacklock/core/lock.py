@@ -714,6 +714,18 @@ def _models(loaded: LoadedManifest, stack_name: str, stack: Stack) -> list[dict[
     return out
 
 
+def model_problems(loaded: LoadedManifest) -> list[Problem]:
+    """Every model archive of every stack that is missing or does not match its sha256, and
+    every smoke input that cannot be read: what `lock` refuses, for `validate` to report."""
+    problems: list[Problem] = []
+    for name, stack in sorted(loaded.manifest.stacks.items()):
+        try:
+            _models(loaded, name, stack)
+        except InvalidInput as exc:
+            problems += exc.problems
+    return problems
+
+
 def lock_stack(loaded: LoadedManifest, name: str, amis: dict[str, str] | None,
                closure: list[dict[str, Any]] | None = None,
                apt_sets: dict[str, list[dict[str, str]]] | None = None) -> dict[str, Any]:

@@ -4,11 +4,13 @@ compatibility rules (`core.rules`), every error reported at once with its path."
 from __future__ import annotations
 
 import os
+import types
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from stacklock.core import grammar, rules
 from stacklock.core.schema import (
@@ -58,6 +60,7 @@ from stacklock.core.schema import (
     loopback_problems,
     path_problems,
 )
+from stacklock.core.suggest import closest
 from stacklock.errors import InvalidInput, Problem
 
 __all__ = [
@@ -228,6 +231,54 @@ _PATTERN_HELP: dict[str, tuple[str, str]] = {
 }
 
 
+def _members(tp: Any) -> list[Any]:
+    """The types of a (possibly Annotated, possibly Union) annotation."""
+    origin = get_origin(tp)
+    if origin is Annotated:
+        return _members(get_args(tp)[0])
+    if origin in (Union, types.UnionType):
+        return [m for a in get_args(tp) for m in _members(a)]
+    return [tp]
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def _tags(model: type[BaseModel]) -> set[Any]:
+    """The Literal values a model's fields take: a tagged union's tag (`provider: aws`)."""
+    return {v for f in model.model_fields.values() if get_origin(f.annotation) is Literal
+            for v in get_args(f.annotation)}
+
+
+def allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys the manifest allows beside the last element of a validation error's location
+    (walking the schema's models, mappings, lists and tagged unions)."""
+    current: list[Any] = [Manifest]
+    for key in loc[:-1]:
+        members = [m for tp in current for m in _members(tp)]
+        tagged = [m for m in members if _is_model(m) and key in _tags(m)
+                  and key not in m.model_fields]
+        if tagged:  # the union's tag in the location (`aws`), not a key of the input
+            current = tagged
+            continue
+        following: list[Any] = []
+        for m in members:
+            args = get_args(m)
+            if _is_model(m):
+                field = m.model_fields.get(str(key))
+                if field is not None:
+                    following.append(field.annotation)
+            elif get_origin(m) in (dict, Mapping) and len(args) == 2:
+                following.append(args[1])
+            elif get_origin(m) in (list, tuple, Sequence) and args:
+                following.append(args[0])
+        current = following
+    keys = {field.alias or name for tp in current for m in _members(tp) if _is_model(m)
+            for name, field in m.model_fields.items()}
+    return sorted(keys)
+
+
 def _hint(err: dict[str, Any]) -> str:
     kind = err.get("type", "")
     ctx = err.get("ctx") or {}
@@ -239,6 +290,10 @@ def _hint(err: dict[str, Any]) -> str:
     if kind == "literal_error" and isinstance(err.get("input"), int | float):
         return f"use one of {ctx.get('expected', '')}, quoted (YAML reads 17 as a number)"
     if kind == "extra_forbidden":
+        loc = tuple(err.get("loc") or ())
+        near = closest(str(loc[-1]), allowed_keys(loc)) if loc else None
+        if near is not None:
+            return f"did you mean {near!r}? fix its spelling, or remove it (docs/manifest.md)"
         return "remove it, or check its spelling against the manifest reference (docs/manifest.md)"
     if kind == "missing":
         return "add this field"

@@ -57,6 +57,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from stacklock.core.grammar import debian_upstream
 from stacklock.core.schema import AwsEnvironment, Environment, Manifest, Stack
+from stacklock.core.suggest import closest
 from stacklock.errors import Problem
 
 ERROR = "error"
@@ -223,27 +224,46 @@ def check_raw(raw: dict[str, Any], *, today: date | None = None,
 
 def _validate_part(validate: Any, body: Any) -> Any:
     """One stack or environment, validated on its own; unknown keys (reported by the schema)
-    set aside, so that a misspelt key does not hide a rule error beside it."""
+    set aside, so that a misspelt key does not hide a rule error beside it. A required key
+    that is missing while an unknown key beside it is its near spelling (`pythn` for
+    `python`) takes that key's value: the typo hides no rule error of the rest either."""
     try:
         return validate(body)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
-        if not all(e["type"] == "extra_forbidden" for e in errors):
+        if not all(e["type"] in ("extra_forbidden", "missing") for e in errors):
             return None
         trimmed = copy.deepcopy(body)
+        extras = [tuple(e["loc"]) for e in errors if e["type"] == "extra_forbidden"]
         for e in errors:
-            node = trimmed
-            for key in e["loc"][:-1]:
-                if (isinstance(node, dict) and key in node) or (
-                        isinstance(node, list) and isinstance(key, int) and key < len(node)):
-                    node = node[key]  # type: ignore[index]
-                # else: a union's tag in the location (`aws`), not a key of the input
+            if e["type"] != "missing":
+                continue
+            parent, key = tuple(e["loc"][:-1]), str(e["loc"][-1])
+            near = closest(key, [str(x[-1]) for x in extras if x[:-1] == parent])
+            node = _node(trimmed, parent)
+            if near is None or not isinstance(node, dict) or near not in node:
+                return None
+            node[key] = node.pop(near)
+            extras.remove((*parent, near))
+        for loc in extras:
+            node = _node(trimmed, loc[:-1])
             if isinstance(node, dict):
-                node.pop(e["loc"][-1], None)
+                node.pop(loc[-1], None)
     try:
         return validate(trimmed)
     except (ValidationError, KeyError, IndexError, TypeError):
         return None
+
+
+def _node(data: Any, loc: tuple[Any, ...]) -> Any:
+    """The value at a validation error's location; a union's tag in the location (`aws`),
+    not a key of the input, is skipped."""
+    node = data
+    for key in loc:
+        if (isinstance(node, dict) and key in node) or (
+                isinstance(node, list) and isinstance(key, int) and key < len(node)):
+            node = node[key]
+    return node
 
 
 _APT_COMPONENTS = ("nvidia_driver", "cuda", "docker", "nvidia_container_toolkit")

@@ -1,0 +1,22 @@
+"""Did-you-mean: the closest allowed name to a misspelt one (a manifest key, an environment)."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """The allowed name nearest to `word`, or None when none is near enough to suggest."""
+    options = [c for c in choices if c != word]
+    folded = {c.casefold(): c for c in options}
+    if word.casefold() in folded:
+        return folded[word.casefold()]
+    found = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """'did you mean 'prod'? ' (with the trailing space) or '' when nothing is close."""
+    best = closest(word, choices)
+    return f"did you mean {best!r}? " if best is not None else ""

@@ -120,10 +120,13 @@ def test_table_highlights_the_deviation_with_expected() -> None:
     red = [prod_cell.plain[s.start:s.end] for s in prod_cell.spans if "red" in str(s.style)]
     assert red == ["prod-2: 24.0.5 (expected 20.10.24)"]
     assert staging_cell.plain == "20.10.24" and not staging_cell.spans
-    table = build_table(report())
     headers = [str(c.header) for c in table.columns]
     assert headers == ["component", "expected (lock)", "dev (1 node)", "staging (1 node)",
                        "prod (2 nodes)"]
+    # every environment the same in every row: one value column (tests/unit/test_tables.py)
+    headers = [str(c.header) for c in build_table(report()).columns]
+    assert headers == ["component", "expected (lock)",
+                       "dev, staging, prod (4 nodes, all the same)"]
 
 
 def test_table_clean_and_unreachable() -> None:

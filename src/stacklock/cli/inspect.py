@@ -20,15 +20,18 @@ from stacklock.cli.base import Ctx, cli, get_run, lock_timeout_option, pass_ctx,
 @click.option("--fast", is_flag=True,
               help="Collect over one direct SSH connection per node (asyncssh) instead of the "
                    "verify play: the same facts module, inventories, host keys and comparison.")
+@click.option("--all", "show_all", is_flag=True,
+              help="Show every check in the table, the per-package ones (package, hold, pip, "
+                   "apt_blacklist) too; by default a footer counts them.")
 @lock_timeout_option
 @pass_ctx
 def verify(c: Ctx, envs: tuple[str, ...], fmt: str, junit: Path | None, deep: bool,
-           fast: bool) -> None:
+           fast: bool, show_all: bool) -> None:
     """Collect the real stack from every node and compare (exit 0 match, 1 deviation, 3 unreachable)."""
     from stacklock.flows import verify as flow
 
     code = flow.verify(get_run(c), targets(c, envs), fmt=fmt, junit=junit, deep=deep,
-                       fast=fast)
+                       fast=fast, show_all=show_all)
     raise SystemExit(int(code))
 
 

@@ -159,8 +159,10 @@ def _short(value: str | None) -> str:
     return text
 
 
-#: rows left out of the compact table when everything in them matches
-_COMPACT_HIDDEN = ("package.", "hold.", "pip.", "os.architecture", "gpu.memory_mib")
+#: rows left out of the compact table when everything in them matches (the footer counts
+#: them by kind; `stacklock verify --all` shows them)
+_COMPACT_HIDDEN = ("package.", "hold.", "pip.", "apt_blacklist.", "os.architecture",
+                   "gpu.memory_mib")
 
 
 def table_components(report: ParityReport, *, compact: bool = False) -> list[str]:
@@ -224,19 +226,31 @@ def _cell(report: ParityReport, env: str, component: str,
     return text
 
 
+def _nodes(count: int) -> str:
+    return f"{count} node{'s' if count != 1 else ''}"
+
+
+def _same(cells: list[Text]) -> bool:
+    """Every environment's cell shows the same value in the same style."""
+    first = cells[0]
+    return all(c.plain == first.plain and c.spans == first.spans and c.style == first.style
+               for c in cells[1:])
+
+
 def build_table(
     report: ParityReport, title: str = "stack parity", *, compact: bool = False
 ) -> Table:
+    """Rows = components; one column per environment, or ONE value column when every
+    environment shows the same value in every row (the common case). Cells wrap (fold),
+    never cut, so that the table fits 80 columns without an ellipsis in a value."""
     table = Table(title=title, show_lines=False, header_style="bold")
-    table.add_column("component", no_wrap=True)
+    table.add_column("component", overflow="fold")
     same_exp = _common_expectations(report)
-    table.add_column("expected (lock)")
-    for env in report.environments:
-        count = sum(1 for n in report.nodes if n.environment == env)
-        table.add_column(f"{env} ({count} node{'s' if count != 1 else ''})")
+    table.add_column("expected (lock)", overflow="fold")
     by_key: dict[tuple[str, str, str], list[Check]] = {}
     for c in report.checks:
         by_key.setdefault((c.environment, c.node, c.component), []).append(c)
+    rows: list[tuple[list[Text], list[Text]]] = []
     for comp in table_components(report, compact=compact):
         exp = same_exp.get(comp)
         if comp in OBSERVED_ONLY and comp not in same_exp:
@@ -245,10 +259,37 @@ def build_table(
             exp_text = Text("per environment", style="dim")
         else:
             exp_text = Text(_short(exp[0]))
-        row: list[Text] = [Text(comp), exp_text]
-        row += [_cell(report, env, comp, by_key) for env in report.environments]
-        table.add_row(*row)
+        cells = [_cell(report, env, comp, by_key) for env in report.environments]
+        rows.append(([Text(comp), exp_text], cells))
+    one = len(report.environments) > 1 and all(_same(cells) for _, cells in rows)
+    if one:
+        table.add_column(f"{', '.join(report.environments)} ({_nodes(len(report.nodes))}, "
+                         "all the same)", overflow="fold")
+    else:
+        for env in report.environments:
+            count = sum(1 for n in report.nodes if n.environment == env)
+            table.add_column(f"{env} ({_nodes(count)})", overflow="fold")
+    for head, cells in rows:
+        table.add_row(*head, *(cells[:1] if one else cells))
     return table
+
+
+def hidden_checks(report: ParityReport, *, compact: bool = False) -> str:
+    """The footer of a compact table: how many checks of which kinds it does not show."""
+    if not compact:
+        return ""
+    shown = set(table_components(report, compact=True)) | {REACHABLE}
+    hidden = [c for c in report.checks if c.component not in shown]
+    if not hidden:
+        return ""
+    kinds: dict[str, int] = {}
+    for c in hidden:
+        kind = c.component.split(".", 1)[0]
+        kinds[kind] = kinds.get(kind, 0) + 1
+    which = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
+    matching = ", all matching" if all(c.status is Status.MATCH for c in hidden) else ""
+    return (f"{len(hidden)} of {len(report.checks)} checks not shown ({which}){matching}: "
+            "stacklock verify --all shows them")
 
 
 def _common_expectations(report: ParityReport) -> dict[str, tuple[str | None]]:
@@ -284,6 +325,9 @@ def print_report(
 ) -> None:
     """The table, the problems (one per line), the summary and the verdict."""
     console.print(build_table(report, title, compact=compact))
+    footer = hidden_checks(report, compact=compact)
+    if footer:
+        console.print(Text(footer, style="dim"))
     for line in report.problems():
         console.print(Text(f"  ✗ {line}", style="red"))
     console.print(report.summary())

@@ -56,6 +56,7 @@ def collect(run: Run, targets: Sequence[Target], *, quiet: bool = False,
 def verify(
     run: Run, targets: Sequence[Target], *, fmt: str = "table", junit: Path | None = None,
     deep: bool = False, collected: ParityReport | None = None, fast: bool = False,
+    show_all: bool = False,
 ) -> ExitCode:
     """Collect and compare, record evidence when it passes, print the report.
 
@@ -79,7 +80,7 @@ def verify(
     if fmt == "json":
         emit_json(reportmod.report_dict(report))
     else:
-        reportmod.print_report(report, out, compact=True)
+        reportmod.print_report(report, out, compact=not show_all)
     if unrecorded is not None:
         # the nodes match; what failed is signing the evidence, which only the gates read:
         # say so loudly, keep the verdict's exit code (promotion refuses without evidence)

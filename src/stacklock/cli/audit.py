@@ -53,7 +53,13 @@ def audit(c: Ctx, envs: tuple[str, ...], deep: bool, kinds: str, fmt: str, json_
         env = envs[1] if len(envs) == 2 else None
         if env is not None:
             c.envs([env])
-        out.print(audit_report.history_table(audit_report.history_summary(history, env)))
+        summary = audit_report.history_summary(history, env)
+        if fmt == "json":  # stacklock.audit-history-summary/v1
+            from stacklock.console import emit_json
+
+            emit_json(summary.as_dict())
+            return
+        out.print(audit_report.history_table(summary))
         return
     from stacklock.flows.audit import RealProbes
 

@@ -83,12 +83,14 @@ def rollback(c: Ctx, env: str, to: str | None, override_gate: str | None) -> Non
 
 
 @cli.command()
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True, help="json: a stacklock.status/v1 envelope on stdout.")
 @pass_ctx
-def status(c: Ctx) -> None:
+def status(c: Ctx, fmt: str) -> None:
     """Each environment's revision (fingerprint), its latest evidence and the next step."""
     from stacklock.flows import promote as promoteflow
 
-    raise SystemExit(int(promoteflow.print_status(c.loaded())))
+    raise SystemExit(int(promoteflow.print_status(c.loaded(), fmt=fmt)))
 
 
 @cli.group()

@@ -27,13 +27,14 @@ import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
-from stacklock.console import info, out, step
+from stacklock.console import emit_json, info, out, step, with_manifest
 from stacklock.core import ledger as core
 from stacklock.core import promotion, runlock
 from stacklock.core.files import atomic_write, default_mode, ensure_dir
@@ -241,13 +242,76 @@ def promote(loaded: LoadedManifest, env: str, *, now: datetime | None = None,
     return ExitCode.OK, new
 
 
-def print_status(loaded: LoadedManifest, now: datetime | None = None) -> ExitCode:
+STATUS_SCHEMA = "stacklock.status/v1"
+
+
+@dataclass(frozen=True)
+class StatusEvidence:
+    """The latest passing verify of an environment (`stacklock status --format json`)."""
+
+    seq: int
+    time: str
+    fingerprint: str
+    nodes: tuple[str, ...]
+    current: bool  # of the environment's revision now (False: an older revision)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "time": self.time, "fingerprint": self.fingerprint,
+                "nodes": list(self.nodes), "current": self.current}
+
+
+@dataclass(frozen=True)
+class StatusEnvironment:
+    environment: str
+    stack: str
+    fingerprint: str
+    latest_passing_verify: StatusEvidence | None
+    next_step: str
+
+    def as_dict(self) -> dict[str, Any]:
+        latest = self.latest_passing_verify
+        return {"environment": self.environment, "stack": self.stack,
+                "fingerprint": self.fingerprint,
+                "latest_passing_verify": latest.as_dict() if latest else None,
+                "next_step": with_manifest(self.next_step)}
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """`stacklock status` for a machine: a versioned envelope (keys pinned by a test)."""
+
+    project: str
+    promotion: tuple[str, ...]
+    ledger: str
+    records: int
+    environments: tuple[StatusEnvironment, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"schema": STATUS_SCHEMA, "project": self.project,
+                "promotion": list(self.promotion), "ledger": self.ledger,
+                "records": self.records,
+                "environments": [e.as_dict() for e in self.environments]}
+
+
+def print_status(loaded: LoadedManifest, now: datetime | None = None, *,
+                 fmt: str = "table") -> ExitCode:
     order = list(loaded.manifest.promotion)
     records = ledgerflow.open_ledger(loaded).records()
     soak = promotion.soak_seconds(loaded.manifest.promotion_soak)
     rows = promotion.status(order, revisions(loaded), records, now or datetime.now(UTC), soak,
                             project=loaded.manifest.project,
                             expected=promotion.expected_of(loaded.manifest))
+    if fmt == "json":
+        emit_json(StatusReport(
+            project=loaded.manifest.project, promotion=tuple(order),
+            ledger=str(ledgerflow.open_ledger(loaded).where), records=len(records),
+            environments=tuple(StatusEnvironment(
+                r.environment, r.stack, r.fingerprint,
+                None if r.latest is None else StatusEvidence(
+                    r.latest.seq, r.latest.time, r.latest.fingerprint, tuple(r.latest.nodes),
+                    r.latest.fingerprint == r.fingerprint),
+                r.next_step) for r in rows)).as_dict())
+        return ExitCode.OK
     table = Table(title="revisions" + (f" (promotion: {' -> '.join(order)})" if order else ""),
                   header_style="bold")
     for col in ("environment", "stack", "revision", "latest passing verify", "next step"):

@@ -129,3 +129,45 @@ def test_validate_checks_the_model_archives(case: Path) -> None:
     assert r.returncode == 2
     (p,) = [p for p in json.loads(r.stdout)["problems"] if p["severity"] == "error"]
     assert p["path"] == "stacks.s1.models[0].archive" and "no such file" in p["message"]
+
+
+def test_unknown_environment_once_with_did_you_mean(case: Path) -> None:
+    """`verify lbb`: one line, naming the closest environment (issue #21)."""
+    r = run("-m", str(case), "verify", "lbb")
+    assert r.returncode == 2
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert lines == ["ERROR ENV: 'lbb' is not an environment of the manifest (fix: did you "
+                     "mean 'lab'? use one of: onprem, lab)"], r.stderr
+
+
+def test_run_target_names_the_closest_environment(case: Path) -> None:
+    from stacklock.core.manifest import load_manifest
+    from stacklock.errors import InvalidInput
+    from stacklock.flows.run import Run
+
+    run_ = Run(load_manifest(case))
+    try:
+        with pytest.raises(InvalidInput) as exc:
+            run_.target("onprme")
+    finally:
+        run_.close()
+    assert "did you mean 'onprem'?" in exc.value.problems[0].hint
+
+
+def test_a_summary_that_adds_something_is_kept(case: Path) -> None:
+    """Several problems keep their count; a path the one problem lacks keeps the summary."""
+    text = case.read_text().replace("count: 2", "count: two").replace("project: ", "projekt: ")
+    case.write_text(text)
+    r = run("-m", str(case), "validate")
+    assert r.returncode == 2 and "did you mean 'project'?" in r.stderr
+    r = run("-m", str(case), "lock")
+    assert r.stderr.count("environments.lab.count") == 1
+    assert "error: " in r.stderr and "problem(s)" in r.stderr
+
+
+@pytest.mark.parametrize("where", ["end", "middle"])
+def test_verbose_anywhere_on_the_line(case: Path, where: str) -> None:
+    args = (["-m", str(case), "lock", "--check", "-v"] if where == "end"
+            else ["lock", "--verbose", "-m", str(case), "--check"])
+    r = run(*args)
+    assert "No such option" not in r.stderr and r.returncode == 1, r.stderr  # no lock yet

@@ -3,6 +3,7 @@ exit codes. One module per group of commands; importing them registers the comma
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 import traceback
@@ -12,8 +13,8 @@ from rich.markup import escape
 
 from stacklock.cli import audit, infra, init, inspect, keys, lab, manifest, revisions  # noqa: F401 (register)
 from stacklock.cli.base import RUNNING, cli
-from stacklock.console import err, print_problems
-from stacklock.errors import ExitCode, StacklockError
+from stacklock.console import err, print_problems, use_manifest
+from stacklock.errors import ExitCode, Problem, StacklockError
 
 #: what to run after an interrupted command (the roles and `apply` repair what was left)
 _AFTER_INTERRUPT = {
@@ -55,7 +56,25 @@ def _signalled(exc: KeyboardInterrupt) -> None:
     _interrupted(130, "SIGINT (Ctrl-C)")
 
 
+def _adds_to(message: str, problems: list[Problem]) -> bool:
+    """Each error is printed once: one line per problem, and the error's own summary only
+    when it says something they do not (a count of several, or a word, name or path that
+    the one problem does not have)."""
+    if len(problems) != 1:
+        return True
+    text = (problems[0].render() + " " + problems[0].source).lower()
+    words = (w.strip("'\"`:;,.()") for w in re.findall(r"[^\s]+", message.lower()))
+    return any(w and w not in text for w in words)
+
+
 def main(argv: list[str] | None = None) -> None:
+    try:
+        _main(argv)
+    finally:
+        use_manifest(None)  # the next call in this process (tests) starts without it
+
+
+def _main(argv: list[str] | None = None) -> None:
     from stacklock.adapters import proc
 
     verbose = "-v" in (argv or sys.argv[1:]) or "--verbose" in (argv or sys.argv[1:])
@@ -77,7 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     except StacklockError as exc:
         if exc.problems:
             print_problems(exc.problems)
-        err.print(f"[bold red]error:[/] {escape(exc.message)}", markup=True, highlight=False)
+        if _adds_to(exc.message, exc.problems):
+            err.print(f"[bold red]error:[/] {escape(exc.message)}", markup=True, highlight=False)
         raise SystemExit(int(exc.exit_code)) from None
     except KeyboardInterrupt as exc:
         _signalled(exc)

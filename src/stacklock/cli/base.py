@@ -50,11 +50,9 @@ class Ctx:
             return known
         for n in names:
             if n not in known:
-                raise InvalidInput(
-                    f"unknown environment {n!r}",
-                    problems=[Problem("ENV", f"{n!r} is not an environment of the manifest",
-                                      "use one of: " + ", ".join(known))],
-                )
+                from stacklock.core.suggest import unknown_environment
+
+                raise unknown_environment(n, known)
         return list(names)
 
 
@@ -62,15 +60,28 @@ _pass_ctx = click.make_pass_decorator(Ctx)
 
 
 def pass_ctx(f: F) -> F:
-    """Pass the Ctx, and accept `--manifest` after the subcommand too."""
+    """Pass the Ctx, and accept `--manifest` and `--verbose` after the subcommand too."""
 
     def set_manifest(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
         if value is not None:
             ctx.ensure_object(Ctx).manifest_path = value
 
-    wrapped = _pass_ctx(f)
+    def set_verbose(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+        if value:
+            ctx.ensure_object(Ctx).verbose = True
+            _log_level(True)
+
+    wrapped = click.option("-v", "--verbose", is_flag=True, expose_value=False, is_eager=True,
+                           callback=set_verbose,
+                           help="Log every command; tracebacks for bugs.")(_pass_ctx(f))
     return click.option("-m", "--manifest", default=None, expose_value=False, is_eager=True,
                         callback=set_manifest, help="The manifest to use.")(wrapped)  # type: ignore[return-value]
+
+
+def _log_level(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 _LOCK_TIMEOUT_HELP = ("Seconds to wait for another stacklock run that holds an environment "
@@ -100,8 +111,7 @@ def lock_timeout_option(f: F) -> F:
 @click.pass_context
 def cli(ctx: click.Context, manifest: str, verbose: bool, lock_timeout: float | None) -> None:
     """Keep the GPU model-serving stack identical in dev, staging and prod."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="%(name)s: %(message)s", stream=sys.stderr)
+    _log_level(verbose)
     ctx.obj = Ctx(manifest, verbose, lock_timeout)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+from stacklock.errors import InvalidInput, Problem
+
 
 def closest(word: str, choices: Iterable[str]) -> str | None:
     """The allowed name nearest to `word`, or None when none is near enough to suggest."""
@@ -20,3 +22,12 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """'did you mean 'prod'? ' (with the trailing space) or '' when nothing is close."""
     best = closest(word, choices)
     return f"did you mean {best!r}? " if best is not None else ""
+
+
+def unknown_environment(name: str, known: Iterable[str]) -> InvalidInput:
+    """The error for an environment the manifest does not have: exit 2, naming the closest
+    one (`verify prdo`: did you mean 'prod'?) and every one there is."""
+    names = list(known)
+    return InvalidInput(f"{name!r} is not an environment of the manifest", problems=[Problem(
+        "ENV", f"{name!r} is not an environment of the manifest",
+        did_you_mean(name, names) + "use one of: " + ", ".join(names))])

@@ -177,9 +177,9 @@ class Run:
     def target(self, name: str) -> Target:
         envs = self.loaded.manifest.environments
         if name not in envs:
-            raise InvalidInput(f"unknown environment {name!r}", problems=[Problem(
-                "ENV", f"{name!r} is not an environment of the manifest",
-                "use one of: " + ", ".join(envs))])
+            from stacklock.core.suggest import unknown_environment
+
+            raise unknown_environment(name, envs)
         spec = envs[name]
         return Target(
             name=name, provider=spec.provider, spec=spec, stack=spec.stack,

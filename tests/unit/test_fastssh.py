@@ -7,6 +7,7 @@ by side with the play, is in the lab's end-to-end test."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -596,3 +597,22 @@ def test_the_deadline_is_the_inventorys_else_beyond_the_archive_hashing() -> Non
     set_by_hand = target({"stacklock_verify_deadline": 45})
     assert fastverify.deadline({"stacklock_verify_deadline": 45}, opts,
                                set_by_hand).deadline == 45.0
+
+
+@pytest.mark.parametrize("flags", [[], ["-W", "default"]])
+def test_importing_the_adapter_prints_no_warning(flags: list[str]) -> None:
+    """asyncssh's import makes cryptography warn that DSA is deprecated: `verify --fast`
+    showed ten lines of it. Only that category is filtered, only around that import."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    r = subprocess.run([sys.executable, *flags, "-c", "import stacklock.adapters.fastssh"],
+                       capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    r = subprocess.run([sys.executable, "-W", "default", "-c",
+                        "import stacklock.adapters.fastssh, warnings\n"
+                        "from cryptography.utils import CryptographyDeprecationWarning as W\n"
+                        "warnings.warn('after the import', W)"],
+                       capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert "after the import" in r.stderr  # the filter does not outlive the import

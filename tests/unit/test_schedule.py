@@ -295,3 +295,32 @@ def test_audit_argv_without_optional_outputs() -> None:
                       history=False, junit=False)
     assert argv == ["stacklock", "--manifest", "m.yaml", "audit", "dev", "--format", "table",
                     "--json", "out/audit.json", "--markdown", "out/audit.md"]
+
+
+def test_scheduled_audits_write_the_history_audit_history_reads(tmp_path: Path) -> None:
+    """One path for both (issue #21): the schedules append to
+    <output_dir>/.stacklock/audit/history.jsonl, which `stacklock audit history` reads by
+    default, also when the manifest's output dir is not the checkout (examples/lab.yaml)."""
+    import os
+    import sys
+
+    from stacklock.core.audit_report import HISTORY_FILE
+    from stacklock.core.manifest import load_manifest
+
+    root = Path(__file__).resolve().parents[2]
+    manifest = root / "examples" / "lab.yaml"
+    env = {k: v for k, v in os.environ.items() if k != "STACKLOCK_MANIFEST"}
+    r = subprocess.run([sys.executable, "-m", "stacklock.cli", "-m", str(manifest), "schedule",
+                        "--out", str(tmp_path / "s"), "--repo-dir", str(root)],
+                       capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    service = unit((tmp_path / "s" / SERVICE_FILE).read_text())
+    argv = shlex.split(service["Service"]["ExecStart"])
+    history = argv[argv.index("--history") + 1]
+    reads = load_manifest(manifest).output_root.resolve() / HISTORY_FILE  # cli/audit.py's
+    assert history == str(reads) == str(root / "examples" / "lab" / HISTORY_FILE)
+    assert f"--history {reads}" in (tmp_path / "s" / CRON_FILE).read_text()
+    # and render_schedules alone: the output dir's history, not the report folder's
+    argv = shlex.split(unit(render(output_dir="/srv/out", report_dir="/var/lib/audit")
+                            [SERVICE_FILE])["Service"]["ExecStart"])
+    assert argv[argv.index("--history") + 1] == "/srv/out/.stacklock/audit/history.jsonl"

@@ -46,7 +46,7 @@ def audit(c: Ctx, envs: tuple[str, ...], deep: bool, kinds: str, fmt: str, json_
     from stacklock.core import audit_report
 
     loaded = c.loaded()
-    history = history or loaded.output_root / ".stacklock" / "audit" / "history.jsonl"
+    history = history or loaded.output_root / audit_report.HISTORY_FILE
     if envs and envs[0] == "history":
         if len(envs) > 2:
             raise InvalidInput("usage: stacklock audit history [ENV]")

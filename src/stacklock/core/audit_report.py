@@ -36,6 +36,10 @@ from stacklock.core.files import atomic_write, default_mode, ensure_dir
 from stacklock.errors import InvalidInput, ToolFailed
 
 HISTORY_SCHEMA = "stacklock.audit-history/v1"
+
+#: where audits append their history and `stacklock audit history` reads it, relative to the
+#: manifest's output dir (the scheduled audits write there too)
+HISTORY_FILE = ".stacklock/audit/history.jsonl"
 #: at most this many "kind:component" names are kept per environment in a history line
 HISTORY_COMPONENTS = 50
 

@@ -43,6 +43,7 @@ from pathlib import Path, PurePosixPath
 from jinja2 import Environment, StrictUndefined
 
 from stacklock.core import share
+from stacklock.core.audit_report import HISTORY_FILE
 from stacklock.core.files import atomic_write
 from stacklock.errors import InvalidInput, Problem
 
@@ -188,6 +189,7 @@ def audit_argv(
     report_dir: str,
     textfile: str | None = None,
     history: bool = True,
+    history_file: str | None = None,
     junit: bool = True,
     deep: bool = False,
 ) -> list[str]:
@@ -205,7 +207,7 @@ def audit_argv(
     if textfile:
         argv += ["--prometheus", textfile]
     if history:
-        argv += ["--history", f"{rd}/history.jsonl"]
+        argv += ["--history", history_file or f"{rd}/history.jsonl"]
     return argv
 
 
@@ -348,8 +350,9 @@ def render_schedules(
         raise InvalidInput("stacklock schedule: " + "; ".join(p.render() for p in problems),
                            problems=problems)
 
+    # the history where `stacklock audit history` reads it: <output_dir>/.stacklock/audit/
     argv = audit_argv(bin_path, manifest, env_list, report_dir=reports, textfile=prom,
-                      deep=deep)
+                      history_file=f"{out_dir}/{HISTORY_FILE}", deep=deep)
     cron_log = f"{reports}/audit.log"
     cron_command = _cron_escape(
         f"umask 077 && mkdir -p {shlex.quote(reports)} && cd {shlex.quote(repo)} && "

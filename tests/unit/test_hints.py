@@ -3,6 +3,7 @@ so that a pasted hint acts on the same manifest (issue #21)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -101,3 +102,17 @@ def test_styled_text_keeps_its_styles() -> None:
         assert "stacklock -m x.yaml verify dev" in c.export_text()
     finally:
         console.use_manifest(None)
+
+
+def test_an_in_process_call_leaves_no_manifest_behind() -> None:
+    from click.testing import CliRunner
+
+    from stacklock.cli import main
+    from stacklock.cli.base import cli
+
+    res = CliRunner().invoke(cli, ["-m", str(ROOT / "examples" / "lab.yaml"), "validate"])
+    assert res.exit_code == 0, res.output
+    assert console.with_manifest("stacklock verify dev") == "stacklock verify dev"
+    with contextlib.suppress(SystemExit):
+        main(["-m", str(ROOT / "examples" / "lab.yaml"), "validate"])
+    assert console.with_manifest("stacklock verify dev") == "stacklock verify dev"

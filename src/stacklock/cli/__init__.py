@@ -68,9 +68,11 @@ def _adds_to(message: str, problems: list[Problem]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
+    RUNNING["main"] = True
     try:
         _main(argv)
     finally:
+        RUNNING.pop("main", None)
         use_manifest(None)  # the next call in this process (tests) starts without it
 
 

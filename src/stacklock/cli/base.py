@@ -113,6 +113,14 @@ def cli(ctx: click.Context, manifest: str, verbose: bool, lock_timeout: float | 
     """Keep the GPU model-serving stack identical in dev, staging and prod."""
     _log_level(verbose)
     ctx.obj = Ctx(manifest, verbose, lock_timeout)
+    ctx.call_on_close(_forget_manifest)
+
+
+def _forget_manifest() -> None:
+    """Hints stop naming this call's manifest once it ends (main() keeps them until it has
+    printed the error, then forgets them itself)."""
+    if not RUNNING.get("main"):
+        use_manifest(None)
 
 
 

@@ -11,6 +11,7 @@
 # Usage:
 #   lab-node.sh create NAME IMAGE NODE_ADDR HOST_ADDR MIRROR_ADDR PUBKEY [LABEL=VALUE...]
 #   lab-node.sh destroy NAME NODE_ADDR
+#   lab-node.sh wire NAME NODE_ADDR HOST_ADDR MIRROR_ADDR   (a restarted node: its network again)
 #   lab-node.sh mirror MIRROR_ADDR     (only put the mirror address on the host; `create`
 #                                       does it too. Run it before starting a server that
 #                                       binds MIRROR_ADDR ahead of the first node.)
@@ -100,6 +101,28 @@ wait_for_sshd() { # ADDR
     return 1
 }
 
+wire_node() { # NAME NODE_ADDR HOST_ADDR MIRROR_ADDR: the node's veth pair and routes
+    local name=$1 node_addr=$2 host_addr=$3 mirror=$4 hif cif pid
+    hif=$(host_ifname "$node_addr")
+    cif="${hif/slv-/slc-}"
+    pid=$("$DOCKER" inspect -f '{{.State.Pid}}' "$name")
+    [[ $pid =~ ^[1-9][0-9]*$ ]] || die "$name: container is not running (pid '$pid'); see: docker logs $name"
+    if ip link show "$hif" >/dev/null 2>&1; then
+        ip link del "$hif" # the pair of a namespace that is gone (a restarted container)
+    fi
+    say "$name: veth $hif <-> eth0, ${host_addr}/30 <-> ${node_addr}/30"
+    ip link add "$hif" type veth peer name "$cif"
+    ip link set "$cif" netns "$pid"
+    nsenter -t "$pid" -n ip link set "$cif" name eth0
+    nsenter -t "$pid" -n ip addr add "${node_addr}/30" dev eth0
+    nsenter -t "$pid" -n ip link set eth0 up
+    nsenter -t "$pid" -n ip link set lo up
+    ip addr add "${host_addr}/30" dev "$hif"
+    ip link set "$hif" up
+    ensure_mirror_address "$mirror"
+    nsenter -t "$pid" -n ip route replace "${mirror}/32" via "$host_addr" dev eth0
+}
+
 cmd_create() {
     (($# >= 6)) || die "usage: lab-node.sh create NAME IMAGE NODE_ADDR HOST_ADDR MIRROR_ADDR PUBKEY [LABEL=VALUE...]"
     local name=$1 image=$2 node_addr=$3 host_addr=$4 mirror=$5 pubkey=$6
@@ -120,9 +143,6 @@ cmd_create() {
     "$DOCKER" image inspect "$image" >/dev/null 2>&1 ||
         die "image $image not found (build it: python -m stacklock.adapters.docker build-image)"
 
-    local hif cif pid
-    hif=$(host_ifname "$node_addr")
-    cif="${hif/slv-/slc-}"
     remove_node "$name" "$node_addr"
 
     say "$name: starting container from $image"
@@ -130,20 +150,7 @@ cmd_create() {
         --cap-add SYS_ADMIN --security-opt seccomp=unconfined \
         --tmpfs /run --tmpfs /run/lock -v /sys/fs/cgroup:/sys/fs/cgroup:ro \
         "${labels[@]}" "$image" /lib/systemd/systemd >/dev/null
-    pid=$("$DOCKER" inspect -f '{{.State.Pid}}' "$name")
-    [[ $pid =~ ^[1-9][0-9]*$ ]] || die "$name: container is not running (pid '$pid'); see: docker logs $name"
-
-    say "$name: veth $hif <-> eth0, ${host_addr}/30 <-> ${node_addr}/30"
-    ip link add "$hif" type veth peer name "$cif"
-    ip link set "$cif" netns "$pid"
-    nsenter -t "$pid" -n ip link set "$cif" name eth0
-    nsenter -t "$pid" -n ip addr add "${node_addr}/30" dev eth0
-    nsenter -t "$pid" -n ip link set eth0 up
-    nsenter -t "$pid" -n ip link set lo up
-    ip addr add "${host_addr}/30" dev "$hif"
-    ip link set "$hif" up
-    ensure_mirror_address "$mirror"
-    nsenter -t "$pid" -n ip route replace "${mirror}/32" via "$host_addr" dev eth0
+    wire_node "$name" "$node_addr" "$host_addr" "$mirror"
 
     printf '%s\n' "$pubkey" | "$DOCKER" exec -i "$name" sh -c \
         'umask 077 && mkdir -p /root/.ssh && cat > /root/.ssh/authorized_keys'
@@ -154,6 +161,17 @@ cmd_create() {
         die "$name: sshd did not answer on ${node_addr}:22 within ${SSH_WAIT}s"
     fi
     say "$name: ready (ssh root@${node_addr})"
+}
+
+cmd_wire() { # a node that restarted (docker restart, the host rebooted) has a new, empty
+    # network namespace: wire it again, as create did, and wait for sshd
+    (($# == 4)) || die "usage: lab-node.sh wire NAME NODE_ADDR HOST_ADDR MIRROR_ADDR"
+    check_ipv4 "$2" NODE_ADDR
+    check_ipv4 "$3" HOST_ADDR
+    check_ipv4 "$4" MIRROR_ADDR
+    wire_node "$@"
+    wait_for_sshd "$2" || die "$1: sshd did not answer on ${2}:22 within ${SSH_WAIT}s"
+    say "$1: wired again (ssh root@${2})"
 }
 
 cmd_destroy() {
@@ -172,12 +190,16 @@ destroy)
     shift
     cmd_destroy "$@"
     ;;
+wire)
+    shift
+    cmd_wire "$@"
+    ;;
 mirror)
     (($# == 2)) || die "usage: lab-node.sh mirror MIRROR_ADDR"
     check_ipv4 "$2" MIRROR_ADDR
     ensure_mirror_address "$2"
     ;;
 *)
-    die "usage: lab-node.sh create NAME IMAGE NODE_ADDR HOST_ADDR MIRROR_ADDR PUBKEY [LABEL=VALUE...] | destroy NAME NODE_ADDR | mirror MIRROR_ADDR"
+    die "usage: lab-node.sh create NAME IMAGE NODE_ADDR HOST_ADDR MIRROR_ADDR PUBKEY [LABEL=VALUE...] | destroy NAME NODE_ADDR | wire NAME NODE_ADDR HOST_ADDR MIRROR_ADDR | mirror MIRROR_ADDR"
     ;;
 esac

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -203,3 +203,22 @@ def integrity_lab(tmp_path_factory: pytest.TempPathFactory, lab_docker: str) -> 
                               capture_output=True, text=True, check=False).stdout.split()
         if left:
             subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)
+
+
+def restart_lab_node(name: str, node_addr: str, mirror_addr: str) -> None:
+    """Restart a lab node's container, as a host restart does, and wire its network again:
+    a restarted container gets a new, empty network namespace (scripts/lab-node.sh wire)."""
+    subprocess.run(["docker", "restart", name], check=True, capture_output=True, timeout=300)
+    o = node_addr.split(".")
+    host_addr = ".".join([*o[:3], str(int(o[3]) - 1)])
+    res = subprocess.run([str(REPO_ROOT / "scripts" / "lab-node.sh"), "wire", name, node_addr,
+                          host_addr, mirror_addr], capture_output=True, text=True, timeout=300,
+                         check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+@pytest.fixture
+def restart_integrity_node() -> Callable[[], None]:
+    """Restarts the integrity node (docker restart) and wires its network again."""
+    return lambda: restart_lab_node(INTEGRITY_NODE, f"{INTEGRITY_NETWORK}.1.2",
+                                    f"{INTEGRITY_NETWORK}.0.1")

@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -132,8 +133,8 @@ def test_shared_directory_file_is_named_not_removed(lab: Path) -> None:
     on_node("rm -f /etc/apt/sources.list.d/evil.list; rm -rf /etc/systemd/system/docker.service.d")
 
 
-def test_clean_after_restart(lab: Path) -> None:
-    subprocess.run(["docker", "restart", NODE], check=True, capture_output=True, timeout=300)
+def test_clean_after_restart(lab: Path, restart_integrity_node: Callable[[], None]) -> None:
+    restart_integrity_node()  # docker restart, then its network wired again
     for extra in ((), ("--fast",), ("--deep",)):
         code, rep = verify(lab, *extra)
         assert code == 0, (extra, json.dumps(rep["deviations"], indent=1)[:4000])

@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +189,7 @@ def test_a_waived_drop_in_shows_waived_and_an_expired_waiver_fails(lab: Path) ->
     data = yaml.safe_load(lab.read_text())
     tomorrow = dt.date.today() + dt.timedelta(days=1)
     data.setdefault("parity", {})["waivers"] = [
-        {"item": item, "node": "dev-1", "reason": "site file limit", "expires": tomorrow}]
+        {"item": item, "node": NODE, "reason": "site file limit", "expires": tomorrow}]
     lab.write_text(yaml.safe_dump(data, sort_keys=False))
     assert sl(lab, "render").returncode == 0
     for how, code, rep in both(lab):
@@ -209,8 +210,9 @@ def test_a_waived_drop_in_shows_waived_and_an_expired_waiver_fails(lab: Path) ->
 # --------------------------------------------------------------------------- clean after
 
 
-def test_clean_after_a_node_restart_and_with_renewed_keys(lab: Path) -> None:
-    subprocess.run(["docker", "restart", NODE], check=True, capture_output=True, timeout=300)
+def test_clean_after_a_node_restart_and_with_renewed_keys(
+        lab: Path, restart_integrity_node: Callable[[], None]) -> None:
+    restart_integrity_node()  # docker restart, then its network wired again
     on_node("for i in $(seq 90); do systemctl is-active -q torchserve && break; sleep 2; done")
     # the keys TorchServe renews every 60 min: rotated now through its token API
     on_node("python3 - <<'EOF'\n"

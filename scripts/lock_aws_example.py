@@ -21,6 +21,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+EXAMPLE = ("an example: its AMI ids come from a local moto server (scripts/lock_aws_example.py), "
+           "not from AWS; run `stacklock lock` with credentials for your account")
+
+
+def mark_example(lock: Path) -> None:
+    """The lock says it is an example: apply and provision refuse its aws environments."""
+    from stacklock.core import lock as lockmod
+
+    data = lockmod.read_lock(lock)
+    assert data is not None
+    data[lockmod.EXAMPLE_KEY] = EXAMPLE
+    lock.write_text(lockmod.dump_lock(data), "utf-8")
+
+
 def main() -> int:
     sys.path.insert(0, str(ROOT / "src"))
     from stacklock.adapters.proc import run_command
@@ -64,6 +78,7 @@ def main() -> int:
         lock.unlink(missing_ok=True)
         run_command([str(Path(sys.executable).parent / "stacklock"), "-m",
                      str(ROOT / "stacklock.yaml"), "lock"], env=env, capture=False)
+        mark_example(lock)
     finally:
         server.terminate()
         server.wait(timeout=10)

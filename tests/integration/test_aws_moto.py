@@ -291,6 +291,7 @@ def test_lock_and_render_the_example_against_moto(moto: str, tmp_path: Path) -> 
     locked = lock["stacks"]["serving-2026-11"]
     assert locked["ami"] == {"us-east-1": east, "us-west-2": west}
     assert locked["ami_owner"] == CANONICAL and locked["ami_name"] == IMAGE
+    assert "example" not in lock  # AMI ids resolved by `lock` itself: not an example lock
 
     run = _stacklock("--manifest", str(manifest), "render", cwd=tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr

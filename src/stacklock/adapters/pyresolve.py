@@ -157,16 +157,43 @@ def resolve_closure(requirements: Sequence[str], python: str, sources: Sources, 
         result = run_command([*argv, "-o", str(out)], input_text="\n".join(requirements) + "\n",
                              check=False, timeout=600, env=env)
         if result.returncode != 0:
-            tail = (result.stderr or result.stdout).strip().splitlines()[-6:]
-            where = ", ".join([sources.index_url, *sources.extra_index_urls, *sources.find_links])
-            raise StacklockError(
-                f"could not resolve the Python closure against {where}:\n  " + "\n  ".join(tail),
-                ExitCode.FAILED,
-                [Problem("package_sources.pip", "the closure could not be resolved",
-                         "run `stacklock lock` where these indexes are reachable, or "
-                         "`stacklock lock --offline` to keep the closure of the existing lock")])
+            raise resolve_failure((result.stderr or result.stdout),
+                                  [sources.index_url, *sources.extra_index_urls,
+                                   *sources.find_links])
         text = out.read_text("utf-8")
     return closure_from_pylock(text, python)
 
 
-__all__ = ["PLATFORM", "Sources", "closure_from_pylock", "resolve_closure", "target_tags"]
+def uv_reason(output: str, limit: int = 30) -> list[str]:
+    """uv's own explanation: from its first error line (a cross, `error:`) on, every line (a
+    resolution's "Because ... we can conclude ..." runs over several), at most `limit`."""
+    lines = [line.rstrip() for line in output.strip().splitlines() if line.strip()]
+    start = next((i for i, line in enumerate(lines)
+                  if line.lstrip().startswith(("\u00d7", "error:", "Error:"))), max(0, len(lines) - 6))
+    return lines[start:start + limit]
+
+
+def resolve_failure(output: str, where: list[str]) -> StacklockError:
+    """The error of a failed resolution, with uv's reason: pins that cannot be satisfied are
+    the manifest's to change (exit 2); anything else (an index that does not answer) could not
+    finish (exit 3)."""
+    reason = uv_reason(output)
+    text = "\n  ".join(reason)
+    if "No solution found" in output or "unsatisfiable" in output:
+        return StacklockError(
+            f"the stack's Python pins cannot be satisfied together (uv):\n  {text}",
+            ExitCode.INVALID,
+            [Problem("stacks.NAME.torch / torchserve / python",
+                     "no set of distributions satisfies the pins",
+                     "change the pins uv names above (a torch build the torchserve release "
+                     "accepts, a Python version they support)")])
+    return StacklockError(
+        f"could not resolve the Python closure against {', '.join(where)}:\n  {text}",
+        ExitCode.FAILED,
+        [Problem("package_sources.pip", "the closure could not be resolved",
+                 "run `stacklock lock` where these indexes are reachable, or "
+                 "`stacklock lock --offline` to keep the closure of the existing lock")])
+
+
+__all__ = ["PLATFORM", "Sources", "closure_from_pylock", "resolve_closure", "resolve_failure",
+           "target_tags", "uv_reason"]

@@ -76,6 +76,11 @@ def lock(c: Ctx, check: bool, offline: bool, apt_index: tuple[Path, ...]) -> Non
     require_valid(loaded)
     existing = lockmod.read_lock(loaded.lock_path)
     amis = lockmod.amis_from_lock(existing, loaded.manifest)
+    # an example lock's AMI ids (a local moto server's) are never reused by a real lock: it
+    # resolves them again and is no example any more; --offline keeps both
+    example = lockmod.example_reason(existing)
+    if example and not offline:
+        amis, example = {}, None
     needed = lockmod.ami_regions(loaded.manifest)
     missing = {s: [r for r in regions if r not in amis.get(s, {})] for s, regions in needed.items()}
     missing = {s: r for s, r in missing.items() if r}
@@ -119,7 +124,7 @@ def lock(c: Ctx, check: bool, offline: bool, apt_index: tuple[Path, ...]) -> Non
         step(f"resolving every apt set's dependency closure from {where}")
         index = aptclosure.parse_index(_read_index(p) for p in apt_index)
         apt_sets = lockmod.resolve_apt_sets(loaded, index, where)
-    data = lockmod.build_lock(loaded, amis, closures, apt_sets)
+    data = lockmod.build_lock(loaded, amis, closures, apt_sets, example)
     unresolved = lockmod.unresolved_closures(data)
     if unresolved:
         raise InvalidInput("the Python closure is not resolved; nothing written",

@@ -798,10 +798,22 @@ def ami_regions(manifest: Manifest) -> dict[str, list[str]]:
     return {k: sorted(v) for k, v in sorted(out.items())}
 
 
+#: the lock's top-level mark of an example (AMI ids from a local moto server, say): `apply` and
+#: `provision` refuse an aws environment of such a lock; a `lock` that resolves the AMIs for
+#: real drops it
+EXAMPLE_KEY = "example"
+
+
+def example_reason(lock: dict[str, Any] | None) -> str | None:
+    """Why this lock is an example (None: a real lock)."""
+    value = (lock or {}).get(EXAMPLE_KEY)
+    return str(value) if value else None
+
+
 def build_lock(loaded: LoadedManifest, amis: dict[str, dict[str, str]] | None = None,
                closures: dict[str, list[dict[str, Any]]] | None = None,
-               apt_sets: dict[str, dict[str, list[dict[str, str]]]] | None = None
-               ) -> dict[str, Any]:
+               apt_sets: dict[str, dict[str, list[dict[str, str]]]] | None = None,
+               example: str | None = None) -> dict[str, Any]:
     """The whole lock. `amis` maps stack -> region -> AMI id (from the AWS adapter or old lock),
     `closures` stack -> the resolved Python closure (from the resolver or the old lock),
     `apt_sets` stack -> component -> a package set resolved from an apt index."""
@@ -831,12 +843,15 @@ def build_lock(loaded: LoadedManifest, amis: dict[str, dict[str, str]] | None = 
             f"{len(problems)} pin(s) are not exact versions the roles accept; nothing written",
             problems=problems,
         )
-    return {
+    data = {
         "_comment": LOCK_HEADER,
         "lock_version": LOCK_VERSION,
         "project": m.project,
         "stacks": stacks,
     }
+    if example:
+        data[EXAMPLE_KEY] = example
+    return data
 
 
 def dump_lock(lock: dict[str, Any]) -> str:
@@ -899,7 +914,7 @@ def check_lock(loaded: LoadedManifest) -> LockStatus:
                                      f"stack(s) {', '.join(stale)} is not resolved for the "
                                      "manifest's requirements, Python and package sources")
         fresh = build_lock(loaded, amis_from_lock(existing, loaded.manifest), closures,
-                           apt_sets_from_lock(existing, loaded))
+                           apt_sets_from_lock(existing, loaded), example_reason(existing))
     except StacklockError as exc:
         if exc.problems and all("AMI" in p.message for p in exc.problems):
             return LockStatus(False, "the AMI ids of a changed image are not resolved")
@@ -914,7 +929,14 @@ def check_lock(loaded: LoadedManifest) -> LockStatus:
             name for name in set(fresh["stacks"]) | set(existing.get("stacks", {}))
             if fresh["stacks"].get(name) != existing.get("stacks", {}).get(name)
         )
-        what = f"stack(s) {', '.join(changed)} changed" if changed else "header changed"
+        differ = [f"stacks.{name}.{key}" for name in changed
+                  for key in sorted(set(fresh["stacks"].get(name) or {})
+                                    | set(existing.get("stacks", {}).get(name) or {}))
+                  if (fresh["stacks"].get(name) or {}).get(key)
+                  != (existing.get("stacks", {}).get(name) or {}).get(key)]
+        what = (f"stack(s) {', '.join(changed)} changed ({', '.join(differ[:8])}"
+                + (f" and {len(differ) - 8} more" if len(differ) > 8 else "") + ")"
+                if changed else "header changed")
         return LockStatus(False, f"{loaded.lock_path.name} is stale: {what}")
     return LockStatus(True, f"{loaded.lock_path.name} is current")
 

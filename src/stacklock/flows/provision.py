@@ -25,7 +25,7 @@ from stacklock.core import render as rendermod
 from stacklock.core.files import atomic_write
 from stacklock.core.inventory import hosts_yaml
 from stacklock.core.manifest import AwsEnvironment, LabEnvironment, StaticEnvironment
-from stacklock.errors import ExitCode, InvalidInput, ToolFailed
+from stacklock.errors import ExitCode, InvalidInput, Problem, ToolFailed
 from stacklock.flows import configure as configureflow
 from stacklock.flows import gate as gateflow
 from stacklock.flows import infra
@@ -60,6 +60,20 @@ def gone_nodes(target: Target, tf: Any) -> dict[str, str]:
     return gone
 
 
+def refuse_example(run: Run, targets: Sequence[Target]) -> None:
+    """An example lock (AMI ids from a local moto server) never reaches a cloud: exit 2."""
+    from stacklock.core import lock as lockmod
+
+    why = lockmod.example_reason(run.ensure_current())
+    aws = [t.name for t in targets if t.provider == "aws"]
+    if why and aws:
+        raise InvalidInput(
+            f"{run.loaded.lock_path.name} is {why}", problems=[Problem(
+                run.loaded.lock_path.name, f"an example lock: {', '.join(aws)} not applied",
+                "run: stacklock lock (with AWS credentials: it resolves the AMI ids for real "
+                "and drops the example mark)")])
+
+
 def plan(run: Run, targets: Sequence[Target]) -> bool:
     """terraform plan of each target; True when any has changes pending."""
     run.hold(targets)
@@ -91,6 +105,7 @@ def apply(run: Run, targets: Sequence[Target], *, auto_approve: bool = False,
     (`gate`: checked already; None: checked here, with `override`)."""
     run.hold(targets)
     run.ensure_current()
+    refuse_example(run, targets)
     aws = [t for t in targets if t.provider == "aws"]
     if aws and gate is None:
         gate = gateflow.check(run, aws, override=override, what="apply")
@@ -203,6 +218,7 @@ def provision(run: Run, targets: Sequence[Target], *, force: bool = False,
     run.hold(targets)
     started = time.monotonic()
     run.ensure_current()
+    refuse_example(run, targets)
     if gate is None:
         gate = gateflow.check(run, targets, override=override, verified_in_run=True,
                               what="provision")

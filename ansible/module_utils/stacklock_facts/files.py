@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ansible.module_utils.stacklock_facts.common import CANNOT_LOOK
+from ansible.module_utils.stacklock_facts.node import read_private, write_private
 from ansible.module_utils.stacklock_facts.run import Run
 
 FILES_CACHE_SCHEMA = "stacklock.file-digests/v1"
@@ -284,7 +285,7 @@ def probe(opts: dict[str, Any], disk: Disk) -> dict[str, Any]:
         cache_path = DEFAULT_FILES_CACHE
     cached: dict[str, Any] = {}
     if cache_path and not deep:
-        text = _read_private(disk.p(cache_path))
+        text = read_private(disk.p(cache_path))
         try:
             doc = json.loads(text or "{}")
         except ValueError:
@@ -341,7 +342,7 @@ def probe(opts: dict[str, Any], disk: Disk) -> dict[str, Any]:
                            "hashed": h.hashed, "reused": h.reused, "deep": deep}
     if cache_path and not opts.get("_check_mode") and h.fresh != cached:
         try:
-            _write_private(disk.p(cache_path), json.dumps(
+            write_private(disk.p(cache_path), json.dumps(
                 {"schema": FILES_CACHE_SCHEMA, "files": h.fresh}, sort_keys=True))
         except OSError as exc:
             out["cache_error"] = f"{cache_path}: {exc}"
@@ -354,38 +355,6 @@ def _pyc_source(path: str) -> str:
     if os.path.basename(folder) == "__pycache__":
         folder = os.path.dirname(folder)
     return f"{folder}/{name.split('.')[0]}.py"
-
-
-def _read_private(path: str) -> str | None:
-    """The cache's text when only this process's user can have written it, else None."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if st.st_uid != os.geteuid() or st.st_mode & 0o077 or not stat.S_ISREG(st.st_mode):
-            return None
-        with os.fdopen(fd, encoding="utf-8") as fh:
-            fd = -1
-            return fh.read()
-    finally:
-        if fd >= 0:
-            os.close(fd)
-
-
-def _write_private(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except OSError:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _probe_safely(opts: dict[str, Any], disk: Disk) -> dict[str, Any]:

@@ -32,6 +32,42 @@ class Result:
         self.stderr = stderr
 
 
+def read_private(path: str, limit: int = 1 << 24) -> str | None:
+    """The text of a file only this process's user can have written: owned by the effective
+    user, no group/other permissions, a regular file, not a symlink; else None. At most `limit`
+    characters."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o077 or not stat.S_ISREG(st.st_mode):
+            return None
+        with os.fdopen(fd, encoding="utf-8", errors="replace") as fh:
+            fd = -1
+            return fh.read(limit)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def write_private(path: str, text: str) -> None:
+    """Write `text` atomically, 0600 in a 0700 directory. Raises OSError."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 class System:
     """Everything the module reads from the node. Tests replace it with a fake."""
 
@@ -119,35 +155,11 @@ class System:
     def read_private(self, path: str) -> str | None:
         """The text of a file only root (this process's user) can have written: owned by the
         effective user, no group/other permissions, not a symlink; else None."""
-        try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        except OSError:
-            return None
-        try:
-            st = os.fstat(fd)
-            if st.st_uid != os.geteuid() or st.st_mode & 0o077 or not stat.S_ISREG(st.st_mode):
-                return None
-            with os.fdopen(fd, encoding="utf-8", errors="replace") as fh:
-                fd = -1
-                return fh.read(1 << 22)
-        finally:
-            if fd >= 0:
-                os.close(fd)
+        return read_private(path)
 
     def write_private(self, path: str, text: str) -> None:
         """Write `text` atomically, 0600 in a 0700 directory. Raises OSError."""
-        folder = os.path.dirname(path)
-        os.makedirs(folder, mode=0o700, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.replace(tmp, path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_private(path, text)
 
     def listdir(self, path: str) -> list[str] | None:
         try:

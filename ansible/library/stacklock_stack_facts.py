@@ -228,7 +228,7 @@ def _module_utils_from_checkout() -> None:
 
 _module_utils_from_checkout()
 
-# family_packages, probe_dpkg and Result: also loaded from this file by tests/unit/test_apt_sets.py
+# family_packages, probe_dpkg and Result: also loaded from this file by tests/unit/core/test_apt_sets.py
 from ansible.module_utils.stacklock_facts.apt import family_packages, probe_dpkg  # noqa: E402
 from ansible.module_utils.stacklock_facts.collect import SCHEMA, gather  # noqa: E402
 from ansible.module_utils.stacklock_facts.node import Result  # noqa: E402

@@ -201,7 +201,7 @@ class AuditReport:
         return "; ".join(parts) if parts else "no drift"
 
     def as_dict(self) -> dict[str, Any]:
-        """The versioned JSON envelope (keys pinned by tests/unit/test_audit_report.py)."""
+        """The versioned JSON envelope (keys pinned by tests/unit/core/test_audit_report.py)."""
         return {
             "schema": self.schema,
             "started_at": self.started_at,

@@ -1,5 +1,5 @@
 """archives: model archive digests within archive_hash_timeout, and their root-only cache keyed
-by each file's identity (moved from tests/unit/test_stack_facts.py)."""
+by each file's identity (moved from tests/unit/collectors/test_stack_facts.py)."""
 
 from __future__ import annotations
 

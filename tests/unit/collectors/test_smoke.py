@@ -1,5 +1,5 @@
 """smoke: each model's smoke test against a fake TorchServe on a real port (the module's own
-POST code runs), its key renewal and refusals (moved from tests/unit/test_stack_facts.py)."""
+POST code runs), its key renewal and refusals (moved from tests/unit/collectors/test_stack_facts.py)."""
 
 from __future__ import annotations
 

@@ -11,9 +11,22 @@ waives nothing, and is itself a finding (exit 1) naming it; `validate` warns abo
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+_DROP_IN = re.compile(r"^unit\.[^.]+(?:\.[^.]+)*?\.drop_in\.(/.+)$")
+
+
+def subject(component: str) -> str:
+    """What a component is about: one file is one item whichever class names it (a unit's
+    drop-in `unit.U.drop_in.PATH` is the file `file:PATH` the files class names), so one
+    waiver covers both; anything else is itself."""
+    m = _DROP_IN.match(component)
+    if m:
+        return f"file:{m.group(1)}"
+    return component
 
 
 @dataclass(frozen=True)
@@ -29,7 +42,7 @@ class Waiver:
         return today > self.expires
 
     def matches(self, environment: str, node: str, component: str) -> bool:
-        return (component == self.item
+        return (subject(component) == subject(self.item)
                 and (self.node is None or self.node == node)
                 and (self.environment is None or self.environment == environment))
 

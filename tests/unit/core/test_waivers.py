@@ -159,3 +159,19 @@ def test_parse_rejects_a_broken_rendered_entry() -> None:
 def test_the_json_envelope_is_unchanged_without_waivers() -> None:
     rep = copy.deepcopy(run(None))
     assert json.loads(report.to_json(rep))["waivers"] == []
+
+
+def test_one_waiver_covers_a_drop_in_whichever_class_names_it() -> None:
+    """A drop-in of a managed unit is named by the runtime class (unit.U.drop_in.PATH) and by
+    the files class (file:PATH): the same file, one waiver."""
+    import datetime as _dt
+
+    from stacklock.core import waivers as w
+
+    path = "/etc/systemd/system/docker.service.d/site.conf"
+    (waiver,) = w.parse([{"item": f"unit.docker.drop_in.{path}", "reason": "site limit",
+                          "expires": _dt.date(2099, 1, 1)}])
+    assert waiver.matches("dev", "n1", f"file:{path}")
+    assert waiver.matches("dev", "n1", f"unit.docker.drop_in.{path}")
+    assert not waiver.matches("dev", "n1", "file:/etc/systemd/system/docker.service.d/other.conf")
+    assert not waiver.matches("dev", "n1", "unit.docker.environment.FOO")

@@ -761,17 +761,17 @@ def test_dev_then_staging_roll_out_the_new_revision(
     assert sl(lab, "verify", "prod").returncode == 0
 
 
-FAULT = "/etc/systemd/system/torchserve.service.d/zz-injected-fault.conf"
 
 
 def test_failed_canary_halts_prod_and_rollback_restores_it(
     lab: Path, provisioned: dict[str, Any]
 ) -> None:
     canary = node_of("prod", 1)
-    # the fault: TorchServe will not start again on the canary (e.g. a broken host)
+    # the fault: TorchServe cannot serve again on the canary (a broken host: another process
+    # holds its inference port). Not a drop-in: configure removes unknown drop-ins (#18)
     subprocess.run(["docker", "exec", canary, "bash", "-ec",
-                    f"mkdir -p {Path(FAULT).parent}; printf '[Service]\\nExecStartPre=/bin/false\\n'"
-                    f" > {FAULT}; systemctl daemon-reload"], check=True, capture_output=True)
+                    "systemd-run --unit=sl-port-squatter python3 -m http.server 8080 "
+                    "--bind 127.0.0.1 && sleep 2"], check=True, capture_output=True)
     try:
         started = time.monotonic()
         res = sl(lab, "promote", "prod", "--rollout", timeout=1800)
@@ -787,7 +787,7 @@ def test_failed_canary_halts_prod_and_rollback_restores_it(
             assert answers(node_of("prod", i)) == [3.0, 5.0]
     finally:
         subprocess.run(["docker", "exec", canary, "bash", "-ec",
-                        f"rm -f {FAULT}; systemctl daemon-reload"], check=True,
+                        "systemctl stop sl-port-squatter || true"], check=True,
                        capture_output=True)
     started = time.monotonic()
     res = sl(lab, "rollback", "prod", timeout=1800)

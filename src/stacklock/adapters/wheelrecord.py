@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from stacklock.adapters.mirror import mirror_dir
+from stacklock.core.lock import sha256_file
 
 SCHEMA = "stacklock.wheelfiles/v2"
 _HREF = re.compile(r'href="([^"#]+)#sha256=([0-9a-f]{64})"')
@@ -54,14 +55,6 @@ def find_wheel(digests: Iterable[str], root: Path | None = None) -> Path | None:
     return None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def wheel_files(digests: Iterable[str], root: Path | None = None) -> dict[str, Any] | None:
     """{sha256, file, members: {member: sha256 | l:TARGET}, entry_points} of the locked
     wheel, or None when the controller has no wheel with a locked sha256."""
@@ -76,7 +69,7 @@ def wheel_files(digests: Iterable[str], root: Path | None = None) -> dict[str, A
     wheel = find_wheel(wanted, root)
     if wheel is None:
         return None
-    digest = _sha256(wheel)
+    digest = sha256_file(wheel)
     if digest not in wanted:  # the mirror's file is not the locked one
         return None
     members: dict[str, str] = {}

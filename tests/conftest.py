@@ -44,3 +44,26 @@ def _private_signing_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         mp.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg-config")))
         mp.delenv("STACKLOCK_SIGNING_KEY", raising=False)
         yield
+
+
+# --------------------------------------------------------------------------- where time goes
+
+_MODULE_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    module = report.nodeid.split("::", 1)[0]
+    _MODULE_SECONDS[module] = _MODULE_SECONDS.get(module, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Seconds per test module (setup, call and teardown together), slowest first: where the
+    suite's time goes, the figure that decides which modules share lab nodes."""
+    if not _MODULE_SECONDS:
+        return
+    total = sum(_MODULE_SECONDS.values())
+    terminalreporter.section("seconds per module")
+    for module, seconds in sorted(_MODULE_SECONDS.items(), key=lambda kv: -kv[1])[:15]:
+        terminalreporter.write_line(f"{seconds:8.1f} s {100 * seconds / total:5.1f}%  {module}")
+    unit = sum(s for m, s in _MODULE_SECONDS.items() if m.startswith("tests/unit/"))
+    terminalreporter.write_line(f"{unit:8.1f} s in tests/unit, {total:.1f} s in all")

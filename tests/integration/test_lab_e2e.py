@@ -769,9 +769,15 @@ def test_failed_canary_halts_prod_and_rollback_restores_it(
     canary = node_of("prod", 1)
     # the fault: TorchServe cannot serve again on the canary (a broken host: another process
     # holds its inference port). Not a drop-in: configure removes unknown drop-ins (#18)
+    # TorchServe is stopped first so that the squatter really gets the port; the check below
+    # proves it holds it (systemd-run returns before the process binds)
     subprocess.run(["docker", "exec", canary, "bash", "-ec",
+                    "systemctl stop torchserve && "
                     "systemd-run --unit=sl-port-squatter python3 -m http.server 8080 "
-                    "--bind 127.0.0.1 && sleep 2"], check=True, capture_output=True)
+                    "--bind 127.0.0.1 && for _ in $(seq 50); do "
+                    "python3 -c 'import urllib.request as u; u.urlopen(\"http://127.0.0.1:8080/\")' "
+                    "2>/dev/null && exit 0; sleep 0.2; done; "
+                    "exit 1"], check=True, capture_output=True)
     try:
         started = time.monotonic()
         res = sl(lab, "promote", "prod", "--rollout", timeout=1800)

@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from stacklock.core import grammar
+from stacklock.core.suggest import did_you_mean
 from stacklock.errors import Problem
 
 SCHEMA_VERSION = 1
@@ -934,8 +935,9 @@ class Manifest(Strict):
         unknown = [e for e in self.promotion if e not in self.environments]
         twice = sorted({e for e in self.promotion if self.promotion.count(e) > 1})
         if unknown:
+            near = " ".join(did_you_mean(e, self.environments) for e in unknown)
             raise ValueError(f"promotion names unknown environment(s) {', '.join(unknown)}; "
-                             "use: " + ", ".join(self.environments))
+                             + near + "use: " + ", ".join(self.environments))
         if twice:
             raise ValueError(f"promotion lists {', '.join(twice)} more than once; "
                              "name each environment once")

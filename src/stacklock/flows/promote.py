@@ -40,6 +40,7 @@ from stacklock.core import promotion, runlock
 from stacklock.core.files import atomic_write, default_mode, ensure_dir
 from stacklock.core.lock import fingerprint_of
 from stacklock.core.manifest import LoadedManifest, load_manifest, parse_manifest
+from stacklock.core.suggest import unknown_environment
 from stacklock.errors import ExitCode, InvalidInput, Problem, StacklockError, ToolFailed
 from stacklock.flows import ledger as ledgerflow
 
@@ -85,9 +86,7 @@ def set_stack(text: str, env: str, stack: str) -> str:
 def decide(loaded: LoadedManifest, env: str, now: datetime | None = None) -> promotion.Decision:
     order = _order(loaded)
     if env not in loaded.manifest.environments:
-        raise InvalidInput(f"unknown environment {env!r}", problems=[Problem(
-            "ENV", f"{env!r} is not an environment of the manifest",
-            "use one of: " + ", ".join(loaded.manifest.environments))])
+        raise unknown_environment(env, loaded.manifest.environments)
     project = loaded.manifest.project
     if env not in order or order.index(env) == 0:
         d = promotion.decide(order, env, revisions(loaded), [], now or datetime.now(UTC),

@@ -173,15 +173,22 @@ def test_invalid_promotions_exit_2(tmp_path: Path) -> None:
     path = _case(tmp_path)
     with pytest.raises(InvalidInput, match="first in the promotion order"):
         promoteflow.decide(load_manifest(path), "dev", NOW)
-    with pytest.raises(InvalidInput, match="unknown environment"):
+    with pytest.raises(InvalidInput, match="'qa' is not an environment"):
         promoteflow.decide(load_manifest(path), "qa", NOW)
+    # the flow names the closest environment too, with the one helper (core.suggest), not
+    # only the CLI's argument check
+    with pytest.raises(InvalidInput) as exc:
+        promoteflow.promote(load_manifest(path), "prdo", now=NOW)
+    assert exc.value.problems[0].hint == ("did you mean 'prod'? use one of: dev, staging, "
+                                          "prod")
     path.write_text(path.read_text().replace("promotion: [dev, staging, prod]", ""))
     with pytest.raises(InvalidInput, match="no promotion order"):
         promoteflow.decide(load_manifest(path), "staging", NOW)
 
 
 @pytest.mark.parametrize("order,error", [
-    ("[dev, qa]", "unknown environment"), ("[dev, dev]", "more than once"),
+    ("[dev, qa]", "unknown environment"), ("[dev, stagng]", "did you mean 'staging'?"),
+    ("[dev, dev]", "more than once"),
     ("[dev]", "at least two"), ('[dev, "prod{{x}}"]', "template"),
     ("[dev, 'staging\\u0000']", ""),
 ])

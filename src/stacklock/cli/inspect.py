@@ -39,8 +39,10 @@ def verify(c: Ctx, envs: tuple[str, ...], fmt: str, junit: Path | None, deep: bo
 @click.argument("envs", nargs=-1)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where to write the documents [default: <output_dir>/.stacklock/sbom].")
-@click.option("--format", "fmt", type=click.Choice(["json"]), default="json", show_default=True,
-              help="CycloneDX 1.6 JSON.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True,
+              help="The summary of what was written: json: a stacklock.sbom/v1 envelope on "
+                   "stdout (the documents are CycloneDX 1.6 JSON either way).")
 @lock_timeout_option
 @pass_ctx
 def sbom(c: Ctx, envs: tuple[str, ...], out_dir: Path | None, fmt: str) -> None:
@@ -49,7 +51,7 @@ def sbom(c: Ctx, envs: tuple[str, ...], out_dir: Path | None, fmt: str) -> None:
     from stacklock.flows.sbom import run_sbom
 
     where = out_dir or c.loaded().output_root / ".stacklock" / "sbom"
-    raise SystemExit(int(run_sbom(get_run(c), targets(c, envs), where)))
+    raise SystemExit(int(run_sbom(get_run(c), targets(c, envs), where, fmt=fmt)))
 
 
 @cli.command()

@@ -68,7 +68,9 @@ def choose(loaded: LoadedManifest, env: str, to: str | None,
 
 
 def run_rollback(run: Run, target: Target, to: str | None, *,
-                 override: str | None = None) -> ExitCode:
+                 override: str | None = None, kind: str = "rollback",
+                 outcomes: rolloutflow.Outcomes | None = None) -> ExitCode:
+    """`outcomes`: where the rollout's result goes (`stacklock.flows.rollout.Outcomes`)."""
     from stacklock.core import lock as lockmod
 
     env = target.name
@@ -98,15 +100,18 @@ def run_rollback(run: Run, target: Target, to: str | None, *,
         target = run.target(env)  # resolved again: it names the rolled-back stack now
     if not target.gpu:
         info(f"  {env}: no GPU on these nodes: the driver reload/reboot step is skipped")
-    return rolloutflow.run_rollout(run, target, override=override)
+    return rolloutflow.run_rollout(run, target, override=override, kind=kind,
+                                   outcomes=outcomes)
 
 
 def rollout_or_roll_back(run: Run, target: Target, *, auto_rollback: bool = False,
-                         override: str | None = None) -> ExitCode:
+                         override: str | None = None,
+                         outcomes: rolloutflow.Outcomes | None = None) -> ExitCode:
     """`rollout` (and `promote --rollout`): with `auto_rollback`, a halted rollout returns the
-    target to its previous verified revision, then exits 1."""
+    target to its previous verified revision, then exits 1. `outcomes` collects both."""
     def back(old_fp: str) -> ExitCode:
-        return run_rollback(run, run.target(target.name), old_fp)
+        return run_rollback(run, run.target(target.name), old_fp, kind="auto-rollback",
+                            outcomes=outcomes)
 
     return rolloutflow.run_rollout(run, target, on_halt=back if auto_rollback else None,
-                                   override=override)
+                                   override=override, outcomes=outcomes)

@@ -7,7 +7,10 @@ restarts never take down more than one batch. When more nodes than `max_failures
 halts: later batches are not touched and keep the previous revision. The report lists each
 node with its revision: the new one where its batch passed, the previous one (from the
 ledger's latest evidence of another revision) where the rollout never reached it. The end:
-`verify ENV` over every node, which records the evidence of the new revision.
+`verify ENV` over every node, which records the evidence of the new revision. The result of
+each node (batch, attempted or not, updated, failed, untouched or already current) is one
+`stacklock.core.rollout.NodeOutcome`: shown as a table, or in the `stacklock.rollout/v1`
+envelope that `--format json` prints (`emit`).
 
 Exit codes: 0 rolled out and verified; 1 halted (a batch failed) or the final verify found a
 deviation; 3 could not finish.
@@ -17,12 +20,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rich.table import Table
 
-from stacklock.console import info, out, step
+from stacklock.console import emit_json, err, info, out, step
 from stacklock.core import ledger as core
 from stacklock.core import promotion
 from stacklock.core import report as reportmod
@@ -103,13 +107,28 @@ def what_changes(records: list[dict[str, Any]], old_fp: str | None,
     return [head, *(f"  {x}" for x in lines)] if lines else [f"{head} none in the lock"]
 
 
+@dataclass
+class Outcomes:
+    """The rollouts one command runs, in order (a rollout, then its auto-rollback), and how
+    each shows its nodes: `table` on stdout as it ends; `json` not at all (the command prints
+    one `stacklock.rollout/v1` envelope at its end, `emit`, and the final verify's table goes
+    to stderr, so that stdout holds the envelope only)."""
+
+    fmt: str = "table"
+    rollouts: list[plan.RolloutResult] = field(default_factory=list)
+
+
 def run_rollout(run: Run, target: Target, *, on_halt: OnHalt | None = None,
-                override: str | None = None) -> ExitCode:
+                override: str | None = None, kind: str = "rollout",
+                outcomes: Outcomes | None = None) -> ExitCode:
     """Roll `target` out canary first, then in batches. `on_halt`: what to do with the
     previous revision when a batch fails (--auto-rollback). The revision must pass the
-    promotion gate (`stacklock.flows.gate`, exit 1) unless `override` (a reason, recorded)."""
+    promotion gate (`stacklock.flows.gate`, exit 1) unless `override` (a reason, recorded).
+    `kind`: what the rollout is for (`stacklock.core.rollout.KINDS`); `outcomes`: where its
+    result goes (default: the node table on stdout)."""
     from stacklock.adapters import ansible
 
+    outcomes = outcomes if outcomes is not None else Outcomes()
     env = target.name
     started = time.monotonic()
     run.hold([target])
@@ -123,9 +142,8 @@ def run_rollout(run: Run, target: Target, *, on_halt: OnHalt | None = None,
     old_fp = previous_revision(records, env, new_fp, project)
     hosts = target.hosts()
     pol = policy_of(run, target)
-    revision: dict[str, str] = {h: promotion.short(old_fp) if old_fp else "previous (unknown)"
-                                for h in hosts}
-    state: dict[str, str] = dict.fromkeys(hosts, "untouched")
+    nodes: dict[str, plan.NodeOutcome] = {
+        h: plan.NodeOutcome(h, None, False, plan.UNTOUCHED, old_fp) for h in hosts}
     run.prepare([target], need_mirror=True)
     # nodes whose facts already match the revision are not configured (and not restarted): a
     # rollout resumed after a halt, or a rollback of a halted canary, touches only the nodes
@@ -134,10 +152,12 @@ def run_rollout(run: Run, target: Target, *, on_halt: OnHalt | None = None,
     pre = failed_nodes(verify_batch(run, target, hosts, "before"), hosts, per_node=True)
     for h in hosts:
         if h not in pre:
-            state[h] = "already at the revision: not touched"
-            revision[h] = promotion.short(new_fp)
+            nodes[h] = plan.NodeOutcome(h, None, False, plan.CURRENT, new_fp)
     todo = [h for h in hosts if h in pre]
     batches = plan.plan(todo, pol)
+    for n, batch in enumerate(batches, start=1):
+        for h in batch:  # planned: untouched until its batch runs
+            nodes[h] = replace(nodes[h], batch=plan.batch_label(n, pol))
     step(f"rollout {env} to revision {promotion.short(new_fp)} (stack {stack}): "
          f"{len(todo)} of {len(hosts)} node(s) to change, in {len(batches)} batch(es) "
          f"(canary {pol.canary}, batch {pol.batch}, max_failures {pol.max_failures})")
@@ -148,7 +168,7 @@ def run_rollout(run: Run, target: Target, *, on_halt: OnHalt | None = None,
     if batches:
         gateflow.record_overrides(run, gate)
     for n, batch in enumerate(batches, start=1):
-        label = "canary" if n == 1 and pol.canary else f"batch {n}"
+        label = plan.batch_label(n, pol)
         t0 = time.monotonic()
         step(f"{env} {label} ({n}/{len(batches)}): configure {', '.join(batch)}")
         recap = ansible.run_playbook(
@@ -168,12 +188,9 @@ def run_rollout(run: Run, target: Target, *, on_halt: OnHalt | None = None,
         for h, why in failed_nodes(report, batch).items():
             bad.setdefault(h, why)
         for h in batch:
-            if h in bad:
-                state[h] = f"FAILED: {bad[h]}"
-                revision[h] = f"{promotion.short(new_fp)} attempted"
-            else:
-                state[h] = "updated and verified"
-                revision[h] = promotion.short(new_fp)
+            nodes[h] = replace(nodes[h], attempted=True, **(
+                {"result": plan.FAILED, "revision": None, "detail": bad[h]} if h in bad
+                else {"result": plan.UPDATED, "revision": new_fp}))
         failures += len(bad)
         info(f"  {env} {label}: {len(batch) - len(bad)}/{len(batch)} node(s) verified in "
              f"{time.monotonic() - t0:.0f} s" + (f", {len(bad)} failed" if bad else ""))
@@ -182,12 +199,25 @@ def run_rollout(run: Run, target: Target, *, on_halt: OnHalt | None = None,
             info(f"  halted: {failures} failed node(s) > max_failures {pol.max_failures}; "
                  f"{len(batches) - n} later batch(es) untouched")
             break
-    _print_nodes(env, hosts, revision, state)
+
+    def result(code: ExitCode, verified: ExitCode | None) -> ExitCode:
+        done = plan.RolloutResult(
+            kind=kind, environment=env, stack=stack, revision=new_fp, previous_revision=old_fp,
+            policy=pol, batches=len(batches), halted=halted,
+            nodes=tuple(nodes[h] for h in hosts),
+            verify_exit_code=None if verified is None else int(verified),
+            exit_code=int(code), logs=str(run.run_dir))
+        outcomes.rollouts.append(done)
+        return code
+
+    if outcomes.fmt != "json":
+        print_nodes(env, [nodes[h] for h in hosts], new_fp)
     if halted:
         info(f"rollout of {env} halted after {time.monotonic() - started:.0f} s; logs in "
              f"{run.run_dir}")
         if on_halt is not None and old_fp is not None:
             step(f"--auto-rollback: return {env} to revision {promotion.short(old_fp)}")
+            result(ExitCode.DEVIATION, None)  # before the auto-rollback's own
             code = on_halt(old_fp)
             info(f"auto-rollback of {env} ended with exit code {int(code)}; the rollout "
                  "itself failed: exit 1")
@@ -195,21 +225,30 @@ def run_rollout(run: Run, target: Target, *, on_halt: OnHalt | None = None,
         info(f"  next: fix the failed node(s) and run `stacklock rollout {env}` again (nodes "
              f"already at the revision are not touched), or `stacklock rollback {env}` to "
              "return the updated ones to the previous revision")
-        return ExitCode.DEVIATION
-    code = verifyflow.verify(run, [target])
+        return result(ExitCode.DEVIATION, None)
+    code = verifyflow.verify(run, [target], console=err if outcomes.fmt == "json" else None)
     info(f"rollout of {env} finished in {time.monotonic() - started:.0f} s with exit code "
          f"{int(code)}; logs in {run.run_dir}")
-    return code
+    return result(code, code)
 
 
-def _print_nodes(env: str, hosts: list[str], revision: dict[str, str],
-                 state: dict[str, str]) -> None:
+def print_nodes(env: str, nodes: Sequence[plan.NodeOutcome], new_fp: str) -> None:
+    """The table of a rollout's nodes (stdout): batch, revision, state."""
     table = Table(title=f"rollout of {env}: each node's revision", header_style="bold")
-    for col in ("node", "revision", "state"):
+    for col in ("node", "batch", "revision", "state"):
         table.add_column(col)
-    for h in hosts:
-        table.add_row(h, revision[h], state[h])
+    for n in nodes:
+        table.add_row(n.node, n.batch or "-", n.revision_cell(new_fp), n.state_cell())
     out.print(table)
 
 
-__all__ = ["failed_nodes", "run_rollout"]
+def emit(command: str, env: str, code: ExitCode | int, outcomes: Outcomes, *,
+         promote_code: ExitCode | int | None = None) -> None:
+    """`--format json`: the command's `stacklock.rollout/v1` envelope on stdout."""
+    emit_json(plan.RolloutReport(
+        command=command, environment=env, exit_code=int(code),
+        rollouts=tuple(outcomes.rollouts),
+        promote_exit_code=None if promote_code is None else int(promote_code)).as_dict())
+
+
+__all__ = ["Outcomes", "emit", "failed_nodes", "print_nodes", "run_rollout"]

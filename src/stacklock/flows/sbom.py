@@ -2,7 +2,8 @@
 
 The inventory play gathers every node's facts with `inventory: true`; `stacklock.core.sbom`
 builds the documents (pure); this flow writes them to `OUT/ENV/NODE.cdx.json` and
-`OUT/ENV.cdx.json` and prints what it wrote. A node that could not be looked at gets no
+`OUT/ENV.cdx.json` and prints what it wrote: a table, or with `--format json` the
+`stacklock.sbom/v1` summary (`SbomSummary`). A node that could not be looked at gets no
 document (nor does its environment): exit 3 naming it.
 """
 
@@ -10,13 +11,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
-from stacklock.console import err, info, out
+from stacklock.console import emit_json, err, info, out
 from stacklock.core import sbom as sbommod
 from stacklock.core.files import atomic_write
 from stacklock.core.parity import Unreachable
@@ -76,15 +78,54 @@ def write_sboms(facts_by_env: dict[str, dict[str, Any]], lock: dict[str, Any],
 
 _COLUMNS = ("library", "device-driver", "device", "machine-learning-model")
 
+SBOM_SCHEMA = "stacklock.sbom/v1"
 
-def run_sbom(run: Run, targets: Sequence[Target], out_dir: Path) -> ExitCode:
-    run.hold(targets)
-    lock = run.ensure_current()
-    timestamp = source_date()
-    facts = collect_inventory(run, targets)
-    manifest = run.loaded.manifest
-    stacks = {t.name: t.stack for t in targets}
-    written, problems = write_sboms(facts, lock, stacks, manifest.project, out_dir, timestamp)
+
+@dataclass(frozen=True)
+class SbomDocument:
+    """One document written: `path` relative to the output folder; `node` None for an
+    environment's document; `components`: component type -> count (nested ones included)."""
+
+    path: str
+    environment: str
+    node: str | None
+    components: dict[str, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "environment": self.environment, "node": self.node,
+                "components": dict(sorted(self.components.items())),
+                "total": sum(self.components.values())}
+
+
+@dataclass(frozen=True)
+class SbomSummary:
+    """`stacklock sbom --format json`: what was written where (the documents themselves are
+    CycloneDX); keys pinned by tests/unit/flows/test_sbom_summary.py."""
+
+    out_dir: str
+    documents: tuple[SbomDocument, ...]
+    problems: tuple[str, ...]
+    exit_code: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"schema": SBOM_SCHEMA, "spec_version": sbommod.SPEC_VERSION,
+                "out_dir": self.out_dir, "documents": [d.as_dict() for d in self.documents],
+                "problems": list(self.problems), "exit_code": self.exit_code}
+
+
+def summary(written: list[tuple[Path, dict[str, int]]], problems: list[str], out_dir: Path,
+            code: ExitCode) -> SbomSummary:
+    docs = []
+    for path, counts in written:
+        rel = path.relative_to(out_dir)  # ENV/NODE.cdx.json or ENV.cdx.json
+        name = rel.name.removesuffix(".cdx.json")
+        env, node = (rel.parent.as_posix(), name) if len(rel.parts) > 1 else (name, None)
+        docs.append(SbomDocument(rel.as_posix(), env, node, dict(counts)))
+    return SbomSummary(str(out_dir), tuple(docs), tuple(problems), int(code))
+
+
+def print_summary(written: list[tuple[Path, dict[str, int]]], problems: list[str],
+                  out_dir: Path) -> None:
     table = Table(title=f"CycloneDX {sbommod.SPEC_VERSION} SBOMs in {out_dir}")
     table.add_column("document")
     for col in (*_COLUMNS, "other", "total"):
@@ -99,4 +140,22 @@ def run_sbom(run: Run, targets: Sequence[Target], out_dir: Path) -> ExitCode:
     info(f"{len(written)} document(s) written to {out_dir}"
          + (f"; {len(problems)} problem(s): run `stacklock verify` for the cause" if problems
             else ""))
-    return ExitCode.FAILED if problems else ExitCode.OK
+
+
+def run_sbom(run: Run, targets: Sequence[Target], out_dir: Path, *,
+             fmt: str = "table") -> ExitCode:
+    """Write the documents; print their summary: a table, or with `fmt` json the
+    `stacklock.sbom/v1` envelope on stdout (and no progress)."""
+    run.hold(targets)
+    lock = run.ensure_current()
+    timestamp = source_date()
+    facts = collect_inventory(run, targets, quiet=fmt == "json")
+    manifest = run.loaded.manifest
+    stacks = {t.name: t.stack for t in targets}
+    written, problems = write_sboms(facts, lock, stacks, manifest.project, out_dir, timestamp)
+    code = ExitCode.FAILED if problems else ExitCode.OK
+    if fmt == "json":
+        emit_json(summary(written, problems, out_dir, code).as_dict())
+    else:
+        print_summary(written, problems, out_dir)
+    return code

@@ -10,6 +10,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from rich.console import Console
 from rich.markup import escape
 
 from stacklock.console import emit_json, err, out, step
@@ -56,9 +57,12 @@ def collect(run: Run, targets: Sequence[Target], *, quiet: bool = False,
 def verify(
     run: Run, targets: Sequence[Target], *, fmt: str = "table", junit: Path | None = None,
     deep: bool = False, collected: ParityReport | None = None, fast: bool = False,
-    show_all: bool = False,
+    show_all: bool = False, console: Console | None = None,
 ) -> ExitCode:
     """Collect and compare, record evidence when it passes, print the report.
+
+    `console`: where the table goes (default stdout; a rollout printing JSON sends its final
+    verify's table to stderr).
 
     `collected`: a parity report of these environments read in this run, with nothing
     changed on the nodes since (provision when configure ran no roles), instead of a new one."""
@@ -80,7 +84,7 @@ def verify(
     if fmt == "json":
         emit_json(reportmod.report_dict(report))
     else:
-        reportmod.print_report(report, out, compact=not show_all)
+        reportmod.print_report(report, console or out, compact=not show_all)
     if unrecorded is not None:
         # the nodes match; what failed is signing the evidence, which only the gates read:
         # say so loudly, keep the verdict's exit code (promotion refuses without evidence)

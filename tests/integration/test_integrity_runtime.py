@@ -131,7 +131,7 @@ CAUGHT = [
     ("unit.torchserve.environment.FOO", "bar"),
     ("process.torchserve.environment.FOO", None),
     ("unit.containerd.drop_in./etc/systemd/system/containerd.service.d/zz-bar.conf", "present"),
-    ("process.containerd.environment.BAR", "baz"),
+    ("process.containerd.environment.BAR", "set"),  # named without its value
     ("docker.runtime.nvidia", None),  # no longer registered: (missing)
     ("docker.runtime.evil", "/usr/local/bin/evil-runc"),
     ("systemd.environment.LD_PRELOAD", "libSegFault"),

@@ -335,3 +335,23 @@ def test_the_expectation_sees_every_group_var_the_unit_template_reads() -> None:
     handed = {k: v for k, v in gv_all.items() if k in parity.GROUP_VAR_KEYS}
     assert "--models" not in runtime.torchserve_exec_start(handed)
     assert runtime.torchserve_exec_start(handed) == runtime.torchserve_exec_start(gv_all)
+
+
+def test_docker_role_restarts_on_the_names_verify_calls_foreign() -> None:
+    """The docker role restarts a daemon whose environment holds a name systemd does not set
+    (ansible/roles/docker/vars/main.yml `_docker_process_names`): the same names verify leaves
+    alone (SYSTEMD_NAMES, VOLATILE), so that a repaired node verifies clean."""
+    import re
+
+    text = (REPO / "ansible/roles/docker/vars/main.yml").read_text()
+    names = re.compile(str(yaml.safe_load(text)["_docker_process_names"]))
+    for name in (*runtime.SYSTEMD_NAMES, "INVOCATION_ID", "MONITOR_SERVICE_RESULT",
+                 "LISTEN_FDNAMES", "container"):
+        assert names.match(name), name
+        assert name in runtime.SYSTEMD_NAMES or runtime.VOLATILE.match(name), name
+    for name in ("LD_PRELOAD", "FOO", "HTTP_PROXY", "LANGX"):
+        assert not names.match(name), name
+    # every alternative of the role's pattern is one verify leaves alone
+    for alt in names.pattern.strip("^()$").split("|"):
+        probe = alt.replace("[A-Z_]+", "X")
+        assert probe in runtime.SYSTEMD_NAMES | {"LANGUAGE"} or runtime.VOLATILE.match(probe), alt

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import posixpath
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stacklock.adapters import debfiles, wheelrecord
+from stacklock.adapters import ansible_template, debfiles, wheelrecord
 from stacklock.core import integrity
 from stacklock.core.integrity import RoleFile, Tree
-from stacklock.core.render import repo_root
+
+log = logging.getLogger("stacklock.integrity")
 
 #: group_vars list -> the stacklock_packages id whose preferences and blacklist files it gets
 _APT_ROLES = (
@@ -26,6 +29,21 @@ _APT_ROLES = (
     ("docker_packages", "docker"),
     ("torchserve_java_packages", "torchserve"),
 )
+
+#: the roles of site.yml in its order, and the one they include: their defaults apply under a
+#: host's variables and their vars/main.yml over them, as in the play
+ROLES = ("stacklock_integrity", "nvidia_driver", "cuda", "nvidia_container_toolkit", "docker",
+         "torchserve", "stacklock_packages")
+
+#: the host variables the roles read (those the verify play's reference task passes on)
+VAR_PREFIXES = ("torchserve_", "stacklock_", "nvidia_", "cuda_", "docker_")
+
+#: run-time credentials (extra vars of configure): no file hashed here depends on them, and
+#: they are never kept (not in a memo key, not in the variables the templates see)
+SECRET_VARS = ("stacklock_apt_auth", "stacklock_pip_auth")
+
+#: the virtualization facts of a lab node (a Docker container with systemd as PID 1)
+LAB_FACTS = {"virtualization_role": "guest", "virtualization_type": "docker"}
 
 #: the units stacklock manages: the unit file in /etc and its drop-in directories are watched
 MANAGED_UNITS = ("torchserve.service", "docker.service", "containerd.service",
@@ -69,44 +87,168 @@ def managed_dirs(hv: Mapping[str, Any]) -> list[tuple[str, bool]]:
     return dirs
 
 
+@dataclass(frozen=True)
+class Source:
+    """How the controller knows a role file's bytes: rendered from role `role`'s template
+    `template` (empty: the `content:` of its copy task), in an `include_role` of `role` by
+    role `caller` (whose `vars:` apply), with the loop `item` and what the role reads of the
+    node (`node`: registered results, `ansible_facts`) as the controller decides it. The
+    tests render each one through a real `ansible.builtin.template` run too."""
+
+    role: str
+    template: str
+    caller: str = ""
+    item: Mapping[str, Any] | None = None
+    node: Mapping[str, Any] = field(default_factory=dict)
+
+    def variables(self, host: Mapping[str, Any]) -> dict[str, Any]:
+        task = dict(ansible_template.include_vars(self.caller, self.role)) if self.caller else {}
+        if self.item is not None:
+            task["item"] = self.item
+        return ansible_template.variables(host, ROLES, task=task,
+                                          node={"ansible_facts": {}, **self.node})
+
+
+def host_vars(hv: Mapping[str, Any]) -> dict[str, Any]:
+    """The host's variables the roles read (what the verify play's reference task passes), less
+    the run-time credentials and the files option itself."""
+    return {k: v for k, v in hv.items()
+            if k.startswith(VAR_PREFIXES) and k not in SECRET_VARS and k != "stacklock_files"}
+
+
+def _docker_node(host: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What the docker role reads of the node for daemon.json (tasks/configure.yml,
+    vars/main.yml), as the controller decides it; None where it cannot.
+
+    * `/usr/bin/nvidia-container-runtime` exists (docker_nvidia_runtime: auto) exactly when
+      the toolkit is pinned: site.yml installs it before the docker role configures (as
+      stacklock.core.runtime expects the `nvidia` runtime);
+    * the host is itself a container (docker_container_host: auto, from the gathered
+      virtualization facts): a lab node is one (a Docker container with systemd as PID 1); an
+      AWS node is an EC2 instance, a virtual machine or metal, never a container; an on-prem
+      host may be either (the on-prem tests run on the lab's image), so with `auto` the bytes
+      of its daemon.json are not known here: set docker_container_host to enabled or disabled
+      in its inventory to have them compared."""
+    node: dict[str, Any] = {"__docker_nvidia_runtime_bin": {"stat": {
+        "exists": bool(host.get("nvidia_container_toolkit_packages"))}}}
+    if ansible_template.value(base, "docker_container_host") == "auto":
+        provider = host.get("stacklock_provider")
+        if provider == "lab":
+            node["ansible_facts"] = dict(LAB_FACTS)
+        elif provider != "aws":
+            return None
+    return node
+
+
+_Entry = tuple[RoleFile, Source | None]
+
+
+def _rendered(path: str, owner: str, group: str, mode: str, source: Source,
+              host: Mapping[str, Any]) -> _Entry:
+    try:
+        if source.template:
+            data = ansible_template.render(source.role, source.template,
+                                           source.variables(host), dest=path)
+        else:
+            data = ansible_template.render_content(
+                ansible_template.copy_content(source.role, path), source.variables(host))
+    except ansible_template.RenderError as exc:
+        # bytes the controller cannot know (a fact only the node has): presence, owner, mode
+        log.debug("%s: compared without its sha256: %s", path, exc)
+        return RoleFile(path, owner, group, mode), None
+    return RoleFile(path, owner, group, mode, ansible_template.sha256(data)), source
+
+
+def _role_files(hv: Mapping[str, Any]) -> dict[str, list[_Entry]]:
+    host = host_vars(hv)
+    base = Source("", "").variables(host)
+
+    def val(expression: str) -> Any:
+        return ansible_template.value(base, expression)
+
+    out: dict[str, list[_Entry]] = {}
+    if "torchserve_models" in host:
+        home, group = str(val("torchserve_home")), str(val("torchserve_group"))
+        config, store = str(val("torchserve_config_path")), str(val("torchserve_model_store"))
+        ping = ansible_template.roles_dir() / "torchserve/files/torchserve-ping"
+        ts: list[_Entry] = [
+            (RoleFile(f"{home}/torchserve-ping", "root", "root", "0755", _sha256_file(ping)),
+             None),
+            # rendered here; the role's preflight refuses a render that is not the lock's
+            # torchserve_config_sha256, so a node never gets other bytes from the role
+            _rendered(config, "root", group, "0640", Source("torchserve", "config.properties.j2"),
+                      host),
+            _rendered("/etc/systemd/system/torchserve.service", "root", "root", "0644",
+                      Source("torchserve", "torchserve.service.j2"), host)]
+        for m in host.get("torchserve_models") or []:
+            # the role copies the archive from the controller after checking it against this
+            # pinned sha256 (its preflight)
+            file = str(m.get("file") or f"{m['name']}.mar")
+            ts.append((RoleFile(f"{store}/{file}", "root", group, "0644",
+                                str(m.get("sha256") or "") or None), None))
+        out["torchserve"] = ts
+    # stacklock_packages, included by each role with its pins: written in site.yml's order, so
+    # a path two roles write (the official nvidia-cuda.list) holds the last one's bytes
+    apt: dict[str, _Entry] = {}
+    for var, role in _APT_ROLES:
+        if host.get(var) is None:
+            continue
+        pref = f"/etc/apt/preferences.d/stacklock-{role}.pref"
+        unattended = f"/etc/apt/apt.conf.d/51stacklock-{role}-unattended-upgrades"
+        for path, template in ((pref, "preferences.j2"), (unattended, "unattended-upgrades.j2")):
+            apt[path] = _rendered(path, "root", "root", "0644",
+                                  Source("stacklock_packages", template, caller=role), host)
+        included = Source("stacklock_packages", "", caller=role).variables(host)
+        repos = "_stacklock_packages_repositories"
+        try:
+            names = ansible_template.value(included, f"{repos} | map(attribute='name') | list")
+        except ansible_template.RenderError as exc:
+            log.debug("%s: its apt sources are not known here: %s", role, exc)
+            continue
+        for i, name in enumerate(names):
+            path = f"/etc/apt/sources.list.d/{name}.list"
+            try:
+                item = ansible_template.value(included, f"{repos}[{i}]")
+            except ansible_template.RenderError:
+                # an official repository whose URI names the node's OS (its gathered
+                # distribution facts: the verify play gathers none and the group_vars do not
+                # carry them): presence, owner, mode
+                apt[path] = (RoleFile(path, "root", "root", "0644"), None)
+                continue
+            apt[path] = _rendered(path, "root", "root", "0644", Source(
+                "stacklock_packages", "repository.list.j2", caller=role, item=item), host)
+    # not listed, though written in watched places: /etc/apt/auth.conf.d/* (mirror
+    # credentials: a secret, and not a watched directory) and /etc/cdi/nvidia.yaml (generated
+    # by nvidia-ctk from the GPUs it finds, on GPU hosts only: neither its bytes nor whether
+    # it exists are known here)
+    if apt:
+        out["stacklock_packages"] = list(apt.values())
+    if host.get("docker_packages"):
+        path = "/etc/docker/daemon.json"
+        node = _docker_node(host, base)
+        out["docker"] = [_rendered(path, "root", "root", "0644",
+                                   Source("docker", "daemon.json.j2", node=node), host)
+                         if node is not None else (RoleFile(path, "root", "root", "0644"), None)]
+    if host.get("nvidia_driver_packages") and val("nvidia_driver_blacklist_nouveau | bool"):
+        out["nvidia_driver"] = [_rendered("/etc/modprobe.d/stacklock-blacklist-nouveau.conf",
+                                          "root", "root", "0644", Source("nvidia_driver", ""),
+                                          host)]
+    return out
+
+
 def role_files(hv: Mapping[str, Any]) -> dict[str, list[RoleFile]]:
     """role -> the files it writes in the watched places, with the sha256 the controller
-    knows (static role files, the rendered TorchServe config, the locked model archives)."""
-    out: dict[str, list[RoleFile]] = {}
-    home = str(hv.get("torchserve_home") or "/opt/torchserve")
-    group = str(hv.get("torchserve_group") or "torchserve")
-    if "torchserve_models" in hv:
-        config = str(hv.get("torchserve_config_path") or "/etc/torchserve/config.properties")
-        store = str(hv.get("torchserve_model_store") or "/var/lib/torchserve/model-store")
-        ping = repo_root() / "ansible/roles/torchserve/files/torchserve-ping"
-        ts = [RoleFile(f"{home}/torchserve-ping", "root", "root", "0755", _sha256_file(ping)),
-              RoleFile(config, "root", group, "0640",
-                       str(hv.get("torchserve_config_sha256") or "") or None),
-              RoleFile("/etc/systemd/system/torchserve.service", "root", "root", "0644")]
-        for m in hv.get("torchserve_models") or []:
-            file = str(m.get("file") or f"{m['name']}.mar")
-            ts.append(RoleFile(f"{store}/{file}", "root", group, "0644",
-                               str(m.get("sha256") or "") or None))
-        out["torchserve"] = ts
-    apt: list[RoleFile] = []
-    for var, role in _APT_ROLES:
-        if hv.get(var) is not None and var in hv:
-            apt += [RoleFile(f"/etc/apt/preferences.d/stacklock-{role}.pref", "root", "root",
-                             "0644"),
-                    RoleFile(f"/etc/apt/apt.conf.d/51stacklock-{role}-unattended-upgrades",
-                             "root", "root", "0644")]
-    if not hv.get("stacklock_apt_official"):
-        for repo in hv.get("stacklock_apt_repositories") or []:
-            apt.append(RoleFile(f"/etc/apt/sources.list.d/{repo['name']}.list", "root", "root",
-                                "0644"))
-    if apt:
-        out["stacklock_packages"] = apt
-    if hv.get("docker_packages"):
-        out["docker"] = [RoleFile("/etc/docker/daemon.json", "root", "root", "0644")]
-    if hv.get("nvidia_driver_packages") and hv.get("nvidia_driver_blacklist_nouveau", True):
-        out["nvidia_driver"] = [RoleFile("/etc/modprobe.d/stacklock-blacklist-nouveau.conf",
-                                         "root", "root", "0644")]
-    return out
+    knows: the static role files, the files the roles render from their templates and copy
+    tasks (rendered here with the host's variables over the roles' defaults, through ansible's
+    own Templar: stacklock.adapters.ansible_template), the locked model archives. None only
+    where the bytes depend on what only the node knows (see `_docker_node`, the official apt
+    sources): then presence, owner, group and mode are compared."""
+    return {role: [f for f, _ in files] for role, files in _role_files(hv).items()}
+
+
+def role_file_sources(hv: Mapping[str, Any]) -> dict[str, Source]:
+    """path -> how its sha256 was rendered, for each role file rendered here."""
+    return {f.path: s for files in _role_files(hv).values() for f, s in files if s is not None}
 
 
 def _venv_skeleton(venv: str, python: str) -> Tree:
@@ -160,12 +302,9 @@ def files_option(hv: Mapping[str, Any]) -> list[dict[str, Any]]:
     rendered by stacklock (no `stacklock_fingerprint`) has nothing to compare: []."""
     if not hv.get("stacklock_fingerprint"):
         return []
-    keys = ("torchserve_venv", "torchserve_python_version", "torchserve_config_path",
-            "torchserve_model_store", "torchserve_home", "torchserve_group",
-            "torchserve_pip_packages", "torchserve_models", "torchserve_config_sha256",
-            "stacklock_apt_official", "stacklock_apt_repositories",
-            "nvidia_driver_blacklist_nouveau", *(v for v, _ in _APT_ROLES))
-    memo = json.dumps({k: hv.get(k) for k in keys if k in hv}, sort_keys=True, default=str)
+    # every variable a role file, a tree or a managed directory may depend on: the host's
+    # variables the roles read (the roles' defaults and templates are the same for every host)
+    memo = json.dumps(host_vars(hv), sort_keys=True, default=str)
     if memo not in _MEMO:
         built = trees(hv)
         integrity.store(built)
@@ -173,5 +312,6 @@ def files_option(hv: Mapping[str, Any]) -> list[dict[str, Any]]:
     return _MEMO[memo]
 
 
-__all__ = ["MANAGED_UNITS", "SYSTEM_DIRS", "files_option", "managed_dirs", "role_files",
-           "trees"]
+__all__ = ["LAB_FACTS", "MANAGED_UNITS", "ROLES", "SECRET_VARS", "SYSTEM_DIRS", "VAR_PREFIXES",
+           "Source", "files_option", "host_vars", "managed_dirs", "role_file_sources",
+           "role_files", "trees"]

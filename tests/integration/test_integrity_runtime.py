@@ -123,6 +123,9 @@ CHANGES = [
      "printf '\\n# edited by hand\\n' >> /etc/systemd/system/torchserve.service"),
     ("the config changed without a restart",
      "touch -d '+10 seconds' /etc/torchserve/config.properties"),
+    ("java through a hand-installed alternative",
+     "update-alternatives --install /usr/bin/java java /bin/true 5000"),
+    ("nvidia-ctk shadowed earlier on the PATH", "ln -sf /bin/true /usr/local/bin/nvidia-ctk"),
 ]
 
 #: what verify must name for them: (component, a part of the actual value or None)
@@ -139,6 +142,8 @@ CAUGHT = [
     ("process.docker.environment.LD_PRELOAD", "libSegFault"),
     ("unit.torchserve.daemon_reload", "not reloaded"),
     ("unit.torchserve.settings", "running older settings"),
+    ("command.java.target", "/usr/bin/true"),
+    ("command.nvidia-ctk.path", "/usr/local/bin/nvidia-ctk"),
 ]
 
 
@@ -162,23 +167,12 @@ def test_configure_puts_every_runtime_change_back(lab: Path) -> None:
     assert "zz-foo" not in on_node("ls /etc/systemd/system/torchserve.service.d || true")
     assert "zz-bar" not in on_node("ls /etc/systemd/system/containerd.service.d || true")
     assert "LD_PRELOAD" not in on_node("systemctl show-environment")
+    assert "/bin/true" not in on_node("update-alternatives --list java")
+    local = on_node("ls /usr/local/bin").split()
+    assert "nvidia-ctk" not in local and "nvidia-ctk.stacklock-moved-aside" in local, local
     for unit in ("docker", "containerd", "torchserve"):
         env = on_node(f"tr '\\0' '\\n' < /proc/$(systemctl show -p MainPID --value {unit})/environ")
         assert "LD_PRELOAD" not in env, unit
-
-
-# --------------------------------------------------------------------------- commands
-
-
-def test_a_command_shadowed_or_pointed_elsewhere(lab: Path) -> None:
-    on_node("ln -sf /bin/true /usr/local/bin/java")
-    assert_caught(lab, "command.java.path", "/usr/local/bin/java")
-    on_node("rm -f /usr/local/bin/java")
-    on_node("update-alternatives --install /usr/bin/java java /bin/true 5000")
-    assert_caught(lab, "command.java.target", "/usr/bin/true")
-    on_node("update-alternatives --remove java /bin/true")
-    for how, code, rep in both(lab):
-        assert code == 0, f"{how}: {rep.get('problems')}"
 
 
 # --------------------------------------------------------------------------- waivers

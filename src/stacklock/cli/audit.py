@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -75,9 +78,17 @@ def audit(c: Ctx, envs: tuple[str, ...], deep: bool, kinds: str, fmt: str, json_
                            problems=[Problem("--kinds", f"{kinds!r} is not a list of kinds",
                                              "use infrastructure, stack, cloud, diff")])
     probes = RealProbes(run, chosen, deep=deep).probes()
+    # the parity report the stack kind reads also feeds the textfile's parity metrics
+    parities: list[Mapping[str, Any]] = []
+
+    def parity(envs: Sequence[str]) -> Mapping[str, Any]:
+        assert probes.parity is not None
+        parities.append(probes.parity(envs))
+        return parities[-1]
+
     probes = auditmod.Probes(
         plans=probes.plans if "infrastructure" in wanted else None,
-        parity=probes.parity if "stack" in wanted else None,
+        parity=parity if "stack" in wanted else None,
         cloud=probes.cloud if "cloud" in wanted else None,
         deep=probes.deep,
         deep_all=probes.deep_all,
@@ -85,7 +96,13 @@ def audit(c: Ctx, envs: tuple[str, ...], deep: bool, kinds: str, fmt: str, json_
     report = auditmod.run_audit(names, probes,
                                 workers=len(names) + 1, progress=step)
     audit_report.write_reports(report, audit_report.ReportTargets(
-        json=json_path, markdown=md_path, junit=junit, prometheus=prometheus, history=history))
+        json=json_path, markdown=md_path, junit=junit, history=history))
+    if prometheus is not None:  # the audit's metrics, and the parity metrics of its verify
+        from stacklock.core import metrics
+        from stacklock.core.files import atomic_write
+
+        atomic_write(prometheus, metrics.audit_textfile(
+            report, parities[-1] if parities else None, finished_at=datetime.now(UTC)))
     if fmt == "json":
         sys.stdout.write(audit_report.report_json(report))
     elif fmt == "markdown":

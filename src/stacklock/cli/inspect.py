@@ -15,6 +15,9 @@ from stacklock.cli.base import Ctx, cli, get_run, lock_timeout_option, pass_ctx,
               show_default=True)
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write a JUnit XML report here.")
+@click.option("--prometheus", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the parity metrics here as a Prometheus textfile "
+                   "(docs/observability.md).")
 @click.option("--deep", is_flag=True,
               help="Hash every model archive again (no digest reused from the nodes' cache).")
 @click.option("--fast", is_flag=True,
@@ -25,13 +28,13 @@ from stacklock.cli.base import Ctx, cli, get_run, lock_timeout_option, pass_ctx,
                    "apt_blacklist) too; by default a footer counts them.")
 @lock_timeout_option
 @pass_ctx
-def verify(c: Ctx, envs: tuple[str, ...], fmt: str, junit: Path | None, deep: bool,
-           fast: bool, show_all: bool) -> None:
+def verify(c: Ctx, envs: tuple[str, ...], fmt: str, junit: Path | None,
+           prometheus: Path | None, deep: bool, fast: bool, show_all: bool) -> None:
     """Collect the real stack from every node and compare (exit 0 match, 1 deviation, 3 unreachable)."""
     from stacklock.flows import verify as flow
 
     code = flow.verify(get_run(c), targets(c, envs), fmt=fmt, junit=junit, deep=deep,
-                       fast=fast, show_all=show_all)
+                       fast=fast, show_all=show_all, prometheus=prometheus)
     raise SystemExit(int(code))
 
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 
 from stacklock.console import emit_json, err, out, step
+from stacklock.core import metrics
 from stacklock.core import report as reportmod
 from stacklock.core.files import atomic_write
 from stacklock.core.parity import ParityReport
@@ -57,12 +59,14 @@ def collect(run: Run, targets: Sequence[Target], *, quiet: bool = False,
 def verify(
     run: Run, targets: Sequence[Target], *, fmt: str = "table", junit: Path | None = None,
     deep: bool = False, collected: ParityReport | None = None, fast: bool = False,
-    show_all: bool = False, console: Console | None = None,
+    show_all: bool = False, console: Console | None = None, prometheus: Path | None = None,
 ) -> ExitCode:
     """Collect and compare, record evidence when it passes, print the report.
 
     `console`: where the table goes (default stdout; a rollout printing JSON sends its final
     verify's table to stderr).
+
+    `prometheus`: also write the parity metrics there (`stacklock.core.metrics`), atomically.
 
     `collected`: a parity report of these environments read in this run, with nothing
     changed on the nodes since (provision when configure ran no roles), instead of a new one."""
@@ -81,6 +85,8 @@ def verify(
             unrecorded = exc
     if junit is not None:
         atomic_write(junit, reportmod.to_junit(report))
+    if prometheus is not None:
+        atomic_write(prometheus, metrics.render_parity(report, finished_at=datetime.now(UTC)))
     if fmt == "json":
         emit_json(reportmod.report_dict(report))
     else:

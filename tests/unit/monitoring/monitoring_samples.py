@@ -1,0 +1,76 @@
+"""Sample reports for the monitoring tests: a parity report from the real comparison
+(`parity.compare`) with every kind of line the parity metrics have, and an audit report."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from stacklock.core import parity
+from stacklock.core.audit import STACK, AuditError, AuditReport, EnvironmentAudit, Finding
+
+ROOT = Path(__file__).resolve().parents[3]
+MONITORING = ROOT / "monitoring"
+TODAY = dt.date(2026, 12, 6)
+FINISHED = dt.datetime(2026, 12, 6, 12, 0, tzinfo=dt.UTC)
+DROP_IN = "unit.docker.drop_in./etc/systemd/system/docker.service.d/site.conf"
+
+EXPECTED = {
+    "docker.version": "20.10.24",
+    "model.tiny-linear.version": "1.0",
+    "model.tiny-linear.smoke": "[3.0, 5.0, 7.0] within 1e-06",
+}
+
+
+def node_facts(*, docker: str = "20.10.24", answer: list[float] | None = None,
+               drop_in: bool = False) -> dict[str, Any]:
+    """Facts of a node as the facts module reports them (only the parts compared here)."""
+    facts: dict[str, Any] = {
+        "schema": parity.FACTS_SCHEMA,
+        "docker": {"version": docker},
+        "torchserve": {
+            "running": True,
+            "models": {"tiny-linear": {"version": "1.0"}},
+            "smoke": {"tiny-linear": {"status": 200, "check": "numbers",
+                                      "numbers": answer or [3.0, 5.0, 7.0]}},
+        },
+    }
+    if drop_in:
+        facts["units"] = {"docker": {"load": "loaded", "user": "root", "drop_ins": [
+            "/etc/systemd/system/docker.service.d/site.conf"]}}
+    return facts
+
+
+def sample_parity(**overrides: Any) -> parity.ParityReport:
+    """dev: dev-1 matches; staging: staging-1 unreachable; prod: prod-1 has a docker deviation,
+    a wrong smoke answer and a waived drop-in; one waiver expired, one in force."""
+    facts: dict[str, Any] = {
+        "dev": {"dev-1": node_facts()},
+        "staging": {"staging-1": parity.Unreachable("ssh: connect to host 10.213.0.3 port "
+                                                    "22: Connection refused")},
+        "prod": {"prod-1": node_facts(docker="24.0.5", answer=[3.0, 5.0, 9.0],
+                                      drop_in=True)},
+    }
+    facts.update(overrides)
+    waivers = [
+        {"item": DROP_IN, "node": "prod-1", "environment": "prod", "reason": "site limit",
+         "expires": "2027-01-31"},
+        {"item": "docker.version", "environment": "dev", "reason": "old exception",
+         "expires": "2026-11-30"},
+    ]
+    return parity.compare({env: dict(EXPECTED) for env in ("dev", "staging", "prod")}, facts,
+                          waivers=waivers, today=TODAY)
+
+
+def sample_audit() -> AuditReport:
+    return AuditReport(
+        environments=(
+            EnvironmentAudit("dev", audited=(STACK,)),
+            EnvironmentAudit("staging", errors=(AuditError(STACK, "staging-1 unreachable"),)),
+            EnvironmentAudit("prod", findings=(Finding("prod", STACK, "docker.version", "prod-1",
+                                                       "20.10.24", "24.0.5"),),
+                             audited=(STACK,)),
+        ),
+        started_at="2026-12-06T11:59:00Z", finished_at="2026-12-06T12:00:00Z",
+        duration_s=60.0)

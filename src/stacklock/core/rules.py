@@ -24,6 +24,8 @@ java-package             error    java.package and java.apt_version are of java.
 torchserve-tested-torch  warning  torch is the release TorchServe was tested with
 torchserve-token-auth    error    token_authorization is on
 torchserve-loopback      error    management and metrics APIs listen on loopback only
+torchserve-plain-http    error    the inference API stays on loopback unless the stack opts out
+                                  (allow_plain_http_inference): clients call the endpoint
 torchserve-model-api     warning  enable_model_api is off
 torchserve-allowed-urls  error    allowed_urls are valid regexes and not catch-alls
 aws-instance-family      error    an AWS instance type's family is a known GPU family
@@ -31,6 +33,8 @@ gpu-driver-branch        error    the driver branch supports the GPU architectur
 gpu-kernel-module        error    open/proprietary kernel modules fit the GPU
 gpu-cuda                 error    the CUDA version supports the GPU architecture
 gpu-torch-build          error    the torch CUDA build carries kernels for the GPU
+endpoint-upstream        error    an environment's endpoint proxies to TorchServe on loopback
+endpoint-parity          warning  every environment has the same endpoint (present, port)
 ======================== ======== ==========================================================
 
 GPU rules apply only where the GPU is known: AWS environments (from the instance type).
@@ -294,6 +298,7 @@ def _check_parts(stacks: dict[str, Stack], envs: dict[str, Any], data: Compatibi
         installed, differ = _installed(stack)
         if differ:
             _again(out, differ, lambda o, st=installed, pp=p: _check_stack(o, data, pp, st, today))
+    _endpoints(out, stacks, envs)
     for env_name, env in envs.items():
         stack_obj = stacks.get(env.stack)
         if isinstance(env, AwsEnvironment) and stack_obj is not None:
@@ -558,6 +563,18 @@ def _hardening(out: _Findings, data: Compatibility, p: str, s: Stack) -> None:
                 f"use http://127.0.0.1:{port} (reach it over SSH or a local scraper)",
                 probe,
             )
+    if not cfg.inference_on_loopback and not cfg.allow_plain_http_inference:
+        port = cfg.inference_address.rsplit(":", 1)[1]
+        out.add(
+            ERROR, "torchserve-plain-http", f"{p}.inference_address",
+            f"{cfg.inference_address} is not a loopback address: clients would reach the model "
+            "over plain HTTP, with a key TorchServe replaces every "
+            f"{cfg.token_expiration_min or 60} minutes",
+            f"keep http://127.0.0.1:{port} and give the environments an endpoint (TLS and a "
+            "token clients keep: environments.ENV.endpoint, docs/serving.md), or accept plain "
+            "HTTP explicitly: torchserve_config.allow_plain_http_inference: true",
+            probe,
+        )
     if cfg.enable_model_api:
         out.add(
             WARNING, "torchserve-model-api", f"{p}.enable_model_api",
@@ -587,6 +604,53 @@ def _hardening(out: _Findings, data: Compatibility, p: str, s: Stack) -> None:
                 "restrict it to your model host, e.g. https://models\\.example\\.com/.*, "
                 "or leave allowed_urls empty (the model store only)",
                 probe,
+            )
+
+
+# --------------------------------------------------------------------------- the endpoint
+
+
+#: where the endpoint rules come from (stacklock's own design, not a vendor fact)
+_SERVING_DOC = "stacklock docs/serving.md (the serving endpoint)"
+
+
+def _endpoints(out: _Findings, stacks: dict[str, Stack], envs: dict[str, Any]) -> None:
+    """The environments' inference endpoints (docs/serving.md): nginx proxies to TorchServe on
+    loopback, and every environment serves clients the same way (verify compares the proxy's
+    package, config and answers across environments like any other component)."""
+    for env_name, env in envs.items():
+        ep = getattr(env, "endpoint", None)
+        stack = stacks.get(env.stack)
+        if ep is None or stack is None:
+            continue
+        cfg = stack.torchserve_config
+        if not cfg.inference_on_loopback:
+            port = cfg.inference_address.rsplit(":", 1)[1]
+            out.add(
+                ERROR, "endpoint-upstream", f"stacks.{env.stack}.torchserve_config.inference_address",
+                f"environment {env_name!r} has an endpoint, which proxies to TorchServe on "
+                f"loopback, but TorchServe listens on {cfg.inference_address}",
+                f"set inference_address: http://127.0.0.1:{port} (clients call the endpoint)",
+                cite=_SERVING_DOC,
+            )
+    shapes = {name: (None if getattr(env, "endpoint", None) is None else env.endpoint.port)
+              for name, env in envs.items()}
+    if len(set(shapes.values())) > 1:
+        def label(port: int | None) -> str:
+            return "no endpoint" if port is None else f"an endpoint on port {port}"
+
+        seen = ", ".join(f"{name}: {label(port)}" for name, port in shapes.items())
+        first = next(iter(shapes))
+        for name, port in shapes.items():
+            if port == shapes[first]:
+                continue
+            out.add(
+                WARNING, "endpoint-parity", f"environments.{name}.endpoint",
+                f"the environments serve clients differently ({seen}); verify reports the "
+                "proxy's package, config and answers as differences between environments",
+                f"give every environment the same endpoint port ({label(shapes[first])} as in "
+                f"{first}), so that what clients call is tested before prod",
+                cite=_SERVING_DOC,
             )
 
 

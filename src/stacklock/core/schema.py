@@ -273,6 +273,11 @@ class TorchServeConfig(Strict):
         description="minutes TorchServe's inference and management keys live (TorchServe's "
                     "`token_expiration_min`; unset: its default, 60). stacklock renews an "
                     "expired key through TorchServe's token API, so verify works at any hour")
+    allow_plain_http_inference: bool = Field(
+        default=False,
+        description="the explicit opt-out: let inference_address listen on a non-loopback "
+                    "address over plain HTTP (validate refuses it otherwise: clients reach the "
+                    "model over TLS through the environment's `endpoint`)")
 
     @field_validator("inference_address", "management_address", "metrics_address")
     @classmethod
@@ -284,6 +289,10 @@ class TorchServeConfig(Strict):
         grammar.host(where[1:-1]) if where.startswith("[") else grammar.hostname_or_ipv4(where)
         grammar.port(port)
         return v
+
+    @property
+    def inference_on_loopback(self) -> bool:
+        return _is_loopback(self.inference_address)
 
     @property
     def management_on_loopback(self) -> bool:
@@ -417,11 +426,133 @@ class RolloutPolicy(Strict):
     max_failures: Annotated[int, Field(ge=0, le=1000)] = 0
 
 
+# --------------------------------------------------------------------------- serving endpoint
+#
+# What clients call (docs/serving.md): nginx on every node terminates TLS on the endpoint's
+# port and proxies the inference API (/predictions/, /ping) to TorchServe on loopback, for
+# clients that present one of the environment's bearer tokens. Secrets (the TLS key, the
+# tokens) come from files on the controller (confined like every file path of a manifest,
+# mode 0600 or 0400) or from the secret store (a variable of a vault-encrypted
+# $STACKLOCK_SECRETS_FILE); the lab makes its own CA and tokens. Never in the manifest itself.
+
+#: the name of an Ansible variable in the secret store (a vault-encrypted secrets file)
+_SECRET_VAR = r"^stacklock_endpoint_[a-z0-9_]{1,48}$"
+_ACM_ARN = r"^arn:aws(-[a-z]+)?:acm:[a-z]{2}(-gov)?-[a-z]+-\d:\d{12}:certificate/[0-9a-f-]{36}$"
+#: a health check path: a plain absolute URL path
+_HEALTH_PATH = r"^/[A-Za-z0-9._~/-]{0,127}$"
+
+
+class EndpointTls(Strict):
+    """Where the endpoint's certificate and key come from: exactly one of a certificate and
+    key file pair, a secret, or (lab) the lab's own CA; on AWS also the load balancer's ACM
+    certificate."""
+
+    cert_file: PlainPath | None = Field(
+        default=None, description="the certificate (PEM, leaf first, then its chain): a file on "
+                                  "the controller, relative to the manifest (or in an "
+                                  "allowed_paths folder)")
+    key_file: PlainPath | None = Field(
+        default=None, description="its private key (PEM): a file on the controller, relative to "
+                                  "the manifest (or in an allowed_paths folder), mode 0600 or "
+                                  "0400; never commit it")
+    secret: Annotated[str | None, Field(pattern=_SECRET_VAR)] = Field(
+        default=None, description="the name of a variable of the secret store (a vault-encrypted "
+                                  "$STACKLOCK_SECRETS_FILE) holding {cert: PEM, key: PEM}")
+    lab_ca: bool = Field(default=False,
+                         description="lab only: the lab's own CA (made on the controller) issues "
+                                     "each node's certificate for its lab address")
+    acm_certificate_arn: Annotated[str | None, Field(pattern=_ACM_ARN)] = Field(
+        default=None, description="AWS only: the ACM certificate of the environment's load "
+                                  "balancer (the nodes behind it still get one of the above)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EndpointTls:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: give both (the certificate "
+                             "and its private key)")
+        sources = [n for n, on in (("cert_file/key_file", self.cert_file is not None),
+                                   ("secret", self.secret is not None),
+                                   ("lab_ca", self.lab_ca)) if on]
+        if not sources:
+            raise ValueError("name where the node certificate comes from: cert_file and "
+                             "key_file, secret, or lab_ca: true")
+        if len(sources) > 1:
+            raise ValueError(f"the node certificate comes from one place, but "
+                             f"{' and '.join(sources)} are given; keep one")
+        return self
+
+
+class EndpointTokens(Strict):
+    """Where the clients' bearer tokens come from: exactly one source. Several tokens may be
+    valid at once (rotation: add the new one, move the clients, remove the old one)."""
+
+    file: PlainPath | None = Field(
+        default=None, description="a file on the controller, relative to the manifest (or in an "
+                                  "allowed_paths folder), mode 0600 or 0400: one token per line "
+                                  "(32-128 characters of A-Z a-z 0-9 . _ ~ + / = -)")
+    secret: Annotated[str | None, Field(pattern=_SECRET_VAR)] = Field(
+        default=None, description="the name of a variable of the secret store (a vault-encrypted "
+                                  "$STACKLOCK_SECRETS_FILE) holding the list of tokens")
+    lab: bool = Field(default=False,
+                      description="lab only: a token generated on the controller, kept in the "
+                                  "lab's private state folder")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EndpointTokens:
+        sources = [n for n, on in (("file", self.file is not None),
+                                   ("secret", self.secret is not None), ("lab", self.lab)) if on]
+        if len(sources) != 1:
+            raise ValueError("name exactly one source of the client tokens: file, secret or lab"
+                             + (f" (got {' and '.join(sources)})" if sources else ""))
+        return self
+
+
+class Endpoint(Strict):
+    """The environment's inference endpoint: TLS on every node's `port`, the inference API
+    only, for clients holding a token (docs/serving.md)."""
+
+    port: Annotated[int, Field(ge=1, le=65535)] = Field(
+        default=443, description="the TLS port clients call on every node (and the AWS load "
+                                 "balancer listens on)")
+    tls: EndpointTls = Field(description="where the certificate and key come from")
+    client_auth: Literal["token"] = Field(
+        default="token", description="the client credential: a bearer token nginx checks "
+                                     "(docs/serving.md says why not mTLS)")
+    tokens: EndpointTokens = Field(description="where the clients' bearer tokens come from")
+    health_check_path: Annotated[str, Field(pattern=_HEALTH_PATH)] = Field(
+        default="/ping", description="the path a load balancer checks (answered without a "
+                                     "token: TorchServe's /ping)")
+
+
+def _endpoint_fits(env: Any) -> Any:
+    """The endpoint's sources that only one provider has."""
+    ep = getattr(env, "endpoint", None)
+    if ep is None:
+        return env
+    provider = env.provider
+    if ep.tls.lab_ca and provider != "lab":
+        raise ValueError("endpoint.tls.lab_ca is the lab's own CA: lab environments only; give "
+                         "cert_file/key_file or secret")
+    if ep.tokens.lab and provider != "lab":
+        raise ValueError("endpoint.tokens.lab is a token the lab makes: lab environments only; "
+                         "give file or secret")
+    if provider == "aws" and ep.tls.acm_certificate_arn is None:
+        raise ValueError("endpoint.tls.acm_certificate_arn is needed on AWS: the environment's "
+                         "load balancer terminates TLS with that ACM certificate")
+    if provider != "aws" and ep.tls.acm_certificate_arn is not None:
+        raise ValueError("endpoint.tls.acm_certificate_arn names the AWS load balancer's "
+                         "certificate: AWS environments only")
+    return env
+
+
 class AwsEnvironment(Strict):
     provider: Literal["aws"]
     stack: str
     rollout: RolloutPolicy | None = Field(
         default=None, description="canary, batch size and failure threshold of a rollout")
+    endpoint: Endpoint | None = Field(
+        default=None, description="the inference endpoint clients call over TLS (default: "
+                                  "none; TorchServe stays on loopback)")
     region: Annotated[str, Field(pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d$")]
     instance_type: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")]
     count: Annotated[int, Field(ge=1, le=100)] = 1
@@ -451,6 +582,10 @@ class AwsEnvironment(Strict):
         if self.access == "bastion" and not self.bastion:
             raise ValueError("access 'bastion' needs bastion: the jump host (user@host)")
         return self
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> AwsEnvironment:
+        return _endpoint_fits(self)  # type: ignore[no-any-return]
 
 
 _THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
@@ -534,6 +669,9 @@ class StaticEnvironment(Strict):
     stack: str
     rollout: RolloutPolicy | None = Field(
         default=None, description="canary, batch size and failure threshold of a rollout")
+    endpoint: Endpoint | None = Field(
+        default=None, description="the inference endpoint clients call over TLS (default: "
+                                  "none; TorchServe stays on loopback)")
     hosts: list[StaticHost] = Field(min_length=1)
     gpu: bool = Field(
         default=True,
@@ -561,6 +699,10 @@ class StaticEnvironment(Strict):
             raise ValueError("; ".join(found) + "; list each host once")
         return v
 
+    @model_validator(mode="after")
+    def _endpoint(self) -> StaticEnvironment:
+        return _endpoint_fits(self)  # type: ignore[no-any-return]
+
     @property
     def count(self) -> int:
         return len(self.hosts)
@@ -571,7 +713,14 @@ class LabEnvironment(Strict):
     stack: str
     rollout: RolloutPolicy | None = Field(
         default=None, description="canary, batch size and failure threshold of a rollout")
+    endpoint: Endpoint | None = Field(
+        default=None, description="the inference endpoint clients call over TLS (default: "
+                                  "none; TorchServe stays on loopback)")
     count: Annotated[int, Field(ge=1, le=60)] = 1
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> LabEnvironment:
+        return _endpoint_fits(self)  # type: ignore[no-any-return]
 
     @property
     def gpu(self) -> bool:
@@ -727,6 +876,18 @@ def local_paths(data: Any) -> list[tuple[str, str]]:
         links = pip.get("find_links") if isinstance(pip, dict) else None
         for i, link in enumerate(links if isinstance(links, list) else []):
             add(f"package_sources.pip.find_links[{i}]", link)
+    envs = data.get("environments")
+    for env_name, env in (envs.items() if isinstance(envs, dict) else []):
+        endpoint = env.get("endpoint") if isinstance(env, dict) else None
+        if not isinstance(endpoint, dict):
+            continue
+        tls, tokens = endpoint.get("tls"), endpoint.get("tokens")
+        where = f"environments.{env_name}.endpoint"
+        if isinstance(tls, dict):
+            add(f"{where}.tls.cert_file", tls.get("cert_file"))
+            add(f"{where}.tls.key_file", tls.get("key_file"))
+        if isinstance(tokens, dict):
+            add(f"{where}.tokens.file", tokens.get("file"))
     stacks = data.get("stacks")
     for name, stack in (stacks.items() if isinstance(stacks, dict) else []):
         models = stack.get("models") if isinstance(stack, dict) else None
@@ -919,7 +1080,8 @@ class Manifest(Strict):
         description="folders outside the manifest's folder whose files the manifest may name "
                     "(absolute, or relative to the manifest: ../models). Every file path of "
                     "the manifest (models[].archive, models[].smoke.input_file, "
-                    "package_sources.ca_bundle, apt[].signing_key, pip.find_links) must "
+                    "package_sources.ca_bundle, apt[].signing_key, pip.find_links, "
+                    "environments.ENV.endpoint's tls and tokens files) must "
                     "resolve, symbolic links followed, inside the manifest's folder or one of "
                     "these; output_dir always stays inside the manifest's folder")
 

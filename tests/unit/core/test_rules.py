@@ -65,6 +65,10 @@ PROD_TYPE = "environments.prod.instance_type"
 VOLTA_OK = {PROD_TYPE: "p3.8xlarge", MODULE: "proprietary", CUDA: "12.8.1",
             TORCH: "2.9.1+cu128"}
 BLACKWELL_OK = {PROD_TYPE: "p6-b200.48xlarge", CUDA: "12.8.1", TORCH: "2.9.1+cu128"}
+ENDPOINT = {"tls": {"secret": "stacklock_endpoint_tls",
+                    "acm_certificate_arn": "arn:aws:acm:us-east-1:111122223333:certificate/"
+                                           "0a1b2c3d-0a1b-0a1b-0a1b-0a1b2c3d4e5f"},
+            "tokens": {"secret": "stacklock_endpoint_tokens"}}
 
 
 # --------------------------------------------------------------------------- the base
@@ -160,6 +164,23 @@ CASES: list[tuple[str, str, str, dict[str, Any], dict[str, Any]]] = [
     ("java-package", "error", f"{S}.java.package",
      {f"{S}.java.package": "openjdk-21-jre-headless"},
      {f"{S}.java.package": "openjdk-17-jre-headless"}),
+    # the serving endpoint (docs/serving.md)
+    ("torchserve-plain-http", "error", f"{TS}.inference_address",
+     {f"{TS}.inference_address": "http://0.0.0.0:8080"},
+     {f"{TS}.inference_address": "http://0.0.0.0:8080",
+      f"{TS}.allow_plain_http_inference": True}),
+    ("endpoint-upstream", "error", f"{TS}.inference_address",
+     {f"{TS}.inference_address": "http://0.0.0.0:8080", f"{TS}.allow_plain_http_inference": True,
+      "environments.dev.endpoint": ENDPOINT, "environments.prod.endpoint": ENDPOINT},
+     {"environments.dev.endpoint": ENDPOINT, "environments.prod.endpoint": ENDPOINT}),
+    ("endpoint-parity", "warning", "environments.prod.endpoint",
+     {"environments.dev.endpoint": ENDPOINT},
+     {"environments.dev.endpoint": ENDPOINT, "environments.prod.endpoint": ENDPOINT}),
+    ("endpoint-parity", "warning", "environments.prod.endpoint",
+     {"environments.dev.endpoint": ENDPOINT,
+      "environments.prod.endpoint": {**ENDPOINT, "port": 8443}},
+     {"environments.dev.endpoint": {**ENDPOINT, "port": 8443},
+      "environments.prod.endpoint": {**ENDPOINT, "port": 8443}}),
 ]
 
 

@@ -74,3 +74,38 @@ def sample_audit() -> AuditReport:
         ),
         started_at="2026-12-06T11:59:00Z", finished_at="2026-12-06T12:00:00Z",
         duration_s=60.0)
+
+
+#: TorchServe 0.12's default Prometheus metrics (ts/configs/metrics.yaml of pytorch/serve,
+#: metrics_mode=prometheus): name -> its labels. The frontend's per-model counters carry
+#: model_name and model_version; the rest are per host.
+TORCHSERVE_METRICS: dict[str, tuple[str, ...]] = {
+    "ts_inference_requests_total": ("model_name", "model_version", "hostname"),
+    "ts_inference_latency_microseconds": ("model_name", "model_version", "hostname"),
+    "ts_queue_latency_microseconds": ("model_name", "model_version", "hostname"),
+    "Requests2XX": ("Level", "Hostname"),
+    "Requests4XX": ("Level", "Hostname"),
+    "Requests5XX": ("Level", "Hostname"),
+}
+#: labels Prometheus adds to every scraped series (job, instance) and the target labels the
+#: lab config gives each TorchServe target (monitoring/prometheus_config.py)
+SCRAPE_LABELS = ("job", "instance")
+TORCHSERVE_TARGET_LABELS = ("environment", "node")
+
+
+def stacklock_metrics() -> dict[str, set[str]]:
+    """Every metric stacklock's textfiles write (audit and parity), with its label names,
+    read back from a real textfile of the sample reports."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from stacklock.core import metrics
+    from stacklock.core import report as reportmod
+
+    text = metrics.audit_textfile(sample_audit(), reportmod.report_dict(sample_parity()),
+                                  finished_at=FINISHED)
+    out: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(text):
+        labels = out.setdefault(family.name, set())
+        for s in family.samples:
+            labels.update(s.labels)
+    return out

@@ -4,6 +4,8 @@ write, read back with prometheus_client's parser (the text format Prometheus scr
 from __future__ import annotations
 
 import datetime as dt
+import shutil
+import subprocess
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -151,3 +153,18 @@ def test_verify_and_audit_offer_the_option() -> None:
     for command in ("verify", "audit"):
         res = CliRunner().invoke(cli, [command, "--help"])
         assert res.exit_code == 0 and "--prometheus" in res.output, res.output
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None,
+                    reason="promtool is not installed (scripts/promtool.sh installs it)")
+def test_promtool_lints_the_textfile_clean() -> None:
+    text = metrics.audit_textfile(sample_audit(), reportmod.report_dict(sample_parity()),
+                                  finished_at=FINISHED)
+    res = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert (res.returncode, res.stdout + res.stderr) == (0, "")
+    # and it would say so: a counter without _total is a lint finding
+    bad = "# HELP x_count a\n# TYPE x_count counter\nx_count 1\n"
+    res = subprocess.run(["promtool", "check", "metrics"], input=bad, capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert res.returncode != 0

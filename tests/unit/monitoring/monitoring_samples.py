@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +110,33 @@ def stacklock_metrics() -> dict[str, set[str]]:
         for s in family.samples:
             labels.update(s.labels)
     return out
+
+
+#: Prometheus's own series: `up` of every target
+PROMETHEUS = {"up": set[str]()}
+
+SELECTOR = re.compile(r"\b([A-Za-z_:][A-Za-z0-9_:]*)\s*(\{[^}]*\})?")
+MATCHER = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)")
+GROUPING = re.compile(r"\b(?:by|on|without|ignoring|group_left|group_right)\s*\(([^)]*)\)")
+TEMPLATE_LABEL = re.compile(r"\$labels\.([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def known_metrics() -> dict[str, set[str]]:
+    """metric -> the label names a scraped series of it can have."""
+    scrape = set(SCRAPE_LABELS)
+    out = {name: labels | scrape for name, labels in stacklock_metrics().items()}
+    out.update({name: set(labels) | scrape | set(TORCHSERVE_TARGET_LABELS)
+                for name, labels in TORCHSERVE_METRICS.items()})
+    out["up"] = scrape | set(TORCHSERVE_TARGET_LABELS)
+    return out
+
+
+def metrics_in(expr: str) -> dict[str, list[str]]:
+    """The metric names an expression reads (stacklock_*, ts_*, up) -> label names matched."""
+    found: dict[str, list[str]] = {}
+    for m in SELECTOR.finditer(expr):
+        name, braces = m.group(1), m.group(2) or ""
+        if name.startswith(("stacklock_", "ts_")) or name in PROMETHEUS or name in \
+                TORCHSERVE_METRICS:
+            found.setdefault(name, []).extend(MATCHER.findall(braces))
+    return found

@@ -17,13 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from monitoring_samples import (
-    MONITORING,
-    SCRAPE_LABELS,
-    TORCHSERVE_METRICS,
-    TORCHSERVE_TARGET_LABELS,
-    stacklock_metrics,
-)
+from monitoring_samples import GROUPING, MONITORING, TEMPLATE_LABEL, known_metrics, metrics_in
 
 pytestmark = pytest.mark.unit
 
@@ -34,15 +28,6 @@ PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None, reason="promtool is not installed (scripts/promtool.sh installs it)")
 
-#: Prometheus's own series: `up` of every target
-PROMETHEUS = {"up": set[str]()}
-
-_SELECTOR = re.compile(r"\b([A-Za-z_:][A-Za-z0-9_:]*)\s*(\{[^}]*\})?")
-_MATCHER = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)")
-_GROUPING = re.compile(r"\b(?:by|on|without|ignoring|group_left|group_right)\s*\(([^)]*)\)")
-_TEMPLATE_LABEL = re.compile(r"\$labels\.([A-Za-z_][A-Za-z0-9_]*)")
-
-
 def rules() -> list[dict[str, Any]]:
     doc = yaml.safe_load(ALERTS.read_text("utf-8"))
     return [r for g in doc["groups"] for r in g["rules"]]
@@ -51,27 +36,6 @@ def rules() -> list[dict[str, Any]]:
 def cases() -> list[dict[str, Any]]:
     return [case for path in TEST_FILES
             for case in yaml.safe_load(path.read_text("utf-8"))["tests"]]
-
-
-def known_metrics() -> dict[str, set[str]]:
-    """metric -> the label names a scraped series of it can have."""
-    scrape = set(SCRAPE_LABELS)
-    out = {name: labels | scrape for name, labels in stacklock_metrics().items()}
-    out.update({name: set(labels) | scrape | set(TORCHSERVE_TARGET_LABELS)
-                for name, labels in TORCHSERVE_METRICS.items()})
-    out["up"] = scrape | set(TORCHSERVE_TARGET_LABELS)
-    return out
-
-
-def metrics_in(expr: str) -> dict[str, list[str]]:
-    """The metric names an expression reads (stacklock_*, ts_*, up) -> label names matched."""
-    found: dict[str, list[str]] = {}
-    for m in _SELECTOR.finditer(expr):
-        name, braces = m.group(1), m.group(2) or ""
-        if name.startswith(("stacklock_", "ts_")) or name in PROMETHEUS or name in \
-                TORCHSERVE_METRICS:
-            found.setdefault(name, []).extend(_MATCHER.findall(braces))
-    return found
 
 
 def test_every_alert_reads_real_metrics_and_labels() -> None:
@@ -86,11 +50,11 @@ def test_every_alert_reads_real_metrics_and_labels() -> None:
         labels = set().union(*(known[m] for m in used))
         for metric, matched in used.items():
             assert set(matched) <= known[metric], f"{name}: {metric}{{{matched}}}"
-        for group in _GROUPING.findall(expr):
+        for group in GROUPING.findall(expr):
             names = {x.strip() for x in group.split(",") if x.strip()}
             assert names <= labels, f"{name}: groups by {names - labels}"
         texts = " ".join(str(v) for v in (rule.get("annotations") or {}).values())
-        assert set(_TEMPLATE_LABEL.findall(texts)) <= labels, name
+        assert set(TEMPLATE_LABEL.findall(texts)) <= labels, name
 
 
 def test_the_check_catches_a_misspelt_metric() -> None:

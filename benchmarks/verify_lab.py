@@ -64,9 +64,9 @@ def main() -> None:
                      min(per_node.values(), default=0), max(per_node.values(), default=0)))
     print("| path | best (s) | median (s) | exit | nodes | checks per node |\n"
           "|---|---:|---:|---|---:|---|")
-    for label, best, median, codes, nodes, lo, hi in rows:
+    for label, best, median, exits, nodes, lo, hi in rows:
         per = f"{lo}" if lo == hi else f"{lo}-{hi}"
-        print(f"| `{label}` | {best:.1f} | {median:.1f} | {', '.join(map(str, codes))} | "
+        print(f"| `{label}` | {best:.1f} | {median:.1f} | {', '.join(map(str, exits))} | "
               f"{nodes} | {per} |")
 
 

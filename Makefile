@@ -11,13 +11,14 @@ CHECKOV_VENV := .cache/checkov-venv
 CHECKOV := $(CHECKOV_VENV)/bin/checkov
 PYTHON ?= python3
 
-.PHONY: demo upgrade-demo test check lint unit integration prereqs venv clean-lab render-check help
+.PHONY: demo upgrade-demo test check lint unit integration prereqs venv clean-lab render-check help monitoring
 
 help:
 	@echo "make demo   provision and verify the local lab (dev, staging, prod)"
 	@echo "make upgrade-demo   the upgrading walkthrough (docs/upgrading.md): promote dev -> staging -> prod (canary), roll back"
 	@echo "make test   run the whole test suite"
 	@echo "make check  the fast lane: lint, types, layers, generated files, unit tests (< 3 min)"
+	@echo "make monitoring  promtool on the alert rules and their tests, the dashboard, the lab Prometheus config"
 
 prereqs:
 	@scripts/bootstrap.sh
@@ -51,6 +52,9 @@ check: prereqs venv
 
 lint: venv
 	@scripts/static.sh
+
+monitoring: venv
+	@scripts/promtool.sh
 
 clean-lab: venv
 	@$(STACKLOCK) --manifest examples/lab.yaml destroy --all || true

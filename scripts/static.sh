@@ -21,3 +21,7 @@ echo "==> docs/roles.md matches the roles' argument_specs"
 python scripts/role_docs.py --check
 echo "==> the documentation site builds: no broken link or anchor, every page in the nav"
 NO_MKDOCS_2_WARNING=1 mkdocs build --strict --site-dir "$PWD/.cache/site"  # not --quiet: it hides the warnings strict counts
+echo "==> monitoring: alert rules and their tests (promtool), dashboard, lab Prometheus config"
+# a separate step: promtool comes from Debian's prometheus package, installed here when this
+# runs as root with apt (CI, make test); elsewhere it says so and skips
+scripts/promtool.sh --if-installable

@@ -58,8 +58,10 @@ resource "aws_vpc_security_group_ingress_rule" "ssh" {
   tags = local.tags
 }
 
+# Without the endpoint (endpoint.tf) clients reach the nodes directly; with it, only the load
+# balancer does, and this rule is empty.
 resource "aws_vpc_security_group_ingress_rule" "inference" {
-  for_each = toset(var.client_cidrs)
+  for_each = var.endpoint_enabled ? toset([]) : toset(var.client_cidrs)
 
   security_group_id = aws_security_group.this.id
   description       = "TorchServe inference API from client CIDR ${each.value}"

@@ -47,3 +47,28 @@ output "tags" {
   description = "The stacklock tags every resource carries."
   value       = local.stacklock_tags
 }
+
+output "endpoint_dns_name" {
+  description = "DNS name of the environment's load balancer (clients use https://<this>:endpoint_port, or a CNAME / Route 53 alias of the certificate's name to it); null without the endpoint."
+  value       = one(aws_lb.endpoint[*].dns_name)
+}
+
+output "endpoint_zone_id" {
+  description = "Route 53 hosted zone id of the load balancer, for an alias record; null without the endpoint."
+  value       = one(aws_lb.endpoint[*].zone_id)
+}
+
+output "endpoint_security_group_id" {
+  description = "Id of the load balancer's security group; null without the endpoint."
+  value       = one(aws_security_group.endpoint[*].id)
+}
+
+output "endpoint_target_group_arn" {
+  description = "ARN of the target group holding every node (its health shows which nodes serve); null without the endpoint."
+  value       = one(aws_lb_target_group.endpoint[*].arn)
+}
+
+output "endpoint_access_logs_bucket" {
+  description = "S3 bucket holding the endpoint's access logs (under endpoint/AWSLogs/); null without the endpoint."
+  value       = one(aws_s3_bucket.endpoint_logs[*].id)
+}

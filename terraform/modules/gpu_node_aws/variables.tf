@@ -204,6 +204,117 @@ variable "egress_cidrs" {
 }
 
 ################################################################################
+# Client endpoint (endpoint.tf): a load balancer per environment
+################################################################################
+
+variable "endpoint_enabled" {
+  description = "Put an Application Load Balancer in front of the nodes: HTTPS on endpoint_port from client_cidrs with the ACM certificate, forwarded to every node's endpoint (nginx, HTTPS on endpoint_port). The nodes then take client traffic from the load balancer only. False creates nothing of it."
+  type        = bool
+  default     = false
+  nullable    = false
+}
+
+variable "endpoint_port" {
+  description = "Port of the endpoint's HTTPS listener, the one clients use and client_cidrs may reach."
+  type        = number
+  default     = 443
+  nullable    = false
+
+  validation {
+    condition     = var.endpoint_port >= 1 && var.endpoint_port <= 65535 && floor(var.endpoint_port) == var.endpoint_port
+    error_message = "endpoint_port must be a whole number from 1 to 65535."
+  }
+}
+
+variable "endpoint_acm_certificate_arn" {
+  description = "ARN of the ACM certificate the endpoint's listener presents, in the environment's region (the manifest names it). Required when endpoint_enabled."
+  type        = string
+  default     = ""
+  nullable    = false
+
+  validation {
+    condition     = var.endpoint_acm_certificate_arn == "" || can(regex("^arn:aws[a-z-]*:acm:[a-z0-9-]+:[0-9]{12}:certificate/[0-9a-f-]+$", var.endpoint_acm_certificate_arn))
+    error_message = "endpoint_acm_certificate_arn must be an ACM certificate ARN such as arn:aws:acm:us-east-1:123456789012:certificate/0a1b2c3d-4e5f-6789-abcd-ef0123456789."
+  }
+
+  validation {
+    condition     = !var.endpoint_enabled || var.endpoint_acm_certificate_arn != ""
+    error_message = "endpoint_enabled needs endpoint_acm_certificate_arn: name the ACM certificate (in the environment's region) that the endpoint presents to clients."
+  }
+}
+
+variable "endpoint_health_check_path" {
+  description = "Path the load balancer asks on every node (GET, no credential, expecting 200) to decide whether it may send it requests: /ping by default, which the node's nginx answers from TorchServe's /ping (200 only while the server and its model workers are healthy)."
+  type        = string
+  default     = "/ping"
+  nullable    = false
+
+  validation {
+    condition     = length(var.endpoint_health_check_path) <= 1024 && can(regex("^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$", var.endpoint_health_check_path))
+    error_message = "endpoint_health_check_path must be an absolute URL path such as /ping (at most 1024 characters, no spaces or query)."
+  }
+}
+
+variable "endpoint_target_port" {
+  description = "Port on the nodes the load balancer forwards to and health-checks: null uses endpoint_port, where the serving_endpoint role's nginx listens on every node."
+  type        = number
+  default     = null
+
+  validation {
+    condition     = var.endpoint_target_port == null || try(var.endpoint_target_port >= 1 && var.endpoint_target_port <= 65535 && !contains([8081, 8082], var.endpoint_target_port), false)
+    error_message = "endpoint_target_port must be null or 1-65535, and never TorchServe's management (8081) or metrics (8082) port."
+  }
+}
+
+variable "endpoint_target_protocol" {
+  description = "Protocol from the load balancer to the nodes: HTTPS (the node's nginx terminates TLS; the load balancer does not check the node's certificate) or HTTP for a plain-HTTP target reachable only from the load balancer's security group."
+  type        = string
+  default     = "HTTPS"
+  nullable    = false
+
+  validation {
+    condition     = contains(["HTTP", "HTTPS"], var.endpoint_target_protocol)
+    error_message = "endpoint_target_protocol must be HTTP or HTTPS."
+  }
+}
+
+variable "endpoint_subnet_ids" {
+  description = "Subnets of the load balancer, in two or more availability zones: public subnets for an internet-facing endpoint. Empty uses subnet_ids, or the default VPC's default subnets. Needs vpc_id."
+  type        = list(string)
+  default     = []
+  nullable    = false
+
+  validation {
+    condition     = alltrue([for s in var.endpoint_subnet_ids : can(regex("^subnet-[0-9a-f]{8,17}$", s))])
+    error_message = "endpoint_subnet_ids must be subnet ids such as subnet-0123456789abcdef0."
+  }
+}
+
+variable "endpoint_idle_timeout" {
+  description = "Seconds the load balancer keeps a connection without data: the longest prediction a client may wait for (the node's nginx waits 300 s for TorchServe)."
+  type        = number
+  default     = 300
+  nullable    = false
+
+  validation {
+    condition     = var.endpoint_idle_timeout >= 1 && var.endpoint_idle_timeout <= 4000
+    error_message = "endpoint_idle_timeout must be between 1 and 4000 seconds."
+  }
+}
+
+variable "endpoint_access_log_days" {
+  description = "Days the endpoint's access logs are kept in its S3 bucket."
+  type        = number
+  default     = 90
+  nullable    = false
+
+  validation {
+    condition     = var.endpoint_access_log_days >= 1 && floor(var.endpoint_access_log_days) == var.endpoint_access_log_days
+    error_message = "endpoint_access_log_days must be a whole number of days, at least 1."
+  }
+}
+
+################################################################################
 # Tags
 ################################################################################
 

@@ -625,3 +625,17 @@ def test_a_failed_shared_check_run_is_an_error_of_every_environment() -> None:
     for env in report.environments:
         assert env.status == ERROR
         assert any("site.yml failed" in e.message for e in env.errors)
+
+
+def test_a_finding_of_no_one_environment_is_every_audited_environments() -> None:
+    """An expired waiver scoped to no environment is reported by verify with environment "*";
+    the audit keeps it in every environment it audits (it once dropped it: verify 1, audit 0)."""
+    report = parity()
+    report["deviations"] = [*report.get("deviations", []), {
+        "environment": "*", "node": "*", "component": "waiver.file:/etc/x",
+        "expected": "in force (until 2026-01-01)", "actual": "expired on 2026-01-01",
+        "status": "deviation", "kind": "node", "detail": "waiver expired"}]
+    result = audit(probes(parity_report=report), envs=("dev", "prod"))
+    assert result.exit_code == ExitCode.DEVIATION
+    for env in ("dev", "prod"):
+        assert [f.component for f in result.environment(env).findings] == ["waiver.file:/etc/x"]

@@ -14,10 +14,13 @@ from pydantic import BaseModel, ValidationError
 
 from stacklock.core import grammar, rules
 from stacklock.core.schema import (
+    _ACM_ARN,
     _CONTENT_TYPE,
     _CUDA,
     _DRIVER,
+    _HEALTH_PATH,
     _NAME,
+    _SECRET_VAR,
     _SEMVER,
     _SHA256,
     _TORCH,
@@ -228,6 +231,11 @@ _PATTERN_HELP: dict[str, tuple[str, str]] = {
     r"^vpc-[0-9a-f]{8,17}$": ("a VPC id", "vpc-0123456789abcdef0"),
     r"^subnet-[0-9a-f]{8,17}$": ("a subnet id", "subnet-0123456789abcdef0"),
     r"^\d{12}$": ("a 12-digit AWS account id", '"111122223333" (quoted)'),
+    _SECRET_VAR: ("the name of a secret store variable: stacklock_endpoint_ and up to 48 "
+                  "lowercase letters, digits or '_'", "stacklock_endpoint_prod_tls"),
+    _HEALTH_PATH: ("an absolute URL path", "/ping"),
+    _ACM_ARN: ("an ACM certificate ARN",
+               "arn:aws:acm:us-east-1:111122223333:certificate/<uuid>"),
 }
 
 

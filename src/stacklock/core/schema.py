@@ -522,6 +522,10 @@ class Endpoint(Strict):
     health_check_path: Annotated[str, Field(pattern=_HEALTH_PATH)] = Field(
         default="/ping", description="the path a load balancer checks (answered without a "
                                      "token: TorchServe's /ping)")
+    nginx_apt_version: DebianVersion | None = Field(
+        default=None, description="the exact apt version of nginx and nginx-common; default: "
+                                  "the one src/stacklock/data/packages.yaml pins for the stack's "
+                                  "OS (Debian 12), required where it pins none")
 
 
 def _endpoint_fits(env: Any) -> Any:

@@ -5,7 +5,8 @@ second build takes seconds):
 
 * `apt/`: the real Debian 12 packages the lab image lacks for the pinned stack — `docker.io`,
   the non-free `nvidia-driver` 535 packages, the CUDA 11.8 runtime (`libcudart11.0`),
-  `openjdk-17-jre-headless`, `python3-venv` — and their dependencies, resolved against the
+  `openjdk-17-jre-headless`, `python3-venv`, the serving endpoint's `nginx` and
+  `nginx-common` — and their dependencies, resolved against the
   lab image's own dpkg status; plus TEST packages for nvidia-container-toolkit (two versions),
   which is in no reachable repository. They are built here with dpkg-deb, described as
   "stacklock test package — not NVIDIA's", and ship a small `nvidia-ctk` that implements
@@ -75,6 +76,9 @@ APT_PACKAGES: tuple[str, ...] = (
     "openjdk-17-jre-headless",
     "python3-venv",
     "unattended-upgrades",
+    # the serving endpoint's reverse proxy (role serving_endpoint), at packages.yaml's pin
+    "nginx=1.22.1-9+deb12u12",
+    "nginx-common=1.22.1-9+deb12u12",
 )
 
 #: the test packages standing in for NVIDIA's container toolkit, at these versions

@@ -178,6 +178,17 @@ options:
         only speeds up (C(deep) ignores it). An empty string disables it.
     type: str
     default: /var/cache/stacklock/file-digests.json
+  endpoint_url:
+    description:
+      - the node's inference endpoint (role serving_endpoint) as the node itself reaches it,
+        C(https://127.0.0.1:PORT); given only where the environment has one. The health check
+        (O(endpoint_health_path), no token) and a prediction without a token are requested
+        and their HTTP status reported in C(endpoint) (a stopped nginx - C(not answering)).
+    type: str
+  endpoint_health_path:
+    description: the endpoint's health check path (answered without a token).
+    type: str
+    default: /ping
 attributes:
   check_mode:
     support: full
@@ -269,6 +280,9 @@ def main() -> None:
             # the files class (docs/facts.md): expected tree hashes and managed directories
             "files": {"type": "list", "elements": "dict", "default": []},
             "files_cache": {"type": "str", "default": "/var/cache/stacklock/file-digests.json"},
+            # the serving endpoint (role serving_endpoint): does it answer, does it check tokens
+            "endpoint_url": {"type": "str", "default": None},
+            "endpoint_health_path": {"type": "str", "default": "/ping"},
         },
         supports_check_mode=True,
     )

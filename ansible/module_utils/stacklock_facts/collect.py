@@ -16,6 +16,7 @@ from ansible.module_utils.stacklock_facts import (
     commands,
     cuda,
     docker,
+    endpoint,
     files,
     gpu,
     java,
@@ -51,6 +52,7 @@ COLLECTORS: tuple[Collector, ...] = (
     apt.collect_protection,  # apt_protection
     apt.collect_packages,    # packages, holds, family_packages
     files.collect,           # files (trees, unowned)
+    endpoint.collect,        # endpoint (the serving endpoint answers; `endpoint_url` option)
 )
 
 

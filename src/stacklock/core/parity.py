@@ -85,6 +85,7 @@ _ORDER = (
     "archive.",
     "model.",
     "service.",
+    "endpoint.",
     "package.",
     "hold.",
     "apt_pin.",
@@ -118,6 +119,7 @@ _ERROR_SOURCES = (
     ("apt_pin.", ("apt_protection",)),
     ("apt_blacklist.", ("apt_protection",)),
     ("apt.unpinned", ("packages",)),
+    ("endpoint.", ("endpoint",)),
     # the runtime class (core/runtime.py)
     ("unit.", ("units",)),
     ("process.", ("processes", "units")),
@@ -141,6 +143,7 @@ APT_PIN_VARS = (
     "docker_packages",
     "nvidia_container_toolkit_packages",
     "torchserve_java_packages",
+    "serving_endpoint_packages",  # the serving endpoint's nginx (role serving_endpoint)
 )
 
 
@@ -166,6 +169,7 @@ GROUP_VAR_KEYS = (
     *APT_PIN_VARS,
     *runtime.GROUP_VAR_KEYS,
     "stacklock_files",  # the files class (core/integrity.py), set on the controller
+    "serving_endpoint_enabled",  # the serving endpoint answers (role serving_endpoint)
 )
 
 
@@ -464,6 +468,11 @@ def expected_from_vars(group_vars: Mapping[str, Any]) -> dict[str, str | None]:
     if "stacklock_os_distribution" in gv:
         put("os.distribution", "stacklock_os_distribution")
         put("os.release", "stacklock_os_release")
+    if gv.get("serving_endpoint_enabled"):
+        # the serving endpoint (role serving_endpoint): nginx answers the health check (from
+        # TorchServe's /ping) and refuses a prediction without a client token
+        exp["endpoint.health"] = "200"
+        exp["endpoint.without_token"] = "401"
     exp.update(runtime.expected_from_vars(gv))  # the runtime class
     exp.update(integrity.expected_components(gv.get("stacklock_files")))  # the files class
     return exp
@@ -646,6 +655,10 @@ def actual_values(facts: Mapping[str, Any]) -> dict[str, str | None]:
             act[f"package.{name}"] = _s(_get(entry, "version"))
             held = _get(entry, "held")
             act[f"hold.{name}"] = None if held is None else ("held" if held else "not held")
+    endpoint = _get(facts, "endpoint")
+    if isinstance(endpoint, Mapping) and not endpoint.get("error"):
+        for key in ("health", "without_token"):
+            act[f"endpoint.{key}"] = _s(endpoint.get(key))
     act.update(runtime.actual_values(facts))  # the runtime class
     return act
 

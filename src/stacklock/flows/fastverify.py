@@ -51,6 +51,7 @@ _ARG_VARS = (
     *parity.APT_PIN_VARS, "torchserve_pip_packages", "torchserve_venv", "torchserve_config_path",
     "torchserve_model_store", "torchserve_config", "torchserve_key_file", "torchserve_state_dir",
     "stacklock_verify_probe_timeout", "stacklock_verify_units",
+    "serving_endpoint_enabled", "serving_endpoint_port", "serving_endpoint_health_check_path",
 )
 _CONN_VARS = (
     "ansible_host", "ansible_port", "ansible_user", "ansible_ssh_private_key_file",
@@ -288,6 +289,11 @@ def task_args(hv: Mapping[str, Any], run_id: str, deep: bool) -> dict[str, Any]:
     # the files class: the controller's expectation (stacklock.flows.integrity), as the play's
     # stacklock_files_reference task sets it
     args["files"] = list(hv.get("stacklock_files") or [])
+    # the serving endpoint (verify.yml's endpoint_url, endpoint_health_path)
+    if hv.get("serving_endpoint_enabled"):
+        args["endpoint_url"] = f"https://127.0.0.1:{hv.get('serving_endpoint_port', 443)}"
+    if "serving_endpoint_health_check_path" in hv:
+        args["endpoint_health_path"] = hv["serving_endpoint_health_check_path"]
     return args
 
 

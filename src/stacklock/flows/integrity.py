@@ -28,19 +28,23 @@ _APT_ROLES = (
     ("nvidia_container_toolkit_packages", "nvidia_container_toolkit"),
     ("docker_packages", "docker"),
     ("torchserve_java_packages", "torchserve"),
+    ("serving_endpoint_packages", "serving_endpoint"),  # the serving endpoint's nginx
 )
 
 #: the roles of site.yml in its order, and the one they include: their defaults apply under a
 #: host's variables and their vars/main.yml over them, as in the play
 ROLES = ("stacklock_integrity", "nvidia_driver", "cuda", "nvidia_container_toolkit", "docker",
-         "torchserve", "stacklock_packages")
+         "torchserve", "serving_endpoint", "stacklock_packages")
 
 #: the host variables the roles read (those the verify play's reference task passes on)
-VAR_PREFIXES = ("torchserve_", "stacklock_", "nvidia_", "cuda_", "docker_")
+VAR_PREFIXES = ("torchserve_", "stacklock_", "nvidia_", "cuda_", "docker_", "serving_endpoint_")
 
 #: run-time credentials (extra vars of configure): no file hashed here depends on them, and
 #: they are never kept (not in a memo key, not in the variables the templates see)
 SECRET_VARS = ("stacklock_apt_auth", "stacklock_pip_auth")
+#: ... and the serving endpoint's secrets in the secret store (endpoint.tls.secret,
+#: endpoint.tokens.secret: the schema makes their names start with this)
+SECRET_PREFIXES = ("stacklock_endpoint_",)
 
 #: the virtualization facts of a lab node (a Docker container with systemd as PID 1)
 LAB_FACTS = {"virtualization_role": "guest", "virtualization_type": "docker"}
@@ -81,9 +85,11 @@ def managed_dirs(hv: Mapping[str, Any]) -> list[tuple[str, bool]]:
     if "torchserve_models" in hv:
         dirs += [(store, True), (posixpath.dirname(config), True)]
     dirs += list(SYSTEM_DIRS)
-    for unit in MANAGED_UNITS:
+    for unit in MANAGED_UNITS + (_ENDPOINT_UNITS if hv.get("serving_endpoint_enabled") else ()):
         dirs += [(f"/etc/systemd/system/{unit}", False), (f"/etc/systemd/system/{unit}.d", True),
                  (f"/run/systemd/system/{unit}.d", True)]
+    if hv.get("serving_endpoint_enabled"):
+        dirs += list(_ENDPOINT_DIRS)
     return dirs
 
 
@@ -113,7 +119,8 @@ def host_vars(hv: Mapping[str, Any]) -> dict[str, Any]:
     """The host's variables the roles read (what the verify play's reference task passes), less
     the run-time credentials and the files option itself."""
     return {k: v for k, v in hv.items()
-            if k.startswith(VAR_PREFIXES) and k not in SECRET_VARS and k != "stacklock_files"}
+            if k.startswith(VAR_PREFIXES) and k not in SECRET_VARS
+            and not k.startswith(SECRET_PREFIXES) and k != "stacklock_files"}
 
 
 def _docker_node(host: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -229,11 +236,51 @@ def _role_files(hv: Mapping[str, Any]) -> dict[str, list[_Entry]]:
         out["docker"] = [_rendered(path, "root", "root", "0644",
                                    Source("docker", "daemon.json.j2", node=node), host)
                          if node is not None else (RoleFile(path, "root", "root", "0644"), None)]
+    if host.get("serving_endpoint_enabled"):
+        out["serving_endpoint"] = _endpoint_files(host)
     if host.get("nvidia_driver_packages") and val("nvidia_driver_blacklist_nouveau | bool"):
         out["nvidia_driver"] = [_rendered("/etc/modprobe.d/stacklock-blacklist-nouveau.conf",
                                           "root", "root", "0644", Source("nvidia_driver", ""),
                                           host)]
     return out
+
+
+# --------------------------------------------------------------------------- serving endpoint
+# The files of role serving_endpoint (environments.ENV.endpoint, docs/serving.md), and where
+# they live: the site, the key service and its units are rendered here; the certificate is
+# hashed from the controller's file where the manifest names one; the key and the clients'
+# tokens are secrets, compared by presence, owner and mode only.
+
+#: the units the serving endpoint adds (their unit files and drop-in folders are watched)
+_ENDPOINT_UNITS = ("nginx.service", "stacklock-endpoint-key.service",
+                   "stacklock-endpoint-key.path", "stacklock-endpoint-key.timer")
+#: the folders that decide what nginx serves: an unowned file there is a deviation
+_ENDPOINT_DIRS: tuple[tuple[str, bool], ...] = (
+    ("/etc/nginx/conf.d", False), ("/etc/nginx/sites-enabled", False),
+    ("/etc/nginx/modules-enabled", False), ("/etc/stacklock-endpoint", True))
+
+
+def _endpoint_files(host: Mapping[str, Any]) -> list[_Entry]:
+    role = "serving_endpoint"
+    tool = ansible_template.roles_dir() / role / "files" / "stacklock-endpoint-key"
+    cert_src = str(host.get("serving_endpoint_tls_cert_src") or "")
+    cert_sha = (_sha256_file(Path(cert_src))
+                if host.get("serving_endpoint_tls_source") == "files" and cert_src
+                and "{{" not in cert_src and Path(cert_src).is_file() else None)
+    files: list[_Entry] = [
+        _rendered("/etc/nginx/conf.d/stacklock-endpoint.conf", "root", "root", "0644",
+                  Source(role, "stacklock-endpoint.conf.j2"), host),
+        (RoleFile("/usr/local/sbin/stacklock-endpoint-key", "root", "root", "0755",
+                  _sha256_file(tool)), None),
+        (RoleFile("/etc/stacklock-endpoint/tls/cert.pem", "root", "root", "0644", cert_sha),
+         None),
+        (RoleFile("/etc/stacklock-endpoint/tls/key.pem", "root", "root", "0600"), None),
+        (RoleFile("/etc/stacklock-endpoint/clients.map", "root", "root", "0600"), None),
+    ]
+    for unit in _ENDPOINT_UNITS[1:]:
+        files.append(_rendered(f"/etc/systemd/system/{unit}", "root", "root", "0644",
+                               Source(role, f"{unit}.j2"), host))
+    return files
 
 
 def role_files(hv: Mapping[str, Any]) -> dict[str, list[RoleFile]]:

@@ -219,6 +219,10 @@ def play_task_args(hv: dict[str, Any], run_id: str, deep: bool) -> dict[str, Any
         {"name": "a", "file": "a.mar", "version": "1", "sha256": "0" * 64},
         {"name": "b", "version": "2", "sha256": "1" * 64, "src": "/m/b.mar",
          "smoke": {"input_base64": "WzEuMF0=", "expected": [3.0], "tolerance": 1e-6}}]},
+    # the serving endpoint (role serving_endpoint): its packages and its probe
+    {"serving_endpoint_enabled": True, "serving_endpoint_port": 8443,
+     "serving_endpoint_health_check_path": "/healthz",
+     "serving_endpoint_packages": [{"name": "nginx", "version": "1.22.1-9+deb12u12"}]},
 ])
 def test_module_options_are_the_ones_the_play_gives(change: dict[str, Any]) -> None:
     hv = yaml.safe_load(LAB_GROUP_VARS.read_text()) | change

@@ -1,0 +1,162 @@
+"""The serving endpoint's files as verify expects them (stacklock.flows.integrity): the site and
+the key service's units rendered on the controller byte for byte as Ansible writes them, the
+secrets compared by presence only and never read, and what the site lets through."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from stacklock.adapters import ansible_template, mirror
+from stacklock.core.lock import package_data
+from stacklock.flows import integrity
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[3]
+ROLES = ROOT / "ansible" / "roles"
+LAB = ROOT / "examples/lab/inventories/dev/group_vars/dev/stacklock.yml"
+SITE = "/etc/nginx/conf.d/stacklock-endpoint.conf"
+UNITS = [f"/etc/systemd/system/stacklock-endpoint-key.{k}" for k in ("service", "path", "timer")]
+
+ENDPOINT = {
+    "serving_endpoint_enabled": True,
+    "serving_endpoint_port": 8443,
+    "serving_endpoint_health_check_path": "/ping",
+    "serving_endpoint_packages": [{"name": "nginx", "version": "1.22.1-9+deb12u12"},
+                                  {"name": "nginx-common", "version": "1.22.1-9+deb12u12"}],
+    "serving_endpoint_upstream": "http://127.0.0.1:8080",
+    "serving_endpoint_max_body_size": 6553500,
+    "serving_endpoint_tls_source": "lab_ca",
+    "serving_endpoint_tokens_source": "lab",
+    "serving_endpoint_lab_dir": "/srv/lab/.stacklock/endpoint",
+}
+
+
+def hv(**extra: Any) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(LAB.read_text("utf-8"))
+    return {**data, **ENDPOINT, **extra}
+
+
+def hashes(host: dict[str, Any]) -> dict[str, str | None]:
+    return {f.path: f.sha256 for f in integrity.role_files(host).get("serving_endpoint", [])}
+
+
+def site(host: dict[str, Any]) -> str:
+    source = integrity.role_file_sources(host)[SITE]
+    return ansible_template.render(source.role, source.template,
+                                   source.variables(integrity.host_vars(host)),
+                                   dest=SITE).decode()
+
+
+def test_no_endpoint_no_endpoint_files() -> None:
+    plain: dict[str, Any] = yaml.safe_load(LAB.read_text("utf-8"))
+    assert "serving_endpoint" not in integrity.role_files(plain)
+    assert not [d for d, _ in integrity.managed_dirs(plain) if "nginx" in d]
+
+
+def test_what_verify_expects_of_an_endpoint_node() -> None:
+    found = hashes(hv())
+    for path in (SITE, "/usr/local/sbin/stacklock-endpoint-key", *UNITS):
+        assert found[path], path
+    # secrets: presence, owner and mode only (and the lab CA's certificate is per node)
+    for path in ("/etc/stacklock-endpoint/tls/key.pem", "/etc/stacklock-endpoint/clients.map",
+                 "/etc/stacklock-endpoint/tls/cert.pem"):
+        assert found[path] is None, path
+    files = {f.path: f for f in integrity.role_files(hv())["serving_endpoint"]}
+    assert files["/etc/stacklock-endpoint/tls/key.pem"].mode == "0600"
+    assert files["/etc/stacklock-endpoint/clients.map"].mode == "0600"
+    dirs = dict(integrity.managed_dirs(hv()))
+    assert dirs["/etc/nginx/conf.d"] is False and dirs["/etc/stacklock-endpoint"] is True
+    assert "/etc/nginx/sites-enabled" in dirs
+    # the nginx pins get their own preferences and blacklist (stacklock_packages)
+    apt = {f.path for f in integrity.role_files(hv())["stacklock_packages"]}
+    assert "/etc/apt/preferences.d/stacklock-serving_endpoint.pref" in apt
+
+
+def test_a_changed_site_setting_changes_the_site_hash_only() -> None:
+    base, moved = hashes(hv()), hashes(hv(serving_endpoint_port=9443))
+    assert base[SITE] != moved[SITE]
+    assert {p for p in base if base[p] != moved[p]} == {SITE}
+
+
+def test_a_certificate_file_is_hashed_from_the_controllers_copy(tmp_path: Path) -> None:
+    cert = tmp_path / "node.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\nX\n-----END CERTIFICATE-----\n")
+    found = hashes(hv(serving_endpoint_tls_source="files",
+                      serving_endpoint_tls_cert_src=str(cert),
+                      serving_endpoint_tls_key_src=str(tmp_path / "node.key")))
+    assert found["/etc/stacklock-endpoint/tls/cert.pem"] == hashlib.sha256(
+        cert.read_bytes()).hexdigest()
+
+
+def test_endpoint_secrets_are_neither_read_nor_kept() -> None:
+    secret = {"cert": "C", "key": "s3cret-key"}
+    with_secret = hv(stacklock_endpoint_prod_tls=secret,
+                     stacklock_endpoint_prod_tokens=["t" * 40])
+    assert not any(k.startswith("stacklock_endpoint_") for k in integrity.host_vars(with_secret))
+    assert hashes(with_secret) == hashes(hv())
+
+
+def test_the_site_serves_the_inference_api_only() -> None:
+    text = site(hv())
+    assert "listen 8443 ssl;" in text
+    # TorchServe on loopback, its inference API only: management and metrics never proxied
+    assert set(re.findall(r"proxy_pass (\S+);", text)) == {"http://127.0.0.1:8080/ping",
+                                                           "http://127.0.0.1:8080"}
+    assert "8081" not in text and "8082" not in text
+    locations = re.findall(r"location ([^{]+)\{", text)
+    assert [loc.strip() for loc in locations] == ["= /ping", "/predictions/", "/"]
+    predictions = text.split("location /predictions/", 1)[1].split("\n    }\n", 1)[0]
+    assert "if ($stacklock_endpoint_client != 1)" in predictions and "return 401;" in predictions
+    assert text.rstrip().endswith("location / {\n        return 404;\n    }\n}")
+    # the client's token never goes upstream: TorchServe gets its own key, or none
+    assert text.count("proxy_set_header Authorization $stacklock_upstream_auth;") == 2
+    assert 'set $stacklock_upstream_auth "";' in text
+    assert "ssl_protocols TLSv1.2 TLSv1.3;" in text
+
+
+def test_the_mirror_carries_the_pinned_nginx() -> None:
+    pins = {f"{p['name']}={p['version']}" for p in package_data()["endpoint"]["debian12"]}
+    assert pins <= set(mirror.APT_PACKAGES)
+
+
+@pytest.mark.slow
+def test_the_endpoint_files_are_what_ansible_writes(tmp_path: Path) -> None:
+    """Each rendered file of the role through a real `ansible.builtin.template` run, with the
+    variables layered as a play does (defaults, group_vars, vars)."""
+    host = hv()
+    group_vars = tmp_path / "group_vars.yml"
+    group_vars.write_text(yaml.safe_dump(host))
+    layers = [p for r in integrity.ROLES if (p := ROLES / r / "defaults" / "main.yml").is_file()]
+    layers.append(group_vars)
+    layers += [p for r in integrity.ROLES if (p := ROLES / r / "vars" / "main.yml").is_file()]
+    facts = tmp_path / "node.json"
+    facts.write_text(json.dumps({"ansible_facts": {}}))
+    layers.append(facts)
+    found = hashes(host)
+    sources = integrity.role_file_sources(host)
+    for i, path in enumerate([SITE, *UNITS]):
+        out = tmp_path / f"out{i}"
+        src = ROLES / "serving_endpoint" / "templates" / sources[path].template
+        cmd = [str(Path(sys.executable).parent / "ansible"), "localhost", "-c", "local", "-m",
+               "ansible.builtin.template", "-a", f"src={src} dest={out}"]
+        for layer in layers:
+            cmd += ["-e", f"@{layer}"]
+        env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+               "ANSIBLE_LOCAL_TEMP": str(tmp_path / "local"),
+               "ANSIBLE_REMOTE_TEMP": str(tmp_path / "remote"),
+               "ANSIBLE_LOCALHOST_WARNING": "false"}
+        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=300, check=False)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        assert found[path] == hashlib.sha256(out.read_bytes()).hexdigest(), path

@@ -625,12 +625,12 @@ def _endpoints(out: _Findings, stacks: dict[str, Stack], envs: dict[str, Any]) -
             continue
         cfg = stack.torchserve_config
         if not cfg.inference_on_loopback:
-            port = cfg.inference_address.rsplit(":", 1)[1]
+            ts_port = cfg.inference_address.rsplit(":", 1)[1]
             out.add(
                 ERROR, "endpoint-upstream", f"stacks.{env.stack}.torchserve_config.inference_address",
                 f"environment {env_name!r} has an endpoint, which proxies to TorchServe on "
                 f"loopback, but TorchServe listens on {cfg.inference_address}",
-                f"set inference_address: http://127.0.0.1:{port} (clients call the endpoint)",
+                f"set inference_address: http://127.0.0.1:{ts_port} (clients call the endpoint)",
                 cite=_SERVING_DOC,
             )
     shapes = {name: (None if getattr(env, "endpoint", None) is None else env.endpoint.port)

@@ -160,3 +160,49 @@ def test_the_endpoint_files_are_what_ansible_writes(tmp_path: Path) -> None:
                               timeout=300, check=False)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         assert found[path] == hashlib.sha256(out.read_bytes()).hexdigest(), path
+
+
+# --------------------------------------------------------------------------- the controller's side
+
+
+def _credentials(tmp_path: Path, **args: str) -> subprocess.CompletedProcess[str]:
+    """The role's action plugin, run as Ansible runs it (ad hoc, on localhost)."""
+    cmd = [str(Path(sys.executable).parent / "ansible"), "localhost", "-c", "local", "-m",
+           "stacklock_endpoint_credentials", "-a", json.dumps(args)]
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_ACTION_PLUGINS": str(ROLES / "serving_endpoint" / "action_plugins"),
+           "ANSIBLE_LOCAL_TEMP": str(tmp_path / "local"), "ANSIBLE_LOCALHOST_WARNING": "false"}
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
+
+
+@pytest.mark.slow
+def test_the_controllers_secrets_are_checked_and_never_shown(tmp_path: Path) -> None:
+    key, cert, tokens = tmp_path / "node.key", tmp_path / "node.pem", tmp_path / "tokens"
+    key.write_text("-----BEGIN PRIVATE KEY-----\nKEYSECRET\n-----END PRIVATE KEY-----\n")
+    cert.write_text("-----BEGIN CERTIFICATE-----\nC\n-----END CERTIFICATE-----\n")
+    token = "b" * 64
+    tokens.write_text(token + "\n")
+    tokens.chmod(0o600)
+    key.chmod(0o644)
+    files = {"tls_source": "files", "cert_src": str(cert), "key_src": str(key),
+             "tokens_source": "file", "tokens_src": str(tokens)}
+    res = _credentials(tmp_path, **files)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and f"chmod 600 {key}" in out and "KEYSECRET" not in out
+    key.chmod(0o600)
+    res = _credentials(tmp_path, **files)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    assert token not in out and "KEYSECRET" not in out and "hidden" in out
+    tokens.write_text("not-a-token\n")
+    res = _credentials(tmp_path, **files)
+    assert res.returncode != 0 and "line 1" in res.stdout + res.stderr
+    # the lab: its CA issues the node's certificate; the token is made on first use
+    lab = tmp_path / "lab"
+    res = _credentials(tmp_path, tls_source="lab_ca", tokens_source="lab", lab_dir=str(lab),
+                       environment="dev", node="demo-dev-1", address="10.213.1.2")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (lab / "dev" / "demo-dev-1.pem").is_file() and (lab / "dev" / "tokens").is_file()
+    (lab_token,) = (lab / "dev" / "tokens").read_text().split()
+    assert lab_token not in res.stdout + res.stderr

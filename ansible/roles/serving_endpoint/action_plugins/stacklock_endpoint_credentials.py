@@ -10,7 +10,8 @@ tokens of one node, on the controller (docs/serving.md). Nothing runs on the nod
   returned. `lab`: the lab's token file (made on first use). `secret`: left to the role (the
   variable is read there).
 
-Run it with `no_log: true`: the result holds the tokens. No message names a token or a key.
+The result holds the tokens: it is marked no_log (`_ansible_no_log`) whatever the task says,
+so it never reaches a log or a callback; a failure's message names files, never a value.
 
 Options: tls_source, cert_src, key_src, tokens_source, tokens_src, lab_dir, environment,
 node, address, project.
@@ -99,4 +100,5 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail(f"missing option {exc}") from None
         if tokens_source in ("file", "lab") and not result.get("tokens"):
             raise AnsibleActionFail("the token file holds no token: add one (openssl rand -hex 32)")
+        result["_ansible_no_log"] = True
         return result

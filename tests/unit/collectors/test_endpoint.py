@@ -34,7 +34,7 @@ TOKEN = "a" * 64
 class _Endpoint(http.server.BaseHTTPRequestHandler):
     """What the role's nginx site does: /ping without a token, /predictions/ with one."""
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         if self.path == "/ping":
             self._send(200, b'{"status": "Healthy"}')
         elif self.path.startswith("/predictions/"):
@@ -160,7 +160,7 @@ def token_api(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
     keys = tmp_path / "key_file.json"
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             calls.append(self.path)
             if self.headers.get("Authorization") == "Bearer api-key" and \
                     self.path == "/token?type=inference":

@@ -206,3 +206,130 @@ def test_the_controllers_secrets_are_checked_and_never_shown(tmp_path: Path) -> 
     assert (lab / "dev" / "demo-dev-1.pem").is_file() and (lab / "dev" / "tokens").is_file()
     (lab_token,) = (lab / "dev" / "tokens").read_text().split()
     assert lab_token not in res.stdout + res.stderr
+
+
+# --------------------------------------------------------------------------- Debian's own nginx
+
+
+def _nginx_root(tmp_path: Path) -> Path:
+    """Debian's nginx at the pinned version, unpacked from the lab mirror's .debs (skip when
+    the mirror does not hold them: `python -m stacklock.adapters.mirror build`)."""
+    import shutil
+
+    pins = package_data()["endpoint"]["debian12"]
+    debs = []
+    for pin in pins:
+        found = sorted((mirror.mirror_dir() / "apt").glob(
+            f"{pin['name']}_{pin['version'].replace(':', '%3a')}_*.deb"))
+        if not found:
+            pytest.skip(f"the lab mirror has no {pin['name']} {pin['version']}")
+        debs.append(found[0])
+    if shutil.which("dpkg-deb") is None:
+        pytest.skip("dpkg-deb is not here")
+    root = tmp_path / "root"
+    for deb in debs:
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True, timeout=120)
+    return root
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_the_site_runs_on_debians_nginx(tmp_path: Path) -> None:
+    """The role's site in the pinned nginx, its paths moved under tmp_path: `nginx -t` accepts
+    it, and it lets a prediction through only with a client token, presenting TorchServe's key
+    (never the client's token) upstream."""
+    import http.server
+    import ssl
+    import threading
+    import time
+    import urllib.error
+    import urllib.request
+
+    from stacklock.adapters import tls
+
+    root = _nginx_root(tmp_path)
+    port, upstream_port = _free_port(), _free_port()
+    issued = tls.node_certificate(tmp_path / "lab", "dev", "node-1", ["127.0.0.1"])
+    token = tls.read_tokens(tls.ensure_token(tmp_path / "lab", "dev"))[0]
+    text = site(hv(serving_endpoint_port=port,
+                   serving_endpoint_upstream=f"http://127.0.0.1:{upstream_port}"))
+    for old, new in (("/etc/stacklock-endpoint/tls/cert.pem", str(issued.cert)),
+                     ("/etc/stacklock-endpoint/tls/key.pem", str(issued.key)),
+                     ("/etc/stacklock-endpoint/clients.map", str(tmp_path / "clients.map")),
+                     ("/run/stacklock-endpoint", str(tmp_path / "run")),
+                     ("/var/log/nginx", str(tmp_path))):
+        text = text.replace(old, new)
+    (tmp_path / "site.conf").write_text(text)
+    clients = ansible_template.render("serving_endpoint", "clients.map.j2", {
+        "_serving_endpoint_tokens": [token]}, dest="/etc/stacklock-endpoint/clients.map")
+    (tmp_path / "clients.map").write_bytes(clients)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "upstream.conf").write_text(
+        'set $stacklock_upstream_auth "Bearer ts-inference-key";\n')
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    (tmp_path / "nginx.conf").write_text(
+        f"daemon off;\npid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\n"
+        "events { worker_connections 64; }\nhttp {\n"
+        + "".join(f"  {k}_temp_path {temp}/{k};\n"
+                  for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        + f"  access_log {tmp_path}/access.log;\n  include {tmp_path}/site.conf;\n}}\n")
+    nginx = [str(root / "usr/sbin/nginx"), "-c", str(tmp_path / "nginx.conf"), "-p",
+             str(tmp_path)]
+    checked = subprocess.run([*nginx, "-t"], capture_output=True, text=True, check=False,
+                             timeout=60)
+    assert checked.returncode == 0, checked.stderr
+
+    seen: list[str | None] = []
+
+    class TorchServe(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            seen.append(self.headers.get("Authorization"))
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Length", "9")
+            self.end_headers()
+            self.wfile.write(b"[3, 5, 7]")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", upstream_port), TorchServe)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    proc = subprocess.Popen(nginx, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ctx = ssl.create_default_context(cafile=str(issued.ca))
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                             urllib.request.HTTPSHandler(context=ctx))
+
+        def post(auth: str | None) -> int:
+            headers = {"Authorization": auth} if auth else {}
+            req = urllib.request.Request(f"https://127.0.0.1:{port}/predictions/m/1.0",
+                                         data=b"{}", headers=headers)
+            try:
+                with opener.open(req, timeout=10) as resp:
+                    return int(resp.status)
+            except urllib.error.HTTPError as exc:
+                return int(exc.code)
+
+        for _ in range(50):
+            if (tmp_path / "nginx.pid").exists():
+                break
+            time.sleep(0.1)
+        time.sleep(0.2)
+        assert post(None) == 401 and post("Bearer " + "0" * 64) == 401
+        assert post("Bearer " + token) == 200
+        assert seen == ["Bearer ts-inference-key"]
+        assert token not in (tmp_path / "access.log").read_text()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        server.shutdown()
+        server.server_close()

@@ -31,8 +31,10 @@ class ActionModule(ActionBase):
     def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         result = super().run(tmp, task_vars)
         hv = task_vars or {}
-        keys = [k for k in hv if k.startswith(("torchserve_", "stacklock_", "nvidia_", "cuda_",
-                                                "docker_"))]
+        # the variables the roles read (integrity.VAR_PREFIXES: one list for the play and
+        # verify --fast), never the run-time credentials or the endpoint's secrets
+        keys = [k for k in hv if k.startswith(integrity.VAR_PREFIXES)
+                and k not in integrity.SECRET_VARS and not k.startswith(integrity.SECRET_PREFIXES)]
         values = self._templar.template({k: hv[k] for k in keys if k != "stacklock_files"})
         result.update(changed=False,
                       ansible_facts={"stacklock_files": integrity.files_option(values)})

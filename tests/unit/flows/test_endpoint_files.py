@@ -333,3 +333,35 @@ def test_the_site_runs_on_debians_nginx(tmp_path: Path) -> None:
         proc.wait(timeout=10)
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.slow
+def test_the_verify_plays_reference_task_sees_the_endpoint(tmp_path: Path) -> None:
+    """The verify play's `stacklock_files_reference` (what the controller expects of the
+    files) is given the role's variables: the endpoint's files are expected, its apt pins'
+    files are owned, and no endpoint secret reaches it. (It once passed only a fixed list of
+    prefixes: the lab reported the endpoint's apt preferences as unowned files.)"""
+    host = hv(stacklock_endpoint_prod_tokens=["c" * 64])
+    group_vars = tmp_path / "group_vars.yml"
+    group_vars.write_text(yaml.safe_dump(host))
+    cmd = [str(Path(sys.executable).parent / "ansible"), "localhost", "-c", "local", "-m",
+           "stacklock_files_reference", "-e", f"@{group_vars}",
+           "-e", f"inventory_dir={LAB.parents[2]}"]
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_LOCAL_TEMP": str(tmp_path / "local"), "ANSIBLE_LOCALHOST_WARNING": "false",
+           # no mirror here: the .debs and wheels are `not checked`, the role files are
+           "STACKLOCK_MIRROR_DIR": str(tmp_path / "mirror"),
+           "STACKLOCK_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # ad hoc output: `localhost | SUCCESS => {...}`
+    result = json.loads(done.stdout[done.stdout.index("{"):])
+    option = result["ansible_facts"]["stacklock_files"]
+    trees = {t["tree"] for t in option if "tree" in t}
+    dirs = {t["dir"] for t in option if "dir" in t}
+    assert {"role:serving_endpoint", "deb:nginx", "deb:nginx-common"} <= trees
+    assert "/etc/nginx/conf.d" in dirs
+    cache = "".join(p.read_text(errors="replace") for p in (tmp_path / "cache").rglob("*")
+                    if p.is_file())
+    assert "c" * 64 not in done.stdout + cache

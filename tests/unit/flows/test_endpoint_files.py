@@ -170,7 +170,7 @@ def _credentials(tmp_path: Path, **args: str) -> subprocess.CompletedProcess[str
     cmd = [str(Path(sys.executable).parent / "ansible"), "localhost", "-c", "local", "-m",
            "stacklock_endpoint_credentials", "-a", json.dumps(args)]
     env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
-           "ANSIBLE_ACTION_PLUGINS": str(ROLES / "serving_endpoint" / "action_plugins"),
+           "ANSIBLE_ACTION_PLUGINS": str(ROOT / "ansible" / "action_plugins"),
            "ANSIBLE_LOCAL_TEMP": str(tmp_path / "local"), "ANSIBLE_LOCALHOST_WARNING": "false"}
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
                           check=False)

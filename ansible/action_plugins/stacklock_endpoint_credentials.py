@@ -31,7 +31,7 @@ try:
     from stacklock.adapters import tls
     from stacklock.errors import StacklockError
 except ImportError:  # a checkout without `pip install -e .`: use its src/ directly
-    sys.path.insert(0, str(Path(__file__).resolve().parents[4] / "src"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
     from stacklock.adapters import tls
     from stacklock.errors import StacklockError
 

@@ -80,10 +80,11 @@ def audit(c: Ctx, envs: tuple[str, ...], deep: bool, kinds: str, fmt: str, json_
     probes = RealProbes(run, chosen, deep=deep).probes()
     # the parity report the stack kind reads also feeds the textfile's parity metrics
     parities: list[Mapping[str, Any]] = []
+    real_parity = probes.parity  # (`probes` is rebound below: the closure must not call itself)
 
     def parity(envs: Sequence[str]) -> Mapping[str, Any]:
-        assert probes.parity is not None
-        parities.append(probes.parity(envs))
+        assert real_parity is not None
+        parities.append(real_parity(envs))
         return parities[-1]
 
     probes = auditmod.Probes(

@@ -788,8 +788,8 @@ def test_failed_canary_halts_prod_and_rollback_restores_it(
         assert re.search(rf"{canary}\s.*attempted\s.*FAILED", table), table
         # the role gave up when systemd had restarted TorchServe three times, not after its
         # whole wait (torchserve_wait_timeout), and said why
-        log = "".join(p.read_text(errors="replace")
-                      for p in (lab.parent / "lab" / ".stacklock" / "runs").rglob("site.log"))
+        log = "".join(p.read_text(errors="replace")  # a rollout's: site-prod-batch1.log
+                      for p in (lab.parent / "lab" / ".stacklock" / "runs").rglob("site*.log"))
         assert "torchserve.service keeps failing" in log
         for i in (2,):
             assert re.search(rf"{node_of('prod', i)}\s.*untouched", table), table

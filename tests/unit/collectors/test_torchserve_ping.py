@@ -24,10 +24,11 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _ping(tmp_path: Path, restarts: int) -> subprocess.CompletedProcess[str]:
+def _ping(tmp_path: Path, restarts: int,
+          state: str = "activating") -> subprocess.CompletedProcess[str]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    for name, body in (("systemctl", f"echo {restarts}"),
+    for name, body in (("systemctl", f"echo NRestarts={restarts}; echo ActiveState={state}"),
                        ("journalctl", "echo 'java.net.BindException: Address already in use'; "
                                       "echo 'Inference key: 0123abcd'; echo 'token file x'")):
         tool = bin_dir / name
@@ -53,3 +54,9 @@ def test_a_crash_loop_is_3_with_the_journal_and_no_key(tmp_path: Path) -> None:
     assert "torchserve.service keeps failing: restarted 3 times" in res.stderr
     assert "Address already in use" in res.stderr
     assert "0123abcd" not in res.stderr and "token file" not in res.stderr
+
+
+def test_a_unit_that_exited_for_good_is_3(tmp_path: Path) -> None:
+    res = _ping(tmp_path, restarts=0, state="failed")
+    assert res.returncode == 3, res.stderr
+    assert "failed: it exited and systemd does not start it again" in res.stderr

@@ -6,7 +6,6 @@ option. Used by `verify --fast` (stacklock.flows.fastverify) and by the verify p
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import posixpath
@@ -18,6 +17,7 @@ from typing import Any
 from stacklock.adapters import ansible_template, debfiles, wheelrecord
 from stacklock.core import integrity
 from stacklock.core.integrity import RoleFile, Tree
+from stacklock.core.lock import sha256_file
 
 log = logging.getLogger("stacklock.integrity")
 
@@ -68,10 +68,6 @@ SYSTEM_DIRS: tuple[tuple[str, bool], ...] = (
 
 NO_DEB = "no .deb on the controller (run lock with --apt-index / mirror)"
 NO_WHEEL = "no locked wheel on the controller (build the mirror: python -m stacklock.adapters.mirror)"
-
-
-def _sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def managed_dirs(hv: Mapping[str, Any]) -> list[tuple[str, bool]]:
@@ -179,7 +175,7 @@ def _role_files(hv: Mapping[str, Any]) -> dict[str, list[_Entry]]:
         config, store = str(val("torchserve_config_path")), str(val("torchserve_model_store"))
         ping = ansible_template.roles_dir() / "torchserve/files/torchserve-ping"
         ts: list[_Entry] = [
-            (RoleFile(f"{home}/torchserve-ping", "root", "root", "0755", _sha256_file(ping)),
+            (RoleFile(f"{home}/torchserve-ping", "root", "root", "0755", sha256_file(ping)),
              None),
             # rendered here; the role's preflight refuses a render that is not the lock's
             # torchserve_config_sha256, so a node never gets other bytes from the role
@@ -264,14 +260,14 @@ def _endpoint_files(host: Mapping[str, Any]) -> list[_Entry]:
     role = "serving_endpoint"
     tool = ansible_template.roles_dir() / role / "files" / "stacklock-endpoint-key"
     cert_src = str(host.get("serving_endpoint_tls_cert_src") or "")
-    cert_sha = (_sha256_file(Path(cert_src))
+    cert_sha = (sha256_file(Path(cert_src))
                 if host.get("serving_endpoint_tls_source") == "files" and cert_src
                 and "{{" not in cert_src and Path(cert_src).is_file() else None)
     files: list[_Entry] = [
         _rendered("/etc/nginx/conf.d/stacklock-endpoint.conf", "root", "root", "0644",
                   Source(role, "stacklock-endpoint.conf.j2"), host),
         (RoleFile("/usr/local/sbin/stacklock-endpoint-key", "root", "root", "0755",
-                  _sha256_file(tool)), None),
+                  sha256_file(tool)), None),
         (RoleFile("/etc/stacklock-endpoint/tls/cert.pem", "root", "root", "0644", cert_sha),
          None),
         (RoleFile("/etc/stacklock-endpoint/tls/key.pem", "root", "root", "0600"), None),

@@ -41,7 +41,8 @@ def terraform_engine(request: pytest.FixtureRequest) -> TerraformEngine:
 def lab_docker() -> Iterator[str]:
     """A Docker daemon and the lab image (`stacklock.adapters.docker`); yields the image name.
 
-    Skips when no daemon can be had. A daemon this fixture started is stopped at the end;
+    Skips when no daemon can be had. The session holds a lease on the daemon: one started for
+    the tests is stopped by the last session that holds one (test lanes run side by side), and
     a daemon that was already running is left alone.
     """
     if os.geteuid() != 0:
@@ -50,14 +51,14 @@ def lab_docker() -> Iterator[str]:
     from stacklock.errors import StacklockError
 
     try:
-        handle = docker.ensure_daemon()
+        held = docker.acquire_daemon()
     except StacklockError as exc:
         pytest.skip(f"no Docker daemon can be had here: {exc.message}")
     try:
         docker.build_image()
         yield docker.LAB_IMAGE
     finally:
-        docker.stop_daemon(handle)
+        docker.release_daemon(held)
 
 
 # --------------------------------------------------------------------------- moto (AWS API)

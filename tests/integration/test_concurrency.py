@@ -178,9 +178,9 @@ def test_mirror_server_outlives_the_run_that_started_it(tmp_path: Path) -> None:
     first = mirror.acquire_server("127.0.0.1", port, root)
     second = mirror.acquire_server("127.0.0.1", port, root)
     try:
-        assert first.server.started and not second.server.started
+        assert first.handle.started and not second.handle.started
         assert mirror.release_server(first) is False  # the second run still uses it
-        assert mirror._answers(first.server.url)
+        assert mirror._answers(first.handle.url)
     finally:
         assert mirror.release_server(second) is True  # the last one stops it
-    assert not mirror._answers(first.server.url)
+    assert not mirror._answers(first.handle.url)

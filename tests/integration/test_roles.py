@@ -56,7 +56,7 @@ def collections() -> Path:
 
 @pytest.fixture(scope="module")
 def lab(collections: Path) -> Iterator[dict[str, str]]:
-    daemon = lab_docker.ensure_daemon()
+    daemon = lab_docker.acquire_daemon()
     server: mirror.ServerHandle | None = None
     try:
         lab_docker.build_image()
@@ -69,7 +69,7 @@ def lab(collections: Path) -> Iterator[dict[str, str]]:
     finally:
         if server is not None:
             mirror.stop_server(server)
-        lab_docker.stop_daemon(daemon)
+        lab_docker.release_daemon(daemon)
 
 
 def _get(url: str) -> str:

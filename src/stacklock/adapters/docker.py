@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from stacklock.adapters import lease
 from stacklock.adapters.proc import run_command
 from stacklock.core.share import cache_root
 from stacklock.errors import StacklockError, ToolFailed
@@ -223,12 +224,44 @@ def ensure_daemon(
 
 
 def stop_daemon(handle: DaemonHandle | None = None) -> bool:
-    """Stop the daemon we started (by its pid file); a reused daemon is left alone."""
+    """Stop the daemon we started (by its pid file); a reused daemon is left alone. While runs
+    hold leases on it (`acquire_daemon`), it is not stopped: the last lease holder stops it."""
     if handle is not None and not handle.started:
         return False
     pid_file = handle.pid_file if handle else cache_dir() / "run" / "dockerd.pid"
-    with _lock("dockerd"):
-        return stop_background(pid_file)
+
+    def stop() -> bool:
+        with _lock("dockerd"):
+            return stop_background(pid_file)
+
+    return lease.stop_unless_leased(cache_dir() / "run", "dockerd", stop)
+
+
+#: a run's claim on the Docker daemon: it answers while the lease is held
+DaemonLease = lease.Lease[DaemonHandle]
+
+
+def acquire_daemon() -> DaemonLease:
+    """Reuse the daemon or start it (`ensure_daemon`), and hold a lease on it until
+    `release_daemon`: runs at the same time (test lanes, a demo beside the suite) share one
+    daemon, and the one started for them is stopped by the last, never under another run."""
+
+    def start() -> tuple[DaemonHandle, bool]:
+        handle = ensure_daemon()
+        return handle, handle.started
+
+    return lease.acquire(cache_dir() / "run", "dockerd", start)
+
+
+def release_daemon(held: DaemonLease) -> bool:
+    """Give the lease back; the last holder stops a daemon started for runs. True when
+    stopped."""
+
+    def stop(handle: DaemonHandle) -> bool:
+        with _lock("dockerd"):
+            return stop_background(handle.pid_file)
+
+    return lease.release(held, stop)
 
 
 def image_exists(name: str = LAB_IMAGE) -> bool:

@@ -28,9 +28,7 @@ second build takes seconds):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import email.utils
-import errno
 import fcntl
 import gzip
 import hashlib
@@ -47,13 +45,14 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from stacklock.adapters import docker as lab_docker
+from stacklock.adapters import lease
 from stacklock.adapters.proc import run_command
 from stacklock.core.files import atomic_write
 from stacklock.errors import StacklockError, ToolFailed
@@ -503,23 +502,12 @@ def build_mirror(*, skip_pip: bool = False, force: bool = False) -> Path:
     if not force and _is_fresh(root, fingerprint, skip_pip):
         return root
     root.mkdir(parents=True, exist_ok=True)
-    with _flock(root / ".build.lock", fcntl.LOCK_EX):
+    with lease.flock(root / ".build.lock", fcntl.LOCK_EX):
         # another run may have built it while this one waited
         if not force and _is_fresh(root, fingerprint, skip_pip):
             return root
         _build(root, fingerprint, skip_pip)
     return root
-
-
-@contextlib.contextmanager
-def _flock(path: Path, how: int) -> Iterator[int]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, how)
-        yield fd
-    finally:
-        os.close(fd)
 
 
 def _build(root: Path, fingerprint: str, skip_pip: bool) -> None:
@@ -572,8 +560,8 @@ def start_server(host: str = "127.0.0.1", port: int = 8700, root: Path | None = 
     """Reuse a mirror already answering on host:port, or start one in the background."""
     root = root or mirror_dir()
     url = f"http://{host}:{port}"
-    tag = f"mirror-{host}-{port}"
-    pid_file = lab_docker.cache_dir() / "run" / f"{tag}.pid"
+    tag = _tag(host, port)
+    pid_file = _run_dir() / f"{tag}.pid"
     log_file = lab_docker.cache_dir() / "logs" / f"{tag}.log"
     if _answers(url):
         return ServerHandle(url, False, lab_docker.read_pid(pid_file), pid_file, log_file)
@@ -600,85 +588,39 @@ def stop_server(handle: ServerHandle | None = None, *, host: str = "127.0.0.1", 
     if handle is not None and not handle.started:
         return False
     tag = _tag(host, port) if handle is None else handle.pid_file.stem
-    with _flock(_run_path(tag, "start.lock"), fcntl.LOCK_EX):
-        if _leased(tag):
-            _run_path(tag, "owned").touch()
-            return False
-        pid_file = handle.pid_file if handle is not None else _run_path(tag, "pid")
-        return lab_docker.stop_background(pid_file)
+    pid_file = handle.pid_file if handle is not None else _run_dir() / f"{tag}.pid"
+    return lease.stop_unless_leased(_run_dir(), tag,
+                                    lambda: lab_docker.stop_background(pid_file))
 
 
 def _tag(host: str, port: int) -> str:
     return f"mirror-{host}-{port}"
 
 
-def _run_path(tag: str, suffix: str) -> Path:
-    return lab_docker.cache_dir() / "run" / f"{tag}.{suffix}"
+def _run_dir() -> Path:
+    return lab_docker.cache_dir() / "run"
 
 
-def _leased(tag: str) -> bool:
-    """Whether any run holds a lease on the server (a shared lock on its users file)."""
-    fd = os.open(_run_path(tag, "users"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except OSError as exc:
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return True
-        raise
-    finally:
-        os.close(fd)
-
-
-@dataclass(frozen=True)
-class ServerLease:
-    """A run's claim on the mirror server: the server answers while the lease is held."""
-
-    server: ServerHandle
-    tag: str
-    fd: int
+#: a run's claim on the mirror server: the server answers while the lease is held
+ServerLease = lease.Lease[ServerHandle]
 
 
 def acquire_server(host: str = "127.0.0.1", port: int = 8700, root: Path | None = None) -> ServerLease:
     """Reuse the server on host:port or start it, and hold a lease on it until
     `release_server`. Starting and stopping are serialized, so a run never starts a second
     server beside another's, nor stops one that another run still holds a lease on."""
-    tag = _tag(host, port)
-    users = _run_path(tag, "users")
-    users.parent.mkdir(parents=True, exist_ok=True)
-    with _flock(_run_path(tag, "start.lock"), fcntl.LOCK_EX):
-        fd = os.open(users, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
-            server = start_server(host, port, root)
-            if server.started:
-                _run_path(tag, "owned").touch()  # started for runs: the last one stops it
-        except BaseException:
-            os.close(fd)
-            raise
-    return ServerLease(server, tag, fd)
+
+    def start() -> tuple[ServerHandle, bool]:
+        server = start_server(host, port, root)
+        return server, server.started
+
+    return lease.acquire(_run_dir(), _tag(host, port), start)
 
 
-def release_server(lease: ServerLease) -> bool:
+def release_server(held: ServerLease) -> bool:
     """Give the lease back; the last holder stops a server that was started for runs
     (a server started by hand with `serve-bg` is left running). True when stopped."""
-    stopped = False
-    with _flock(_run_path(lease.tag, "start.lock"), fcntl.LOCK_EX):
-        try:
-            try:
-                fcntl.flock(lease.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                last = True
-            except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise
-                last = False
-            owned = _run_path(lease.tag, "owned")
-            if last and owned.exists():
-                stopped = lab_docker.stop_background(lease.server.pid_file)
-                owned.unlink(missing_ok=True)
-        finally:
-            os.close(lease.fd)
-    return stopped
+    return lease.release(held, lambda server: lab_docker.stop_background(server.pid_file))
 
 
 # --------------------------------------------------------------------------- collections

@@ -128,8 +128,8 @@ def prepare(loaded: LoadedManifest, *, stack: ExitStack, need_mirror: bool = Tru
     lease = mirror.acquire_server(address, loaded.manifest.lab.mirror_port, root)
     # released when this run ends: the last run holding a lease stops the server
     stack.callback(mirror.release_server, lease)
-    if lease.server.started:
-        info(f"  serving the local mirror on {lease.server.url} (log {lease.server.log_file})")
+    if lease.handle.started:
+        info(f"  serving the local mirror on {lease.handle.url} (log {lease.handle.log_file})")
 
 
 LAB_NODE_ADDRESS = 'module.nodes.terraform_data.node["{name}"]'

@@ -9,7 +9,8 @@ start=$(date +%s)
 scripts/static.sh
 echo "==> pytest tests/unit -m 'not slow' (make test runs the slow ones too)"
 set +e
-pytest -p no:cacheprovider -q --durations=10 -m "not slow" tests/unit "$@"
+pytest -p no:cacheprovider -q --durations=10 -n 2 --dist loadgroup --no-loadscope-reorder \
+  -m "not slow" tests/unit "$@"
 rc=$?
 set -e
 if [ $rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi

@@ -7,9 +7,17 @@ export PATH="$PWD/$VENV/bin:$PATH"
 start=$(date +%s)
 
 scripts/static.sh
-echo "==> pytest"
+# Two lanes (pytest-xdist): one lab module waits on its nodes for much of its time, and a
+# second lane uses what the first leaves of the machine. Each module stays in one lane, in
+# file order; tests/conftest.py starts the longest modules first. LANES=1 runs one lane.
+LANES=${LANES:-2}
+echo "==> pytest ($LANES lanes)"
 set +e
-pytest -p no:cacheprovider --durations=10 "$@"
+if [ "$LANES" -gt 1 ]; then
+  pytest -p no:cacheprovider --durations=10 -n "$LANES" --dist loadgroup --no-loadscope-reorder "$@"
+else
+  pytest -p no:cacheprovider --durations=10 "$@"
+fi
 rc=$?
 set -e
 if [ $rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi

@@ -67,3 +67,41 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(f"{seconds:8.1f} s {100 * seconds / total:5.1f}%  {module}")
     unit = sum(s for m, s in _MODULE_SECONDS.items() if m.startswith("tests/unit/"))
     terminalreporter.write_line(f"{unit:8.1f} s in tests/unit, {total:.1f} s in all")
+
+
+# --------------------------------------------------------------------------- two lanes
+
+#: Test modules that share one lab node (tests/integration/conftest.py's `integrity_lab`):
+#: one lane runs all of them, so the node is provisioned once.
+SHARED_NODE = ("tests/integration/test_integrity_files.py",
+               "tests/integration/test_integrity_runtime.py",
+               "tests/integration/test_endpoint.py")
+
+#: The modules that take longest (the seconds-per-module figures), longest first. `make test`
+#: runs the suite in two lanes (pytest-xdist, `--dist loadgroup`); each lane takes the next
+#: module in this order when it is done with its own, so the longest start first and the
+#: lanes end at about the same time.
+LONGEST_FIRST = ("tests/integration/test_lab_e2e.py", "tests/integration/test_roles.py",
+                 *SHARED_NODE, "tests/integration/test_onprem_e2e.py",
+                 "tests/integration/test_interrupt.py", "tests/integration/test_install.py",
+                 "tests/integration/test_host_keys.py")
+
+
+def _module(item: pytest.Item) -> str:
+    return item.nodeid.split("::", 1)[0]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The longest modules first; with pytest-xdist, every module is one unit of work (a lane
+    runs a module's tests in file order, as its module-scoped lab needs), and the modules of
+    the shared node are one."""
+    rank = {module: i for i, module in enumerate(LONGEST_FIRST)}
+    order = {id(item): i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (rank.get(_module(item), len(rank)), order[id(item)]))
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        module = _module(item)
+        item.add_marker(pytest.mark.xdist_group("shared-node" if module in SHARED_NODE
+                                                else module))

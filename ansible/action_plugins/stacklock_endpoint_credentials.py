@@ -9,12 +9,14 @@ tokens of one node, on the controller (docs/serving.md). Nothing runs on the nod
 * tokens_source `file`: the token file must be 0600 or 0400; its tokens are checked and
   returned. `lab`: the lab's token file (made on first use). `secret`: left to the role (the
   variable is read there).
+* metrics_tokens_source: the scrapers' tokens of the /metrics route, the same way (`lab`: the
+  lab's one scrape token); `none` (the default) without the route.
 
 The result holds the tokens: it is marked no_log (`_ansible_no_log`) whatever the task says,
 so it never reaches a log or a callback; a failure's message names files, never a value.
 
-Options: tls_source, cert_src, key_src, tokens_source, tokens_src, lab_dir, environment,
-node, address, project.
+Options: tls_source, cert_src, key_src, tokens_source, tokens_src, metrics_tokens_source,
+metrics_tokens_src, lab_dir, environment, node, address, project.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class ActionModule(ActionBase):
         result["changed"] = False
         tls_source = str(args.get("tls_source") or "")
         tokens_source = str(args.get("tokens_source") or "")
+        metrics_source = str(args.get("metrics_tokens_source") or "none")
         lab_dir = Path(str(args.get("lab_dir") or ""))
         env = str(args.get("environment") or "")
         try:
@@ -94,11 +97,24 @@ class ActionModule(ActionBase):
                 result["tokens"] = tls.read_tokens(tls.ensure_token(lab_dir, env))
             elif tokens_source != "secret":
                 raise AnsibleActionFail(f"tokens_source {tokens_source!r}: file, secret or lab")
+            # the scrapers' tokens (/metrics): the same sources, `none` without the route
+            if metrics_source == "file":
+                path = _private(Path(str(args["metrics_tokens_src"])),
+                                "endpoint.metrics.tokens.file")
+                result["metrics_tokens"] = tls.read_tokens(path)
+            elif metrics_source == "lab":
+                result["metrics_tokens"] = tls.read_tokens(tls.ensure_scrape_token(lab_dir))
+            elif metrics_source not in ("secret", "none"):
+                raise AnsibleActionFail(f"metrics_tokens_source {metrics_source!r}: file, "
+                                        "secret, lab or none")
         except StacklockError as exc:
             raise AnsibleActionFail(str(exc)) from None
         except KeyError as exc:
             raise AnsibleActionFail(f"missing option {exc}") from None
         if tokens_source in ("file", "lab") and not result.get("tokens"):
             raise AnsibleActionFail("the token file holds no token: add one (openssl rand -hex 32)")
+        if metrics_source in ("file", "lab") and not result.get("metrics_tokens"):
+            raise AnsibleActionFail("the scrape token file holds no token: add one "
+                                    "(openssl rand -hex 32)")
         result["_ansible_no_log"] = True
         return result

@@ -9,6 +9,7 @@ first use, kept with everything else secret in the lab's private state folder
     ENV/NODE.key              a node's private key            0600
     ENV/NODE.pem              its certificate, for its lab address (IP SAN) and name
     ENV/tokens                the clients' bearer tokens, one per line      0600
+    _metrics/tokens           the lab's scrape token (/metrics; Prometheus)  0600
 
 Every folder is 0700. `node_certificate` issues a node's certificate when it has none, when
 its addresses changed, when the CA changed or when less than a third of its lifetime is left,
@@ -259,6 +260,21 @@ def ensure_token(state_dir: Path, environment: str) -> Path:
     return path
 
 
+def scrape_tokens_path(state_dir: Path) -> Path:
+    """The lab's scrape tokens (one for every environment: the lab has one Prometheus). Not
+    an environment's folder: environment names cannot start with `_`."""
+    return _private_dir(state_dir / "_metrics") / "tokens"
+
+
+def ensure_scrape_token(state_dir: Path) -> Path:
+    """The lab's scrape token file (endpoint.metrics.tokens.lab), with one fresh token when it
+    has none; Prometheus reads it (`authorization: credentials_file`)."""
+    path = scrape_tokens_path(state_dir)
+    if not path.is_file() or not read_tokens(path):
+        _write(path, (secrets.token_hex(TOKEN_BYTES) + "\n").encode(), 0o600)
+    return path
+
+
 def add_token(state_dir: Path, environment: str) -> Path:
     """Rotation, step 1: a new token beside the old ones (both valid once configured)."""
     path = ensure_token(state_dir, environment)
@@ -323,4 +339,5 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 __all__ = ["CA_DAYS", "NODE_DAYS", "TOKEN_RE", "NodeCert", "add_token", "ca_paths", "ensure_ca",
-           "ensure_token", "node_certificate", "read_tokens", "retire_token", "tokens_path"]
+           "ensure_scrape_token", "ensure_token", "node_certificate", "read_tokens", "retire_token",
+           "scrape_tokens_path", "tokens_path"]

@@ -25,7 +25,7 @@ from stacklock.core.manifest import (
     LoadedManifest,
     StaticEnvironment,
 )
-from stacklock.core.schema import Endpoint
+from stacklock.core.schema import Endpoint, EndpointTokens
 from stacklock.core.share import modules_home, share_root
 from stacklock.errors import InvalidInput, Problem
 
@@ -159,6 +159,19 @@ def _controller_dir(loaded: LoadedManifest, rel_to_output: str, inventory_dir: P
                                                           inventory_dir))
 
 
+def _tokens_vars(loaded: LoadedManifest, prefix: str, where: str, tokens: EndpointTokens,
+                 inventory_dir: Path) -> dict[str, Any]:
+    """`PREFIX_source` and where a token source is read from (never a token)."""
+    if tokens.lab:
+        return {f"{prefix}_source": "lab"}
+    if tokens.secret is not None:
+        return {f"{prefix}_source": "secret", f"{prefix}_secret": tokens.secret}
+    assert tokens.file is not None
+    return {f"{prefix}_source": "file",
+            f"{prefix}_src": _controller_file(loaded, f"{where}.file", tokens.file,
+                                              inventory_dir)}
+
+
 def endpoint_vars(loaded: LoadedManifest, env_name: str, locked: dict[str, Any],
                   inventory_dir: Path) -> dict[str, Any]:
     """The serving_endpoint role's variables of an environment with an endpoint ({} without:
@@ -191,17 +204,22 @@ def endpoint_vars(loaded: LoadedManifest, env_name: str, locked: dict[str, Any],
                     loaded, f"{where}.tls.cert_file", tls.cert_file, inventory_dir),
                 "serving_endpoint_tls_key_src": _controller_file(
                     loaded, f"{where}.tls.key_file", tls.key_file, inventory_dir)}
-    if tokens.lab:
-        out["serving_endpoint_tokens_source"] = "lab"
-    elif tokens.secret is not None:
-        out |= {"serving_endpoint_tokens_source": "secret",
-                "serving_endpoint_tokens_secret": tokens.secret}
-    else:
-        assert tokens.file is not None
-        out |= {"serving_endpoint_tokens_source": "file",
-                "serving_endpoint_tokens_src": _controller_file(
-                    loaded, f"{where}.tokens.file", tokens.file, inventory_dir)}
-    if tls.lab_ca or tokens.lab:
+    if tls.ca_file is not None:
+        out["serving_endpoint_tls_ca_src"] = _controller_file(
+            loaded, f"{where}.tls.ca_file", tls.ca_file, inventory_dir)
+    # verify: a certificate expiring within this many days is a deviation
+    out["serving_endpoint_certificate_min_days"] = ep.certificate_min_days
+    out |= _tokens_vars(loaded, "serving_endpoint_tokens", f"{where}.tokens", tokens,
+                        inventory_dir)
+    scrape = ep.metrics.tokens if ep.metrics is not None else None
+    if scrape is not None:
+        # TorchServe's metrics API (on loopback) behind /metrics, for a scrape token
+        out["serving_endpoint_metrics_enabled"] = True
+        out["serving_endpoint_metrics_upstream"] = str(
+            locked["torchserve"]["config"].get("metrics_address") or "http://127.0.0.1:8082")
+        out |= _tokens_vars(loaded, "serving_endpoint_metrics_tokens",
+                            f"{where}.metrics.tokens", scrape, inventory_dir)
+    if tls.lab_ca or tokens.lab or (scrape is not None and scrape.lab):
         out["serving_endpoint_lab_dir"] = _controller_dir(loaded, LAB_ENDPOINT_DIR, inventory_dir)
     return out
 

@@ -464,6 +464,12 @@ class EndpointTls(Strict):
     acm_certificate_arn: Annotated[str | None, Field(pattern=_ACM_ARN)] = Field(
         default=None, description="AWS only: the ACM certificate of the environment's load "
                                   "balancer (the nodes behind it still get one of the above)")
+    ca_file: PlainPath | None = Field(
+        default=None, description="the CA certificate(s) (PEM) clients trust, which verify "
+                                  "checks the served chain against: a file on the controller, "
+                                  "relative to the manifest (or in an allowed_paths folder); "
+                                  "default: the lab CA with lab_ca, else the controller's "
+                                  "system trust store")
 
     @model_validator(mode="after")
     def _one_source(self) -> EndpointTls:
@@ -507,6 +513,14 @@ class EndpointTokens(Strict):
         return self
 
 
+class EndpointMetrics(Strict):
+    """TorchServe's metrics API on the endpoint (`/metrics`, for a scraper's bearer token of
+    its own, never a client's: docs/observability.md)."""
+
+    tokens: EndpointTokens = Field(description="where the scrapers' bearer tokens come from "
+                                               "(file, secret or lab: not the clients' tokens)")
+
+
 class Endpoint(Strict):
     """The environment's inference endpoint: TLS on every node's `port`, the inference API
     only, for clients holding a token (docs/serving.md)."""
@@ -526,6 +540,12 @@ class Endpoint(Strict):
         default=None, description="the exact apt version of nginx and nginx-common; default: "
                                   "the one src/stacklock/data/packages.yaml pins for the stack's "
                                   "OS (Debian 12), required where it pins none")
+    certificate_min_days: Annotated[int, Field(ge=0, le=365)] = Field(
+        default=14, description="verify reports a node certificate that expires within this "
+                                "many days (endpoint.certificate.expiry)")
+    metrics: EndpointMetrics | None = Field(
+        default=None, description="serve TorchServe's metrics on the endpoint at /metrics for a "
+                                  "scrape token (default: none; the metrics stay on loopback)")
 
 
 def _endpoint_fits(env: Any) -> Any:
@@ -537,7 +557,8 @@ def _endpoint_fits(env: Any) -> Any:
     if ep.tls.lab_ca and provider != "lab":
         raise ValueError("endpoint.tls.lab_ca is the lab's own CA: lab environments only; give "
                          "cert_file/key_file or secret")
-    if ep.tokens.lab and provider != "lab":
+    if (ep.tokens.lab or (ep.metrics is not None and ep.metrics.tokens.lab)) \
+            and provider != "lab":
         raise ValueError("endpoint.tokens.lab is a token the lab makes: lab environments only; "
                          "give file or secret")
     if provider == "aws" and ep.tls.acm_certificate_arn is None:
@@ -892,6 +913,12 @@ def local_paths(data: Any) -> list[tuple[str, str]]:
             add(f"{where}.tls.key_file", tls.get("key_file"))
         if isinstance(tokens, dict):
             add(f"{where}.tokens.file", tokens.get("file"))
+        if isinstance(tls, dict):
+            add(f"{where}.tls.ca_file", tls.get("ca_file"))
+        metrics = endpoint.get("metrics")
+        scrape = metrics.get("tokens") if isinstance(metrics, dict) else None
+        if isinstance(scrape, dict):
+            add(f"{where}.metrics.tokens.file", scrape.get("file"))
     stacks = data.get("stacks")
     for name, stack in (stacks.items() if isinstance(stacks, dict) else []):
         models = stack.get("models") if isinstance(stack, dict) else None

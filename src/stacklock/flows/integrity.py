@@ -273,6 +273,9 @@ def _endpoint_files(host: Mapping[str, Any]) -> list[_Entry]:
         (RoleFile("/etc/stacklock-endpoint/tls/key.pem", "root", "root", "0600"), None),
         (RoleFile("/etc/stacklock-endpoint/clients.map", "root", "root", "0600"), None),
     ]
+    if host.get("serving_endpoint_metrics_enabled"):  # the scrapers' tokens (/metrics)
+        files.append((RoleFile("/etc/stacklock-endpoint/scrapers.map", "root", "root", "0600"),
+                      None))
     for unit in _ENDPOINT_UNITS[1:]:
         files.append(_rendered(f"/etc/systemd/system/{unit}", "root", "root", "0644",
                                Source(role, f"{unit}.j2"), host))

@@ -52,9 +52,32 @@ def problems(data: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def test_no_endpoint_is_the_default() -> None:
-    m = parse_manifest(LAB.read_text("utf-8"))
+    data = lab_data()
+    for env in data["environments"].values():
+        env.pop("endpoint", None)
+    m = parse_manifest(yaml.safe_dump(data))
     assert all(env.endpoint is None for env in m.environments.values())
     assert not m.stacks["lab-2026-11"].torchserve_config.allow_plain_http_inference
+
+
+def test_the_lab_serves_every_environment_the_same_way() -> None:
+    """examples/lab.yaml: one endpoint (lab CA, lab tokens, metrics for the lab's scrape
+    token) in every environment, so the demo lab and every test lab derived from it has it."""
+    m = parse_manifest(LAB.read_text("utf-8"))
+    eps = [env.endpoint for env in m.environments.values()]
+    assert all(ep is not None and ep.tls.lab_ca and ep.tokens.lab and ep.metrics is not None
+               and ep.metrics.tokens.lab and ep.port == 8443 for ep in eps)
+    assert len({ep.model_dump_json() for ep in eps if ep is not None}) == 1
+    assert eps[0] is not None and eps[0].certificate_min_days == 14
+
+
+def test_metrics_tokens_from_the_lab_are_lab_only() -> None:
+    data = yaml.safe_load((ROOT / "examples" / "static.yaml").read_text("utf-8"))
+    env = next(iter(data["environments"]))
+    data["environments"][env]["endpoint"] = {
+        "tls": {"cert_file": "c.pem", "key_file": "c.key"}, "tokens": {"file": "t"},
+        "metrics": {"tokens": {"lab": True}}}
+    assert any("lab environments only" in msg for _, msg in problems(data))
 
 
 def test_an_endpoint_with_its_defaults() -> None:
@@ -198,8 +221,16 @@ def render(path: Path) -> dict[str, str]:
     return rendermod.render_tree(loaded, lock)
 
 
+def without_endpoints(data: dict[str, Any]) -> dict[str, Any]:
+    for env in data["environments"].values():
+        env.pop("endpoint", None)
+    return data
+
+
 def test_render_without_an_endpoint_writes_no_endpoint_variable(tmp_path: Path) -> None:
-    tree = render(lab_copy(tmp_path))
+    case = lab_copy(tmp_path)
+    write(case, without_endpoints(lab_data()))
+    tree = render(case)
     assert not any("serving_endpoint" in text for text in tree.values())
 
 
@@ -212,7 +243,7 @@ def test_render_writes_paths_and_pins_never_a_secret(tmp_path: Path) -> None:
     (tls / "prod.pem").write_text("-----BEGIN CERTIFICATE-----\nCERT\n")
     (tls / "prod.key").write_text(secret_key)
     (tls / "prod.tokens").write_text(token + "\n")
-    data = with_endpoint(LAB_EP)
+    data = with_endpoint(LAB_EP, data=without_endpoints(lab_data()))
     data = with_endpoint({"port": 8443, "tls": {"cert_file": "tls/prod.pem",
                                                 "key_file": "tls/prod.key"},
                           "tokens": {"file": "tls/prod.tokens"}}, "prod", data)

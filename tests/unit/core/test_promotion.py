@@ -49,6 +49,11 @@ def _case(tmp_path: Path, soak: str | None = None) -> Path:
     dst.mkdir()
     shutil.copytree(EXAMPLES / "models", dst / "models")
     text = (EXAMPLES / "lab.yaml").read_text()
+    # one line per environment, without the lab's endpoint (the promotion edits those lines)
+    text = (text[:text.index("\n# Every environment serves")] + "\n\nenvironments:\n"
+            + "".join(f"  {e}: {{provider: lab, stack: lab-2026-11, count: 1}}\n"
+                      for e in ("dev", "staging", "prod"))
+            + text[text.index("\nlab:\n"):])
     stack = text[text.index("  lab-2026-11:\n"):text.index("\nenvironments:")]
     nxt = stack.replace("  lab-2026-11:", "  lab-next:  # the next revision").replace(
         "version: 1.17.8 ", "version: 1.18.0 ")

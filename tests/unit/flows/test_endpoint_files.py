@@ -42,9 +42,20 @@ ENDPOINT = {
 }
 
 
-def hv(**extra: Any) -> dict[str, Any]:
+def plain_hv() -> dict[str, Any]:
+    """The lab's group_vars without its endpoint (examples/lab.yaml has one everywhere)."""
     data: dict[str, Any] = yaml.safe_load(LAB.read_text("utf-8"))
-    return {**data, **ENDPOINT, **extra}
+    return {k: v for k, v in data.items() if not k.startswith("serving_endpoint_")}
+
+
+def hv(**extra: Any) -> dict[str, Any]:
+    return {**plain_hv(), **ENDPOINT, **extra}
+
+
+#: the /metrics route for a scraper's token (endpoint.metrics)
+METRICS = {"serving_endpoint_metrics_enabled": True,
+           "serving_endpoint_metrics_upstream": "http://127.0.0.1:8082",
+           "serving_endpoint_metrics_tokens_source": "lab"}
 
 
 def hashes(host: dict[str, Any]) -> dict[str, str | None]:
@@ -59,7 +70,7 @@ def site(host: dict[str, Any]) -> str:
 
 
 def test_no_endpoint_no_endpoint_files() -> None:
-    plain: dict[str, Any] = yaml.safe_load(LAB.read_text("utf-8"))
+    plain = plain_hv()
     assert "serving_endpoint" not in integrity.role_files(plain)
     assert not [d for d, _ in integrity.managed_dirs(plain) if "nginx" in d]
 
@@ -107,22 +118,62 @@ def test_endpoint_secrets_are_neither_read_nor_kept() -> None:
     assert hashes(with_secret) == hashes(hv())
 
 
+def _blocks(text: str) -> dict[str, str]:
+    """location -> its body."""
+    return {m.group(1).strip(): m.group(2) for m in
+            re.finditer(r"location ([^{]+)\{(.*?)\n    \}\n", text, re.S)}
+
+
 def test_the_site_serves_the_inference_api_only() -> None:
     text = site(hv())
     assert "listen 8443 ssl;" in text
-    # TorchServe on loopback, its inference API only: management and metrics never proxied
-    assert set(re.findall(r"proxy_pass (\S+);", text)) == {"http://127.0.0.1:8080/ping",
-                                                           "http://127.0.0.1:8080"}
+    # TorchServe on loopback, its inference API only: management and metrics never proxied,
+    # each model at the version the lock names (TorchServe's access log and metrics name it)
+    assert set(re.findall(r"proxy_pass (\S+);", text)) == {
+        "http://127.0.0.1:8080/ping", "http://127.0.0.1:8080/predictions/tiny-linear/1.0"}
     assert "8081" not in text and "8082" not in text
-    locations = re.findall(r"location ([^{]+)\{", text)
-    assert [loc.strip() for loc in locations] == ["= /ping", "/predictions/", "/"]
-    predictions = text.split("location /predictions/", 1)[1].split("\n    }\n", 1)[0]
-    assert "if ($stacklock_endpoint_client != 1)" in predictions and "return 401;" in predictions
+    blocks = _blocks(text)
+    assert list(blocks) == ["= /ping", "= /predictions/tiny-linear",
+                            "= /predictions/tiny-linear/1.0", "/predictions/", "/"]
+    for where in ("= /predictions/tiny-linear", "= /predictions/tiny-linear/1.0",
+                  "/predictions/"):
+        assert "if ($stacklock_endpoint_client != 1)" in blocks[where], where
+        assert "return 401;" in blocks[where], where
+    # another model or version: refused after the token check, never passed on
+    assert blocks["/predictions/"].rstrip().endswith("return 404;")
     assert text.rstrip().endswith("location / {\n        return 404;\n    }\n}")
     # the client's token never goes upstream: TorchServe gets its own key, or none
-    assert text.count("proxy_set_header Authorization $stacklock_upstream_auth;") == 2
+    assert text.count("proxy_set_header Authorization $stacklock_upstream_auth;") == 3
     assert 'set $stacklock_upstream_auth "";' in text
     assert "ssl_protocols TLSv1.2 TLSv1.3;" in text
+    assert "scraper" not in text and "/metrics" not in text
+
+
+def test_the_model_versions_come_from_the_lock() -> None:
+    models = [{"name": "b-model", "version": "2.1"}, {"name": "a-model", "version": "7"}]
+    blocks = _blocks(site(hv(torchserve_models=models)))
+    assert [k for k in blocks if k.startswith("= /predictions/")] == [
+        "= /predictions/a-model", "= /predictions/a-model/7",
+        "= /predictions/b-model", "= /predictions/b-model/2.1"]
+    assert "proxy_pass http://127.0.0.1:8080/predictions/b-model/2.1;" in blocks[
+        "= /predictions/b-model"]
+
+
+def test_metrics_on_the_endpoint_for_a_scrape_token_only() -> None:
+    text = site(hv(**METRICS))
+    blocks = _blocks(text)
+    assert "= /metrics" in blocks
+    metrics = blocks["= /metrics"]
+    assert "if ($stacklock_endpoint_scraper != 1)" in metrics and "return 401;" in metrics
+    assert "proxy_pass http://127.0.0.1:8082/metrics;" in metrics
+    # nothing goes upstream as a credential: neither the scraper's token nor TorchServe's key
+    assert 'proxy_set_header Authorization "";' in metrics
+    assert "include /etc/stacklock-endpoint/scrapers.map;" in text
+    files = {f.path: f for f in integrity.role_files(hv(**METRICS))["serving_endpoint"]}
+    assert files["/etc/stacklock-endpoint/scrapers.map"].mode == "0600"
+    assert files["/etc/stacklock-endpoint/scrapers.map"].sha256 is None  # a secret
+    assert "/etc/stacklock-endpoint/scrapers.map" not in {
+        f.path for f in integrity.role_files(hv())["serving_endpoint"]}
 
 
 def test_the_mirror_carries_the_pinned_nginx() -> None:
@@ -243,8 +294,10 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_the_site_runs_on_debians_nginx(tmp_path: Path) -> None:
     """The role's site in the pinned nginx, its paths moved under tmp_path: `nginx -t` accepts
-    it, and it lets a prediction through only with a client token, presenting TorchServe's key
-    (never the client's token) upstream."""
+    it; it lets a prediction through only with a client token, presenting TorchServe's key
+    (never the client's token) upstream, at the locked model version whether the client names
+    it or not (another version or model: 404); /metrics answers a scraper's token only (not a
+    client's), with no credential upstream."""
     import http.server
     import ssl
     import threading
@@ -255,21 +308,27 @@ def test_the_site_runs_on_debians_nginx(tmp_path: Path) -> None:
     from stacklock.adapters import tls
 
     root = _nginx_root(tmp_path)
-    port, upstream_port = _free_port(), _free_port()
+    port, upstream_port, metrics_port = _free_port(), _free_port(), _free_port()
     issued = tls.node_certificate(tmp_path / "lab", "dev", "node-1", ["127.0.0.1"])
     token = tls.read_tokens(tls.ensure_token(tmp_path / "lab", "dev"))[0]
+    scrape = tls.read_tokens(tls.ensure_scrape_token(tmp_path / "lab"))[0]
+    assert scrape != token
     text = site(hv(serving_endpoint_port=port,
-                   serving_endpoint_upstream=f"http://127.0.0.1:{upstream_port}"))
+                   serving_endpoint_upstream=f"http://127.0.0.1:{upstream_port}",
+                   **{**METRICS, "serving_endpoint_metrics_upstream":
+                      f"http://127.0.0.1:{metrics_port}"}))
     for old, new in (("/etc/stacklock-endpoint/tls/cert.pem", str(issued.cert)),
                      ("/etc/stacklock-endpoint/tls/key.pem", str(issued.key)),
                      ("/etc/stacklock-endpoint/clients.map", str(tmp_path / "clients.map")),
+                     ("/etc/stacklock-endpoint/scrapers.map", str(tmp_path / "scrapers.map")),
                      ("/run/stacklock-endpoint", str(tmp_path / "run")),
                      ("/var/log/nginx", str(tmp_path))):
         text = text.replace(old, new)
     (tmp_path / "site.conf").write_text(text)
-    clients = ansible_template.render("serving_endpoint", "clients.map.j2", {
-        "_serving_endpoint_tokens": [token]}, dest="/etc/stacklock-endpoint/clients.map")
-    (tmp_path / "clients.map").write_bytes(clients)
+    for name, tokens in (("clients.map", [token]), ("scrapers.map", [scrape])):
+        (tmp_path / name).write_bytes(ansible_template.render(
+            "serving_endpoint", "clients.map.j2", {"_serving_endpoint_tokens": tokens},
+            dest=f"/etc/stacklock-endpoint/{name}"))
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "upstream.conf").write_text(
         'set $stacklock_upstream_auth "Bearer ts-inference-key";\n')
@@ -287,32 +346,41 @@ def test_the_site_runs_on_debians_nginx(tmp_path: Path) -> None:
                              timeout=60)
     assert checked.returncode == 0, checked.stderr
 
-    seen: list[str | None] = []
+    seen: list[tuple[str, str, str | None]] = []
 
     class TorchServe(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            seen.append(self.headers.get("Authorization"))
+        def _answer(self, body: bytes) -> None:
+            seen.append((self.command, self.path, self.headers.get("Authorization")))
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             self.send_response(200)
-            self.send_header("Content-Length", "9")
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(b"[3, 5, 7]")
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:
+            self._answer(b"[3, 5, 7]")
+
+        def do_GET(self) -> None:
+            self._answer(b'ts_inference_requests_total{model_name="tiny-linear",'
+                         b'model_version="1.0",hostname="n"} 1.0\n')
 
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", upstream_port), TorchServe)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    servers = [http.server.ThreadingHTTPServer(("127.0.0.1", p), TorchServe)
+               for p in (upstream_port, metrics_port)]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
     proc = subprocess.Popen(nginx, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         ctx = ssl.create_default_context(cafile=str(issued.ca))
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
                                              urllib.request.HTTPSHandler(context=ctx))
 
-        def post(auth: str | None) -> int:
+        def call(path: str, auth: str | None, body: bytes | None = b"{}") -> int:
             headers = {"Authorization": auth} if auth else {}
-            req = urllib.request.Request(f"https://127.0.0.1:{port}/predictions/m/1.0",
-                                         data=b"{}", headers=headers)
+            req = urllib.request.Request(f"https://127.0.0.1:{port}{path}", data=body,
+                                         headers=headers)
             try:
                 with opener.open(req, timeout=10) as resp:
                     return int(resp.status)
@@ -324,15 +392,27 @@ def test_the_site_runs_on_debians_nginx(tmp_path: Path) -> None:
                 break
             time.sleep(0.1)
         time.sleep(0.2)
-        assert post(None) == 401 and post("Bearer " + "0" * 64) == 401
-        assert post("Bearer " + token) == 200
-        assert seen == ["Bearer ts-inference-key"]
-        assert token not in (tmp_path / "access.log").read_text()
+        client, scraper = "Bearer " + token, "Bearer " + scrape
+        model = "/predictions/tiny-linear"
+        for path in (model, f"{model}/1.0", f"{model}/2.0", "/predictions/other"):
+            assert call(path, None) == 401 and call(path, "Bearer " + "0" * 64) == 401, path
+            assert call(path, scraper) == 401, path  # a scrape token is not a client's
+        assert call(model, client) == 200 and call(f"{model}/1.0", client) == 200
+        assert call(f"{model}/2.0", client) == 404 and call("/predictions/other", client) == 404
+        # both reached TorchServe as the locked version, with its key, never the client's
+        assert seen == [("POST", f"{model}/1.0", "Bearer ts-inference-key")] * 2
+        seen.clear()
+        assert call("/metrics", None, None) == 401 and call("/metrics", client, None) == 401
+        assert call("/metrics", scraper, None) == 200
+        assert seen == [("GET", "/metrics", None)]
+        log = (tmp_path / "access.log").read_text()
+        assert token not in log and scrape not in log
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-        server.shutdown()
-        server.server_close()
+        for server in servers:
+            server.shutdown()
+            server.server_close()
 
 
 @pytest.mark.slow

@@ -166,7 +166,13 @@ class ActionModule(ActionBase):
     def _facts_of(hv: Any, facts_var: str, result_var: str) -> Any:
         facts = hv.get(facts_var) if facts_var in hv else None
         if isinstance(facts, dict) and facts.get("schema"):
-            return json.loads(json.dumps(facts))  # plain dicts, no Ansible lazy types
+            facts = json.loads(json.dumps(facts))  # plain dicts, no Ansible lazy types
+            # the endpoint as a client sees it (stacklock_endpoint_client, on the controller)
+            client = hv.get("stacklock_endpoint_client") \
+                if "stacklock_endpoint_client" in hv else None
+            if isinstance(client, dict):
+                facts["endpoint_client"] = json.loads(json.dumps(client))
+            return facts
         registered = hv.get(result_var) if result_var in hv else None
         reason = "no facts: the host failed or was not reached"
         if isinstance(registered, dict):

@@ -25,14 +25,17 @@ a key or a token.
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime as _dt
 import ipaddress
 import os
 import re
 import secrets
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -295,6 +298,195 @@ def retire_token(state_dir: Path, environment: str, keep_newest: int = 1) -> Pat
     return path
 
 
+# --------------------------------------------------------------------------- the client's path
+# verify, from the controller (docs/verify.md): what a client of the endpoint sees. A TLS
+# handshake to the node's address and port, the served certificate judged by
+# `stacklock.core.endpoint`, and each model's smoke test through the endpoint with a client
+# token. The result is a facts section (`endpoint_client`) the one comparison turns into checks;
+# it never holds a token.
+
+#: the controller's expectation of a node's endpoint, from the host's (templated) variables
+CLIENT_VARS = ("serving_endpoint_enabled", "serving_endpoint_port",
+               "serving_endpoint_tls_source", "serving_endpoint_tls_cert_src",
+               "serving_endpoint_tls_secret", "serving_endpoint_tls_ca_src",
+               "serving_endpoint_tokens_source", "serving_endpoint_tokens_src",
+               "serving_endpoint_tokens_secret", "serving_endpoint_lab_dir",
+               "serving_endpoint_certificate_min_days", "torchserve_models", "ansible_host",
+               "inventory_hostname", "stacklock_environment")
+
+
+def _pem_certs(data: bytes) -> list[x509.Certificate]:
+    try:
+        return x509.load_pem_x509_certificates(data)
+    except ValueError:
+        return []
+
+
+def served_certificate(address: str, port: int, timeout: float,
+                       cafile: str | None = None) -> tuple[bytes, str | None]:
+    """The leaf certificate (DER) the endpoint serves, and why a client that trusts `cafile`
+    (None: the system's store) would refuse its chain (None: it would not). The name is judged
+    apart (`core.endpoint`). OSError when the handshake cannot be made."""
+    import socket
+    import ssl
+
+    plain = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    plain.check_hostname = False
+    plain.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((address, port), timeout=timeout) as sock, \
+            plain.wrap_socket(sock) as tls_sock:
+        der = tls_sock.getpeercert(binary_form=True)
+    if not der:
+        raise OSError("the endpoint served no certificate")
+    trusting = ssl.create_default_context(cafile=cafile)
+    trusting.check_hostname = False
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as sock, \
+            trusting.wrap_socket(sock):
+            return der, None
+    except ssl.SSLCertVerificationError as exc:
+        return der, str(exc.verify_message or exc.reason or exc)
+
+
+def _post(url: str, body: bytes, content_type: str, token: str,
+          timeout: float) -> tuple[int, bytes]:
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    # the certificate has checks of its own (chain, expiry, name, sha256): this asks whether
+    # the token and the model answer through the endpoint, whatever the certificate
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                         urllib.request.HTTPSHandler(context=ctx))
+    req = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": content_type, "Authorization": f"Bearer {token}"})
+    try:
+        with opener.open(req, timeout=timeout) as resp:
+            return int(resp.status), resp.read(1 << 20)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read(4096)
+
+
+def client_check(hv: Mapping[str, Any], *, timeout: float = 20,
+                 now: _dt.datetime | None = None) -> dict[str, Any]:
+    """The `endpoint_client` facts section of one node (`hv`: its variables, templated; only
+    `CLIENT_VARS` are read, secrets of the secret store by the names they give)."""
+    import ssl
+
+    from stacklock.core import endpoint as judge
+    from stacklock.core import parity
+
+    address = str(hv.get("ansible_host") or hv.get("inventory_hostname") or "")
+    port = int(hv.get("serving_endpoint_port") or 443)
+    env = str(hv.get("stacklock_environment") or "")
+    node = str(hv.get("inventory_hostname") or address)
+    source = str(hv.get("serving_endpoint_tls_source") or "files")
+    lab_dir = Path(str(hv.get("serving_endpoint_lab_dir") or "."))
+    models = [m for m in hv.get("torchserve_models") or [] if isinstance(m, Mapping)]
+    url = f"https://{address}:{port}"
+    section: dict[str, Any] = {"url": url, "checks": []}
+    # what clients trust, and the certificate the controller configured
+    cafile: str | None = str(hv.get("serving_endpoint_tls_ca_src") or "") or None
+    trust = f"the CA in {cafile}" if cafile else "the system's trust store"
+    configured: bytes | None = None
+    why_unknown = ""
+    try:
+        if source == "lab_ca":
+            if cafile is None:
+                cafile = str(ca_paths(lab_dir)[0])
+                trust = f"the lab CA ({cafile})"
+            configured = (lab_dir / _name(env, "environment") / f"{_name(node, 'node')}.pem"
+                          ).read_bytes()
+        elif source == "files":
+            configured = Path(str(hv.get("serving_endpoint_tls_cert_src"))).read_bytes()
+        elif source == "secret":
+            value = hv.get(str(hv.get("serving_endpoint_tls_secret") or ""))
+            if isinstance(value, Mapping) and value.get("cert"):
+                configured = str(value["cert"]).encode()
+            else:
+                why_unknown = (f"the secret store has no {hv.get('serving_endpoint_tls_secret')}"
+                               " with a cert (run verify as configure runs, with the secrets)")
+    except (OSError, InvalidInput) as exc:
+        why_unknown = f"the configured certificate cannot be read on the controller: {exc}"
+    certs = _pem_certs(configured) if configured is not None else []
+    if configured is not None and not certs:
+        why_unknown = why_unknown or "the configured certificate is not PEM"
+    expected_sha = certs[0].fingerprint(hashes.SHA256()).hex() if certs else None
+    smoke = [m for m in models if isinstance(m.get("smoke"), Mapping)]
+    components = [*judge.CERTIFICATE_COMPONENTS,
+                  *(f"endpoint.smoke.{m['name']}" for m in smoke)]
+    section["components"] = components
+    try:
+        der, chain_error = served_certificate(address, port, timeout, cafile)
+    except ConnectionRefusedError as exc:
+        # the node answered: nothing listens on the port (nginx stopped) -- a value read
+        section["refused"] = f"not answering: {exc.strerror or exc}"
+        return section
+    except ssl.SSLError as exc:  # something answered, but no TLS handshake
+        section["refused"] = f"no TLS handshake: {exc.reason or exc}"
+        return section
+    except (OSError, ValueError) as exc:  # timeout, no route, a TLS failure
+        section["error"] = f"TLS to {address}:{port}: {exc}"
+        return section
+    section["checks"] += judge.certificate_checks(
+        x509.load_der_x509_certificate(der), chain_error=chain_error, trust=trust,
+        address=address, expected_sha256=expected_sha, why_unknown=why_unknown,
+        min_days=int(hv.get("serving_endpoint_certificate_min_days") or 0),
+        now=now or _now())
+    # each model's smoke test through the endpoint, as a client calls it (the model's name,
+    # no version: the endpoint serves the locked one) with a client token
+    token, why_no_token = _client_token(hv, lab_dir, env)
+    for m in smoke:
+        spec = m["smoke"]
+        comp = f"endpoint.smoke.{m['name']}"
+        want = parity.smoke_expectation(spec)
+        if token is None:
+            section["checks"].append(judge.check(comp, want, None, "could-not-look",
+                                                 why_no_token))
+            continue
+        try:
+            body = base64.b64decode(str(spec.get("input_base64") or ""), validate=True)
+        except ValueError:
+            section["checks"].append(judge.check(comp, want, None, "could-not-look",
+                                                 f"the smoke input of {m['name']} is not base64"))
+            continue
+        try:
+            status, answer = _post(f"{url}/predictions/{m['name']}", body,
+                                   str(spec.get("content_type") or "application/json"), token,
+                                   timeout)
+        except (OSError, ValueError) as exc:
+            section["checks"].append(judge.check(comp, want, None, "could-not-look",
+                                                 f"POST {url}/predictions/{m['name']}: {exc}"))
+            continue
+        got = judge.smoke_answer(status, answer, "sha256" if spec.get("sha256") else "numbers")
+        ok = parity.smoke_matches(want, got)
+        section["checks"].append(judge.check(
+            comp, want, got, "match" if ok else "deviation",
+            "" if ok else f"POST {url}/predictions/{m['name']} with a client token"))
+    return section
+
+
+def _client_token(hv: Mapping[str, Any], lab_dir: Path, env: str) -> tuple[str | None, str]:
+    """A client token of the environment (the newest), or None and why."""
+    source = str(hv.get("serving_endpoint_tokens_source") or "file")
+    try:
+        if source == "lab":
+            tokens = read_tokens(tokens_path(lab_dir, env))
+        elif source == "file":
+            tokens = read_tokens(Path(str(hv.get("serving_endpoint_tokens_src"))))
+        else:
+            value = hv.get(str(hv.get("serving_endpoint_tokens_secret") or ""))
+            tokens = [str(t) for t in value] if isinstance(value, list) else []
+    except (OSError, InvalidInput) as exc:
+        return None, f"no client token on the controller: {exc}"
+    if not tokens:
+        return None, "no client token on the controller (the token source is empty)"
+    return tokens[-1], ""
+
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -338,6 +530,7 @@ if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
 
 
-__all__ = ["CA_DAYS", "NODE_DAYS", "TOKEN_RE", "NodeCert", "add_token", "ca_paths", "ensure_ca",
-           "ensure_scrape_token", "ensure_token", "node_certificate", "read_tokens", "retire_token",
-           "scrape_tokens_path", "tokens_path"]
+__all__ = ["CA_DAYS", "CLIENT_VARS", "NODE_DAYS", "TOKEN_RE", "NodeCert", "add_token", "ca_paths",
+           "client_check", "ensure_ca", "ensure_scrape_token", "ensure_token", "node_certificate",
+           "read_tokens", "retire_token", "scrape_tokens_path", "served_certificate",
+           "tokens_path"]

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from stacklock.core import endpoint as endpoint_client
 from stacklock.core import integrity, runtime
 from stacklock.core import waivers as waiverlib
 from stacklock.errors import ExitCode
@@ -814,6 +815,10 @@ def compare(
             checks += [Check(env, node, f.component, f.expected, f.actual, Status(f.status),
                              Kind.LOCK, f.detail)
                        for f in integrity.findings(node_exp, node_facts)]  # the files class
+            # the serving endpoint as a client sees it, from the controller (core/endpoint.py)
+            checks += [Check(env, node, f.component, f.expected, f.actual, Status(f.status),
+                             Kind.LOCK, f.detail)
+                       for f in endpoint_client.findings(node_exp, node_facts)]
 
     checks += _cross_environment(envs, expected, readable, may_differ)
     checks, in_force = _apply_waivers(checks, waivers, today or _dt.date.today())

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from stacklock.adapters import fastssh
+from stacklock.adapters import fastssh, tls
 from stacklock.console import info, step
 from stacklock.core import parity, runtime
 from stacklock.core import report as reportmod
@@ -379,11 +379,13 @@ def collect(inventories: Sequence[Path], envs: Sequence[str], *, report_path: Pa
     waivers: Any = None
     jobs: list[tuple[fastssh.Target, fastssh.Payload]] = []
     refused: list[fastssh.HostResult] = []
+    clients: list[tuple[str, str, dict[str, Any]]] = []
     for env, inventory in zip(envs, inventories, strict=True):
         hosts = read_inventory(inventory, env)
         # the files class, computed on the controller as the play's reference task does
         hosts = [(n, {**hv, "stacklock_files": integrity.files_option(hv)}) for n, hv in hosts]
         inv_dir = _hosts_file(inventory).parent
+        clients += [(env, name, hv) for name, hv in hosts if hv.get("serving_endpoint_enabled")]
         for name, hv in hosts:
             where = f"inventory {inv_dir}, host {name}"
             _plain(hv, (*_CONN_VARS, *_ARG_VARS), where)
@@ -432,6 +434,13 @@ def collect(inventories: Sequence[Path], envs: Sequence[str], *, report_path: Pa
     facts: dict[str, dict[str, Any]] = {env: {} for env in envs}
     for r in results:
         facts[r.target.env][r.target.name] = r.facts
+    # the serving endpoint as a client sees it, from here (the play's stacklock_endpoint_client)
+    for env, name, hv in clients:
+        node_facts = facts[env].get(name)
+        if isinstance(node_facts, dict):
+            node_facts["endpoint_client"] = tls.client_check(
+                {**hv, "inventory_hostname": name}, timeout=float(
+                    hv.get("stacklock_verify_probe_timeout") or 20))
     rep = parity.compare(expected, facts, list(may_differ or []), run_id=run_id,
                          waivers=waivers)
     atomic_write(report_path, reportmod.to_json(rep))

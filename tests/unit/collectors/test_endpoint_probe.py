@@ -106,7 +106,10 @@ GV = {"serving_endpoint_enabled": True,
 
 def verdict(section: dict[str, Any]) -> dict[str, str]:
     exp = parity.expected_from_vars(GV)
-    facts: dict[str, Any] = {"schema": parity.FACTS_SCHEMA, "endpoint": section}
+    # the client's path (from the controller) checked nothing here: its own tests are in
+    # tests/unit/adapters/test_endpoint_client.py
+    facts: dict[str, Any] = {"schema": parity.FACTS_SCHEMA, "endpoint": section,
+                             "endpoint_client": {"checks": []}}
     if section.get("error"):  # as gather() records a probe that could not look
         facts["errors"] = facts["blocked"] = {"endpoint": section["error"]}
     report = parity.compare({"dev": exp}, {"dev": {"node-1": facts}})

@@ -156,8 +156,9 @@ def moto(moto_server: str) -> str:
 
 # --------------------------------------------------------------------------- the integrity node
 
-#: one lab node shared by the integrity tests (files class and runtime class): project and
-#: network of its own, environment dev only; each test puts the node back before the next
+#: one lab node shared by the integrity tests (files class and runtime class) and the serving
+#: endpoint's: project and network of its own, environment dev only; each test puts the node
+#: back before the next
 INTEGRITY_PROJECT = "slint"
 INTEGRITY_NETWORK = "10.231"
 INTEGRITY_NODE = f"{INTEGRITY_PROJECT}-dev-1"
@@ -172,8 +173,9 @@ def integrity_sl(manifest: Path, *args: str, timeout: int = 1800) -> subprocess.
 
 @pytest.fixture(scope="session")
 def integrity_lab(tmp_path_factory: pytest.TempPathFactory, lab_docker: str) -> Iterator[Path]:
-    """The manifest of one provisioned lab node (dev), shared by test_integrity_files.py and
-    test_integrity_runtime.py; destroyed at the end of the session."""
+    """The manifest of one provisioned lab node (dev), shared by test_integrity_files.py,
+    test_integrity_runtime.py and test_endpoint.py (examples/lab.yaml's endpoint: nginx with
+    the lab CA's certificate on port 8443); destroyed at the end of the session."""
     import re
 
     import yaml

@@ -306,7 +306,7 @@ def test_prometheus_scrapes_every_node_over_the_lab_network(lab: Lab, tmp_path: 
          "--node-port", str(PORT), "--ca-file", str(lab.ca), "--bearer-token-file",
          str(scrape), "--scrape-interval", "2s"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True)
+        start_new_session=True, env=dict(os.environ, PY=sys.executable))
     base = f"http://127.0.0.1:{port}/api/v1"
     try:
         deadline = time.monotonic() + 90

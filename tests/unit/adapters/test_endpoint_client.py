@@ -258,3 +258,47 @@ def test_no_client_check_for_an_environment_with_an_endpoint_could_not_look() ->
     # and nothing is asked of an environment without an endpoint
     assert parity.compare({"dev": {}}, {"dev": {"dev-1": {
         "schema": parity.FACTS_SCHEMA}}}).exit_code == ExitCode.OK
+
+
+@pytest.mark.slow
+def test_the_verify_plays_task_runs_it_as_ansible_does(lab: Path, tmp_path: Path) -> None:
+    """The verify play's `stacklock_endpoint_client` action, run by Ansible on the controller
+    with the host's variables as render writes them (`{{ inventory_dir }}` paths): it sets the
+    `stacklock_endpoint_client` fact, and no token reaches its output."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[3]
+    inventory = tmp_path / "inventories" / "dev"
+    inventory.mkdir(parents=True)
+    state = tmp_path / ".stacklock" / "endpoint"
+    issued = tls.node_certificate(state, "dev", "localhost", ["127.0.0.1"])
+    token = tls.read_tokens(tls.ensure_token(state, "dev"))[-1]
+    server = Endpoint(issued.cert, issued.key, token)
+    try:
+        hv = _hv(state, server.port, serving_endpoint_lab_dir=(
+            "{{ inventory_dir }}/../../.stacklock/endpoint"))
+        for key in ("ansible_host", "inventory_hostname"):
+            hv.pop(key)
+        group_vars = inventory / "vars.yml"
+        group_vars.write_text(yaml.safe_dump(hv))
+        cmd = [str(Path(sys.executable).parent / "ansible"), "localhost", "-c", "local",
+               "-m", "stacklock_endpoint_client", "-e", f"@{group_vars}",
+               "-e", f"inventory_dir={inventory}", "-e", "ansible_host=127.0.0.1"]
+        env = {**os.environ, "ANSIBLE_CONFIG": str(root / "ansible.cfg"),
+               "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOCAL_TEMP": str(tmp_path / "local"),
+               "ANSIBLE_LOCALHOST_WARNING": "false"}
+        done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True,
+                              timeout=300, check=False)
+    finally:
+        server.close()
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(done.stdout[done.stdout.index("{"):])
+    section = result["ansible_facts"]["stacklock_endpoint_client"]
+    assert _bad(section) == set(), section
+    assert section["url"] == f"https://127.0.0.1:{server.port}"
+    assert token not in done.stdout + done.stderr

@@ -9,10 +9,13 @@ Each line is one record, a JSON object:
      "sig": "<base64 Ed25519 signature>"}
 
 `hash` is the sha256 of the record's canonical JSON (sorted keys, no spaces, UTF-8) without
-`hash` and `sig`; `prev` of the first record is 64 zeros; `sig` is the signer's Ed25519
-signature of `SIGNED_PREFIX + hash`. A record is trusted only when its key is in the
-repository's signers file (`stacklock.core.signing`) and the signature checks; its time may
-not be earlier than the time of the record before it. Editing a field changes its hash;
+`hash` and `sig`; `prev` of the first record is 64 zeros; `sig` is the signer's signature of
+`SIGNED_PREFIX + hash`: Ed25519, or, when `signer` says `"alg": "ecdsa-p256-sha256"` (a
+writer whose key is in AWS KMS), DER ECDSA P-256 over SHA-256. A record without `alg` claims
+ed25519 (every record written before other algorithms existed). A record is trusted only when
+its key is in the repository's signers file (`stacklock.core.signing`), the algorithm it
+claims is the one that key is trusted with, and the signature checks with that algorithm; its
+time may not be earlier than the time of the record before it. Editing a field changes its hash;
 deleting, inserting or reordering lines breaks `seq` or `prev`; a record written without a
 trusted key has no valid signature. So `check_chain` names the first record that is not what
 a trusted writer wrote.
@@ -48,7 +51,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from stacklock.core.signing import Trust
+from stacklock.core.signing import ALGORITHM, Trust
 
 GENESIS = "0" * 64
 KINDS = ("evidence", "revision", "gate-override")
@@ -62,7 +65,7 @@ TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
 class Signer(Protocol):
-    """A signing key (`stacklock.core.signing.SigningKey`)."""
+    """A signing key (`stacklock.core.signing.SigningKey` or `RemoteKey`)."""
 
     @property
     def name(self) -> str: ...
@@ -70,7 +73,19 @@ class Signer(Protocol):
     @property
     def key_id(self) -> str: ...
 
+    @property
+    def algorithm(self) -> str: ...
+
     def sign(self, message: bytes) -> str: ...
+
+
+def signer_field(signer: Signer) -> dict[str, str]:
+    """A record's `signer`: name and key id, and `alg` unless it is ed25519 (so that Ed25519
+    records stay exactly as they were before other algorithms existed)."""
+    out = {"name": signer.name, "key": signer.key_id}
+    if signer.algorithm != ALGORITHM:
+        out["alg"] = signer.algorithm
+    return out
 
 
 class ClockBehind(ValueError):
@@ -122,7 +137,7 @@ def new_record(prev: Mapping[str, Any] | None, kind: str, body: Mapping[str, Any
         "kind": kind,
         "time": when,
         "body": dict(body),
-        "signer": {"name": signer.name, "key": signer.key_id},
+        "signer": signer_field(signer),
     }
     record["hash"] = record_hash(record)
     record["sig"] = signer.sign(signed_message(record["hash"]))
@@ -201,6 +216,10 @@ def _signature_error(rec: Mapping[str, Any], trust: Trust) -> str | None:
     if key is None:
         return (f"signed by {signer.get('name')!r} with key {kid}, which {trust.source} does "
                 "not trust (never added, or revoked)")
+    claimed = signer.get("alg", ALGORITHM)
+    if claimed != key.algorithm:
+        return (f"it claims algorithm {claimed!r} for key {kid}, which {trust.source} trusts "
+                f"as {key.name} with {key.algorithm} only: refused")
     if not key.verify(str(rec.get("sig")), signed_message(str(rec.get("hash")))):
         return f"its signature by {key.name} ({kid}) does not check: forged or altered"
     return None

@@ -4,11 +4,19 @@ from reading and writing key files.
 * A **signing key** is an Ed25519 private key of one writer (a person, a CI job), kept off the
   repository: a PKCS#8 PEM file, mode 0600, `~/.config/stacklock/keys/NAME.key` (or any path
   in `$STACKLOCK_SIGNING_KEY`). Its name is the file's stem.
+* A **remote key** (`RemoteKey`) is a writer whose private key never leaves a service that
+  signs for it: an AWS KMS asymmetric key (ECC_NIST_P256, ECDSA_SHA_256; the KMS calls are in
+  `stacklock.adapters.kms`). Here it is its public key and a function that signs; every
+  signature it returns is checked against that public key before it is used.
 * The **trusted signers** of a manifest live beside it, committed and changed by review like
   code: `<manifest stem>.signers` (`stacklock.signers` for `stacklock.yaml`), one line per
-  signer, `NAME ed25519 BASE64-PUBLIC-KEY`; `#` starts a comment.
+  signer, `NAME ALGORITHM BASE64-PUBLIC-KEY`; `#` starts a comment. ALGORITHM is `ed25519`
+  (the 32 raw public key bytes) or `ecdsa-p256-sha256` (the 65-byte uncompressed P-256 point;
+  signatures are DER, over SHA-256). A key verifies only with the algorithm it is trusted
+  with.
 * A key is named in records and messages by its **key id**, `SHA256:` and the unpadded
-  base64 of the sha256 of the 32 raw public key bytes (the way OpenSSH prints fingerprints).
+  base64 of the sha256 of the raw public key bytes above (the way OpenSSH prints
+  fingerprints).
 
 Revocation: a key removed from the signers file is no longer trusted, and every record it
 signed is then refused (the simple rule: there is no "valid until"). See docs/security.md.
@@ -21,23 +29,31 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from stacklock.errors import InvalidInput, Problem
+from stacklock.errors import InvalidInput, Problem, ToolFailed
 
+#: the algorithm of local keys, and of every record and signer line that names none
 ALGORITHM = "ed25519"
+#: ECDSA on NIST P-256 over SHA-256 (an AWS KMS key of spec ECC_NIST_P256, ECDSA_SHA_256)
+ECDSA_P256 = "ecdsa-p256-sha256"
+ALGORITHMS = (ALGORITHM, ECDSA_P256)
+#: the length of each algorithm's raw public key
+RAW_LENGTH = {ALGORITHM: 32, ECDSA_P256: 65}
 SIGNERS_SUFFIX = ".signers"
 KEY_SUFFIX = ".key"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
 SIGNERS_HEADER = (
     "# stacklock: the keys trusted to sign the evidence ledger of {manifest}.\n"
-    "# One signer a line: NAME ed25519 PUBLIC-KEY (stacklock ledger key trust adds one).\n"
+    "# One signer a line: NAME ALGORITHM PUBLIC-KEY (stacklock ledger key trust adds one).\n"
     "# Added and removed by review, like code: a removed key's records are refused.\n"
 )
 
@@ -61,10 +77,28 @@ def safe_name(text: str) -> str:
     return name[:64] if valid_name(name[:64]) else "key-" + name[:60]
 
 
+def check_raw(algorithm: str, raw: bytes) -> None:
+    """Raise ValueError unless `raw` is a public key of `algorithm` (a P-256 point on the
+    curve, uncompressed)."""
+    if algorithm not in RAW_LENGTH:
+        raise ValueError(f"algorithm {algorithm!r}: only " + " or ".join(ALGORITHMS))
+    if len(raw) != RAW_LENGTH[algorithm]:
+        raise ValueError(f"an {algorithm} public key has {RAW_LENGTH[algorithm]} bytes, "
+                         f"not {len(raw)}")
+    if algorithm == ECDSA_P256:
+        if raw[:1] != b"\x04":
+            raise ValueError("an ecdsa-p256-sha256 public key is an uncompressed point (04...)")
+        try:
+            ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), raw)
+        except ValueError:
+            raise ValueError("not a point on the P-256 curve") from None
+
+
 @dataclass(frozen=True)
 class PublicKey:
     name: str
-    raw: bytes  # the 32 bytes of an Ed25519 public key
+    raw: bytes  # ed25519: the 32 raw bytes; ecdsa-p256-sha256: the 65-byte uncompressed point
+    algorithm: str = ALGORITHM
 
     @property
     def key_id(self) -> str:
@@ -72,15 +106,60 @@ class PublicKey:
 
     def line(self) -> str:
         """Its line in a signers file."""
-        return f"{self.name} {ALGORITHM} {_b64(self.raw)}"
+        return f"{self.name} {self.algorithm} {_b64(self.raw)}"
 
     def verify(self, signature: str, message: bytes) -> bool:
+        """Whether `signature` (base64) is this key's signature of `message`, with the
+        algorithm this key is trusted with and no other."""
         try:
             sig = base64.b64decode(signature.encode("ascii"), validate=True)
-            Ed25519PublicKey.from_public_bytes(self.raw).verify(sig, message)
+            if self.algorithm == ALGORITHM:
+                Ed25519PublicKey.from_public_bytes(self.raw).verify(sig, message)
+            elif self.algorithm == ECDSA_P256:
+                ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), self.raw).verify(
+                    sig, message, ec.ECDSA(hashes.SHA256()))
+            else:
+                return False
         except (InvalidSignature, ValueError, UnicodeEncodeError):
             return False
         return True
+
+
+def public_from_der(name: str, der: bytes) -> PublicKey:
+    """The key of a DER SubjectPublicKeyInfo (what AWS KMS GetPublicKey returns): Ed25519 or
+    NIST P-256; ValueError for any other."""
+    try:
+        key = serialization.load_der_public_key(der)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise ValueError("not a DER SubjectPublicKeyInfo public key") from None
+    if isinstance(key, Ed25519PublicKey):
+        return PublicKey(name, key.public_bytes(serialization.Encoding.Raw,
+                                                serialization.PublicFormat.Raw), ALGORITHM)
+    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
+        return PublicKey(name, key.public_bytes(serialization.Encoding.X962,
+                                                serialization.PublicFormat.UncompressedPoint),
+                         ECDSA_P256)
+    what = key.curve.name if isinstance(key, ec.EllipticCurvePublicKey) else type(key).__name__
+    raise ValueError(f"a {what} key: only Ed25519 and NIST P-256 (ECC_NIST_P256) keys sign "
+                     "ledger records")
+
+
+class WriterKey(Protocol):
+    """What signs ledger records: a local Ed25519 `SigningKey`, or a `RemoteKey` (AWS KMS)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def public(self) -> PublicKey: ...
+
+    @property
+    def key_id(self) -> str: ...
+
+    @property
+    def algorithm(self) -> str: ...
+
+    def sign(self, message: bytes) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -99,11 +178,51 @@ class SigningKey:
     def key_id(self) -> str:
         return self.public.key_id
 
+    @property
+    def algorithm(self) -> str:
+        return ALGORITHM
+
     def sign(self, message: bytes) -> str:
         return _b64(self.private.sign(message))
 
     def __repr__(self) -> str:  # never the private key, in a traceback or a log
         return f"SigningKey({self.name!r}, {self.key_id})"
+
+
+@dataclass(frozen=True)
+class RemoteKey:
+    """A writer whose private key stays in a signing service (AWS KMS): its trusted-to-be
+    public key, and `sign_raw`, which returns the service's raw signature of a message (DER
+    ECDSA for ecdsa-p256-sha256). `where` names the key for messages (`kms:ARN`)."""
+
+    public: PublicKey
+    sign_raw: Callable[[bytes], bytes] = field(repr=False, compare=False)
+    where: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.public.name
+
+    @property
+    def key_id(self) -> str:
+        return self.public.key_id
+
+    @property
+    def algorithm(self) -> str:
+        return self.public.algorithm
+
+    def sign(self, message: bytes) -> str:
+        """The service's signature of `message`, base64; ToolFailed (exit 3) when it does not
+        verify under `public` (the key behind the name changed since its public key was read,
+        e.g. an alias moved): nothing is written with it."""
+        sig = _b64(self.sign_raw(message))
+        if not self.public.verify(sig, message):
+            raise ToolFailed(f"{self.where or self.name}: the signature it returned does not "
+                             f"verify under its public key {self.key_id} ({self.algorithm}): "
+                             "the key behind that name changed (an alias moved?); nothing was "
+                             "written (fix: name the key by its ARN, and trust its public key: "
+                             "stacklock ledger key trust --kms KEY)")
+        return sig
 
 
 def generate(name: str) -> SigningKey:
@@ -182,25 +301,25 @@ class Trust:
 
     def trusts(self, key: PublicKey) -> bool:
         got = self.keys.get(key.key_id)
-        return got is not None and got.raw == key.raw
+        return got is not None and got.raw == key.raw and got.algorithm == key.algorithm
 
 
 def parse_public_line(line: str) -> PublicKey:
     parts = line.split()
     if len(parts) != 3:
-        raise ValueError("expected: NAME ed25519 PUBLIC-KEY")
+        raise ValueError("expected: NAME ALGORITHM PUBLIC-KEY (ALGORITHM: "
+                         + " or ".join(ALGORITHMS) + ")")
     name, algo, b64 = parts
     if not valid_name(name):
         raise ValueError(f"signer name {name!r} is not valid")
-    if algo != ALGORITHM:
-        raise ValueError(f"algorithm {algo!r}: only {ALGORITHM}")
+    if algo not in ALGORITHMS:
+        raise ValueError(f"algorithm {algo!r}: only " + " or ".join(ALGORITHMS))
     try:
         raw = base64.b64decode(b64.encode("ascii"), validate=True)
     except (ValueError, UnicodeEncodeError):
         raise ValueError("the key is not base64") from None
-    if len(raw) != 32:
-        raise ValueError(f"an ed25519 public key has 32 bytes, not {len(raw)}")
-    return PublicKey(name, raw)
+    check_raw(algo, raw)
+    return PublicKey(name, raw, algo)
 
 
 def parse_signers(text: str, source: str = "signers") -> Trust:
@@ -216,7 +335,7 @@ def parse_signers(text: str, source: str = "signers") -> Trust:
             key = parse_public_line(line)
         except ValueError as exc:
             problems.append(Problem(f"{source}:{n}", str(exc), "one signer a line: NAME "
-                                    "ed25519 BASE64 (stacklock ledger key pub prints it)"))
+                                    "ALGORITHM BASE64 (stacklock ledger key pub prints it)"))
             continue
         if key.name in names:
             problems.append(Problem(f"{source}:{n}", f"signer {key.name} is listed twice",

@@ -30,30 +30,66 @@ def key_new(name: str | None) -> None:
     raise SystemExit(int(ExitCode.OK))
 
 
+_KMS_HELP = ("An AWS KMS key (ECC_NIST_P256, SIGN_VERIFY): its ARN, alias/NAME or key id; "
+             "its public key is read with kms:GetPublicKey.")
+_NAME_HELP = "The signer name of the --kms key (default: kms- and its alias or key id)."
+
+
+def _valid(name: str | None) -> str | None:
+    from stacklock.core import signing
+
+    if name is not None and not signing.valid_name(name):
+        raise InvalidInput(f"--name {name!r} is not a valid signer name", problems=[Problem(
+            "--name", f"{name!r}: letters, digits and . _ @ + - (at most 64)",
+            "e.g. ci-prod-kms")])
+    return name
+
+
 @key.command("pub")
-def key_pub() -> None:
-    """Print your key's public line (what a reviewer adds to the signers file)."""
+@click.option("--kms", "kms_key", default=None, metavar="KEY", help=_KMS_HELP)
+@click.option("--name", default=None, metavar="NAME", help=_NAME_HELP)
+def key_pub(kms_key: str | None, name: str | None) -> None:
+    """Print your key's public line (what a reviewer adds to the signers file); with --kms,
+    an AWS KMS key's ($STACKLOCK_SIGNING_KEY=kms:KEY also makes it yours)."""
     from stacklock.flows import keys
 
-    k = keys.load_key()
-    if k is None:
-        raise InvalidInput(f"no signing key at {keys.key_path()}", problems=[Problem(
-            keys.KEY_ENV, "no key", "stacklock ledger key new")])
-    out.print(k.public.line(), markup=False, highlight=False)
+    if name is not None and kms_key is None:
+        raise InvalidInput("--name goes with --kms only", problems=[Problem(
+            "--name", "without --kms", "a key file's signer name is its file's stem")])
+    if kms_key is not None:
+        pub = keys.kms_writer(kms_key, _valid(name), "--kms").public
+    else:
+        k = keys.load_key()
+        if k is None:
+            raise InvalidInput(f"no signing key at {keys.key_path()}", problems=[Problem(
+                keys.KEY_ENV, "no key", "stacklock ledger key new")])
+        pub = k.public
+    out.print(pub.line(), markup=False, highlight=False)
     raise SystemExit(int(ExitCode.OK))
 
 
 @key.command("trust")
-@click.option("--public", "line", default=None, metavar="'NAME ed25519 KEY'",
+@click.option("--public", "line", default=None, metavar="'NAME ALGORITHM KEY'",
               help="Trust this public line (e.g. a CI job's) instead of your own key.")
+@click.option("--kms", "kms_key", default=None, metavar="KEY", help=_KMS_HELP)
+@click.option("--name", default=None, metavar="NAME", help=_NAME_HELP)
 @pass_ctx
-def key_trust(c: Ctx, line: str | None) -> None:
-    """Add your key (or --public) to the manifest's signers file; commit it through review."""
+def key_trust(c: Ctx, line: str | None, kms_key: str | None, name: str | None) -> None:
+    """Add your key (or --public, or the AWS KMS key --kms) to the manifest's signers file;
+    commit it through review."""
     from stacklock.core import signing
     from stacklock.flows import keys
 
+    if line is not None and kms_key is not None:
+        raise InvalidInput("--public and --kms: give one", problems=[Problem(
+            "--kms", "with --public", "trust one key at a time")])
+    if name is not None and kms_key is None:
+        raise InvalidInput("--name goes with --kms only", problems=[Problem(
+            "--name", "without --kms", "a --public line names its signer itself")])
     loaded = c.loaded()
-    if line is not None:
+    if kms_key is not None:
+        pub = keys.kms_writer(kms_key, _valid(name), "--kms").public
+    elif line is not None:
         try:
             pub = signing.parse_public_line(line)
         except ValueError as exc:

@@ -4,6 +4,9 @@
 * This user's key: `$STACKLOCK_SIGNING_KEY` (a path), else
   `${XDG_CONFIG_HOME:-~/.config}/stacklock/keys/NAME.key`, NAME being `$STACKLOCK_SIGNER` or
   `user@host`. 0600 in a 0700 folder; never in the repository, never printed.
+* Or an AWS KMS key: `$STACKLOCK_SIGNING_KEY=kms:KEY` (a key ARN, alias or id; see
+  `stacklock.adapters.kms`). Its private key never leaves KMS: records are signed through
+  kms:Sign. Its name is `$STACKLOCK_SIGNER`, else `kms-` and its alias or key id.
 * The trusted keys: `<manifest stem>.signers` beside the manifest (`stacklock.core.signing`).
 
 A writer needs both before it appends (`signer_for`): on a manifest whose environments are
@@ -28,6 +31,7 @@ from stacklock.errors import ExitCode, InvalidInput, Problem
 
 KEY_ENV = "STACKLOCK_SIGNING_KEY"
 NAME_ENV = "STACKLOCK_SIGNER"
+KMS_PREFIX = "kms:"
 
 
 def keys_dir(environ: Mapping[str, str] | None = None) -> Path:
@@ -55,10 +59,28 @@ def key_path(environ: Mapping[str, str] | None = None) -> Path:
     return keys_dir(env) / f"{default_name(env)}{signing.KEY_SUFFIX}"
 
 
-def load_key(environ: Mapping[str, str] | None = None) -> signing.SigningKey | None:
-    """This user's key; None when it does not exist yet (a `$STACKLOCK_SIGNING_KEY` that
-    names no file is exit 2)."""
+def kms_key(environ: Mapping[str, str] | None = None) -> str | None:
+    """The KMS key `$STACKLOCK_SIGNING_KEY` names (`kms:KEY`), or None (a key file)."""
     env = os.environ if environ is None else environ
+    value = env.get(KEY_ENV, "").strip()
+    return value if value.startswith(KMS_PREFIX) else None
+
+
+def kms_writer(key: str, name: str | None = None, setting: str = KEY_ENV) -> signing.RemoteKey:
+    """The AWS KMS key `key` (`kms:` optional) as a writer: its public key is read from KMS
+    (kms:GetPublicKey) now, records are signed through kms:Sign."""
+    from stacklock.adapters import kms
+
+    return kms.writer(key, signing.safe_name(name) if name else None, setting)
+
+
+def load_key(environ: Mapping[str, str] | None = None) -> signing.WriterKey | None:
+    """This user's key; None when it does not exist yet (a `$STACKLOCK_SIGNING_KEY` that
+    names no file is exit 2). `kms:KEY`: that AWS KMS key (asked for its public key now)."""
+    env = os.environ if environ is None else environ
+    kms = kms_key(env)
+    if kms is not None:
+        return kms_writer(kms, env.get(NAME_ENV) or None)
     path = key_path(env)
     if not path.exists():
         if env.get(KEY_ENV):
@@ -74,6 +96,12 @@ def new_key(name: str | None = None, environ: Mapping[str, str] | None = None
             ) -> signing.SigningKey:
     """Create this user's key (`name`: in the keys folder under that name)."""
     env = os.environ if environ is None else environ
+    if kms_key(env) is not None and not name:
+        raise InvalidInput(f"{KEY_ENV} names an AWS KMS key: stacklock creates no key there",
+                           problems=[Problem(KEY_ENV, f"{kms_key(env)}: a KMS key",
+                                             "create it in KMS (aws kms create-key --key-spec "
+                                             "ECC_NIST_P256 --key-usage SIGN_VERIFY), then "
+                                             "stacklock ledger key trust --kms KEY")])
     path = keys_dir(env) / f"{name}{signing.KEY_SUFFIX}" if name else key_path(env)
     key = signing.generate(name or signing.safe_name(env.get(NAME_ENV) or path.stem))
     signing.write_private(key, path)
@@ -118,12 +146,13 @@ def revoke(loaded: LoadedManifest, name: str) -> bool:
 def _fix(loaded: LoadedManifest) -> str:
     return (f"stacklock ledger key new (creates {key_path()}), then stacklock ledger "
             f"key trust (adds it to {signers_file(loaded).name}) and commit that file through "
-            f"review; a CI job: set {KEY_ENV} to its key file")
+            f"review; a CI job: set {KEY_ENV} to its key file, or to kms:KEY for an AWS KMS key")
 
 
-def signer_for(loaded: LoadedManifest) -> signing.SigningKey:
-    """This user's key, trusted by the manifest's signers file. On a lab-only manifest a
-    missing key is created and trusted (said so); otherwise exit 2 naming the fix."""
+def signer_for(loaded: LoadedManifest) -> signing.WriterKey:
+    """This user's key (a key file, or a KMS key: `kms:KEY`), trusted by the manifest's
+    signers file. On a lab-only manifest a missing key is created and trusted (said so);
+    otherwise exit 2 naming the fix."""
     lab = is_lab_only(loaded.manifest)
     key = load_key()
     if key is None:
@@ -131,9 +160,10 @@ def signer_for(loaded: LoadedManifest) -> signing.SigningKey:
             raise InvalidInput("no signing key: a passing verify is recorded as signed evidence",
                                problems=[Problem(KEY_ENV, f"{key_path()} does not exist",
                                                  _fix(loaded))])
-        key = new_key()
-        info(f"  created your ledger signing key {key.path} ({key.name}, {key.key_id}); it "
-             "never leaves this machine")
+        created = new_key()
+        info(f"  created your ledger signing key {created.path} ({created.name}, "
+             f"{created.key_id}); it never leaves this machine")
+        key = created
     if not trust(loaded).trusts(key.public):
         if not lab:
             raise InvalidInput(
@@ -148,5 +178,6 @@ def signer_for(loaded: LoadedManifest) -> signing.SigningKey:
     return key
 
 
-__all__ = ["KEY_ENV", "NAME_ENV", "ExitCode", "add_trusted", "key_path", "keys_dir",
-           "load_key", "new_key", "revoke", "signer_for", "trust"]
+__all__ = ["KEY_ENV", "KMS_PREFIX", "NAME_ENV", "ExitCode", "add_trusted", "key_path",
+           "keys_dir", "kms_key", "kms_writer", "load_key", "new_key", "revoke", "signer_for",
+           "trust"]

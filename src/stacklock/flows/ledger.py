@@ -40,7 +40,7 @@ from stacklock.core import ledger as core
 from stacklock.core import promotion
 from stacklock.core.files import atomic_write
 from stacklock.core.manifest import LedgerLocation, LoadedManifest, ledger_location
-from stacklock.core.signing import SigningKey, Trust
+from stacklock.core.signing import Trust, WriterKey
 from stacklock.errors import ExitCode, InvalidInput, Problem, StacklockError, ToolFailed
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ Entries = list[tuple[str, Mapping[str, Any]]]
 #: what to append, decided on the records that are there (read again on every try)
 Builder = Callable[[Sequence[Mapping[str, Any]]], Entries]
 #: the key that signs an append, asked for only when something is appended
-SignerSource = Callable[[], SigningKey]
+SignerSource = Callable[[], WriterKey]
 
 
 def ledger_path(loaded: LoadedManifest) -> Path:
@@ -118,7 +118,7 @@ class Ledger(ABC):
         """Append records (kind, body) after checking the chain; return them."""
         return self.append_with(lambda _records: entries, time)
 
-    def signing_key(self) -> SigningKey:
+    def signing_key(self) -> WriterKey:
         if self.signer is None:
             raise InvalidInput(f"{self.where}: no signing key to append with",
                                problems=[Problem("STACKLOCK_SIGNING_KEY", "no key",
@@ -132,7 +132,7 @@ class Ledger(ABC):
                                    "through review")])
         return key
 
-    def _extend(self, records: Sequence[Mapping[str, Any]], entries: Entries, key: SigningKey,
+    def _extend(self, records: Sequence[Mapping[str, Any]], entries: Entries, key: WriterKey,
                 time: str | None) -> list[dict[str, Any]]:
         try:
             return core.extend(records, entries, key, time)
@@ -291,10 +291,10 @@ def open_ledger(loaded: LoadedManifest, file: Path | None = None) -> Ledger:
     trust = keys.trust(loaded)
     head = core.head_path(loaded.path)
 
-    def signer() -> SigningKey:
+    def signer() -> WriterKey:
         return keys.signer_for(loaded)
 
-    def refreshed() -> SigningKey:  # a lab manifest may have just trusted the key
+    def refreshed() -> WriterKey:  # a lab manifest may have just trusted the key
         key = signer()
         led.trust = keys.trust(loaded)
         return key

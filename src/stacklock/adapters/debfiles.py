@@ -3,7 +3,9 @@ path of data.tar with its sha256 (`l:TARGET` for a symlink; directories left out
 package's conffiles, cached by the .deb's sha256 in ~/.cache/stacklock/debfiles/SHA.json.
 The .deb is found through the lab mirror's Packages index (Package, Version, Filename,
 SHA256) and checked against that sha256. data.tar.xz/.gz/.bz2 are read with the standard
-library; anything else (data.tar.zst) through `dpkg-deb --fsys-tarfile`."""
+library; anything else (data.tar.zst) through `dpkg-deb --fsys-tarfile`. The .debs of the
+official repositories come through stacklock.adapters.aptrepo, which uses the same index
+parsing and extraction (`packages_index`, `read_deb`)."""
 
 from __future__ import annotations
 
@@ -24,22 +26,28 @@ from stacklock.adapters.wheelrecord import cache_root
 _INDEXES: dict[Path, dict[tuple[str, str], tuple[Path, str]]] = {}
 
 
-def _packages(repo: Path) -> dict[tuple[str, str], tuple[Path, str]]:
-    """(package, version) -> (.deb path, sha256) from repo/Packages."""
-    out: dict[tuple[str, str], tuple[Path, str]] = {}
-    index = repo / "Packages"
-    if not index.is_file():
-        return out
-    for para in index.read_text("utf-8", "replace").split("\n\n"):
+def packages_index(text: str) -> dict[tuple[str, str], tuple[str, str]]:
+    """(package, version) -> (Filename, SHA256) of an apt Packages index's text (also used
+    for the official repositories' indexes: stacklock.adapters.aptrepo)."""
+    out: dict[tuple[str, str], tuple[str, str]] = {}
+    for para in text.split("\n\n"):
         fields: dict[str, str] = {}
         for line in para.splitlines():
             if line and not line[0].isspace() and ":" in line:
                 k, _, v = line.partition(":")
                 fields[k] = v.strip()
         if {"Package", "Version", "Filename", "SHA256"} <= set(fields):
-            out[(fields["Package"], fields["Version"])] = (
-                (repo / fields["Filename"]).resolve(), fields["SHA256"])
+            out[(fields["Package"], fields["Version"])] = (fields["Filename"], fields["SHA256"])
     return out
+
+
+def _packages(repo: Path) -> dict[tuple[str, str], tuple[Path, str]]:
+    """(package, version) -> (.deb path, sha256) from repo/Packages."""
+    index = repo / "Packages"
+    if not index.is_file():
+        return {}
+    return {key: ((repo / filename).resolve(), digest) for key, (filename, digest)
+            in packages_index(index.read_text("utf-8", "replace")).items()}
 
 
 def find_deb(package: str, version: str, repo: Path | None = None) -> tuple[Path, str] | None:
@@ -103,13 +111,28 @@ def deb_files(package: str, version: str, repo: Path | None = None) -> dict[str,
     if found is None:
         return None
     deb, digest = found
-    cached = cache_root() / "debfiles" / f"{digest}.json"
-    if cached.is_file():
-        data: dict[str, Any] = json.loads(cached.read_text("utf-8"))
-        return data
+    return cached_files(digest) or read_deb(deb, digest)
+
+
+def _cache_file(digest: str) -> Path:
+    return cache_root() / "debfiles" / f"{digest}.json"
+
+
+def cached_files(digest: str) -> dict[str, Any] | None:
+    """What `read_deb` took from the .deb with this sha256 earlier, or None."""
+    cached = _cache_file(digest)
+    if not cached.is_file():
+        return None
+    data: dict[str, Any] = json.loads(cached.read_text("utf-8"))
+    return data
+
+
+def read_deb(deb: Path, digest: str, name: str | None = None) -> dict[str, Any] | None:
+    """The files and conffiles of `deb`, which must have this sha256 (None when it has not),
+    kept in the cache by that sha256; `name`: the file name to record (default deb's)."""
     blob = deb.read_bytes()
     if hashlib.sha256(blob).hexdigest() != digest:
-        return None  # the mirror's file is not the one its index (and the lock) names
+        return None  # the file is not the one its index (and the lock) names
     members = _ar_members(blob)
     control = next(n for n in members if n.startswith("control.tar"))
     conffiles: list[str] = []
@@ -131,7 +154,8 @@ def deb_files(package: str, version: str, repo: Path | None = None) -> dict[str,
                          str(deb), str(tar_path)])
             with tarfile.open(tar_path) as tar:
                 files = _entries(tar)
-    out = {"sha256": digest, "file": deb.name, "files": files, "conffiles": conffiles}
+    out = {"sha256": digest, "file": name or deb.name, "files": files, "conffiles": conffiles}
+    cached = _cache_file(digest)
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(out, sort_keys=True), "utf-8")
@@ -139,4 +163,4 @@ def deb_files(package: str, version: str, repo: Path | None = None) -> dict[str,
     return out
 
 
-__all__ = ["deb_files", "find_deb"]
+__all__ = ["cached_files", "deb_files", "find_deb", "packages_index", "read_deb"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stacklock.adapters import ansible_template, debfiles, wheelrecord
+from stacklock.adapters import ansible_template, aptrepo, debfiles, wheelrecord
 from stacklock.core import integrity
 from stacklock.core.integrity import RoleFile, Tree
 from stacklock.core.lock import sha256_file
@@ -324,13 +324,18 @@ def trees(hv: Mapping[str, Any]) -> list[Tree]:
         out.append(_venv_skeleton(venv, python))
     roles = role_files(hv)
     role_paths = {f.path for files in roles.values() for f in files}
-    for var, _role in _APT_ROLES:
+    # a pin the mirror lacks: from the official repositories' signed indexes (apt: official)
+    official = aptrepo.OfficialDebs(host_vars(hv), [(role, str(p["name"]), str(p["version"]))
+                                         for var, role in _APT_ROLES for p in hv.get(var) or []])
+    for var, role in _APT_ROLES:
         for pin in hv.get(var) or []:
             name, version = str(pin["name"]), str(pin["version"])
             deb = debfiles.deb_files(name, version)
-            if deb is None:
-                out.append(integrity.unchecked_tree(f"deb:{name}", "dpkg", NO_DEB))
+            found = deb if deb is not None else official.files(role, name, version)
+            if not isinstance(found, dict):
+                out.append(integrity.unchecked_tree(f"deb:{name}", "dpkg", found or NO_DEB))
                 continue
+            deb = found
             files = deb["files"]
             out.append(integrity.deb_tree(name, files, deb.get("conffiles") or [],
                                           sorted(p for p in files if p in role_paths)))

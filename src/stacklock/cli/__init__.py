@@ -11,7 +11,17 @@ import traceback
 import click
 from rich.markup import escape
 
-from stacklock.cli import audit, infra, init, inspect, keys, lab, manifest, revisions  # noqa: F401 (register)
+from stacklock.cli import (  # noqa: F401 (register)
+    audit,
+    image,
+    infra,
+    init,
+    inspect,
+    keys,
+    lab,
+    manifest,
+    revisions,
+)
 from stacklock.cli.base import RUNNING, cli
 from stacklock.console import err, print_problems, use_manifest
 from stacklock.errors import ExitCode, Problem, StacklockError

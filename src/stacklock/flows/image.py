@@ -1,0 +1,392 @@
+"""`stacklock image build ENV`: the serving image of ENV's stack, built from the lock on the
+controller, reproducibly, with its CycloneDX SBOM.
+
+The image is assembled, not `docker build`-ed (stacklock.adapters.oci says why), in four
+layers, each a folder written as a tar with every mtime at `SOURCE_DATE_EPOCH`:
+
+1. base: the lab image's own layer, byte for byte (`docker save` of the image every lab
+   node runs: the same debootstrap'd Debian 12 rootfs); pinned by its diff_id, which
+   `--base-digest` can require;
+2. debs: Java at the lock's pin and python3-venv, with the dependencies apt resolves
+   against the base's dpkg status, all from the lab mirror's .debs; unpacked without
+   maintainer scripts (they stamp times and make keystores), and registered in the dpkg
+   status so the image's packages can be read like a node's; /usr/bin/java is the link the
+   alternatives system would make;
+3. venv: the lock's whole Python closure in /opt/torchserve/venv, `pip install
+   --require-hashes --no-deps` from the mirror's wheelhouse (nothing resolved, nothing from
+   the network), run in a chroot of the base plus the debs, byte-code compiled with
+   checked-hash .pyc files (SOURCE_DATE_EPOCH set: no source mtime in them);
+4. app: the TorchServe config (the lock's bytes, checked against its sha256), the model
+   archives (each checked against the lock's sha256), the non-root user `torchserve`
+   (uid/gid 10001) and its state folder.
+
+The result is an OCI image layout in OUT/STACK/oci (`oci:` in skopeo's terms), its SBOM
+OUT/STACK.cdx.json (stacklock.core.sbom, as `stacklock sbom` writes a node's), and the
+build record OUT/STACK.image.json (`stacklock.image/v1`: digests, sizes, seconds per step).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from stacklock.adapters import docker as lab_docker
+from stacklock.adapters import mirror as lab_mirror
+from stacklock.adapters import oci
+from stacklock.adapters.proc import run_command
+from stacklock.console import info, step
+from stacklock.core import sbom as sbommod
+from stacklock.core.files import atomic_write
+from stacklock.core.lock import config_text, sha256_file
+from stacklock.core.manifest import LoadedManifest
+from stacklock.errors import InvalidInput, Problem, ToolFailed
+from stacklock.flows.sbom import source_date
+
+IMAGE_SCHEMA = "stacklock.image/v1"
+VENV = "/opt/torchserve/venv"
+STATE_DIR = "/var/lib/torchserve"
+MODEL_STORE = "/var/lib/torchserve/model-store"
+CONFIG_PATH = "/etc/torchserve/config.properties"
+JAVA_HOME = "/usr/lib/jvm/java-17-openjdk-amd64"
+USER_ID = 10001
+#: Debian packages the venv needs beside the lock's Java (as the torchserve role installs)
+SYSTEM_PACKAGES = ("python3-venv",)
+#: merged /usr: a .deb's /lib, /bin, ... go under /usr in the layer (the base has links)
+_MERGED = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+
+
+@dataclass
+class BuildRecord:
+    """What one build made: digests, sizes and the seconds of each step."""
+
+    environment: str
+    stack: str
+    ref: str
+    manifest_digest: str = ""
+    config_digest: str = ""
+    base_image: str = ""
+    base_diff_id: str = ""
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    size: int = 0
+    source_date_epoch: int = 0
+    fingerprint: str = ""
+    seconds: dict[str, float] = field(default_factory=dict)
+    layout: str = ""
+    sbom: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"schema": IMAGE_SCHEMA, "environment": self.environment, "stack": self.stack,
+                "ref": self.ref, "manifest_digest": self.manifest_digest,
+                "config_digest": self.config_digest, "base_image": self.base_image,
+                "base_diff_id": self.base_diff_id, "layers": self.layers, "size": self.size,
+                "source_date_epoch": self.source_date_epoch, "fingerprint": self.fingerprint,
+                "seconds": {k: round(v, 1) for k, v in self.seconds.items()},
+                "layout": self.layout, "sbom": self.sbom}
+
+
+@contextmanager
+def _timed(record: BuildRecord, name: str) -> Iterator[None]:
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        record.seconds[name] = time.monotonic() - start
+
+
+def _stanzas(text: str) -> list[str]:
+    return [s.strip("\n") for s in re.split(r"\n\s*\n", text) if s.strip()]
+
+
+def _field(stanza: str, name: str) -> str:
+    found = re.search(rf"^{name}: (.*)$", stanza, re.M)
+    return found.group(1).strip() if found else ""
+
+
+def _merge_usr(root: Path) -> None:
+    """A .deb's /lib, /bin ... moved under /usr (the base's merged /usr has links there)."""
+    for name in _MERGED:
+        top = root / name
+        if top.is_dir() and not top.is_symlink():
+            target = root / "usr" / name
+            target.mkdir(parents=True, exist_ok=True)
+            run_command(["cp", "-a", f"{top}/.", str(target)], timeout=600)
+            shutil.rmtree(top)
+
+
+def _deb_layer(debs: list[Path], layer: Path, base_status: str) -> list[str]:
+    """Unpack `debs` into `layer` and write the dpkg status (the base's plus theirs);
+    return the status stanzas added."""
+    added: dict[str, str] = {}
+    info_dir = layer / "var/lib/dpkg/info"
+    info_dir.mkdir(parents=True, exist_ok=True)
+    for deb in debs:
+        paths = oci.deb_extract(deb, layer)
+        control = oci.deb_control(deb).strip("\n")
+        name, arch = _field(control, "Package"), _field(control, "Architecture")
+        key = f"{name}:{arch}" if _field(control, "Multi-Arch") == "same" else name
+        lines = control.splitlines()
+        lines.insert(1, "Status: install ok installed")
+        added[name] = "\n".join(lines)
+        (info_dir / f"{key}.list").write_text("\n".join(paths) + "\n")
+        md5 = oci.deb_md5sums(deb)
+        if md5:
+            (info_dir / f"{key}.md5sums").write_text(md5)
+    _merge_usr(layer)
+    kept = [s for s in _stanzas(base_status) if _field(s, "Package") not in added]
+    status = sorted(kept + list(added.values()), key=lambda s: _field(s, "Package"))
+    (layer / "var/lib/dpkg/status").write_text("\n\n".join(status) + "\n\n")
+    java = layer / "usr/bin/java"
+    if (layer / JAVA_HOME.lstrip("/") / "bin/java").exists() and not java.exists():
+        java.parent.mkdir(parents=True, exist_ok=True)
+        java.symlink_to(f"{JAVA_HOME}/bin/java")
+    return sorted(added.values())
+
+
+def requirements_text(locked: Mapping[str, Any]) -> str:
+    """The lock's closure as `pip install --require-hashes --no-deps -r` reads it (the
+    torchserve role's requirements.lock, less its comment)."""
+    lines = []
+    for pin in sorted(locked.get("pip") or [], key=lambda p: str(p["name"])):
+        hashes = " ".join(f"--hash=sha256:{f['sha256']}" for f in pin.get("files") or [])
+        lines.append(f"{pin['name']}=={pin['version']} {hashes}".rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def _venv_layer(rootfs: Path, layer: Path, locked: Mapping[str, Any], wheels: Path,
+                epoch: int, log_file: Path) -> None:
+    env = {"SOURCE_DATE_EPOCH": str(epoch), "PYTHONDONTWRITEBYTECODE": "1", "LC_ALL": "C.UTF-8",
+           "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+           "HOME": "/root", "PIP_NO_CACHE_DIR": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    stage = rootfs / "tmp/stacklock-wheels"
+    stage.mkdir(parents=True, exist_ok=True)
+    wanted = {f["file"] for p in locked.get("pip") or [] for f in p.get("files") or []}
+    for name in sorted(wanted):  # pip checks each against the lock's --hash
+        src = wheels / name
+        if not src.is_file():
+            raise ToolFailed(f"{src}: the lab mirror lacks a file of the lock (run: stacklock "
+                             "lab mirror)")
+        try:
+            os.link(src, stage / name)
+        except OSError:
+            shutil.copyfile(src, stage / name)
+    (rootfs / "tmp/requirements.lock").write_text(requirements_text(locked))
+    run_command(["chroot", str(rootfs), "/usr/bin/python3", "-m", "venv", VENV], env=env,
+                capture=False, log_file=log_file, timeout=600)
+    run_command(["chroot", str(rootfs), f"{VENV}/bin/python", "-m", "pip", "install",
+                 "--no-index", "--find-links", "/tmp/stacklock-wheels", "--require-hashes",
+                 "--no-deps", "-r", "/tmp/requirements.lock"], env=env, capture=False,
+                log_file=log_file, timeout=1800)
+    shutil.rmtree(stage)
+    (rootfs / "tmp/requirements.lock").unlink()
+    target = layer / VENV.lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    (rootfs / VENV.lstrip("/")).rename(target)
+    # the venv's own pip run may leave caches behind: none of them belongs in the image
+    for cache in sorted(target.rglob("__pycache__")):
+        for pyc in cache.glob("*.pyc"):
+            if pyc.read_bytes()[4:8] == b"\0\0\0\0":  # a timestamp .pyc (flags 0)
+                pyc.unlink()
+
+
+def _app_layer(layer: Path, rootfs: Path, locked: Mapping[str, Any],
+               loaded: LoadedManifest) -> None:
+    ts = locked.get("torchserve") or {}
+    text = config_text({str(k): str(v) for k, v in (ts.get("config") or {}).items()})
+    want = ts.get("config_sha256")
+    got = hashlib.sha256(text.encode()).hexdigest()
+    if want and got != want:
+        raise ToolFailed(f"TorchServe's config from the lock has sha256 {got}, the lock says "
+                         f"{want}: run `stacklock lock` again")
+    conf = layer / CONFIG_PATH.lstrip("/")
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(text)
+    conf.chmod(0o644)
+    store = layer / MODEL_STORE.lstrip("/")
+    store.mkdir(parents=True)
+    for i, model in enumerate(locked.get("models") or []):
+        src = loaded.local_file(f"models[{i}].archive", str(model["archive"]))
+        digest = sha256_file(src)
+        if digest != model["sha256"]:
+            raise InvalidInput(f"{src}: sha256 {digest}, the lock says {model['sha256']}",
+                               problems=[Problem(f"models[{i}].archive",
+                                                 "the archive is not the locked one",
+                                                 "put the locked archive back, or lock again")])
+        shutil.copyfile(src, store / str(model["file"]))
+        (store / str(model["file"])).chmod(0o644)
+    for rel in ("etc/passwd", "etc/group"):
+        base = (rootfs / rel).read_text()
+        line = (f"torchserve:x:{USER_ID}:{USER_ID}:TorchServe:{STATE_DIR}:/usr/sbin/nologin"
+                if rel == "etc/passwd" else f"torchserve:x:{USER_ID}:")
+        (layer / rel).write_text(base.rstrip("\n") + "\n" + line + "\n")
+        (layer / rel).chmod(0o644)
+    state = layer / STATE_DIR.lstrip("/")
+    for folder in (state, state / "tmp", layer / "var/log/torchserve"):
+        folder.mkdir(parents=True, exist_ok=True)
+        os.chown(folder, USER_ID, USER_ID)
+        folder.chmod(0o750)
+    for parent in (layer / "etc", layer / "etc/torchserve", layer / "var", layer / "var/lib",
+                   layer / "var/log"):
+        parent.chmod(0o755)
+
+
+def image_facts(rootfs: Path, venv: Path, app: Path, locked: Mapping[str, Any]) -> dict[str, Any]:
+    """The facts `stacklock sbom` reads from a node, read from the image's files instead:
+    `rootfs` the base with the debs, `venv` the venv's folder, `app` the app layer's."""
+    osr = dict(re.findall(r'^(\w+)="?([^"\n]*)"?$', (rootfs / "etc/os-release").read_text(), re.M))
+    packages = []
+    for stanza in _stanzas((rootfs / "var/lib/dpkg/status").read_text()):
+        if "installed" in _field(stanza, "Status"):
+            packages.append({"name": _field(stanza, "Package"),
+                             "version": _field(stanza, "Version"),
+                             "architecture": _field(stanza, "Architecture"),
+                             "status": _field(stanza, "Status")})
+    dists: dict[str, str] = {}
+    for meta in sorted(venv.glob("lib/python3*/site-packages/*.dist-info/METADATA")):
+        text = meta.read_text("utf-8", errors="replace")
+        dists[_field(text, "Name")] = _field(text, "Version")
+    cfg = dict(re.findall(r"^(\S+) = (.*)$", (venv / "pyvenv.cfg").read_text(), re.M))
+    java = next((p["version"] for p in packages if p["name"] == "openjdk-17-jre-headless"), None)
+    ts = locked.get("torchserve") or {}
+    archives = {p.name: sha256_file(p) for p in sorted((app / MODEL_STORE.lstrip("/")).glob("*"))}
+    conf = app / CONFIG_PATH.lstrip("/")
+    return {
+        "os": {"distribution": osr.get("ID"), "release": osr.get("VERSION_ID"),
+               "codename": osr.get("VERSION_CODENAME"), "pretty_name": osr.get("PRETTY_NAME"),
+               "architecture": "amd64"},
+        "os_packages": sorted(packages, key=lambda p: (p["name"], p["version"])),
+        "torchserve": {"venv": {"path": VENV, "python": cfg.get("version"),
+                                "distributions": dists},
+                       "config": {"path": CONFIG_PATH, "sha256": sha256_file(conf)},
+                       "model_store": {"path": MODEL_STORE, "archives": archives},
+                       "version": dists.get("torchserve"), "config_lock": ts.get("config_sha256")},
+        "java": {"version": java, "major": "17" if java else None, "source": "dpkg"},
+        "nvidia_driver": {},
+    }
+
+
+def _base(image: str, cache: Path) -> tuple[Path, str]:
+    """The lab image's layer tar (cached by image id) and the image id."""
+    lab_docker.ensure_daemon()
+    lab_docker.build_image(image)
+    image_id = run_command(["docker", "image", "inspect", "-f", "{{.Id}}", image],
+                           timeout=60).stdout.strip()
+    tar = cache / f"base-{image_id.split(':', 1)[-1][:16]}.tar"
+    if not tar.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        oci.docker_save_layer(image, tar)
+    return tar, image_id
+
+
+def build(loaded: LoadedManifest, lock: Mapping[str, Any], env: str, out_dir: Path, *,
+          base_image: str | None = None, base_digest: str | None = None,
+          load: bool = False) -> BuildRecord:
+    """Build ENV's serving image into `out_dir`; see the module docstring."""
+    stack = loaded.manifest.environments[env].stack
+    locked = lock["stacks"][stack]
+    project = loaded.manifest.project
+    epoch = int(source_date().timestamp())
+    created = datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    fingerprint = str(locked.get("fingerprint", ""))
+    tag = f"{project}-serving:{stack}-{fingerprint.split(':', 1)[-1][:12]}"
+    record = BuildRecord(env, stack, tag, source_date_epoch=epoch, fingerprint=fingerprint)
+    if base_image is None:
+        lab = loaded.manifest.lab
+        base_image = lab.image if lab is not None else lab_docker.LAB_IMAGE
+    record.base_image = base_image
+    cache = lab_docker.cache_dir() / "image"
+    log_file = lab_docker.cache_dir() / "logs" / f"image-{project}-{stack}.log"
+    mirror_root = lab_mirror.mirror_dir()
+    work = Path(tempfile.mkdtemp(prefix="stacklock-image-", dir="/var/tmp"))
+    try:
+        rootfs, blobs = work / "rootfs", work / "blobs"
+        with _timed(record, "base"):
+            step(f"base: the layer of {base_image} (the lab nodes' Debian rootfs)")
+            base_tar, _ = _base(base_image, cache)
+            base = oci.layer_from_tar(base_tar, blobs, comment=f"base {base_image}")
+            if base_digest and base.diff_id != base_digest:
+                raise InvalidInput(
+                    f"the base layer of {base_image} is {base.diff_id}, not {base_digest}",
+                    problems=[Problem("--base-digest", f"{base_image} has another layer",
+                                      "rebuild the lab image, or give its digest")])
+            record.base_diff_id = base.diff_id
+            oci.extract_tar(base_tar, rootfs)
+        with _timed(record, "debs"):
+            java = [f"{p['name']}={p['version']}" for p in
+                    (locked.get("apt") or {}).get("java") or []]
+            step(f"debs: {', '.join(java + list(SYSTEM_PACKAGES))} from the lab mirror")
+            debs = oci.resolve_debs(mirror_root / "apt", rootfs / "var/lib/dpkg/status",
+                                    [*java, *SYSTEM_PACKAGES], work)
+            deb_dir = work / "debs"
+            _deb_layer(debs, deb_dir, (rootfs / "var/lib/dpkg/status").read_text())
+            layer_debs = oci.write_layer(deb_dir, blobs, epoch=epoch,
+                                         comment=f"{len(debs)} .debs unpacked")
+            run_command(["cp", "-a", f"{deb_dir}/.", str(rootfs)], timeout=600)
+        with _timed(record, "venv"):
+            step(f"venv: {len(locked.get('pip') or [])} locked distributions, "
+                 "--require-hashes, from the mirror's wheelhouse")
+            venv_dir = work / "venv"
+            _venv_layer(rootfs, venv_dir, locked, mirror_root / "wheels", epoch, log_file)
+            layer_venv = oci.write_layer(venv_dir, blobs, epoch=epoch,
+                                         comment="the lock's Python closure")
+        with _timed(record, "app"):
+            step("app: TorchServe's config, the model archives (sha256 checked), the user")
+            app_dir = work / "app"
+            _app_layer(app_dir, rootfs, locked, loaded)
+            layer_app = oci.write_layer(app_dir, blobs, epoch=epoch,
+                                        comment="config, models, user")
+        with _timed(record, "layout"):
+            layers = [base, layer_debs, layer_venv, layer_app]
+            config = oci.image_config(layers, created=created, config={
+                "User": f"{USER_ID}:{USER_ID}",
+                "WorkingDir": STATE_DIR,
+                "Env": [f"PATH={VENV}/bin:/usr/local/bin:/usr/bin:/bin",
+                        f"JAVA_HOME={JAVA_HOME}", "LANG=C.UTF-8",
+                        "LOG_LOCATION=/var/log/torchserve",
+                        "METRICS_LOCATION=/var/log/torchserve",
+                        f"TEMP={STATE_DIR}/tmp", "PYTHONDONTWRITEBYTECODE=1"],
+                "Entrypoint": [f"{VENV}/bin/torchserve", "--start", "--foreground", "--ncs",
+                               "--ts-config", CONFIG_PATH, "--model-store", MODEL_STORE],
+                "Labels": {"org.opencontainers.image.created": created,
+                           "org.opencontainers.image.title": f"{project} serving ({stack})",
+                           "stacklock.project": project, "stacklock.stack": stack,
+                           "stacklock.fingerprint": fingerprint,
+                           "stacklock.base": f"{base_image}@{base.diff_id}"},
+            })
+            layout = out_dir / stack / "oci"
+            if layout.exists():
+                shutil.rmtree(layout)
+            image = oci.write_layout(layout, layers, config, ref=tag)
+        record.manifest_digest, record.config_digest = image.manifest_digest, image.config_digest
+        record.size = image.size
+        record.layers = [{"digest": la.digest, "diff_id": la.diff_id, "size": la.size,
+                          "comment": la.comment} for la in image.layers]
+        record.layout = str(layout)
+        with _timed(record, "sbom"):
+            facts = image_facts(rootfs, venv_dir / VENV.lstrip("/"), app_dir, locked)
+            bom = sbommod.node_bom(facts, locked, project=project, environment=env,
+                                   node=f"{tag}@{image.manifest_digest}", stack=stack,
+                                   timestamp=datetime.fromtimestamp(epoch, tz=UTC))
+            sbom_path = atomic_write(out_dir / f"{stack}.cdx.json", sbommod.to_json(bom))
+            record.sbom = str(sbom_path)
+        if load:
+            with _timed(record, "docker load"):
+                step(f"loading {tag} into Docker")
+                oci.docker_load(image, work, tag=tag)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    atomic_write(out_dir / f"{stack}.image.json",
+                 json.dumps(record.as_dict(), indent=2, sort_keys=True) + "\n")
+    info(f"{tag}: manifest {record.manifest_digest}, {record.size / 2**20:.0f} MiB in "
+         f"{sum(record.seconds.values()):.0f} s; layout {record.layout}, SBOM {record.sbom}")
+    return record

@@ -381,3 +381,23 @@ def test_a_flat_repository_is_read_as_nvidias_are(repo: Repo) -> None:
     assert files["files"]["/usr/bin/tiny"] == _sha(BIN)
     assert files["conffiles"] == ["/etc/tiny.conf"]
     assert files["file"] == repo.debs["tiny"].name
+
+
+def test_a_pin_read_once_is_checked_again_without_the_network(
+        repo: Repo, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the signed index named for NAME VERSION is kept (apt-pins, debfiles): the next
+    verify of the same pins needs no repository; an unknown pin still does."""
+    hv = _host(repo, monkeypatch, pins=(("tiny", "1.0-1"),))
+    first = _deb_tree(hv, "tiny")
+    assert not first.unchecked
+    monkeypatch.setattr(aptrepo, "_INDEXES", {})
+    monkeypatch.setattr(integrity, "_MEMO", {})
+
+    def offline(url: str, **_: Any) -> bytes:
+        raise aptrepo.RepoError(f"{url}: unreachable (offline in this test)")
+
+    monkeypatch.setattr(aptrepo, "_fetch", offline)
+    again = _deb_tree(hv, "tiny")
+    assert (again.unchecked, again.lines) == ("", first.lines)
+    other = _deb_tree(_host(repo, monkeypatch, pins=(("tiny-lib", "2.0-1"),)), "tiny-lib")
+    assert "offline in this test" in other.unchecked

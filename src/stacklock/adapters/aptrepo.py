@@ -14,9 +14,11 @@ the distribution's own archive, which the node already has in its sources):
 2. take `Packages.xz` / `.gz` / plain for each component, checked against the size and
    SHA256 that the signed InRelease gives (cached by that sha256 in
    ~/.cache/stacklock/apt-indexes/);
-3. find NAME / VERSION's Filename and SHA256, download the .deb into ~/.cache/stacklock/debs/
-   SHA256.deb, refuse it unless its sha256 is the index's, and read its files and conffiles
-   with stacklock.adapters.debfiles (cached by the .deb's sha256 as for the mirror's .debs).
+3. find NAME / VERSION's Filename and SHA256 (kept in ~/.cache/stacklock/apt-pins/, so that
+   a later verify of the same pins needs no network), download the .deb into
+   ~/.cache/stacklock/debs/SHA256.deb, refuse it unless its sha256 is the index's, and read
+   its files and conffiles with stacklock.adapters.debfiles (cached by the .deb's sha256 as
+   for the mirror's .debs).
 
 Which OS: `stacklock_os_distribution` / `stacklock_os_release` where the host's variables
 give them; else every OS stacklock supports (packages.yaml `codenames`) is a candidate, and
@@ -33,6 +35,7 @@ import base64
 import gzip
 import hashlib
 import http.client
+import json
 import logging
 import lzma
 import os
@@ -481,7 +484,37 @@ def role_sources(hv: Mapping[str, Any], role: str, os_id: OsId) -> list[AptSourc
     return out
 
 
+def _pins_file(src: AptSource) -> Path:
+    ident = json.dumps([src.base, src.components, sorted(src.fingerprints)])
+    return cache_root() / "apt-pins" / f"{hashlib.sha256(ident.encode()).hexdigest()}.json"
+
+
+def _remembered(src: AptSource) -> dict[str, list[str]]:
+    try:
+        data: dict[str, list[str]] = json.loads(_pins_file(src).read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data
+
+
+def _remember(src: AptSource, name: str, version: str, hit: Hit) -> None:
+    """NAME VERSION -> the .deb the signed index named, kept: a repository does not give a
+    version other bytes, so a later verify needs neither the index nor the network for it
+    (a rebuilt package would show as changed files on the node, never as a pass)."""
+    data = _remembered(src)
+    data[f"{name} {version}"] = [hit.url, hit.sha256, hit.filename]
+    path = _pins_file(src)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, sort_keys=True), "utf-8")
+    tmp.replace(path)
+
+
 def _look(sources: Sequence[AptSource], name: str, version: str) -> Hit | RepoError | None:
+    for src in sources:
+        known = _remembered(src).get(f"{name} {version}")
+        if known and len(known) == 3:
+            return Hit(*known)
     errors: list[RepoError] = []
     for src in sources:
         try:
@@ -490,6 +523,7 @@ def _look(sources: Sequence[AptSource], name: str, version: str) -> Hit | RepoEr
             errors.append(exc)
             continue
         if hit is not None:
+            _remember(src, name, version, hit)
             return hit
     return errors[0] if errors else None
 

@@ -30,6 +30,8 @@ import shutil
 import stat
 import sys
 import tarfile
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -395,6 +397,78 @@ def resolve_debs(repo: Path, status: Path, packages: Sequence[str], work: Path) 
     if missing:
         raise ToolFailed(f"apt chose packages the mirror does not hold: {', '.join(missing)}")
     return sorted((files[k] for k in wanted), key=lambda p: p.name)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def _request(method: str, url: str, *, data: bytes | Path | None = None,
+             headers: Mapping[str, str] | None = None,
+             timeout: float = 600) -> tuple[int, dict[str, str], bytes]:
+    body: Any = data
+    hdrs = dict(headers or {})
+    if isinstance(data, Path):
+        hdrs["Content-Length"] = str(data.stat().st_size)
+        body = data.open("rb")
+    req = urllib.request.Request(url, data=body, method=method, headers=hdrs)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, dict(resp.headers.items()), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers.items()), exc.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise ToolFailed(f"{method} {url}: {exc}") from None
+    finally:
+        if hasattr(body, "close"):
+            body.close()
+
+
+def push(image: Image, registry: str, repository: str, *, tag: str | None = None) -> str:
+    """Push `image` to a registry (Docker Registry HTTP API v2, no authentication: the lab's)
+    at `registry` (http://HOST:PORT), blobs it already holds skipped; return the manifest
+    digest the registry reports, checked against the layout's."""
+    base = f"{registry.rstrip('/')}/v2/{repository}"
+    blobs = image.layout / "blobs" / "sha256"
+    manifest_bytes = (blobs / image.manifest_digest.split(":", 1)[1]).read_bytes()
+    manifest = json.loads(manifest_bytes)
+    for desc in [manifest["config"], *manifest["layers"]]:
+        digest = desc["digest"]
+        status, _, _ = _request("HEAD", f"{base}/blobs/{digest}", timeout=60)
+        if status == 200:
+            continue
+        status, headers, text = _request("POST", f"{base}/blobs/uploads/", data=b"", timeout=60)
+        location = headers.get("Location", "")
+        if status != 202 or not location:
+            raise ToolFailed(f"{registry}: starting an upload answered {status}: {text[:200]!r}")
+        if location.startswith("/"):
+            location = registry.rstrip("/") + location
+        sep = "&" if "?" in location else "?"
+        status, _, text = _request(
+            "PUT", f"{location}{sep}digest={digest}", data=blobs / digest.split(":", 1)[1],
+            headers={"Content-Type": "application/octet-stream"})
+        if status != 201:
+            raise ToolFailed(f"{registry}: uploading {digest} answered {status}: {text[:200]!r}")
+    status, headers, text = _request(
+        "PUT", f"{base}/manifests/{tag or image.manifest_digest}", data=manifest_bytes,
+        headers={"Content-Type": manifest["mediaType"]}, timeout=60)
+    if status != 201:
+        raise ToolFailed(f"{registry}: putting the manifest answered {status}: {text[:300]!r}")
+    got = headers.get("Docker-Content-Digest", image.manifest_digest)
+    if got != image.manifest_digest:
+        raise ToolFailed(f"{registry} stored the manifest as {got}, not {image.manifest_digest}")
+    return got
+
+
+def fetch_manifest(registry: str, repository: str, digest: str) -> bytes:
+    """The manifest stored under `digest`, its bytes checked against the digest."""
+    status, _, body = _request(
+        "GET", f"{registry.rstrip('/')}/v2/{repository}/manifests/{digest}",
+        headers={"Accept": MEDIA_MANIFEST}, timeout=60)
+    if status != 200:
+        raise ToolFailed(f"{registry}: {repository}@{digest} answered {status}")
+    if "sha256:" + hashlib.sha256(body).hexdigest() != digest:
+        raise ToolFailed(f"{registry}: {repository}@{digest} holds other bytes")
+    return body
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,3 +50,24 @@ def image_build(c: Ctx, env: str, out_dir: Path | None, base_image: str | None,
                              base_digest=base_digest, load=load)
     if fmt == "json":
         emit_json(record.as_dict())
+
+
+@image.command("push")
+@click.argument("env")
+@click.option("--registry", required=True, metavar="http://HOST:PORT",
+              help="The registry (the lab's: scripts/lab-registry.sh start ADDR PORT DIR).")
+@click.option("--repository", default=None, help="[default: <project>/serving]")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where `image build` wrote the image [default: <output_dir>/.stacklock/images].")
+@pass_ctx
+def image_push(c: Ctx, env: str, registry: str, repository: str | None,
+               out_dir: Path | None) -> None:
+    """Push ENV's built image to a registry and print what nodes pull: REGISTRY/REPO@DIGEST
+    (the manifest read back by digest; exit 0, 2 nothing built, 3 the registry failed)."""
+    from stacklock.flows import image as imageflow
+
+    target = targets(c, [env])[0]
+    loaded = c.loaded()
+    where = out_dir or loaded.output_root / ".stacklock" / "images"
+    repo, digest = imageflow.push_image(loaded, target.name, where, registry, repository)
+    click.echo(f"{registry.split('://', 1)[-1].rstrip('/')}/{repo}@{digest}")

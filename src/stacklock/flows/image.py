@@ -390,3 +390,25 @@ def build(loaded: LoadedManifest, lock: Mapping[str, Any], env: str, out_dir: Pa
     info(f"{tag}: manifest {record.manifest_digest}, {record.size / 2**20:.0f} MiB in "
          f"{sum(record.seconds.values()):.0f} s; layout {record.layout}, SBOM {record.sbom}")
     return record
+
+
+def push_image(loaded: LoadedManifest, env: str, out_dir: Path, registry: str,
+               repository: str | None = None) -> tuple[str, str]:
+    """Push the image `build` wrote for ENV's stack to `registry` (http://HOST:PORT);
+    return (repository, manifest digest): what a node pulls, `REGISTRY/REPOSITORY@DIGEST`."""
+    stack = loaded.manifest.environments[env].stack
+    layout = out_dir / stack / "oci"
+    if not (layout / "index.json").is_file():
+        raise InvalidInput(f"{layout}: no image built for {env}",
+                           problems=[Problem("image", f"no OCI layout in {layout}",
+                                             f"run: stacklock image build {env}")])
+    image = oci.read_layout(layout)
+    repository = repository or f"{loaded.manifest.project}/serving"
+    start = time.monotonic()
+    step(f"pushing {image.ref} to {registry}/{repository}")
+    digest = oci.push(image, registry, repository, tag=stack)
+    oci.fetch_manifest(registry, repository, digest)
+    host = registry.split("://", 1)[-1].rstrip("/")
+    info(f"{host}/{repository}@{digest} ({image.size / 2**20:.0f} MiB, "
+         f"{time.monotonic() - start:.1f} s)")
+    return repository, digest

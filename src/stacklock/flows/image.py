@@ -18,7 +18,8 @@ layers, each a folder written as a tar with every mtime at `SOURCE_DATE_EPOCH`:
    checked-hash .pyc files (SOURCE_DATE_EPOCH set: no source mtime in them);
 4. app: the TorchServe config (the lock's bytes, checked against its sha256), the model
    archives (each checked against the lock's sha256), the non-root user `torchserve`
-   (uid/gid 10001) and its state folder.
+   (uid/gid 10001) and its folders: TorchServe works in /run/torchserve and logs to
+   /var/log/torchserve, which the runner mounts as tmpfs (the root stays read-only).
 
 The result is an OCI image layout in OUT/STACK/oci (`oci:` in skopeo's terms), its SBOM
 OUT/STACK.cdx.json (stacklock.core.sbom, as `stacklock sbom` writes a node's), and the
@@ -55,7 +56,10 @@ from stacklock.flows.sbom import source_date
 
 IMAGE_SCHEMA = "stacklock.image/v1"
 VENV = "/opt/torchserve/venv"
-STATE_DIR = "/var/lib/torchserve"
+#: TorchServe's working folder (key_file.json, temp files): a tmpfs the runner mounts, owned
+#: by the image's user (the root filesystem is read-only)
+STATE_DIR = "/run/torchserve"
+LOG_DIR = "/var/log/torchserve"
 MODEL_STORE = "/var/lib/torchserve/model-store"
 CONFIG_PATH = "/etc/torchserve/config.properties"
 JAVA_HOME = "/usr/lib/jvm/java-17-openjdk-amd64"
@@ -230,13 +234,12 @@ def _app_layer(layer: Path, rootfs: Path, locked: Mapping[str, Any],
                 if rel == "etc/passwd" else f"torchserve:x:{USER_ID}:")
         (layer / rel).write_text(base.rstrip("\n") + "\n" + line + "\n")
         (layer / rel).chmod(0o644)
-    state = layer / STATE_DIR.lstrip("/")
-    for folder in (state, state / "tmp", layer / "var/log/torchserve"):
+    for folder in (layer / STATE_DIR.lstrip("/"), layer / LOG_DIR.lstrip("/")):
         folder.mkdir(parents=True, exist_ok=True)
         os.chown(folder, USER_ID, USER_ID)
         folder.chmod(0o750)
     for parent in (layer / "etc", layer / "etc/torchserve", layer / "var", layer / "var/lib",
-                   layer / "var/log"):
+                   layer / "var/log", layer / "var/lib/torchserve", store, layer / "run"):
         parent.chmod(0o755)
 
 
@@ -352,9 +355,9 @@ def build(loaded: LoadedManifest, lock: Mapping[str, Any], env: str, out_dir: Pa
                 "WorkingDir": STATE_DIR,
                 "Env": [f"PATH={VENV}/bin:/usr/local/bin:/usr/bin:/bin",
                         f"JAVA_HOME={JAVA_HOME}", "LANG=C.UTF-8",
-                        "LOG_LOCATION=/var/log/torchserve",
-                        "METRICS_LOCATION=/var/log/torchserve",
-                        f"TEMP={STATE_DIR}/tmp", "PYTHONDONTWRITEBYTECODE=1"],
+                        f"LOG_LOCATION={LOG_DIR}", f"METRICS_LOCATION={LOG_DIR}",
+                        f"TEMP={STATE_DIR}", f"HOME={STATE_DIR}",
+                        "PYTHONDONTWRITEBYTECODE=1"],
                 "Entrypoint": [f"{VENV}/bin/torchserve", "--start", "--foreground", "--ncs",
                                "--ts-config", CONFIG_PATH, "--model-store", MODEL_STORE],
                 "Labels": {"org.opencontainers.image.created": created,

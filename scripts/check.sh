@@ -9,7 +9,7 @@ start=$(date +%s)
 scripts/static.sh
 echo "==> pytest tests/unit -m 'not slow' (make test runs the slow ones too)"
 set +e
-pytest -p no:cacheprovider -q --durations=10 -n 2 --dist loadgroup --no-loadscope-reorder \
+pytest -p no:cacheprovider -q --durations=10 -n 2 --dist loadscope --no-loadscope-reorder \
   -m "not slow" tests/unit "$@"
 rc=$?
 set -e

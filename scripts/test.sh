@@ -14,7 +14,7 @@ LANES=${LANES:-2}
 echo "==> pytest ($LANES lanes)"
 set +e
 if [ "$LANES" -gt 1 ]; then
-  pytest -p no:cacheprovider --durations=10 -n "$LANES" --dist loadgroup --no-loadscope-reorder "$@"
+  pytest -p no:cacheprovider --durations=10 -n "$LANES" --dist loadscope --no-loadscope-reorder "$@"
 else
   pytest -p no:cacheprovider --durations=10 "$@"
 fi

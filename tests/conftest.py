@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -91,17 +92,27 @@ def _module(item: pytest.Item) -> str:
     return item.nodeid.split("::", 1)[0]
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The longest modules first; with pytest-xdist, every module is one unit of work (a lane
-    runs a module's tests in file order, as its module-scoped lab needs), and the modules of
-    the shared node are one."""
+def lane_unit(nodeid: str) -> str:
+    """The unit of work a lane takes whole: the test's module, or the shared node's modules."""
+    module = nodeid.split("::", 1)[0]
+    return "shared-node" if module in SHARED_NODE else module
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With pytest-xdist (`make test`, `make check`), a lane takes one unit (`lane_unit`) at a
+    time and runs its tests in file order, as a module-scoped lab needs; units go out in
+    collection order (run with --no-loadscope-reorder)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleLanes(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return lane_unit(nodeid)
+
+    return ModuleLanes(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest modules first (each module's tests stay in file order)."""
     rank = {module: i for i, module in enumerate(LONGEST_FIRST)}
     order = {id(item): i for i, item in enumerate(items)}
     items.sort(key=lambda item: (rank.get(_module(item), len(rank)), order[id(item)]))
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        module = _module(item)
-        item.add_marker(pytest.mark.xdist_group("shared-node" if module in SHARED_NODE
-                                                else module))

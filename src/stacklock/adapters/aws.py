@@ -544,3 +544,289 @@ def s3_write_if(region: str, bucket: str, key: str, body: bytes, etag: str | Non
                  absent_codes=CONFLICT_CODES, Bucket=bucket, Key=key, Body=body,
                  ContentType="application/x-ndjson", **cond)
     return None if resp is None else str(resp.get("ETag", ""))
+
+
+# --------------------------------------------------------------------------- load balancer
+#
+# An AWS environment with an endpoint has one Application Load Balancer whose target group
+# (terraform/modules/gpu_node_aws/endpoint.tf, `aws_lb_target_group.endpoint`) holds every
+# node. A rollout takes each batch out of it before the batch is configured (TorchServe and
+# nginx restart, a driver change may reboot the node) and puts back only the nodes that
+# configured, verified and then passed the load balancer's own health check.
+#
+# What ELB reports (DescribeTargetHealth, AWS documentation "Health checks for Application Load
+# Balancer target groups"): a registered target is `initial` (registering, first checks),
+# `healthy`, `unhealthy`, `unused` (e.g. a stopped instance) or `unavailable`; a deregistered
+# one is `draining` for up to the group's deregistration delay (in-flight requests finish),
+# then it is no longer listed (asked for by id: `unused`, reason Target.NotRegistered).
+
+#: seconds added to the deregistration delay before a drain counts as stuck
+DRAIN_MARGIN_S = 30
+#: seconds added to the time the health check needs (interval x (healthy threshold + 1) +
+#: timeout) before a registered node counts as not healthy
+HEALTHY_MARGIN_S = 60
+#: seconds between two DescribeTargetHealth calls while waiting
+LB_POLL_S = 5.0
+
+
+def elbv2_client(region: str) -> Any:
+    """An Elastic Load Balancing v2 client for `region`."""
+    return _client("elbv2", region)
+
+
+@dataclass(frozen=True)
+class TargetHealth:
+    """One registered target as DescribeTargetHealth reports it."""
+
+    target_id: str
+    port: int | None
+    state: str
+    reason: str = ""
+    description: str = ""
+
+    @property
+    def out(self) -> bool:
+        """Takes no client traffic any more: deregistration done (`unused` with
+        Target.NotRegistered; not listed at all is handled by the caller)."""
+        return self.state == "unused" and self.reason == "Target.NotRegistered"
+
+    def describe(self) -> str:
+        """'unhealthy (Target.ResponseCodeMismatch: Health checks failed ...)'."""
+        why = ": ".join(x for x in (self.reason, self.description) if x)
+        return f"{self.state} ({why})" if why else self.state
+
+
+@dataclass(frozen=True)
+class LbTiming:
+    """How long the target group's own settings make a drain and a registration take."""
+
+    deregistration_delay: int
+    health_interval: int
+    health_timeout: int
+    healthy_threshold: int
+
+    @property
+    def drain_bound(self) -> float:
+        return float(self.deregistration_delay + DRAIN_MARGIN_S)
+
+    @property
+    def healthy_bound(self) -> float:
+        return float(self.health_interval * (self.healthy_threshold + 1) + self.health_timeout
+                     + HEALTHY_MARGIN_S)
+
+
+def target_group_timing(region: str, arn: str) -> LbTiming:
+    """The target group's deregistration delay and health check settings."""
+    client = elbv2_client(region)
+    groups = _call(region, "elasticloadbalancing:DescribeTargetGroups",
+                   client.describe_target_groups, TargetGroupArns=[arn],
+                   absent_codes=("TargetGroupNotFound", "ValidationError")) or {}
+    found = groups.get("TargetGroups") or []
+    if not found:
+        raise ToolFailed(f"AWS: the inventory's target group {arn} does not exist in {region} "
+                         "(fix: run stacklock apply for the environment: it writes the target "
+                         "group of its load balancer into the inventory)")
+    tg = found[0]
+    attrs = _call(region, "elasticloadbalancing:DescribeTargetGroupAttributes",
+                  client.describe_target_group_attributes, TargetGroupArn=arn)
+    values = {str(a.get("Key")): str(a.get("Value")) for a in attrs.get("Attributes") or []}
+    delay = values.get("deregistration_delay.timeout_seconds", "300")
+    return LbTiming(
+        deregistration_delay=int(delay) if delay.isdigit() else 300,
+        health_interval=int(tg.get("HealthCheckIntervalSeconds") or 30),
+        health_timeout=int(tg.get("HealthCheckTimeoutSeconds") or 5),
+        healthy_threshold=int(tg.get("HealthyThresholdCount") or 5),
+    )
+
+
+def target_health(region: str, arn: str) -> dict[str, TargetHealth]:
+    """Every target registered in the group (draining ones too), by id."""
+    client = elbv2_client(region)
+    resp = _call(region, "elasticloadbalancing:DescribeTargetHealth",
+                 client.describe_target_health, TargetGroupArn=arn)
+    out: dict[str, TargetHealth] = {}
+    for d in resp.get("TargetHealthDescriptions") or []:
+        target = d.get("Target") or {}
+        health = d.get("TargetHealth") or {}
+        port = target.get("Port")
+        tid = str(target.get("Id", ""))
+        out[tid] = TargetHealth(tid, int(port) if port is not None else None,
+                                str(health.get("State", "")), str(health.get("Reason") or ""),
+                                str(health.get("Description") or ""))
+    return out
+
+
+def _targets(ids: Iterable[str], ports: Mapping[str, int | None]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for i in ids:
+        port = ports.get(i)
+        out.append({"Id": i} if port is None else {"Id": i, "Port": port})
+    return out
+
+
+def deregister(region: str, arn: str, ids: Iterable[str],
+               ports: Mapping[str, int | None] | None = None) -> None:
+    """Take targets out of the group (ELB drains them for the deregistration delay)."""
+    targets = _targets(ids, ports or {})
+    if targets:
+        client = elbv2_client(region)
+        _call(region, "elasticloadbalancing:DeregisterTargets", client.deregister_targets,
+              TargetGroupArn=arn, Targets=targets)
+
+
+def register(region: str, arn: str, ids: Iterable[str],
+             ports: Mapping[str, int | None] | None = None) -> None:
+    """Put targets (back) into the group."""
+    targets = _targets(ids, ports or {})
+    if targets:
+        client = elbv2_client(region)
+        _call(region, "elasticloadbalancing:RegisterTargets", client.register_targets,
+              TargetGroupArn=arn, Targets=targets)
+
+
+def _wait(done: Callable[[], bool], bound: float, *, poll: float,
+          clock: Callable[[], float], sleep: Callable[[float], None]) -> bool:
+    """Poll `done` until it holds (True) or `bound` seconds have passed (False)."""
+    deadline = clock() + bound
+    while True:
+        if done():
+            return True
+        left = deadline - clock()
+        if left <= 0:
+            return False
+        sleep(min(poll, left))
+
+
+def wait_drained(region: str, arn: str, ids: Iterable[str], bound: float, *,
+                 poll: float = LB_POLL_S, clock: Callable[[], float] | None = None,
+                 sleep: Callable[[float], None] | None = None) -> dict[str, TargetHealth]:
+    """Wait until none of `ids` takes traffic (not listed, or `unused` Target.NotRegistered);
+    the ones still listed after `bound` seconds (empty: all drained)."""
+    import time
+
+    wanted = list(ids)
+    left: dict[str, TargetHealth] = {}
+    if not wanted:
+        return {}
+
+    def done() -> bool:
+        health = target_health(region, arn)
+        left.clear()
+        left.update({i: health[i] for i in wanted if i in health and not health[i].out})
+        return not left
+
+    _wait(done, bound, poll=poll, clock=clock or time.monotonic, sleep=sleep or time.sleep)
+    return dict(left)
+
+
+def wait_healthy(region: str, arn: str, ids: Iterable[str], bound: float, *,
+                 poll: float = LB_POLL_S, clock: Callable[[], float] | None = None,
+                 sleep: Callable[[float], None] | None = None) -> dict[str, TargetHealth]:
+    """Wait until every one of `ids` is `healthy`; the others after `bound` seconds with their
+    last state (a target no longer listed: state `unregistered`)."""
+    import time
+
+    wanted = list(ids)
+    left: dict[str, TargetHealth] = {}
+    if not wanted:
+        return {}
+
+    def done() -> bool:
+        health = target_health(region, arn)
+        left.clear()
+        for i in wanted:
+            h = health.get(i) or TargetHealth(i, None, "unregistered", "",
+                                              "not in the target group")
+            if h.state != "healthy":
+                left[i] = h
+        return not left
+
+    _wait(done, bound, poll=poll, clock=clock or time.monotonic, sleep=sleep or time.sleep)
+    return dict(left)
+
+
+def out_of_service(
+    region: str,
+    arn: str,
+    instances: Mapping[str, str],
+    action: Callable[[], Mapping[str, str]],
+    *,
+    progress: Callable[[str], None] | None = None,
+    timing: LbTiming | None = None,
+    poll: float = LB_POLL_S,
+    clock: Callable[[], float] | None = None,
+    sleep: Callable[[float], None] | None = None,
+) -> dict[str, str]:
+    """Run `action` on nodes taken out of the load balancer, then put back the ones it did not
+    fail. `instances`: node -> instance id; `action`: the batch's work, returning the nodes it
+    failed (node -> why). The result: every failed node (the action's, and those that did not
+    become healthy within the bound, with their state and reason); each stays out of the
+    target group. Nodes that were not registered before (left out by an earlier rollout) are
+    registered once the action passes them.
+
+    A drain that does not finish within the deregistration delay plus DRAIN_MARGIN_S puts the
+    batch back and raises ToolFailed (the action never ran). When the action raises, the
+    batch stays out of the load balancer (it may be half configured) and the error goes on.
+    """
+    say = progress or (lambda _line: None)
+    ids = dict(instances)
+    timing = timing or target_group_timing(region, arn)
+    before = target_health(region, arn)
+    ports = {i: h.port for i, h in before.items()}
+    listed = [n for n, i in ids.items() if i in before and not before[i].out]
+    already = [n for n in ids if n not in listed]
+    short = arn.rsplit(":", 1)[-1]
+    say(f"drain {', '.join(listed) or 'nothing'} from the load balancer ({short}; "
+        f"deregistration delay {timing.deregistration_delay} s, waiting up to "
+        f"{timing.drain_bound:.0f} s)" + (f"; already out: {', '.join(already)}"
+                                          if already else ""))
+    try:
+        deregister(region, arn, [ids[n] for n in listed], ports)
+    except AwsError as exc:
+        raise ToolFailed(f"{exc.message}; the batch was not configured (fix: give the "
+                         "credentials elasticloadbalancing:DeregisterTargets and "
+                         "RegisterTargets on the target group, then run the rollout "
+                         "again)") from None
+    stuck = wait_drained(region, arn, [ids[n] for n in listed], timing.drain_bound, poll=poll,
+                         clock=clock, sleep=sleep)
+    if stuck:
+        names = [n for n in listed if ids[n] in stuck]
+        register(region, arn, [ids[n] for n in listed], ports)
+        raise ToolFailed(
+            "the load balancer did not drain " + ", ".join(
+                f"{n} ({ids[n]}: {stuck[ids[n]].describe()})" for n in names)
+            + f" within {timing.drain_bound:.0f} s; the batch was not configured and is back "
+            f"in target group {arn} (fix: look at the target group's health in the EC2 "
+            "console or with `aws elbv2 describe-target-health`, then run the rollout again)")
+    try:
+        bad = dict(action())
+    except BaseException:
+        say(f"{', '.join(ids)} stay out of the load balancer: the batch did not finish")
+        raise
+    good = [n for n in ids if n not in bad]
+    for n in ids:
+        if n in bad:
+            bad[n] = f"{bad[n]}; kept out of the load balancer"
+    back: list[str] = []
+    for n in good:  # one by one: a refused node (e.g. stopped) must not keep the others out
+        try:
+            register(region, arn, [ids[n]], ports)
+        except AwsError as exc:
+            bad[n] = f"not registered in the load balancer again: {exc.message}"
+            continue
+        back.append(n)
+    if back:
+        say(f"register {', '.join(back)} in the load balancer again (waiting up to "
+            f"{timing.healthy_bound:.0f} s for healthy)")
+    sick = wait_healthy(region, arn, [ids[n] for n in back], timing.healthy_bound, poll=poll,
+                        clock=clock, sleep=sleep)
+    out_again = [n for n in back if ids[n] in sick]
+    for n in out_again:
+        bad[n] = (f"not healthy in the load balancer after {timing.healthy_bound:.0f} s: "
+                  f"{sick[ids[n]].describe()}; taken out again")
+    if out_again:
+        deregister(region, arn, [ids[n] for n in out_again], ports)
+    if back:
+        say(f"in the load balancer and healthy: {', '.join(n for n in back if n not in bad)}"
+            if len(out_again) < len(back) else "no node of the batch became healthy")
+    return {n: bad[n] for n in ids if n in bad}

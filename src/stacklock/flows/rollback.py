@@ -8,7 +8,9 @@ of the manifest must lock to exactly that text: ENV is then made to name that st
 one-scalar manifest edit as `promote`), the files are rendered, and the environment is rolled
 out batch by batch (`stacklock rollout`: pinned packages downgraded and held again, the
 TorchServe venv of that pin set switched back side by side, model archives restored, TorchServe
-restarted), then verified. Nodes without a GPU skip the driver reload (said so).
+restarted), then verified. Nodes without a GPU skip the driver reload (said so). On AWS with a
+load balancer, each batch is out of its target group while it is configured, as in a rollout
+(the same `run_rollout`), and a node that fails stays out.
 
 Exit codes: 0 rolled back and verified; 1 the rollout or verify failed; 2 no such verified
 revision, or no stack of the manifest is that revision (the message says what to restore).

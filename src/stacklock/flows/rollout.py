@@ -12,6 +12,14 @@ each node (batch, attempted or not, updated, failed, untouched or already curren
 `stacklock.core.rollout.NodeOutcome`: shown as a table, or in the `stacklock.rollout/v1`
 envelope that `--format json` prints (`emit`).
 
+On AWS, an environment with an endpoint has a load balancer (its target group's ARN and each
+node's instance id are in the inventory, written by `stacklock apply`): each batch is drained
+from it before it is configured, and only the nodes that configured, verified and passed the
+load balancer's health check are registered again (`stacklock.adapters.aws.out_of_service`); a
+failed node stays out of it, and its row says so. Nodes already at the revision that are out
+of the load balancer (left out by an earlier rollout) are registered again first. Lab and
+static environments have no load balancer of stacklock's.
+
 Exit codes: 0 rolled out and verified; 1 halted (a batch failed) or the final verify found a
 deviation; 3 could not finish.
 """
@@ -22,17 +30,20 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from rich.table import Table
 
 from stacklock.console import emit_json, err, info, out, step
+from stacklock.core import inventory as inventorymod
 from stacklock.core import ledger as core
 from stacklock.core import promotion
 from stacklock.core import report as reportmod
 from stacklock.core import rollout as plan
+from stacklock.core.manifest import AwsEnvironment
 from stacklock.core.parity import ParityReport, Status
-from stacklock.errors import ExitCode, ToolFailed
+from stacklock.errors import ExitCode, InvalidInput, Problem, ToolFailed
 from stacklock.flows import gate as gateflow
 from stacklock.flows import ledger as ledgerflow
 from stacklock.flows import verify as verifyflow
@@ -86,6 +97,71 @@ def verify_batch(run: Run, target: Target, batch: list[str], n: int | str) -> Pa
     return reportmod.from_dict(json.loads(path.read_text("utf-8")))
 
 
+def load_balancer(target: Target) -> inventorymod.LoadBalancerTargets | None:
+    """The target group a rollout takes each batch out of, from the inventory; None when the
+    environment has none (lab, static, AWS without an endpoint). Exit 2 when an AWS
+    environment with an endpoint has an inventory without it, or a node without its instance
+    id (written before `stacklock apply` recorded them): rolling out then would restart nodes
+    the load balancer still sends clients to."""
+    hosts_file = target.inventory() / "hosts.yml"
+    lb = (inventorymod.load_balancer_targets(target.name, hosts_file.read_text("utf-8"))
+          if hosts_file.is_file() else None)
+    spec = target.spec
+    if lb is None:
+        if isinstance(spec, AwsEnvironment) and spec.endpoint is not None:
+            raise InvalidInput(
+                f"{hosts_file} names no target group of the load balancer", problems=[Problem(
+                    f"environments.{target.name}.endpoint",
+                    "the environment has a load balancer, but the inventory does not say "
+                    f"which target group ({inventorymod.TARGET_GROUP_VAR}): the rollout could "
+                    "not take a batch out of it before configuring it",
+                    f"run: stacklock apply {target.name} (writes the target group's ARN and "
+                    "each node's instance id into the inventory)")])
+        return None
+    missing = [h for h in target.hosts() if h not in lb.instance_ids]
+    if missing:
+        raise InvalidInput(
+            f"{hosts_file}: no instance id for {', '.join(missing)}", problems=[Problem(
+                f"environments.{target.name}", f"the inventory has no "
+                f"{inventorymod.INSTANCE_ID_VAR} for {', '.join(missing)}: the rollout could "
+                "not take them out of the load balancer",
+                f"run: stacklock apply {target.name}")])
+    return lb
+
+
+def _lb_region(target: Target, lb: inventorymod.LoadBalancerTargets) -> str:
+    spec = target.spec
+    return lb.region or (spec.region if isinstance(spec, AwsEnvironment) else "")
+
+
+def _progress(prefix: str, line: str) -> None:
+    info(f"  {prefix}: {line}")
+
+
+def return_current(target: Target, lb: inventorymod.LoadBalancerTargets,
+                   current: list[str], nodes: dict[str, plan.NodeOutcome]) -> int:
+    """Nodes already at the revision (not configured) that are out of the load balancer, left
+    out by an earlier rollout: registered again, each a failed node when it does not become
+    healthy (`nodes` updated). The number of failed nodes."""
+    from stacklock.adapters import aws
+
+    region = _lb_region(target, lb)
+    health = aws.target_health(region, lb.target_group_arn)
+    out_of_lb = [h for h in current if lb.instance_ids[h] not in health
+                 or health[lb.instance_ids[h]].out]
+    if not out_of_lb:
+        return 0
+    step(f"{target.name}: {', '.join(out_of_lb)} at the revision but out of the load "
+         "balancer: register again")
+    bad = aws.out_of_service(region, lb.target_group_arn,
+                             {h: lb.instance_ids[h] for h in out_of_lb}, lambda: {},
+                             progress=partial(_progress, target.name))
+    for h, why in bad.items():
+        nodes[h] = replace(nodes[h], attempted=True, result=plan.FAILED, revision=None,
+                           detail=why)
+    return len(bad)
+
+
 def previous_revision(records: list[dict[str, Any]], env: str, new_fp: str,
                       project: str) -> str | None:
     older = [e for e in core.evidence(records, project) if e.environment == env
@@ -107,6 +183,33 @@ def what_changes(records: list[dict[str, Any]], old_fp: str | None,
     return [head, *(f"  {x}" for x in lines)] if lines else [f"{head} none in the lock"]
 
 
+def configure_and_verify(run: Run, target: Target, batch: list[str], n: int, label: str,
+                         gate: Any) -> dict[str, str]:
+    """One batch: `site.yml --limit` the batch, then the verify play on it; the nodes that
+    failed (node -> why)."""
+    from stacklock.adapters import ansible
+
+    env = target.name
+    step(f"{env} {label}: configure {', '.join(batch)}")
+    recap = ansible.run_playbook(
+        "site.yml", [target.inventory()],
+        log_file=run.log_file(f"site-{env}-batch{n}.log"),
+        # one batch at a time: a driver change may reboot these nodes (nvidia_driver role)
+        extra_vars={"nvidia_driver_reboot": True, **gateflow.play_vars(gate)},
+        extra_args=["--limit", ",".join(batch)], ok_codes=(0, 2, 4))
+    bad: dict[str, str] = {}
+    for h in batch:
+        r = recap.get(h) or {}
+        if not r or r.get("failed") or r.get("unreachable"):
+            bad[h] = ("configure failed" if r else "not in the play recap") + \
+                f"; see {run.log_file(f'site-{env}-batch{n}.log')}"
+    step(f"{env} {label}: verify {', '.join(batch)}")
+    report = verify_batch(run, target, batch, n)
+    for h, why in failed_nodes(report, batch).items():
+        bad.setdefault(h, why)
+    return bad
+
+
 @dataclass
 class Outcomes:
     """The rollouts one command runs, in order (a rollout, then its auto-rollback), and how
@@ -126,8 +229,6 @@ def run_rollout(run: Run, target: Target, *, on_halt: OnHalt | None = None,
     promotion gate (`stacklock.flows.gate`, exit 1) unless `override` (a reason, recorded).
     `kind`: what the rollout is for (`stacklock.core.rollout.KINDS`); `outcomes`: where its
     result goes (default: the node table on stdout)."""
-    from stacklock.adapters import ansible
-
     outcomes = outcomes if outcomes is not None else Outcomes()
     env = target.name
     started = time.monotonic()
@@ -141,6 +242,7 @@ def run_rollout(run: Run, target: Target, *, on_halt: OnHalt | None = None,
                           records=records)
     old_fp = previous_revision(records, env, new_fp, project)
     hosts = target.hosts()
+    lb = load_balancer(target)  # before anything changes: exit 2 when it cannot be used
     pol = policy_of(run, target)
     nodes: dict[str, plan.NodeOutcome] = {
         h: plan.NodeOutcome(h, None, False, plan.UNTOUCHED, old_fp) for h in hosts}
@@ -167,26 +269,28 @@ def run_rollout(run: Run, target: Target, *, on_halt: OnHalt | None = None,
     halted = False
     if batches:
         gateflow.record_overrides(run, gate)
+    if lb is not None:
+        failures = return_current(target, lb, [h for h in hosts if h not in pre], nodes)
+        if failures > pol.max_failures:
+            halted = True
+            info(f"  halted: {failures} failed node(s) > max_failures {pol.max_failures}; "
+                 f"{len(batches)} batch(es) untouched")
     for n, batch in enumerate(batches, start=1):
+        if halted:
+            break
         label = plan.batch_label(n, pol)
         t0 = time.monotonic()
-        step(f"{env} {label} ({n}/{len(batches)}): configure {', '.join(batch)}")
-        recap = ansible.run_playbook(
-            "site.yml", [target.inventory()],
-            log_file=run.log_file(f"site-{env}-batch{n}.log"),
-            # one batch at a time: a driver change may reboot these nodes (nvidia_driver role)
-            extra_vars={"nvidia_driver_reboot": True, **gateflow.play_vars(gate)},
-            extra_args=["--limit", ",".join(batch)], ok_codes=(0, 2, 4))
-        bad: dict[str, str] = {}
-        for h in batch:
-            r = recap.get(h) or {}
-            if not r or r.get("failed") or r.get("unreachable"):
-                bad[h] = ("configure failed" if r else "not in the play recap") + \
-                    f"; see {run.log_file(f'site-{env}-batch{n}.log')}"
-        step(f"{env} {label}: verify {', '.join(batch)}")
-        report = verify_batch(run, target, batch, n)
-        for h, why in failed_nodes(report, batch).items():
-            bad.setdefault(h, why)
+        step(f"{env} {label} ({n}/{len(batches)}): {', '.join(batch)}")
+        work = partial(configure_and_verify, run, target, batch, n, label, gate)
+        if lb is None:
+            bad = work()
+        else:
+            from stacklock.adapters import aws
+
+            bad = aws.out_of_service(
+                _lb_region(target, lb), lb.target_group_arn,
+                {h: lb.instance_ids[h] for h in batch}, work,
+                progress=partial(_progress, f"{env} {label}"))
         for h in batch:
             nodes[h] = replace(nodes[h], attempted=True, **(
                 {"result": plan.FAILED, "revision": None, "detail": bad[h]} if h in bad

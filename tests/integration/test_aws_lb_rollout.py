@@ -191,7 +191,7 @@ def test_a_node_that_does_not_become_healthy_fails_within_the_bound(lb_env: Env)
                                 lambda: {}, progress=progress, timing=TIMING,
                                 clock=lambda: now[0], sleep=sleep, poll=5)
     assert list(failed) == ["prod-1"]
-    assert "not healthy in the load balancer after 110 s" in failed["prod-1"]
+    assert "not healthy in the load balancer after 230 s" in failed["prod-1"]
     assert "unused (Target.InvalidState: Target is in the stopped state)" in failed["prod-1"]
     assert "taken out again" in failed["prod-1"]
     # bounded: it waited the bound (health check timing + margin), in polls, and no longer

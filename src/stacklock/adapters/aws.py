@@ -563,8 +563,9 @@ def s3_write_if(region: str, bucket: str, key: str, body: bytes, etag: str | Non
 #: seconds added to the deregistration delay before a drain counts as stuck
 DRAIN_MARGIN_S = 30
 #: seconds added to the time the health check needs (interval x (healthy threshold + 1) +
-#: timeout) before a registered node counts as not healthy
-HEALTHY_MARGIN_S = 60
+#: timeout) before a registered node counts as not healthy; generous, since AWS takes a while
+#: to register a target (`initial`, Elb.RegistrationInProgress) before its first check
+HEALTHY_MARGIN_S = 180
 #: seconds between two DescribeTargetHealth calls while waiting
 LB_POLL_S = 5.0
 
@@ -776,10 +777,13 @@ def out_of_service(
     listed = [n for n, i in ids.items() if i in before and not before[i].out]
     already = [n for n in ids if n not in listed]
     short = arn.rsplit(":", 1)[-1]
-    say(f"drain {', '.join(listed) or 'nothing'} from the load balancer ({short}; "
-        f"deregistration delay {timing.deregistration_delay} s, waiting up to "
-        f"{timing.drain_bound:.0f} s)" + (f"; already out: {', '.join(already)}"
-                                          if already else ""))
+    if listed:
+        say(f"drain {', '.join(listed)} from the load balancer ({short}; deregistration delay "
+            f"{timing.deregistration_delay} s, waiting up to {timing.drain_bound:.0f} s)"
+            + (f"; already out: {', '.join(already)}" if already else ""))
+    else:
+        say(f"nothing to drain from the load balancer ({short}); already out: "
+            f"{', '.join(already)}")
     try:
         deregister(region, arn, [ids[n] for n in listed], ports)
     except AwsError as exc:

@@ -151,7 +151,7 @@ def test_unhealthy_after_register_fails_with_state_and_reason(monkeypatch: pytes
     elb = FakeElb(clock, ["i-1", "i-2"], draining_for(0), after_register)
     got, _ = _run(monkeypatch, clock, elb, {"n1": "i-1", "n2": "i-2"}, dict)
     assert list(got) == ["n1"]
-    assert got["n1"] == ("not healthy in the load balancer after 110 s: unhealthy "
+    assert got["n1"] == ("not healthy in the load balancer after 230 s: unhealthy "
                          "(Target.ResponseCodeMismatch: Target.ResponseCodeMismatch says so); "
                          "taken out again")
     assert clock() == TIMING.healthy_bound  # bounded: it waited no longer

@@ -176,3 +176,23 @@ def test_described_states() -> None:
     assert aws.TargetHealth("i-1", None, "healthy").describe() == "healthy"
     assert TIMING.drain_bound == 60 + aws.DRAIN_MARGIN_S
     assert TIMING.healthy_bound == 15 * 3 + 5 + aws.HEALTHY_MARGIN_S
+
+
+def test_a_refused_deregistration_stops_before_the_batch(monkeypatch: pytest.MonkeyPatch,
+                                                         clock: Clock) -> None:
+    from botocore.exceptions import ClientError
+
+    elb = FakeElb(clock, ["i-1"], draining_for(0), healthy_after(0))
+
+    def refuse(TargetGroupArn: str, Targets: list[dict[str, Any]]) -> None:
+        raise ClientError({"Error": {"Code": "ValidationError", "Message": "no such target"}},
+                          "DeregisterTargets")
+
+    monkeypatch.setattr(elb, "deregister_targets", refuse)
+    ran: list[str] = []
+    with pytest.raises(ToolFailed) as info:
+        _run(monkeypatch, clock, elb, {"n1": "i-1"}, lambda: _note(ran, "x"))
+    assert ran == []
+    msg = info.value.message
+    assert "DeregisterTargets" in msg and "ValidationError: no such target" in msg
+    assert "the batch was not configured" in msg and "fix:" in msg

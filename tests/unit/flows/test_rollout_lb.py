@@ -219,3 +219,17 @@ def test_an_aws_endpoint_without_the_target_group_in_the_inventory_is_refused(
     assert "stacklock apply prod" in problem.hint
     assert world.configured == [] and world.elb.calls == []
 
+
+
+def test_a_node_without_its_instance_id_is_refused(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    world = World(tmp_path, monkeypatch)
+    outputs: dict[str, Any] = {"hosts": {h: {"address": "203.0.113.9", "instance_id": IDS[h]}
+                                         for h in HOSTS if h != "prod-3"},
+                               "endpoint_target_group_arn": ARN}
+    outputs["hosts"]["prod-3"] = {"address": "203.0.113.3"}
+    (tmp_path / "hosts.yml").write_text(hosts_yaml("prod", "aws", outputs, None))
+    with pytest.raises(InvalidInput) as info:
+        world.rollout()
+    assert "no instance id for prod-3" in info.value.message
+    assert world.configured == [] and world.elb.calls == []

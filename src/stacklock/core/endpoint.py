@@ -169,7 +169,7 @@ def findings(expected: Mapping[str, str | None], facts: Mapping[str, Any]) -> li
         return []
     section = facts.get("endpoint_client")
     if not isinstance(section, Mapping):
-        return [Finding(c, None, None, "could-not-look", _NOT_RUN)
+        return [Finding(c, None, None, "could-not-look", _cannot(_NOT_RUN))
                 for c in CERTIFICATE_COMPONENTS]
     components = [str(c) for c in section.get("components") or CERTIFICATE_COMPONENTS]
     if section.get("refused"):  # the node answered: nothing listens there
@@ -177,17 +177,26 @@ def findings(expected: Mapping[str, str | None], facts: Mapping[str, Any]) -> li
                         f"{section.get('url')}: the endpoint does not answer clients")
                 for c in components]
     if section.get("error"):  # could not look: a timeout, no route, a failed handshake
-        return [Finding(c, None, None, "could-not-look", str(section["error"]))
+        return [Finding(c, None, None, "could-not-look", _cannot(str(section["error"])))
                 for c in components]
     out = []
     for entry in section.get("checks") or []:
         if isinstance(entry, Mapping):
             status = str(entry.get("status"))
+            detail = str(entry.get("detail") or "")
+            if status not in ("match", "deviation"):
+                status, detail = "could-not-look", _cannot(detail)
             out.append(Finding(str(entry.get("component")), _opt(entry.get("expected")),
-                               _opt(entry.get("actual")),
-                               status if status in ("match", "deviation") else "could-not-look",
-                               str(entry.get("detail") or "")))
+                               _opt(entry.get("actual")), status, detail))
     return out
+
+
+#: how every value that could not be read says so (the facts collectors' prefix)
+CANNOT_LOOK = "could not look: "
+
+
+def _cannot(detail: str) -> str:
+    return detail if detail.startswith(CANNOT_LOOK) else CANNOT_LOOK + detail
 
 
 def _opt(value: Any) -> str | None:

@@ -249,6 +249,9 @@ def test_a_closed_port_is_a_deviation_a_timeout_could_not_look(lab: Path) -> Non
     assert report.exit_code == ExitCode.FAILED
     assert {c.component for c in report.unverified} >= {"endpoint.certificate.chain",
                                                         "endpoint.smoke.tiny-linear"}
+    # said as every value that could not be read says it (the lab e2e's timeout test reads it)
+    assert all(c.detail.startswith("could not look: ") and "timed out" in c.detail
+               for c in report.unverified), [c.detail for c in report.unverified]
 
 
 def test_no_client_check_for_an_environment_with_an_endpoint_could_not_look() -> None:

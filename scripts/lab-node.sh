@@ -24,6 +24,17 @@
 # a retried create is safe; `destroy` succeeds when the node is already gone.
 # Environment: DOCKER (docker client, default `docker`), LAB_NODE_SSH_WAIT (seconds to wait
 # for sshd, default 90).
+#
+# Nodes can run containers of their own (docker run inside a node; docs/containers.md says
+# why each of these is needed and what was tried): CAP_SYS_ADMIN and seccomp=unconfined for
+# systemd and for runc's mounts and namespaces; CAP_NET_ADMIN for dockerd to set up a nested
+# container's network namespace (its loopback), even with --network none or host; a cgroup
+# namespace of the node's own, whose cgroup v1 hierarchies the host remounts read-write in
+# the node's mount namespace (the node then writes only under its own cgroup, where nested
+# containers land, instead of seeing the host's whole hierarchy); and a volume
+# <NAME>-docker on /var/lib/docker, so the nested dockerd stores images with overlay2 on
+# the host's file system (overlay on the node's own overlay root is refused; vfs copies a
+# whole image per container). No --privileged, no devices, no extra network.
 set -euo pipefail
 
 DOCKER=${DOCKER:-docker}
@@ -83,6 +94,9 @@ remove_node() { # NAME NODE_ADDR
     if "$DOCKER" container inspect "$name" >/dev/null 2>&1; then
         "$DOCKER" rm -f "$name" >/dev/null
     fi
+    if "$DOCKER" volume inspect "${name}-docker" >/dev/null 2>&1; then
+        "$DOCKER" volume rm -f "${name}-docker" >/dev/null # the node's nested image store
+    fi
     if ip link show "$hif" >/dev/null 2>&1; then
         ip link del "$hif"
     fi
@@ -99,6 +113,19 @@ wait_for_sshd() { # ADDR
         sleep 1
     done
     return 1
+}
+
+own_cgroups() { # NAME: the node's cgroup v1 hierarchies read-write, in its mount namespace
+    # Docker mounts them read-only in a container; with --cgroupns private each shows only
+    # the node's own cgroup (the namespace's root), so read-write lets the node's dockerd
+    # create its containers' cgroups under the node's and nowhere else.
+    local name=$1 pid dir
+    pid=$("$DOCKER" inspect -f '{{.State.Pid}}' "$name")
+    [[ $pid =~ ^[1-9][0-9]*$ ]] || die "$name: container is not running (pid '$pid'); see: docker logs $name"
+    for dir in $(awk '$3 == "cgroup" {print $2}' "/proc/${pid}/mounts"); do
+        nsenter -t "$pid" -m mount -o remount,bind,rw "$dir" ||
+            die "$name: could not make $dir read-write in the node"
+    done
 }
 
 wire_node() { # NAME NODE_ADDR HOST_ADDR MIRROR_ADDR: the node's veth pair and routes
@@ -146,10 +173,13 @@ cmd_create() {
     remove_node "$name" "$node_addr"
 
     say "$name: starting container from $image"
+    "$DOCKER" volume create --label "stacklock.lab-node=$name" "${name}-docker" >/dev/null
     "$DOCKER" run -d --network none --name "$name" --hostname "$name" \
-        --cap-add SYS_ADMIN --security-opt seccomp=unconfined \
-        --tmpfs /run --tmpfs /run/lock -v /sys/fs/cgroup:/sys/fs/cgroup:ro \
+        --cap-add SYS_ADMIN --cap-add NET_ADMIN --security-opt seccomp=unconfined \
+        --cgroupns private --tmpfs /run --tmpfs /run/lock \
+        --mount "type=volume,src=${name}-docker,dst=/var/lib/docker" \
         "${labels[@]}" "$image" /lib/systemd/systemd >/dev/null
+    own_cgroups "$name"
     wire_node "$name" "$node_addr" "$host_addr" "$mirror"
 
     printf '%s\n' "$pubkey" | "$DOCKER" exec -i "$name" sh -c \
@@ -169,6 +199,7 @@ cmd_wire() { # a node that restarted (docker restart, the host rebooted) has a n
     check_ipv4 "$2" NODE_ADDR
     check_ipv4 "$3" HOST_ADDR
     check_ipv4 "$4" MIRROR_ADDR
+    own_cgroups "$1"
     wire_node "$@"
     wait_for_sshd "$2" || die "$1: sshd did not answer on ${2}:22 within ${SSH_WAIT}s"
     say "$1: wired again (ssh root@${2})"

@@ -248,6 +248,63 @@ def test_torchserve_answers_with_the_pinned_model(lab: Path, provisioned: dict[s
     assert code in (400, 401, 403)
 
 
+def test_a_client_in_the_lab_network_gets_predictions_over_tls_from_every_node(
+        lab: Path, provisioned: dict[str, Any]) -> None:
+    """A client in the lab network, not on any node (the host, over each node's veth), calls
+    every node's endpoint as the manifest gives it: TLS on its port, verified against the lab
+    CA for the node's address, the environment's client token; the locked answer, 401 without
+    the token, 400 over plain HTTP."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    import yaml
+
+    data = yaml.safe_load(lab.read_text())
+    out = lab.parent / data["output_dir"]
+    state = out / ".stacklock" / "endpoint"
+    ctx = ssl.create_default_context(cafile=str(state / "ca" / "ca.pem"))
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                         urllib.request.HTTPSHandler(context=ctx))
+
+    def post(url: str, token: str | None) -> tuple[int, bytes]:
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        req = urllib.request.Request(url, data=b'{"inputs": [1, 2, 3]}', headers=headers)
+        try:
+            with opener.open(req, timeout=30) as resp:
+                return int(resp.status), bytes(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    seen = []
+    for env in ENVS:
+        port = data["environments"][env]["endpoint"]["port"]
+        model = data["stacks"][data["environments"][env]["stack"]]["models"][0]
+        token = (state / env / "tokens").read_text().split()[-1]
+        hosts = yaml.safe_load((out / "inventories" / env / "hosts.yml").read_text())
+        for name, host in hosts["all"]["children"][env]["hosts"].items():
+            url = f"https://{host['ansible_host']}:{port}/predictions/{model['name']}"
+            started = time.monotonic()
+            status, body = post(url, token)
+            took = time.monotonic() - started
+            assert status == 200, (env, name, status, body[:200])
+            assert json.loads(body) == model["smoke"]["expected"], (env, name)
+            assert post(url, None)[0] == 401, (env, name)
+            plain = urllib.request.Request(url.replace("https://", "http://"), data=b"{}",
+                                           headers={"Authorization": f"Bearer {token}"})
+            try:
+                urllib.request.build_opener(urllib.request.ProxyHandler({})).open(plain,
+                                                                                  timeout=10)
+                raise AssertionError(f"{env}/{name}: plain HTTP was answered")
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 400, (env, name)
+            seen.append(f"{env}/{name} {took * 1000:.0f} ms")
+    print("TLS predictions:", ", ".join(seen))
+    assert len(seen) == 4, seen  # dev, staging, prod (two nodes)
+
+
 def test_standalone_playbook_reaches_the_same_verdict(
     lab: Path, provisioned: dict[str, Any]
 ) -> None:
@@ -551,21 +608,31 @@ def test_transitive_dependency_and_hand_installed_distribution_are_caught(
     assert verify_json(lab)[0] == 0
 
 
-def test_a_tampered_wheel_in_the_mirror_is_refused(lab: Path, provisioned: dict[str, Any]) -> None:
+def test_a_tampered_wheel_in_the_mirror_is_refused(lab: Path, provisioned: dict[str, Any],
+                                                  tmp_path: Path) -> None:
+    """This lab's mirror address serves a copy of the mirror with one wheel tampered with: the
+    shared mirror is never touched, since other test lanes install from it meanwhile."""
     from stacklock.adapters import mirror
 
-    wheel = next((mirror.mirror_dir() / "wheels").glob("filelock-*.whl"))
-    saved = wheel.read_bytes()
+    root = tmp_path / "mirror"  # hard links: the one tampered file is a new file of its own
+    subprocess.run(["cp", "-al", str(mirror.mirror_dir()), str(root)], check=True)
+    wheel = next((root / "wheels").glob("filelock-*.whl"))
+    tampered = wheel.read_bytes() + b"tampered"
+    wheel.unlink()
+    wheel.write_bytes(tampered)
+    assert next((mirror.mirror_dir() / "wheels").glob("filelock-*.whl")).read_bytes() != tampered
+    mirror.stop_server(host=f"{NETWORK}.0.1", port=8700)  # one left running by an earlier run
+    server = mirror.start_server(f"{NETWORK}.0.1", 8700, root)
+    assert server.started
     on_node("dev", f"{VENV}/bin/python -m pip uninstall -q -y filelock")
     try:
-        wheel.write_bytes(saved + b"tampered")
         res = sl(lab, "configure", "dev", timeout=1200)
         assert res.returncode == 3, res.stderr[-3000:]
         log = "".join(p.read_text(errors="replace")
                       for p in (lab.parent / "lab" / ".stacklock" / "runs").rglob("site.log"))
         assert "DO NOT MATCH THE HASHES" in log or "do not match the hashes" in log.lower()
     finally:
-        wheel.write_bytes(saved)
+        mirror.stop_server(server)
     res = sl(lab, "configure", "dev", timeout=1200)
     assert res.returncode == 0, res.stderr[-3000:]
     assert verify_json(lab)[0] == 0

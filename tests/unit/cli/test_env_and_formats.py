@@ -21,7 +21,8 @@ GOLDEN = ROOT / "tests" / "golden" / "static-lab"
 #: every command with an ENV argument (test_the_list_is_complete keeps it so), and
 #: `audit history [ENV]` (the audit command's first argument)
 ENV_COMMANDS = ["plan", "apply", "destroy", "provision", "configure", "trust", "verify", "sbom",
-                "diff", "audit", "schedule", "promote", "rollout", "rollback"]
+                "diff", "audit", "schedule", "promote", "rollout", "rollback", "image build",
+                "image push"]
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -56,7 +57,8 @@ def test_the_list_is_complete() -> None:
 
 @pytest.mark.parametrize("command", [*ENV_COMMANDS, "audit history"])
 def test_a_misspelt_environment_names_the_closest(case: Path, command: str) -> None:
-    r = run("-m", str(case), *command.split(), "lbb")
+    required = {"image push": ["--registry", "http://127.0.0.1:9"]}  # required options
+    r = run("-m", str(case), *command.split(), *required.get(command, []), "lbb")
     assert r.returncode == 2 and r.stdout == ""
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert lines == ["ERROR ENV: 'lbb' is not an environment of the manifest (fix: did you "

@@ -246,7 +246,11 @@ def test_no_promotion_order_leaves_verify_unchanged(tmp_path: Path) -> None:
     assert flow.with_revision_checks(load_manifest(path), report, []) is report
 
 
-def test_status_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from stacklock.console import out
+
+    monkeypatch.setattr(out, "width", 250)  # one line per row, whatever $COLUMNS says
     path = _case(tmp_path)
     loaded = load_manifest(path)
     rows = promotion.status(["dev", "staging", "prod"], promoteflow.revisions(loaded), [], NOW,

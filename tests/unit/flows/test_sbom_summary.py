@@ -73,6 +73,9 @@ def test_sbom_summary_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
 def test_sbom_summary_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                             capsys: pytest.CaptureFixture[str]) -> None:
+    from stacklock.console import out
+
+    monkeypatch.setattr(out, "width", 250)  # one line per row, whatever $COLUMNS says
     fake = Fake(monkeypatch, {"dev": {"dev-1": with_inventory("lab-node.json")}})
     assert flow.run_sbom(fake.run, fake.targets, tmp_path) == ExitCode.OK
     assert fake.quiet == [False]

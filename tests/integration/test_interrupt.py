@@ -6,7 +6,8 @@ installs the pinned packages and again while pip builds the serving venv. Each t
 must let the child stop gracefully, exit 130 without a traceback and say what to run next;
 the next run must reach a clean state: no orphan container, a plan with no changes, a clean
 `verify`, every pinned package held, and a venv that is never a half-built one. The tests run
-in file order (each one continues from the state the previous one left).
+in file order (each one continues from the state the previous one left). Before the recovery, a
+configure from a mirror with a tampered wheel is refused by pip on the node.
 
 The last four need no lab (a static environment and a fake `terraform`): a hangup (SIGHUP,
 sent, or the controlling terminal going away) stops the run's child before the run ends and
@@ -179,6 +180,36 @@ def test_configure_interrupted_during_the_pip_install(lab: Path) -> None:
     current = on_node("readlink /opt/torchserve/venv").stdout.strip()
     if current:
         assert on_node(f"test -f {current}/.stacklock-complete").returncode == 0, left.stdout
+
+
+def test_a_tampered_wheel_in_the_mirror_is_refused(lab: Path, tmp_path: Path) -> None:
+    """The venv left half built needs the closure again: this lab's mirror address serves a
+    copy of the mirror with one wheel tampered with, and pip on the node refuses it (exit 3).
+    The shared mirror is never touched: other test lanes install from it meanwhile."""
+    from stacklock.adapters import mirror
+
+    root = tmp_path / "mirror"  # hard links: the one tampered file is a new file of its own
+    subprocess.run(["cp", "-al", str(mirror.mirror_dir()), str(root)], check=True)
+    wheel = next((root / "wheels").glob("filelock-*.whl"))
+    tampered = wheel.read_bytes() + b"tampered"
+    wheel.unlink()
+    wheel.write_bytes(tampered)
+    assert next((mirror.mirror_dir() / "wheels").glob("filelock-*.whl")).read_bytes() != tampered
+    mirror.stop_server(host=f"{NETWORK}.0.1", port=8700)  # one left running by an earlier run
+    server = mirror.start_server(f"{NETWORK}.0.1", 8700, root)
+    assert server.started
+    try:
+        res = sl(lab, "configure", "dev")
+        assert res.returncode == 3, res.stderr[-3000:]
+        log = "".join(p.read_text(errors="replace")
+                      for p in (lab.parent / "lab" / ".stacklock" / "runs").rglob("site.log"))
+        assert "DO NOT MATCH THE HASHES" in log or "do not match the hashes" in log.lower()
+    finally:
+        mirror.stop_server(server)
+    # the service's venv path still never leads to a venv that is not complete
+    current = on_node("readlink /opt/torchserve/venv").stdout.strip()
+    if current:
+        assert on_node(f"test -f {current}/.stacklock-complete").returncode == 0
 
 
 def test_the_next_configure_recovers_to_a_clean_verify(lab: Path) -> None:

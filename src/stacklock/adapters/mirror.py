@@ -101,7 +101,9 @@ def mirror_dir() -> Path:
 # --------------------------------------------------------------------------- apt part
 
 
-def _apt_options(state: Path, status_file: Path) -> list[str]:
+def apt_options(state: Path, status_file: Path) -> list[str]:
+    """apt-get options for an offline resolution against a private state folder `state`
+    (sources.list and preferences in it) and the dpkg status `status_file`."""
     return [
         "-o", f"Dir::Etc::SourceList={state / 'sources.list'}",
         "-o", "Dir::Etc::SourceParts=/nonexistent",
@@ -151,7 +153,7 @@ def download_debs(dest: Path, packages: Sequence[str] = APT_PACKAGES) -> list[Pa
     (state / "sources.list").write_text("\n".join(lines) + "\n")
     (state / "preferences").write_text("")
     status = _image_status(state)
-    opts = _apt_options(state, status)
+    opts = apt_options(state, status)
     logf = lab_docker.cache_dir() / "logs" / "mirror-apt.log"
     stamp = state / "lists" / ".updated"
     if not stamp.exists() or time.time() - stamp.stat().st_mtime > 86400:

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from stacklock.adapters import mirror
 from stacklock.adapters.proc import run_command
 from stacklock.errors import ToolFailed
 
@@ -362,20 +363,7 @@ def resolve_debs(repo: Path, status: Path, packages: Sequence[str], work: Path) 
         (state / sub).mkdir(parents=True, exist_ok=True)
     (state / "sources.list").write_text(f"deb [trusted=yes] file:{repo.resolve()} ./\n")
     (state / "preferences").write_text("")
-    opts = [
-        "-o", f"Dir::Etc::SourceList={state / 'sources.list'}",
-        "-o", "Dir::Etc::SourceParts=/nonexistent",
-        "-o", f"Dir::Etc::Preferences={state / 'preferences'}",
-        "-o", "Dir::Etc::PreferencesParts=/nonexistent",
-        "-o", f"Dir::State={state / 'state'}",
-        "-o", f"Dir::State::Lists={state / 'lists'}",
-        "-o", f"Dir::State::status={status}",
-        "-o", f"Dir::Cache={state / 'cache'}",
-        "-o", f"Dir::Cache::archives={state / 'archives'}",
-        "-o", "Debug::NoLocking=1",
-        "-o", "APT::Install-Recommends=false",
-        "-o", "APT::Architecture=amd64",
-    ]  # fmt: skip
+    opts = mirror.apt_options(state, status)
     run_command(["apt-get", *opts, "update"], timeout=300)
     res = run_command(["apt-get", *opts, "-s", "install", *packages],
                       env={"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"}, timeout=300)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from stacklock.cli.base import Ctx, pass_ctx
 from stacklock.cli.revisions import ledger
 from stacklock.console import info, out
 from stacklock.errors import ExitCode, InvalidInput, Problem
+
+if TYPE_CHECKING:
+    from stacklock.core.signing import PublicKey
 
 
 @ledger.group("key")
@@ -56,14 +61,8 @@ def key_pub(kms_key: str | None, name: str | None) -> None:
     if name is not None and kms_key is None:
         raise InvalidInput("--name goes with --kms only", problems=[Problem(
             "--name", "without --kms", "a key file's signer name is its file's stem")])
-    if kms_key is not None:
-        pub = keys.kms_writer(kms_key, _valid(name), "--kms").public
-    else:
-        k = keys.load_key()
-        if k is None:
-            raise InvalidInput(f"no signing key at {keys.key_path()}", problems=[Problem(
-                keys.KEY_ENV, "no key", "stacklock ledger key new")])
-        pub = k.public
+    pub = (keys.kms_writer(kms_key, _valid(name), "--kms").public if kms_key is not None
+           else _own_public())
     out.print(pub.line(), markup=False, highlight=False)
     raise SystemExit(int(ExitCode.OK))
 
@@ -96,11 +95,7 @@ def key_trust(c: Ctx, line: str | None, kms_key: str | None, name: str | None) -
             raise InvalidInput(f"--public: {exc}", problems=[Problem(
                 "--public", str(exc), "stacklock ledger key pub prints the line")]) from None
     else:
-        k = keys.load_key()
-        if k is None:
-            raise InvalidInput(f"no signing key at {keys.key_path()}", problems=[Problem(
-                keys.KEY_ENV, "no key", "stacklock ledger key new")])
-        pub = k.public
+        pub = _own_public()
     added = keys.add_trusted(loaded, pub)
     where = keys.signers_file(loaded)
     info(f"{where}: {pub.name} ({pub.key_id}) " + ("added: commit it through review" if added
@@ -141,3 +136,14 @@ def key_list(c: Ctx) -> None:
         info(f"your key {mine.name} ({mine.key_id}) is not trusted here: stacklock ledger key "
              "trust")
     raise SystemExit(int(ExitCode.OK))
+
+
+def _own_public() -> PublicKey:
+    """This writer's public key (its key file), or exit 2 naming `ledger key new`."""
+    from stacklock.flows import keys
+
+    k = keys.load_key()
+    if k is None:
+        raise InvalidInput(f"no signing key at {keys.key_path()}", problems=[Problem(
+            keys.KEY_ENV, "no key", "stacklock ledger key new")])
+    return k.public

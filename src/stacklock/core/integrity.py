@@ -326,6 +326,13 @@ def _tree_findings(tree: str, want: str, got: Mapping[str, Any] | None,
                "that holds the mirror)" if ref is None else "the node sent no lines")
         return [Finding(comp, want, actual, "deviation", why)]
     exp, notes = _split(ref[0]), ref[1]
+    label = f"{'package' if kind == 'dpkg' else 'wheel' if kind == 'record' else 'role'}"
+    if kind != "paths" and len(lines) == 1 and str(lines[0]).endswith("\tnot installed"):
+        # the whole package or distribution is absent: one fact, not one per locked file (a
+        # bare node would otherwise report every file of torch; the version check names it too)
+        return [Finding(comp, want, "not installed", "deviation",
+                        f"{klass}.missing: {label} {owner} is not installed "
+                        f"({len(exp):,} locked file(s) absent)")]
     act = _split(lines)
     out: list[Finding] = []
     for path in sorted(set(exp) | set(act)):
@@ -333,7 +340,6 @@ def _tree_findings(tree: str, want: str, got: Mapping[str, Any] | None,
         if e == a:
             continue
         note = f" ({notes[path]})" if path in notes else ""
-        label = f"{'package' if kind == 'dpkg' else 'wheel' if kind == 'record' else 'role'}"
         if e is None:
             out.append(Finding(f"{FILE}{path}", "absent", _show(a or ""), "deviation",
                                f"file.unowned: the node's own list for {label} {owner} names "

@@ -91,3 +91,20 @@ def test_a_host_without_a_rendered_stack_has_no_files_class() -> None:
 
     assert flow.files_option({"stacklock_os_release": "12"}) == []
     assert flow.files_option({"stacklock_fingerprint": ""}) == []
+
+
+def test_a_package_not_installed_is_one_deviation_not_one_per_file(store: Path) -> None:
+    """A bare node (nothing installed) gets one finding per tree: the cost of the comparison
+    and the report's length do not grow with the package's file count."""
+    many = {f"/usr/lib/x/{i}.so": SHA_A for i in range(500)}
+    trees = [integrity.deb_tree("libx", many)]
+    integrity.store(trees)
+    exp = parity.expected_from_vars({"stacklock_files": integrity.option(trees, [])})
+    lines = ["libx\tnot installed"]
+    rep = parity.compare({"dev": exp}, {"dev": {"n1": _facts(
+        {"deb:libx": {"hash": integrity.tree_hash(lines), "lines": lines}}, [])}})
+    assert rep.exit_code == 1
+    assert [c.component for c in rep.deviations] == ["files.deb:libx"]
+    only = rep.deviations[0]
+    assert only.actual == "not installed"
+    assert "package.file.missing" in only.detail and "500 locked file(s) absent" in only.detail

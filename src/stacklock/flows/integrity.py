@@ -6,7 +6,6 @@ option. Used by `verify --fast` (stacklock.flows.fastverify) and by the verify p
 
 from __future__ import annotations
 
-import json
 import logging
 import posixpath
 from collections.abc import Mapping
@@ -14,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stacklock.adapters import ansible_template, aptrepo, debfiles, wheelrecord
+from stacklock.adapters import ansible_template, aptrepo, debfiles, runmemo, wheelrecord
 from stacklock.core import integrity
+from stacklock.core.hostvars import SECRET_PREFIXES, SECRET_VARS, VAR_PREFIXES, host_vars, memo_key
 from stacklock.core.integrity import RoleFile, Tree
 from stacklock.core.lock import sha256_file
 
@@ -35,16 +35,6 @@ _APT_ROLES = (
 #: host's variables and their vars/main.yml over them, as in the play
 ROLES = ("stacklock_integrity", "nvidia_driver", "cuda", "nvidia_container_toolkit", "docker",
          "torchserve", "serving_endpoint", "stacklock_packages")
-
-#: the host variables the roles read (those the verify play's reference task passes on)
-VAR_PREFIXES = ("torchserve_", "stacklock_", "nvidia_", "cuda_", "docker_", "serving_endpoint_")
-
-#: run-time credentials (extra vars of configure): no file hashed here depends on them, and
-#: they are never kept (not in a memo key, not in the variables the templates see)
-SECRET_VARS = ("stacklock_apt_auth", "stacklock_pip_auth")
-#: ... and the serving endpoint's secrets in the secret store (endpoint.tls.secret,
-#: endpoint.tokens.secret: the schema makes their names start with this)
-SECRET_PREFIXES = ("stacklock_endpoint_",)
 
 #: the virtualization facts of a lab node (a Docker container with systemd as PID 1)
 LAB_FACTS = {"virtualization_role": "guest", "virtualization_type": "docker"}
@@ -109,14 +99,6 @@ class Source:
             task["item"] = self.item
         return ansible_template.variables(host, ROLES, task=task,
                                           node={"ansible_facts": {}, **self.node})
-
-
-def host_vars(hv: Mapping[str, Any]) -> dict[str, Any]:
-    """The host's variables the roles read (what the verify play's reference task passes), less
-    the run-time credentials and the files option itself."""
-    return {k: v for k, v in hv.items()
-            if k.startswith(VAR_PREFIXES) and k not in SECRET_VARS
-            and not k.startswith(SECRET_PREFIXES) and k != "stacklock_files"}
 
 
 def _docker_node(host: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -355,7 +337,7 @@ def files_option(hv: Mapping[str, Any]) -> list[dict[str, Any]]:
         return []
     # every variable a role file, a tree or a managed directory may depend on: the host's
     # variables the roles read (the roles' defaults and templates are the same for every host)
-    memo = json.dumps(host_vars(hv), sort_keys=True, default=str)
+    memo = memo_key(hv)
     if memo not in _MEMO:
         built = trees(hv)
         integrity.store(built)
@@ -363,6 +345,34 @@ def files_option(hv: Mapping[str, Any]) -> list[dict[str, Any]]:
     return _MEMO[memo]
 
 
-__all__ = ["LAB_FACTS", "MANAGED_UNITS", "ROLES", "SECRET_VARS", "SYSTEM_DIRS", "VAR_PREFIXES",
-           "Source", "files_option", "host_vars", "managed_dirs", "role_file_sources",
-           "role_files", "trees"]
+def files_option_for_run(hv: Mapping[str, Any], scope: str,
+                         root: Path | None = None) -> list[dict[str, Any]]:
+    """`files_option`, built once per distinct variables for one run of many processes
+    (stacklock.adapters.runmemo): Ansible runs the reference action in a worker forked per
+    host, where the in-process memo is lost, so 200 hosts of one environment would build the
+    same trees 200 times. `scope` names the run (`runmemo.process_scope`)."""
+    if not hv.get("stacklock_fingerprint"):
+        return []
+    built: list[dict[str, Any]] = runmemo.once(
+        root or integrity.default_store().parent / "runs", scope, memo_key(hv),
+        lambda: files_option(hv))
+    return built
+
+
+__all__ = [
+    "LAB_FACTS",
+    "MANAGED_UNITS",
+    "ROLES",
+    "SECRET_PREFIXES",
+    "SECRET_VARS",
+    "SYSTEM_DIRS",
+    "VAR_PREFIXES",
+    "Source",
+    "files_option",
+    "files_option_for_run",
+    "host_vars",
+    "managed_dirs",
+    "role_file_sources",
+    "role_files",
+    "trees",
+]

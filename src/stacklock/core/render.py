@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from jinja2 import Environment, StrictUndefined
 
-from stacklock.core import gate
+from stacklock.core import gate, serving
 from stacklock.core.files import atomic_write
 from stacklock.core.lock import FAMILY_ORDER, config_text, package_data
 from stacklock.core.manifest import (
@@ -298,6 +298,10 @@ def group_vars(
         "stacklock_provider": env.provider,
         "stacklock_stack": env.stack,
         "stacklock_fingerprint": locked["fingerprint"],
+        # the OS the stack is locked for: verify compares every node's /etc/os-release with it,
+        # and the files class reads that OS's official package indexes (adapters/aptrepo)
+        "stacklock_os_distribution": locked["os"]["distribution"],
+        "stacklock_os_release": locked["os"]["release"],
         # what site.yml's gate play needs (stacklock.core.gate, action plugin stacklock_gate)
         "stacklock_gate": gate.vars_for(loaded, env_name, locked["fingerprint"], inventory_dir),
         "stacklock_apt_official": src.apt == "official",
@@ -353,6 +357,8 @@ def group_vars(
         "torchserve_models": models,
         # the inference endpoint clients call (environments.ENV.endpoint; none: nothing here)
         **endpoint_vars(loaded, env_name, locked, inventory_dir),
+        # serving.runtime: container (the serving_container role; host mode: nothing here)
+        **serving.container_vars(env_name, env.stack, locked, gpu=env.gpu),
     }
 
 

@@ -63,11 +63,14 @@ def image_build(c: Ctx, env: str, out_dir: Path | None, base_image: str | None,
 def image_push(c: Ctx, env: str, registry: str, repository: str | None,
                out_dir: Path | None) -> None:
     """Push ENV's built image to a registry and print what nodes pull: REGISTRY/REPO@DIGEST
-    (the manifest read back by digest; exit 0, 2 nothing built, 3 the registry failed)."""
+    (the manifest read back by digest). For a stack with serving.runtime: container, the image
+    must be built from the current lock, and the push records it in the lock
+    (stacks.STACK.image: registry, repository, digests, user), which `render` reads (exit 0,
+    2 nothing built or built from another lock, 3 the registry failed)."""
     from stacklock.flows import image as imageflow
 
     target = targets(c, [env])[0]
     loaded = c.loaded()
     where = out_dir or loaded.output_root / ".stacklock" / "images"
-    repo, digest = imageflow.push_image(loaded, target.name, where, registry, repository)
+    repo, digest, _ = imageflow.push_and_record(loaded, target.name, where, registry, repository)
     click.echo(f"{registry.split('://', 1)[-1].rstrip('/')}/{repo}@{digest}")

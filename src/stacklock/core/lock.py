@@ -424,9 +424,16 @@ def canonical_json(data: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+#: keys of a locked stack outside its fingerprint: what is resolved from the fingerprinted
+#: stack afterwards (the AMI ids per region; the serving image, whose config carries the
+#: fingerprint as its label `stacklock.fingerprint`, so it cannot be inside it)
+UNFINGERPRINTED = ("fingerprint", "ami", "image")
+
+
 def fingerprint_of(locked_stack: dict[str, Any]) -> str:
-    """sha256 of the canonical stack, without the fingerprint itself and per-region AMI ids."""
-    body = {k: v for k, v in locked_stack.items() if k not in ("fingerprint", "ami")}
+    """sha256 of the canonical stack, without the fingerprint itself, the per-region AMI ids
+    and the serving image (UNFINGERPRINTED)."""
+    body = {k: v for k, v in locked_stack.items() if k not in UNFINGERPRINTED}
     return "sha256:" + hashlib.sha256(canonical_json(body).encode()).hexdigest()
 
 
@@ -781,6 +788,9 @@ def lock_stack(loaded: LoadedManifest, name: str, amis: dict[str, str] | None,
     locked["torchserve"]["config_sha256"] = hashlib.sha256(
         config_text(locked["torchserve"]["config"]).encode()
     ).hexdigest()
+    if stack.serving.runtime != "host":
+        # host mode adds nothing: the fingerprints of host-mode stacks stay as they were
+        locked["serving"] = {"runtime": stack.serving.runtime}
     if stack.ami is not None:
         locked["ami_owner"] = stack.ami.owner
         locked["ami_name"] = stack.ami.name
@@ -810,13 +820,43 @@ def example_reason(lock: dict[str, Any] | None) -> str | None:
     return str(value) if value else None
 
 
+#: the keys of a locked stack's `image` (written by `stacklock image push`, flows/image.py)
+IMAGE_KEYS = ("config_digest", "digest", "fingerprint", "reference", "registry",
+              "registry_url", "repository", "user")
+
+
+def serving_runtime(locked_stack: dict[str, Any]) -> str:
+    """host or container: how a locked stack serves (host when the lock says nothing)."""
+    return str((locked_stack.get("serving") or {}).get("runtime") or "host")
+
+
+def images_from_lock(lock: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """stack -> the serving image an existing lock records for it (`image push` wrote it)."""
+    return {name: dict(old["image"]) for name, old in ((lock or {}).get("stacks") or {}).items()
+            if isinstance(old, dict) and isinstance(old.get("image"), dict)}
+
+
+def _keep_images(stacks: dict[str, dict[str, Any]], images: dict[str, dict[str, Any]]) -> None:
+    """Carry a recorded image over to a container-mode stack whose fingerprint is the one
+    the image was built from; any other image is stale (built from another lock) and dropped,
+    so `render` asks for a new build and push."""
+    for name, locked in stacks.items():
+        image = images.get(name)
+        if (image and serving_runtime(locked) == "container"
+                and image.get("fingerprint") == locked["fingerprint"]):
+            locked["image"] = dict(sorted(image.items()))
+
+
 def build_lock(loaded: LoadedManifest, amis: dict[str, dict[str, str]] | None = None,
                closures: dict[str, list[dict[str, Any]]] | None = None,
                apt_sets: dict[str, dict[str, list[dict[str, str]]]] | None = None,
-               example: str | None = None) -> dict[str, Any]:
+               example: str | None = None,
+               images: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The whole lock. `amis` maps stack -> region -> AMI id (from the AWS adapter or old lock),
     `closures` stack -> the resolved Python closure (from the resolver or the old lock),
-    `apt_sets` stack -> component -> a package set resolved from an apt index."""
+    `apt_sets` stack -> component -> a package set resolved from an apt index, `images`
+    stack -> the serving image `image push` recorded (None: the ones of the lock on disk,
+    kept while they were built from the same fingerprint)."""
     m = loaded.manifest
     regions = ami_regions(m)
     amis = amis or {}
@@ -843,6 +883,8 @@ def build_lock(loaded: LoadedManifest, amis: dict[str, dict[str, str]] | None = 
             f"{len(problems)} pin(s) are not exact versions the roles accept; nothing written",
             problems=problems,
         )
+    _keep_images(stacks, images_from_lock(read_lock(loaded.lock_path))
+                 if images is None else images)
     data = {
         "_comment": LOCK_HEADER,
         "lock_version": LOCK_VERSION,
@@ -914,7 +956,8 @@ def check_lock(loaded: LoadedManifest) -> LockStatus:
                                      f"stack(s) {', '.join(stale)} is not resolved for the "
                                      "manifest's requirements, Python and package sources")
         fresh = build_lock(loaded, amis_from_lock(existing, loaded.manifest), closures,
-                           apt_sets_from_lock(existing, loaded), example_reason(existing))
+                           apt_sets_from_lock(existing, loaded), example_reason(existing),
+                           images_from_lock(existing))
     except StacklockError as exc:
         if exc.problems and all("AMI" in p.message for p in exc.problems):
             return LockStatus(False, "the AMI ids of a changed image are not resolved")

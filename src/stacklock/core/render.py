@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from jinja2 import Environment, StrictUndefined
 
-from stacklock.core import gate
+from stacklock.core import gate, serving
 from stacklock.core.files import atomic_write
 from stacklock.core.lock import FAMILY_ORDER, config_text, package_data
 from stacklock.core.manifest import (
@@ -357,6 +357,8 @@ def group_vars(
         "torchserve_models": models,
         # the inference endpoint clients call (environments.ENV.endpoint; none: nothing here)
         **endpoint_vars(loaded, env_name, locked, inventory_dir),
+        # serving.runtime: container (the serving_container role; host mode: nothing here)
+        **serving.container_vars(env_name, env.stack, locked, gpu=env.gpu),
     }
 
 

@@ -303,6 +303,25 @@ class TorchServeConfig(Strict):
         return _is_loopback(self.metrics_address)
 
 
+class Serving(Strict):
+    """How the stack's TorchServe runs on the nodes (docs/containers.md)."""
+
+    runtime: Literal["host", "container"] = Field(
+        default="host",
+        description="host: TorchServe from a venv on the node (the torchserve role); container: "
+                    "the serving image built from the lock (`stacklock image build`), pulled by "
+                    "the digest `stacklock image push` records in the lock, run under systemd")
+
+    @field_validator("runtime", mode="before")
+    @classmethod
+    def _runtime(cls, v: Any) -> Any:
+        if v not in ("host", "container"):
+            raise ValueError(f"{v!r} is not a serving runtime; write `runtime: host` (TorchServe "
+                             "from a venv on the node, the default) or `runtime: container` (the "
+                             "image built from the lock, pulled by digest)")
+        return v
+
+
 class Stack(Strict):
     os: OperatingSystem
     nvidia_driver: NvidiaDriver
@@ -316,6 +335,8 @@ class Stack(Strict):
     models: list[Model] = Field(default_factory=list)
     torchserve_config: TorchServeConfig = Field(default_factory=TorchServeConfig)
     ami: AmiSpec | None = Field(default=None, description="the machine image for AWS nodes")
+    serving: Serving = Field(default_factory=Serving,
+                             description="host (default) or container: how TorchServe runs")
 
     @field_validator("models")
     @classmethod

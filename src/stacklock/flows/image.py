@@ -48,18 +48,26 @@ from stacklock.adapters import oci
 from stacklock.adapters.proc import run_command
 from stacklock.console import info, step
 from stacklock.core import sbom as sbommod
+from stacklock.core import serving
 from stacklock.core.files import atomic_write
-from stacklock.core.lock import config_text, sha256_file
+from stacklock.core.lock import (
+    config_text,
+    dump_lock,
+    fingerprint_of,
+    read_lock,
+    serving_runtime,
+    sha256_file,
+)
 from stacklock.core.manifest import LoadedManifest
 from stacklock.errors import InvalidInput, Problem, ToolFailed
 from stacklock.flows.sbom import source_date
 
 IMAGE_SCHEMA = "stacklock.image/v1"
 VENV = "/opt/torchserve/venv"
-#: TorchServe's working folder (key_file.json, temp files): a tmpfs the runner mounts, owned
-#: by the image's user (the root filesystem is read-only)
-STATE_DIR = "/run/torchserve"
-LOG_DIR = "/var/log/torchserve"
+#: TorchServe's working folder (key_file.json, temp files) and its logs: folders the runner
+#: mounts writable (the root filesystem is read-only): core.serving says which
+STATE_DIR = serving.STATE_DIR
+LOG_DIR = serving.LOG_DIR
 MODEL_STORE = "/var/lib/torchserve/model-store"
 CONFIG_PATH = "/etc/torchserve/config.properties"
 JAVA_HOME = "/usr/lib/jvm/java-17-openjdk-amd64"
@@ -415,3 +423,83 @@ def push_image(loaded: LoadedManifest, env: str, out_dir: Path, registry: str,
     info(f"{host}/{repository}@{digest} ({image.size / 2**20:.0f} MiB, "
          f"{time.monotonic() - start:.1f} s)")
     return repository, digest
+
+
+def image_record(layout: Path, registry: str, repository: str, digest: str) -> dict[str, Any]:
+    """The lock's `image` of a stack: where nodes pull it (`registry` as pushed to), its
+    manifest and config digests, the user it runs as and the fingerprint it was built from
+    (its config's label `stacklock.fingerprint`)."""
+    image = oci.read_layout(layout)
+    blob = layout / "blobs" / "sha256" / image.config_digest.split(":", 1)[1]
+    config = json.loads(blob.read_bytes()).get("config") or {}
+    host = registry.split("://", 1)[-1].rstrip("/")
+    return {"config_digest": image.config_digest, "digest": digest,
+            "fingerprint": str((config.get("Labels") or {}).get("stacklock.fingerprint", "")),
+            "reference": f"{host}/{repository}@{digest}", "registry": host,
+            "registry_url": registry.rstrip("/"), "repository": repository,
+            "user": str(config.get("User") or "")}
+
+
+def check_image_for_lock(loaded: LoadedManifest, env: str, out_dir: Path) -> str:
+    """Before a push that records the image: the image `build` wrote must be of this lock's
+    stack as it is now (its fingerprint label), and run as a numeric non-root user; returns
+    the lock's fingerprint. Exit 2 otherwise, nothing pushed."""
+    stack = loaded.manifest.environments[env].stack
+    lock = read_lock(loaded.lock_path) or {}
+    locked = (lock.get("stacks") or {}).get(stack) or {}
+    if not locked:
+        raise InvalidInput(f"{loaded.lock_path.name}: no stack {stack}",
+                           problems=[Problem(loaded.lock_path.name, f"no stack {stack}",
+                                             "run: stacklock lock")])
+    fingerprint = fingerprint_of(locked)
+    layout = out_dir / stack / "oci"
+    if not (layout / "index.json").is_file():
+        raise InvalidInput(f"{layout}: no image built for {env}",
+                           problems=[Problem("image", f"no OCI layout in {layout}",
+                                             f"run: stacklock image build {env}")])
+    record = image_record(layout, "http://registry", "repository", "")
+    if record["fingerprint"] != fingerprint:
+        raise InvalidInput(
+            f"the image in {layout} was built from stack fingerprint {record['fingerprint']}, "
+            f"the lock's is {fingerprint}",
+            problems=[Problem(f"stacks.{stack}.image", "the built image is not of this lock",
+                              f"run: stacklock image build {env}")])
+    uid, _, gid = record["user"].partition(":")
+    if not (uid.isdigit() and gid.isdigit() and int(uid) != 0):
+        raise InvalidInput(f"the image runs as {record['user']!r}, not a numeric non-root UID:GID",
+                           problems=[Problem(f"stacks.{stack}.image", "not a non-root user",
+                                             f"run: stacklock image build {env}")])
+    return fingerprint
+
+
+def record_in_lock(loaded: LoadedManifest, env: str, record: Mapping[str, Any]) -> Path:
+    """Write `record` as the lock's `stacks.STACK.image` (the rest of the lock byte for byte:
+    the image is outside the fingerprint, core.lock.UNFINGERPRINTED)."""
+    stack = loaded.manifest.environments[env].stack
+    lock = read_lock(loaded.lock_path)
+    assert lock is not None
+    lock["stacks"][stack]["image"] = dict(sorted(record.items()))
+    return atomic_write(loaded.lock_path, dump_lock(lock))
+
+
+def push_and_record(loaded: LoadedManifest, env: str, out_dir: Path, registry: str,
+                    repository: str | None = None) -> tuple[str, str, bool]:
+    """`stacklock image push`: push ENV's built image; for a container-mode stack
+    (serving.runtime: container) first check the image is of the current lock, then record
+    it in the lock (what `render` turns into the nodes' serving_container). Returns
+    (repository, digest, recorded)."""
+    stack = loaded.manifest.environments[env].stack
+    lock = read_lock(loaded.lock_path) or {}
+    locked = (lock.get("stacks") or {}).get(stack) or {}
+    container = serving_runtime(locked) == "container"
+    if container:
+        check_image_for_lock(loaded, env, out_dir)
+    repository, digest = push_image(loaded, env, out_dir, registry, repository)
+    if not container:
+        info(f"stack {stack} serves from the host (serving.runtime): the image is not "
+             "recorded in the lock")
+        return repository, digest, False
+    record = image_record(out_dir / stack / "oci", registry, repository, digest)
+    path = record_in_lock(loaded, env, record)
+    info(f"{path.name}: stacks.{stack}.image = {record['reference']} (run: stacklock render)")
+    return repository, digest, True

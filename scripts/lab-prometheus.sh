@@ -7,6 +7,7 @@
 #
 #   scripts/lab-prometheus.sh [--port 9090] [--inventories lab/inventories] [--env ENV]...
 #                             [--textfile FILE] [--duration 300 | --once] [--keep DIR]
+#                             [--extra-jobs FILE]
 #                             [-- monitoring/prometheus_config.py options: --node-port N
 #                                 --scheme https --ca-file F --bearer-token-file F
 #                                 --cert-file F --key-file F --server-name NAME
@@ -15,6 +16,8 @@
 # --once prints each target's health and exits 0 when all are up, 1 when any is not, 3 when
 # Prometheus did not start or a target was never scraped in time (--wait seconds, default 60).
 # --keep DIR copies the TSDB and the config there before the temporary folder goes.
+# --extra-jobs FILE appends the scrape configs of FILE (a YAML list) to the generated ones (a
+# test's second job: the same nodes with a wrong token); promtool checks the whole config.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -28,6 +31,7 @@ duration=300
 once=0
 wait_s=60
 keep=""
+extra_jobs=""
 envs=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -39,6 +43,7 @@ while [ $# -gt 0 ]; do
     --once) once=1; shift ;;
     --wait) wait_s=$2; shift 2 ;;
     --keep) keep=$2; shift 2 ;;
+    --extra-jobs) extra_jobs=$2; shift 2 ;;
     --) shift; break ;;
     -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "lab-prometheus: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -75,6 +80,21 @@ pids+=($!)
 "$PY" monitoring/prometheus_config.py --inventories "$inventories" "${envs[@]}" \
   --textfile-target "127.0.0.1:$tport" --rules "$repo/monitoring/alerts.yml" \
   --out "$tmp/prometheus.yml" "$@"
+if [ -n "$extra_jobs" ]; then
+  "$PY" - "$tmp/prometheus.yml" "$extra_jobs" <<'EOF'
+import sys, yaml
+path, extra = sys.argv[1:3]
+header, _, body = open(path, encoding="utf-8").read().partition("\n")
+config = yaml.safe_load(body)
+jobs = yaml.safe_load(open(extra, encoding="utf-8"))
+if not isinstance(jobs, list) or not all(isinstance(j, dict) and "job_name" in j for j in jobs):
+    sys.exit(f"lab-prometheus: {extra} is not a YAML list of scrape configs")
+config["scrape_configs"] += jobs
+with open(path, "w", encoding="utf-8") as f:
+    f.write(f"{header}\n# with the jobs of {extra} appended\n")
+    f.write(yaml.safe_dump(config, sort_keys=False, default_flow_style=False, width=1000))
+EOF
+fi
 promtool check config "$tmp/prometheus.yml" >/dev/null
 
 echo "==> prometheus on http://127.0.0.1:$port (config $tmp/prometheus.yml)"

@@ -305,6 +305,138 @@ def test_a_client_in_the_lab_network_gets_predictions_over_tls_from_every_node(
     assert len(seen) == 4, seen  # dev, staging, prod (two nodes)
 
 
+def test_prometheus_scrapes_every_lab_node_over_the_lab_network(
+        lab: Path, provisioned: dict[str, Any], tmp_path: Path) -> None:
+    """Debian's Prometheus, started by scripts/lab-prometheus.sh on 127.0.0.1 with the config
+    monitoring/prometheus_config.py generates from the lab's inventories, scrapes every node of
+    every environment over the lab network: TLS against the lab CA, the lab's scrape token
+    (a 0600 file Prometheus reads). Every node is up, its TorchServe metrics carry the locked
+    model name and version, and the parity metrics of a real `verify --prometheus` (the
+    controller's textfile: the nodes export none of their own) are there for every node. A
+    second job in the same config, the same nodes with a wrong token, is down (401)."""
+    import ssl
+    import urllib.request
+
+    import yaml
+    from prometheus_lab import LabPrometheus, extra_job, inventory_nodes, secret_file
+
+    if shutil.which("prometheus") is None and os.geteuid() != 0:
+        pytest.skip("prometheus is not installed and cannot be installed here")
+    data = yaml.safe_load(lab.read_text())
+    out = lab.parent / data["output_dir"]
+    state = out / ".stacklock" / "endpoint"
+    ca, scrape = state / "ca" / "ca.pem", state / "_metrics" / "tokens"
+    assert scrape.is_file() and scrape.stat().st_mode & 0o777 == 0o600
+    inventories = out / "inventories"
+    nodes = inventory_nodes(inventories)
+    counts = {env: data["environments"][env].get("count", 1) for env in ENVS}
+    assert {env: sum(e == env for e, _, _ in nodes) for env in ENVS} == counts, nodes
+    port = data["environments"]["dev"]["endpoint"]["port"]
+    assert {data["environments"][env]["endpoint"]["port"] for env in ENVS} == {port}
+    locked = {env: {(m["name"], str(m["version"]))
+                    for m in data["stacks"][data["environments"][env]["stack"]]["models"]}
+              for env in ENVS}
+
+    # a prediction on every node (over TLS, the client token): TorchServe counts it under the
+    # locked version, so every node has a request counter to scrape
+    ctx = ssl.create_default_context(cafile=str(ca))
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                         urllib.request.HTTPSHandler(context=ctx))
+    for env, name, address in nodes:
+        token = (state / env / "tokens").read_text().split()[-1]
+        for model, _ in sorted(locked[env]):
+            req = urllib.request.Request(
+                f"https://{address}:{port}/predictions/{model}", data=b'{"inputs": [1, 2, 3]}',
+                headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+            with opener.open(req, timeout=30) as resp:
+                assert resp.status == 200, (env, name)
+    # the parity metrics: a real verify writes the controller's textfile
+    textfile = tmp_path / "stacklock.prom"
+    res = sl(lab, "verify", "--fast", "--prometheus", str(textfile), timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    # the same nodes with a wrong token, as a second job of the same Prometheus
+    wrong = secret_file(tmp_path / "wrong-token", "not-the-scrape-token\n")
+    jobs = tmp_path / "extra-jobs.yml"
+    jobs.write_text(yaml.safe_dump([extra_job("torchserve-wrong-token", inventories, port=port,
+                                              ca_file=ca, bearer_token_file=wrong)]))
+
+    started = time.monotonic()
+    with LabPrometheus.start(inventories, textfile, ["--node-port", str(port), "--ca-file",
+                                                     str(ca), "--bearer-token-file",
+                                                     str(scrape)],
+                             extra_jobs=jobs) as prom:
+        # every node twice (the right and the wrong token) and the textfile
+        targets = prom.wait_until_scraped(up_jobs={"stacklock", "torchserve"},
+                                          expected=2 * len(nodes) + 1, timeout=60)
+        waited = time.monotonic() - started
+        seen = sorted((t["labels"]["job"], t["labels"].get("environment", "-"),
+                       t["labels"].get("node", "-"), t["scrapeUrl"], t["health"])
+                      for t in targets if t["labels"]["job"] != "stacklock")
+        assert seen == sorted(
+            (job, env, name, f"https://{address}:{port}/metrics", health)
+            for env, name, address in nodes
+            for job, health in (("torchserve", "up"), ("torchserve-wrong-token", "down"))), \
+            (targets, prom.proc.poll())
+        [textfile_target] = [t for t in targets if t["labels"]["job"] == "stacklock"]
+        assert textfile_target["health"] == "up", textfile_target
+        assert textfile_target["scrapeUrl"].startswith("http://127.0.0.1:"), textfile_target
+        assert all("401" in t["lastError"] for t in targets
+                   if t["labels"]["job"] == "torchserve-wrong-token"), targets
+        # the same through the query API: up is 1 with the scrape token, 0 with a wrong one
+        up = {(r["metric"]["job"], r["metric"]["environment"], r["metric"]["node"]):
+              r["value"][1] for r in prom.query('up{job=~"torchserve.*"}')}
+        assert up == {**{("torchserve", e, n): "1" for e, n, _ in nodes},
+                      **{("torchserve-wrong-token", e, n): "0" for e, n, _ in nodes}}, up
+        # TorchServe's metrics of every node carry the model's name and its locked version
+        # (a request made on a node's own loopback without a version, as an earlier test of
+        # this module makes on staging, is TorchServe's `default`: every client request
+        # through the endpoint is counted under the locked version)
+        served = {(r["metric"]["environment"], r["metric"]["node"], r["metric"]["model_name"],
+                   r["metric"]["model_version"])
+                  for r in prom.query('ts_inference_requests_total{job="torchserve",'
+                                      'model_version!="default"} > 0')}
+        assert served == {(e, n, m, v) for e, n, _ in nodes for m, v in locked[e]}, served
+        latency = prom.query('count by (environment, node) '
+                             '(ts_inference_latency_microseconds{job="torchserve"})')
+        assert {(r["metric"]["environment"], r["metric"]["node"]) for r in latency} \
+            == {(e, n) for e, n, _ in nodes}, latency
+        # no model version served that the environment's lock does not name (the join the
+        # TorchServeUnlockedModelVersion alert makes)
+        assert prom.query('ts_inference_requests_total{job="torchserve",model_version!='
+                          '"default"} unless on (environment, model_name, model_version) '
+                          'stacklock_model_info') == []
+        # stacklock's parity metrics, per node: reached, no deviation, the smoke test passed
+        def per_node(promql: str) -> dict[tuple[str, str], str]:
+            return {(r["metric"]["environment"], r["metric"]["node"]): r["value"][1]
+                    for r in prom.query(promql)}
+        every = {(e, n) for e, n, _ in nodes}
+        assert per_node('stacklock_parity_node_reachable{job="stacklock"}') \
+            == dict.fromkeys(every, "1")
+        assert per_node('stacklock_parity_checks{job="stacklock",status="deviation",'
+                        'node!="*"}') == dict.fromkeys(every, "0")
+        matched = per_node('stacklock_parity_checks{job="stacklock",status="match",node!="*"}')
+        assert set(matched) == every and all(int(v) > 0 for v in matched.values()), matched
+        smoke = {(r["metric"]["environment"], r["metric"]["node"], r["metric"]["model_name"],
+                  r["metric"]["model_version"]): r["value"][1]
+                 for r in prom.query('stacklock_model_smoke_ok{job="stacklock"}')}
+        assert smoke == {(e, n, m, v): "1" for e, n, _ in nodes for m, v in locked[e]}, smoke
+        ok = {r["metric"]["environment"]: r["value"][1]
+              for r in prom.query('stacklock_parity_ok{job="stacklock"}')}
+        assert ok == dict.fromkeys(ENVS, "1"), ok
+        durations = {t["labels"].get("node", "textfile"): t["lastScrapeDuration"]
+                     for t in targets if t["labels"]["job"] in ("stacklock", "torchserve")}
+    # Prometheus listened on 127.0.0.1 only, and stopped: its port is closed, its folder gone
+    assert f"==> prometheus on http://127.0.0.1:{prom.port} " in prom.output, prom.output
+    assert prom.proc.returncode is not None
+    folder = Path(prom.output.split("(config ")[1].split(")")[0]).parent
+    assert folder.name.startswith("stacklock-prometheus.") and not folder.exists()
+    with pytest.raises(OSError):
+        prom.targets()
+    print(f"\nPrometheus: {len(targets)} targets scraped, every node up, in {waited:.1f} s; "
+          "scrape durations: " + ", ".join(f"{k} {v * 1000:.0f} ms"
+                                           for k, v in sorted(durations.items())))
+
+
 def test_standalone_playbook_reaches_the_same_verdict(
     lab: Path, provisioned: dict[str, Any]
 ) -> None:

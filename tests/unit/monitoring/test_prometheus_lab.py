@@ -190,13 +190,14 @@ def lab(tmp_path: Path) -> Iterator[dict[str, Path | int]]:
         proxy.wait(timeout=10)
 
 
-def run_script(lab: dict[str, Path | int], token: Path) -> subprocess.CompletedProcess[str]:
+def run_script(lab: dict[str, Path | int], token: Path,
+               *options: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PY": sys.executable}
     return subprocess.run(
         [str(ROOT / "scripts" / "lab-prometheus.sh"), "--once", "--wait", "60",
          "--port", str(free_port()), "--inventories", str(lab["inv"]),
          "--textfile", str(lab["textfile"]), "--keep", str(Path(str(lab["tmp"])) / "kept"),
-         "--", "--node-port", str(lab["port"]), "--ca-file", str(lab["cert"]),
+         *options, "--", "--node-port", str(lab["port"]), "--ca-file", str(lab["cert"]),
          "--bearer-token-file", str(token), "--scrape-interval", "1s"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False)
 
@@ -228,3 +229,32 @@ def test_a_wrong_token_leaves_the_nodes_down(lab: dict[str, Path | int]) -> None
     res = run_script(lab, wrong)
     assert res.returncode == 1, res.stdout + res.stderr
     assert "401" in res.stdout and " down " in res.stdout
+
+
+@pytest.mark.slow
+def test_extra_jobs_are_scraped_beside_the_generated_ones(lab: dict[str, Path | int]) -> None:
+    """--extra-jobs: the generator's node job under another name with a wrong token, in the
+    same Prometheus (the lab e2e test's second job): those targets are down, the others up."""
+    tmp = Path(str(lab["tmp"]))
+    wrong = tmp / "wrong-token"
+    wrong.write_text("not-the-token\n")
+    endpoint = cfg.NodeEndpoint(port=int(lab["port"]), ca_file=str(lab["cert"]),
+                                bearer_token_file=str(wrong))
+    data = cfg.lab_config(cfg.nodes_from_inventories(Path(str(lab["inv"]))), endpoint,
+                          textfile_target="127.0.0.1:1")
+    job = {**data["scrape_configs"][1], "job_name": "torchserve-wrong-token"}
+    (tmp / "extra.yml").write_text(yaml.safe_dump([job]))
+    res = run_script(lab, Path(str(lab["token"])), "--extra-jobs", str(tmp / "extra.yml"))
+    assert res.returncode == 1, res.stdout + res.stderr
+    rows = sorted(tuple(line.split()[:4]) for line in res.stdout.splitlines()
+                  if line.startswith(("stacklock ", "torchserve")))
+    assert rows == [("stacklock", "-", "-", "up"), ("torchserve", "dev", "dev-1", "up"),
+                    ("torchserve", "prod", "prod-1", "up"),
+                    ("torchserve-wrong-token", "dev", "dev-1", "down"),
+                    ("torchserve-wrong-token", "prod", "prod-1", "down")], res.stdout
+    kept = yaml.safe_load((tmp / "kept" / "prometheus.yml").read_text())
+    assert [j["job_name"] for j in kept["scrape_configs"]] == [
+        "stacklock", "torchserve", "torchserve-wrong-token"]
+    (tmp / "extra.yml").write_text("job_name: not a list\n")
+    res = run_script(lab, Path(str(lab["token"])), "--extra-jobs", str(tmp / "extra.yml"))
+    assert res.returncode != 0 and "not a YAML list of scrape configs" in res.stderr

@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from typing import Any
 
 #: the host variables the roles read (those the verify play's reference task passes on)
-VAR_PREFIXES = ("torchserve_", "stacklock_", "nvidia_", "cuda_", "docker_", "serving_endpoint_")
+VAR_PREFIXES = ("torchserve_", "stacklock_", "nvidia_", "cuda_", "docker_", "serving_endpoint_",
+                "serving_runtime", "serving_container")
 
 #: run-time credentials (extra vars of configure): no file hashed here depends on them, and
 #: they are never kept (not in a memo key, not in the variables the templates see)

@@ -34,14 +34,14 @@ _APT_ROLES = (
 #: the roles of site.yml in its order, and the one they include: their defaults apply under a
 #: host's variables and their vars/main.yml over them, as in the play
 ROLES = ("stacklock_integrity", "nvidia_driver", "cuda", "nvidia_container_toolkit", "docker",
-         "torchserve", "serving_endpoint", "stacklock_packages")
+         "serving_container", "torchserve", "serving_endpoint", "stacklock_packages")
 
 #: the virtualization facts of a lab node (a Docker container with systemd as PID 1)
 LAB_FACTS = {"virtualization_role": "guest", "virtualization_type": "docker"}
 
 #: the units stacklock manages: the unit file in /etc and its drop-in directories are watched
 MANAGED_UNITS = ("torchserve.service", "docker.service", "containerd.service",
-                 "nvidia-persistenced.service")
+                 "nvidia-persistenced.service", "stacklock-serving.service")
 
 #: the system directories that decide how the stack runs (recurse?)
 SYSTEM_DIRS: tuple[tuple[str, bool], ...] = (
@@ -60,15 +60,23 @@ NO_DEB = "no .deb on the controller (run lock with --apt-index / mirror)"
 NO_WHEEL = "no locked wheel on the controller (build the mirror: python -m stacklock.adapters.mirror)"
 
 
+def container_mode(hv: Mapping[str, Any]) -> bool:
+    """serving.runtime: container (core.serving): TorchServe runs from the image, the node has
+    no serving venv, config, model store or torchserve.service of the torchserve role, and no
+    Java from it; the serving_container role writes stacklock-serving.service instead."""
+    return hv.get("serving_runtime") == "container"
+
+
 def managed_dirs(hv: Mapping[str, Any]) -> list[tuple[str, bool]]:
     venv = str(hv.get("torchserve_venv") or "/opt/torchserve/venv")
     python = str(hv.get("torchserve_python_version") or "3.11")
     config = str(hv.get("torchserve_config_path") or "/etc/torchserve/config.properties")
     store = str(hv.get("torchserve_model_store") or "/var/lib/torchserve/model-store")
     dirs: list[tuple[str, bool]] = []
-    if hv.get("torchserve_pip_packages"):
+    host_mode = not container_mode(hv)
+    if hv.get("torchserve_pip_packages") and host_mode:
         dirs += [(f"{venv}/lib/python{python}/site-packages", True), (f"{venv}/bin", False)]
-    if "torchserve_models" in hv:
+    if "torchserve_models" in hv and host_mode:
         dirs += [(store, True), (posixpath.dirname(config), True)]
     dirs += list(SYSTEM_DIRS)
     for unit in MANAGED_UNITS + (_ENDPOINT_UNITS if hv.get("serving_endpoint_enabled") else ()):
@@ -152,7 +160,11 @@ def _role_files(hv: Mapping[str, Any]) -> dict[str, list[_Entry]]:
         return ansible_template.value(base, expression)
 
     out: dict[str, list[_Entry]] = {}
-    if "torchserve_models" in host:
+    if container_mode(host):
+        out["serving_container"] = [_rendered(
+            "/etc/systemd/system/stacklock-serving.service", "root", "root", "0644",
+            Source("serving_container", "stacklock-serving.service.j2"), host)]
+    elif "torchserve_models" in host:
         home, group = str(val("torchserve_home")), str(val("torchserve_group"))
         config, store = str(val("torchserve_config_path")), str(val("torchserve_model_store"))
         ping = ansible_template.roles_dir() / "torchserve/files/torchserve-ping"
@@ -176,7 +188,7 @@ def _role_files(hv: Mapping[str, Any]) -> dict[str, list[_Entry]]:
     # a path two roles write (the official nvidia-cuda.list) holds the last one's bytes
     apt: dict[str, _Entry] = {}
     for var, role in _APT_ROLES:
-        if host.get(var) is None:
+        if host.get(var) is None or (role == "torchserve" and container_mode(host)):
             continue
         pref = f"/etc/apt/preferences.d/stacklock-{role}.pref"
         unattended = f"/etc/apt/apt.conf.d/51stacklock-{role}-unattended-upgrades"
@@ -292,7 +304,8 @@ def trees(hv: Mapping[str, Any]) -> list[Tree]:
     venv = str(hv.get("torchserve_venv") or "/opt/torchserve/venv")
     python = str(hv.get("torchserve_python_version") or "3.11")
     site = f"{venv}/lib/python{python}/site-packages"
-    pins = hv.get("torchserve_pip_packages") or []
+    # container mode: the closure is in the image (verify's container checks), not on the node
+    pins = [] if container_mode(hv) else hv.get("torchserve_pip_packages") or []
     for pin in pins:
         name = integrity.norm_dist(str(pin["name"]))
         digests = [str(d) for d in pin.get("sha256") or []]
@@ -310,6 +323,8 @@ def trees(hv: Mapping[str, Any]) -> list[Tree]:
     official = aptrepo.OfficialDebs(host_vars(hv), [(role, str(p["name"]), str(p["version"]))
                                          for var, role in _APT_ROLES for p in hv.get(var) or []])
     for var, role in _APT_ROLES:
+        if role == "torchserve" and container_mode(hv):
+            continue  # Java is in the image
         for pin in hv.get(var) or []:
             name, version = str(pin["name"]), str(pin["version"])
             deb = debfiles.deb_files(name, version)
@@ -368,6 +383,7 @@ __all__ = [
     "SYSTEM_DIRS",
     "VAR_PREFIXES",
     "Source",
+    "container_mode",
     "files_option",
     "files_option_for_run",
     "host_vars",

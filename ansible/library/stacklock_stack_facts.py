@@ -189,6 +189,16 @@ options:
     description: the endpoint's health check path (answered without a token).
     type: str
     default: /ping
+  container:
+    description:
+      - >-
+          container mode only (C(serving_runtime: container)) - the serving container to read,
+          C({name, image, user, python}) from the rendered C(serving_container): its live
+          settings (C(docker inspect)), the image's RepoDigests, every other running container,
+          the Python closure inside it (C(docker exec)), and on a node with an NVIDIA GPU the
+          GPU validation container (C(docker run --rm --runtime nvidia --gpus all --network
+          none) of the image by digest). Reported in C(container); compared on the controller.
+    type: dict
 attributes:
   check_mode:
     support: full
@@ -283,6 +293,8 @@ def main() -> None:
             # the serving endpoint (role serving_endpoint): does it answer, does it check tokens
             "endpoint_url": {"type": "str", "default": None},
             "endpoint_health_path": {"type": "str", "default": "/ping"},
+            # container mode (serving_runtime: container): the serving container to read
+            "container": {"type": "dict", "default": None},
         },
         supports_check_mode=True,
     )

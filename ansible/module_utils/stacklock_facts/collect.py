@@ -14,6 +14,7 @@ from typing import Any
 from ansible.module_utils.stacklock_facts import (
     apt,
     commands,
+    container,
     cuda,
     docker,
     endpoint,
@@ -42,6 +43,7 @@ COLLECTORS: tuple[Collector, ...] = (
     cuda.collect,            # cuda
     docker.collect,          # docker
     toolkit.collect,         # nvidia_container_toolkit
+    container.collect,       # container (container mode: the `container` option)
     java.collect,            # java
     python.collect,          # python
     torchserve.collect,      # torchserve (config, model_store, models, venv, smoke)

@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from stacklock.core import container, integrity, runtime
 from stacklock.core import endpoint as endpoint_client
-from stacklock.core import integrity, runtime
 from stacklock.core import waivers as waiverlib
 from stacklock.errors import ExitCode
 
@@ -74,6 +74,7 @@ _ORDER = (
     "nvidia_driver.",
     "cuda.",
     "docker.",
+    "container.",
     "nvidia_container_toolkit.",
     "java.",
     "python.",
@@ -128,6 +129,8 @@ _ERROR_SOURCES = (
     ("docker.runtime.", ("docker",)),
     ("command.", ("commands", "units")),
     ("nvidia_driver.param.", ("nvidia_driver",)),
+    # the container class (core/container.py)
+    ("container.", ("container",)),
 )
 
 #: named components for these pip distributions; other pins are `pip.<name>`
@@ -171,6 +174,7 @@ GROUP_VAR_KEYS = (
     *runtime.GROUP_VAR_KEYS,
     "stacklock_files",  # the files class (core/integrity.py), set on the controller
     "serving_endpoint_enabled",  # the serving endpoint answers (role serving_endpoint)
+    "serving_container",  # container mode (core/container.py; serving_runtime: runtime's)
 )
 
 
@@ -476,7 +480,18 @@ def expected_from_vars(group_vars: Mapping[str, Any]) -> dict[str, str | None]:
         exp["endpoint.without_token"] = "401"
     exp.update(runtime.expected_from_vars(gv))  # the runtime class
     exp.update(integrity.expected_components(gv.get("stacklock_files")))  # the files class
+    if container.spec_of(gv) is not None:
+        # container mode: the serving venv, TorchServe's config, its model store and its unit
+        # are in the image (pinned by its digest) and the container, not on the host
+        exp = {c: v for c, v in exp.items() if not c.startswith(HOST_SERVING)}
+        exp.update(container.expected_from_vars(gv))  # the container class
     return exp
+
+
+#: the components of host-mode serving that container mode replaces with the container class
+HOST_SERVING = ("pip.", "torch.", "torchserve.version", "torch-model-archiver.", "python.",
+                "venv.", "java.", "torchserve.config_sha256", "model_store.", "archive.",
+                "service.torchserve")
 
 
 # --------------------------------------------------------------------------- smoke tests
@@ -661,6 +676,7 @@ def actual_values(facts: Mapping[str, Any]) -> dict[str, str | None]:
         for key in ("health", "without_token"):
             act[f"endpoint.{key}"] = _s(endpoint.get(key))
     act.update(runtime.actual_values(facts))  # the runtime class
+    act.update(container.actual_values(facts))  # the container class
     return act
 
 
@@ -798,6 +814,7 @@ def compare(
             blocked = node_facts.get("blocked") or {}
             readable[env][node] = {c: v for c, v in act.items() if not _error_for(c, blocked)}
             node_exp = runtime.node_expected(exp, act, "units" in node_facts)  # runtime class
+            node_exp = container.node_expected(node_exp, act)  # the container class
             for comp in sort_components(node_exp):
                 if comp.startswith(integrity.PREFIX):
                     continue  # the files class, below
@@ -806,7 +823,8 @@ def compare(
                 status = Status.MATCH if ok else Status.DEVIATION
                 detail = "" if ok else (_protection_detail(comp, node_facts)
                                         or _error_for(comp, errors)
-                                        or runtime.detail(comp, act))
+                                        or runtime.detail(comp, act)
+                                        or container.detail(comp, act))
                 if not ok and (cause := _error_for(comp, blocked)):
                     status, detail = Status.UNVERIFIED, cause + _HINT
                 elif not ok and comp not in act and _smoke_model(comp):

@@ -63,7 +63,7 @@ ROLE_DEFAULTS: dict[str, Any] = {
 }
 
 #: the group_vars the expectation reads (besides parity's; torchserve_config decides --models)
-GROUP_VAR_KEYS = (*ROLE_DEFAULTS, "torchserve_config")
+GROUP_VAR_KEYS = (*ROLE_DEFAULTS, "torchserve_config", "serving_runtime")
 
 #: names systemd itself sets in a service's environment: compared across nodes, never with
 #: the lock (their values follow the node: the manager's LANG, the user's HOME and SHELL)
@@ -119,7 +119,10 @@ def torchserve_environment(gv: Mapping[str, Any]) -> dict[str, str]:
 def expected_from_vars(gv: Mapping[str, Any]) -> dict[str, str | None]:
     """The runtime expectation of one environment (merged into parity.expected_from_vars)."""
     exp: dict[str, str | None] = {}
-    ts = bool(gv.get("torchserve_version") or "torchserve_models" in gv)
+    # host mode only: in container mode TorchServe runs in the serving container, whose
+    # settings are the container class's (core/container.py)
+    ts = bool(gv.get("torchserve_version") or "torchserve_models" in gv) and \
+        str(gv.get("serving_runtime") or "host") != "container"
     if ts:
         user, group = str(_gv(gv, "torchserve_user")), str(_gv(gv, "torchserve_group"))
         env = torchserve_environment(gv)

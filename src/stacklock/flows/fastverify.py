@@ -30,7 +30,7 @@ import yaml
 
 from stacklock.adapters import fastssh, tls
 from stacklock.console import info, step
-from stacklock.core import parity, runtime
+from stacklock.core import container, parity, runtime
 from stacklock.core import report as reportmod
 from stacklock.core.files import atomic_write
 from stacklock.core.parity import ParityReport, Unreachable
@@ -52,6 +52,7 @@ _ARG_VARS = (
     "torchserve_model_store", "torchserve_config", "torchserve_key_file", "torchserve_state_dir",
     "stacklock_verify_probe_timeout", "stacklock_verify_units",
     "serving_endpoint_enabled", "serving_endpoint_port", "serving_endpoint_health_check_path",
+    "serving_runtime", "serving_container",
 )
 _CONN_VARS = (
     "ansible_host", "ansible_port", "ansible_user", "ansible_ssh_private_key_file",
@@ -294,6 +295,9 @@ def task_args(hv: Mapping[str, Any], run_id: str, deep: bool) -> dict[str, Any]:
         args["endpoint_url"] = f"https://127.0.0.1:{hv.get('serving_endpoint_port', 443)}"
     if "serving_endpoint_health_check_path" in hv:
         args["endpoint_health_path"] = hv["serving_endpoint_health_check_path"]
+    # container mode: the serving container to read (verify.yml's `container`)
+    if (opt := container.option(hv)) is not None:
+        args["container"] = opt
     return args
 
 

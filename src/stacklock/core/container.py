@@ -258,6 +258,11 @@ def node_expected(exp: Mapping[str, str | None], act: Mapping[str, str | None]
     elif running is not None and running != "true":
         out = {c: v for c, v in out.items()
                if not c.startswith(("container.python.", "container.torch.", "container.gpu."))}
+    digest, pulled = out.get("container.image.digest"), act.get("container.image.digest")
+    if digest and pulled and digest in pulled.split(", "):
+        # the image was pulled by several digests (pushed to several repositories): the
+        # locked one among them is a match
+        out["container.image.digest"] = pulled
     closure = any(c.startswith("container.python.") for c in exp)
     for comp in act:
         if comp in out:

@@ -128,6 +128,15 @@ def test_a_different_digest_and_image() -> None:
         "container.image.digest"].describe()
 
 
+def test_an_image_pulled_by_several_digests() -> None:
+    node = facts()
+    other = "10.213.0.1:5000/other/serving@sha256:" + "3" * 64
+    node["container"]["repo_digests"].append(other)
+    assert bad(node) == {}
+    node["container"]["repo_digests"] = [other]
+    assert bad(node)["container.image.digest"].actual == "sha256:" + "3" * 64
+
+
 def test_an_image_not_pulled_by_digest() -> None:
     node = facts()
     node["container"]["repo_digests"] = []

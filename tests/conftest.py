@@ -76,7 +76,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 #: one lane runs all of them, so the node is provisioned once.
 SHARED_NODE = ("tests/integration/test_integrity_files.py",
                "tests/integration/test_integrity_runtime.py",
-               "tests/integration/test_endpoint.py")
+               "tests/integration/test_endpoint.py",
+               # last: it switches the node to container mode and back
+               "tests/integration/test_container_serving.py")
 
 #: The modules that take longest (the seconds-per-module figures), longest first. `make test`
 #: runs the suite in two lanes (pytest-xdist, `--dist loadgroup`); each lane takes the next

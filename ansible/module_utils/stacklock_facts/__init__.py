@@ -13,6 +13,8 @@ node through ``node.System`` and writes its sections of ``stacklock.facts/v1`` (
   (key_file.json, token renewal), ``archives`` (model archive digests and their cache) and
   ``smoke`` (the models' answers)
 - ``systemd``: ``services``
+- ``container``: ``container`` (container mode only: the serving container as Docker runs it,
+  the other running containers, the closure inside it, the GPU validation container)
 
 ``collect.COLLECTORS`` lists them in order; ``collect.gather(opts)`` runs them. Python standard
 library only: Ansible ships this package with the module (``module_utils`` in ansible.cfg), and

@@ -175,3 +175,16 @@ def test_the_gpu_validation_parses_only_its_json_line() -> None:
     assert containermod.parse_gpu(noise) == {"torch": "2.11.0+cpu", "cuda": None,
                                              "available": False}
     assert "no JSON" in containermod.parse_gpu("Traceback ...\nImportError: torch\n")["error"]
+
+
+def test_tmpfs_given_with_dash_dash_tmpfs() -> None:
+    """The serving role's unit gives tmpfs as `--tmpfs TARGET:OPTIONS` (HostConfig.Tmpfs, which
+    `Mounts` does not list): the same mounts as `--mount type=tmpfs`."""
+    record = inspected()[:1]
+    before = probe(node(record))["mounts"]
+    record[0]["Mounts"] = [m for m in record[0]["Mounts"] if m["Type"] != "tmpfs"]
+    record[0]["HostConfig"]["Tmpfs"] = {"/run/torchserve": "",
+                                        "/var/log/torchserve": "uid=10001,gid=10001,mode=0750"}
+    assert probe(node(record))["mounts"] == before
+    record[0]["HostConfig"]["Tmpfs"]["/run/torchserve"] = "ro,size=1m"
+    assert probe(node(record))["mounts"][0]["read_only"] is True

@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from stacklock.adapters import docker as lab_docker
+from stacklock.adapters import ecr, oci
 from stacklock.adapters import mirror as lab_mirror
-from stacklock.adapters import oci
 from stacklock.adapters.proc import run_command
 from stacklock.console import info, step
 from stacklock.core import sbom as sbommod
@@ -58,7 +58,7 @@ from stacklock.core.lock import (
     serving_runtime,
     sha256_file,
 )
-from stacklock.core.manifest import LoadedManifest
+from stacklock.core.manifest import AwsEnvironment, LoadedManifest
 from stacklock.errors import InvalidInput, Problem, ToolFailed
 from stacklock.flows.sbom import source_date
 
@@ -414,6 +414,14 @@ def push_image(loaded: LoadedManifest, env: str, out_dir: Path, registry: str,
                            problems=[Problem("image", f"no OCI layout in {layout}",
                                              f"run: stacklock image build {env}")])
     image = oci.read_layout(layout)
+    spec = loaded.manifest.environments[env]
+    if isinstance(spec, AwsEnvironment):  # ECR, immutable tag = the fingerprint (adapters/ecr)
+        repository = repository or ecr.repository_name(loaded.manifest.project, env)
+        step(f"pushing {image.ref} to ECR {repository} in {spec.region}")
+        pushed = ecr.push(image, spec.region, repository, registry=registry)
+        info(f"{pushed.registry.split('://', 1)[-1]}/{repository}:{pushed.tag} = {pushed.digest}"
+             + ("" if pushed.stored else " (the tag named this image already)"))
+        return repository, pushed.digest
     repository = repository or f"{loaded.manifest.project}/serving"
     start = time.monotonic()
     step(f"pushing {image.ref} to {registry}/{repository}")

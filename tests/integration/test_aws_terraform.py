@@ -273,7 +273,7 @@ def test_fmt_check_finds_an_unformatted_root(tree: Path, tmp_path: Path) -> None
 
 def test_module_layout_variables_and_outputs() -> None:
     assert sorted(p.name for p in MODULE.glob("*.tf")) == [
-        "endpoint.tf", "main.tf", "outputs.tf", "variables.tf", "versions.tf"]
+        "ecr.tf", "endpoint.tf", "main.tf", "outputs.tf", "variables.tf", "versions.tf"]
     doc = _hcl_dir(MODULE)
     versions = doc["terraform"][0]
     assert versions["required_version"].startswith(">=")
@@ -353,8 +353,11 @@ def test_module_resources_follow_the_security_rules() -> None:
     assert attachments == ["aws_iam_role_policy_attachment.ssm"]
     assert resources[attachments[0]]["policy_arn"].endswith(
         ":iam::aws:policy/AmazonSSMManagedInstanceCore")
-    assert not any(k.startswith(("aws_iam_role_policy.", "aws_iam_policy."))
-                   for k in resources)
+    # the one inline policy: pulls from the environment's ECR repository (ecr.tf, ecr_enabled;
+    # its statements are checked in tests/integration/test_ecr_moto.py)
+    assert [k for k in resources if k.startswith(("aws_iam_role_policy.", "aws_iam_policy."))
+            ] == ["aws_iam_role_policy.ecr_pull"]
+    assert resources["aws_iam_role_policy.ecr_pull"]["count"] == "var.ecr_enabled ? 1 : 0"
 
     all_locals = {k: v for block in doc["locals"] for k, v in block.items()}
     assert all_locals["stacklock_tags"] == {

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -250,3 +251,179 @@ def test_image_push_on_an_aws_environment(moto: str, lab_registry: str, tmp_path
 
     res = _cli("image", "push", "dev", "--registry", "http://127.0.0.1:5000", "--out", str(out))
     assert res.returncode == 2 and "--registry" in res.stderr and "Traceback" not in res.stderr
+
+
+# --------------------------------------------------------------------------- Terraform: ecr.tf
+
+MODULE = REPO_ROOT / "terraform" / "modules" / "gpu_node_aws"
+STACK = "serving-2026-11"
+FAKE_AMIS = {"us-east-1": "ami-0a1b2c3d4e5f60718", "us-west-2": "ami-0f1e2d3c4b5a69788"}
+
+
+def _hcl(path: Path) -> dict[str, Any]:
+    import hcl2
+
+    with path.open(encoding="utf-8") as fh:
+        return dict(hcl2.load(fh))
+
+
+def _u(value: Any) -> Any:
+    """python-hcl2 keeps string literals quoted: the value without its quotes."""
+    if isinstance(value, list):
+        return [_u(v) for v in value]
+    if isinstance(value, str) and len(value) > 1 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    return value
+
+
+def _named(doc: dict[str, Any], kind: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for block in doc.get(kind, []):
+        for rtype, named in block.items():
+            for name, body in named.items():
+                out[f"{rtype.strip(chr(34))}.{name.strip(chr(34))}"] = body
+    return out
+
+
+def test_module_ecr_repository_is_immutable_scanned_encrypted_and_pull_only() -> None:
+    doc = _hcl(MODULE / "ecr.tf")
+    res, data = _named(doc, "resource"), _named(doc, "data")
+    repo = res["aws_ecr_repository.serving"]
+    assert repo["count"] == "${var.ecr_enabled ? 1 : 0}"
+    assert _u(repo["image_tag_mutability"]) == "IMMUTABLE" and repo["force_delete"] is False
+    assert repo["image_scanning_configuration"][0]["scan_on_push"] is True
+    enc = repo["encryption_configuration"][0]
+    assert enc["encryption_type"] == '${var.ecr_kms_key_arn == null ? "AES256" : "KMS"}'
+    assert enc["kms_key"] == "${var.ecr_kms_key_arn}"
+    # the lifecycle policy only ever selects untagged images
+    policy = res["aws_ecr_lifecycle_policy.serving"]["policy"]
+    assert re.findall(r'tagStatus = "(\w+)"', policy) == ["untagged"]
+    # the nodes' role: the login (no resource-level permission exists) and pulls from this
+    # repository alone
+    statements = {_u(s["sid"]): s for s in data["aws_iam_policy_document.ecr_pull"]["statement"]}
+    assert _u(statements["EcrLogin"]["actions"]) == ["ecr:GetAuthorizationToken"]
+    assert _u(statements["EcrLogin"]["resources"]) == ["*"]
+    assert sorted(_u(statements["EcrPullServingImage"]["actions"])) == [
+        "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"]
+    assert statements["EcrPullServingImage"]["resources"] == [
+        "${aws_ecr_repository.serving[0].arn}"]
+    assert res["aws_iam_role_policy.ecr_pull"]["role"] == "${aws_iam_role.this.id}"
+    variables = {_u(k): v for block in _hcl(MODULE / "variables.tf")["variable"]
+                 for k, v in block.items()}
+    for name in ("ecr_enabled", "ecr_kms_key_arn", "ecr_untagged_days"):
+        body = variables[name]
+        assert body["type"] and len(body["description"]) > 20, name
+    assert variables["ecr_enabled"]["default"] is False
+    outputs = {_u(k) for block in _hcl(MODULE / "outputs.tf")["output"] for k in block}
+    assert {"ecr_repository_url", "ecr_repository_arn"} <= outputs
+
+
+def test_the_lifecycle_policy_is_one_ecr_takes(moto: str) -> None:
+    """The lifecycle policy as ecr.tf writes it (jsonencode of the HCL), put through moto's
+    ECR API, which checks its schema; the repository settings replayed too."""
+    _create()
+    policy_hcl = _named(_hcl(MODULE / "ecr.tf"), "resource")["aws_ecr_lifecycle_policy.serving"]
+    text = (MODULE / "ecr.tf").read_text("utf-8")
+    assert "var.ecr_untagged_days" in str(policy_hcl["policy"])
+    days = re.search(r'variable "ecr_untagged_days".*?default\s+=\s+(\d+)',
+                     (MODULE / "variables.tf").read_text("utf-8"), re.S)
+    assert days and "jsonencode" in text
+    policy = {"rules": [{"rulePriority": 1, "description": "Expire untagged images",
+                         "selection": {"tagStatus": "untagged", "countType": "sinceImagePushed",
+                                       "countUnit": "days", "countNumber": int(days.group(1))},
+                         "action": {"type": "expire"}}]}
+    _ecr().put_lifecycle_policy(repositoryName=NAME, lifecyclePolicyText=json.dumps(policy))
+    got = json.loads(_ecr().get_lifecycle_policy(repositoryName=NAME)["lifecyclePolicyText"])
+    assert got["rules"][0]["selection"]["tagStatus"] == "untagged"
+
+
+@pytest.fixture(scope="module")
+def container_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """stacklock.yaml with serving.runtime container, an image in the lock, rendered."""
+    import hashlib
+
+    import yaml
+
+    from stacklock.core.lock import build_lock
+    from stacklock.core.manifest import load_manifest
+    from stacklock.core.render import render_tree, write_tree
+
+    root = tmp_path_factory.mktemp("ecr-render")
+    shutil.copytree(MODULE, root / "terraform" / "modules" / "gpu_node_aws")
+    archive = root / "examples" / "models" / "tiny-linear.mar"
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(b"a stand-in model archive for the ECR render test\n")
+    data = yaml.safe_load((REPO_ROOT / "stacklock.yaml").read_text("utf-8"))
+    for stack in data["stacks"].values():
+        stack["serving"] = {"runtime": "container"}
+        for model in stack.get("models", []):
+            model["sha256"] = hashlib.sha256(archive.read_bytes()).hexdigest()
+    (root / "stacklock.yaml").write_text(yaml.safe_dump(data, sort_keys=False), "utf-8")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STACKLOCK_HOME", str(root))
+        loaded = load_manifest(root / "stacklock.yaml")
+        lock = build_lock(loaded, {STACK: dict(FAKE_AMIS)})
+        digest = "sha256:" + "cd" * 32
+        lock["stacks"][STACK]["image"] = {
+            "config_digest": "sha256:" + "ef" * 32, "digest": digest,
+            "fingerprint": lock["stacks"][STACK]["fingerprint"],
+            "reference": f"{REGISTRY}/{NAME}@{digest}", "registry": REGISTRY,
+            "registry_url": f"https://{REGISTRY}", "repository": NAME, "user": "10001:10001"}
+        write_tree(loaded, render_tree(loaded, lock))
+    return root
+
+
+def test_a_container_mode_root_enables_ecr_and_outputs_its_url(container_tree: Path) -> None:
+    from stacklock.adapters.terraform import LibTerraformEngine, Terraform
+
+    root = container_tree / "terraform" / "environments" / "dev"
+    call = {_u(k): v for block in _hcl(root / "main.tf")["module"] for k, v in block.items()}
+    assert call["gpu_nodes"]["ecr_enabled"] is True
+    outputs = {_u(k): v for block in _hcl(root / "outputs.tf")["output"]
+               for k, v in block.items()}
+    assert outputs["ecr_repository_url"]["value"] == "${module.gpu_nodes.ecr_repository_url}"
+    tf = Terraform(container_tree, engine=LibTerraformEngine())
+    assert tf.fmt_check([container_tree / "terraform" / "environments", MODULE]) == []
+
+
+def _checkov() -> str:
+    for c in (os.environ.get("STACKLOCK_CHECKOV", ""),
+              str(REPO_ROOT / ".cache" / "checkov-venv" / "bin" / "checkov"),
+              shutil.which("checkov") or ""):
+        if c and Path(c).is_file() and os.access(c, os.X_OK):
+            return c
+    pytest.skip("checkov is not installed (make .cache/checkov-venv, or STACKLOCK_CHECKOV)")
+
+
+def _scan(folder: Path) -> dict[str, Any]:
+    run = subprocess.run([_checkov(), "-d", str(folder), "--framework", "terraform",
+                          "--skip-download", "-o", "json"], capture_output=True, text=True,
+                         timeout=600, check=False,
+                         env={**os.environ, "BC_SKIP_MAPPING": "TRUE", "LOG_LEVEL": "WARNING"})
+    assert run.returncode in (0, 1), run.stderr[-3000:]
+    data = json.loads(run.stdout)
+    if isinstance(data, list):
+        data = next(d for d in data if d.get("check_type") == "terraform")
+    return dict(data)
+
+
+@pytest.mark.slow
+def test_checkov_passes_the_repository_and_catches_mutable_tags(container_tree: Path,
+                                                                 tmp_path: Path) -> None:
+    report = _scan(container_tree / "terraform" / "environments" / "dev")
+    failed = [(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]]
+    assert report["summary"]["failed"] == 0 and not failed, failed
+    passed = {(c["check_id"], c["resource"]) for c in report["results"]["passed_checks"]}
+    repo = "module.gpu_nodes.aws_ecr_repository.serving[0]"
+    assert {("CKV_AWS_51", repo), ("CKV_AWS_163", repo)} <= passed  # immutable, scan on push
+    assert ("CKV_AWS_356", "module.gpu_nodes.aws_iam_policy_document.ecr_pull") in passed
+    skipped = {c["check_id"]: (c.get("check_result") or {}).get("suppress_comment", "")
+               for c in report["results"]["skipped_checks"] if c["resource"] == repo}
+    assert set(skipped) == {"CKV_AWS_136"} and "AES256" in skipped["CKV_AWS_136"]
+
+    shutil.copytree(container_tree / "terraform", tmp_path / "terraform")
+    ecr_tf = tmp_path / "terraform/modules/gpu_node_aws/ecr.tf"
+    ecr_tf.write_text(ecr_tf.read_text("utf-8").replace('"IMMUTABLE"', '"MUTABLE"'), "utf-8")
+    report = _scan(tmp_path / "terraform" / "environments" / "dev")
+    assert ("CKV_AWS_51", repo) in {(c["check_id"], c["resource"])
+                                    for c in report["results"]["failed_checks"]}

@@ -72,3 +72,13 @@ output "endpoint_access_logs_bucket" {
   description = "S3 bucket holding the endpoint's access logs (under endpoint/AWSLogs/); null without the endpoint."
   value       = one(aws_s3_bucket.endpoint_logs[*].id)
 }
+
+output "ecr_repository_url" {
+  description = "URL of the environment's serving image repository (ACCOUNT.dkr.ecr.REGION.amazonaws.com/<project>/<environment>/serving); its host is the --registry of `stacklock image push ENV`. Null unless ecr_enabled."
+  value       = one(aws_ecr_repository.serving[*].repository_url)
+}
+
+output "ecr_repository_arn" {
+  description = "ARN of the serving image repository (the nodes' role may pull from it alone); null unless ecr_enabled."
+  value       = one(aws_ecr_repository.serving[*].arn)
+}

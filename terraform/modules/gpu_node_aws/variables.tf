@@ -315,6 +315,40 @@ variable "endpoint_access_log_days" {
 }
 
 ################################################################################
+# Serving image repository (ecr.tf): ECR with immutable tags
+################################################################################
+
+variable "ecr_enabled" {
+  description = "Create the environment's ECR repository <project>/<environment>/serving (immutable tags, scan on push, encrypted, untagged images expired) and let the nodes' role pull from it alone. render sets it for stacks with serving.runtime container. False creates nothing of it."
+  type        = bool
+  default     = false
+  nullable    = false
+}
+
+variable "ecr_kms_key_arn" {
+  description = "ARN of a customer-managed KMS key for the repository's images; null (the default) encrypts with AES256 (the module holds no KMS key of its own). A given key's policy must let the nodes' role decrypt."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.ecr_kms_key_arn == null || can(regex("^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[0-9a-f-]{36}$", var.ecr_kms_key_arn))
+    error_message = "ecr_kms_key_arn must be null or a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)."
+  }
+}
+
+variable "ecr_untagged_days" {
+  description = "Days after which an untagged image of the repository expires. Every image stacklock pushes carries an immutable tag (fp-<lock fingerprint>), so no image a lock names is ever untagged or expired."
+  type        = number
+  default     = 14
+  nullable    = false
+
+  validation {
+    condition     = var.ecr_untagged_days >= 1 && floor(var.ecr_untagged_days) == var.ecr_untagged_days
+    error_message = "ecr_untagged_days must be a whole number of days, 1 or more."
+  }
+}
+
+################################################################################
 # Tags
 ################################################################################
 

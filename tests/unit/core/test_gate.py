@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -306,14 +307,32 @@ def play(home: Path, inv: Path, *extra: str) -> subprocess.CompletedProcess[str]
                           timeout=300, check=False)
 
 
-ROLE_TAGS = "nvidia_driver,cuda,nvidia_container_toolkit,docker,torchserve"
+def _role_tags() -> str:
+    """The tags of every role site.yml runs: skipped, so that only the gate acts on this
+    machine (a role left out would run against it, as the roles of a real node do)."""
+    plays: list[dict[str, Any]] = yaml.safe_load((ROOT / "ansible/playbooks/site.yml").read_text())
+    tags = [t for p in plays for r in p.get("roles", []) for t in r.get("tags", [])]
+    assert len(tags) >= 5 and "always" not in tags, tags
+    return ",".join(tags)
+
+
+ROLE_TAGS = _role_tags()
+
+
+def assert_only_the_gate_ran(res: subprocess.CompletedProcess[str]) -> None:
+    """Past the gate, the install play started (its facts) and no role's task ran here."""
+    tasks = re.findall(r"^TASK \[(.+?)\]", res.stdout, re.M)
+    assert tasks == ["Refuse a revision the environment before this one never verified",
+                     "Gathering Facts"], tasks
 
 
 def test_site_yml_refuses_an_unverified_revision_before_any_host_task(
         home: Path, tmp_path: Path) -> None:
     m = upgrade_copy(tmp_path)
     inv = local_inventory(m, "staging")
-    res = play(home, inv)
+    # the roles are skipped even here: a gate that let it through must not run them on this
+    # machine; the install play's facts (tagged always) would still show that it started
+    res = play(home, inv, "--skip-tags", ROLE_TAGS)
     assert res.returncode != 0, res.stdout[-3000:]
     assert "never verified in dev (nor in staging)" in res.stdout, res.stdout[-3000:]
     assert "Gathering Facts" not in res.stdout and "TASK [nvidia_driver" not in res.stdout
@@ -323,6 +342,7 @@ def test_site_yml_refuses_an_unverified_revision_before_any_host_task(
     res = play(home, inv, "--skip-tags", ROLE_TAGS)
     assert res.returncode == 0, res.stdout[-3000:]
     assert "stacklock_gate: staging may take revision" in res.stdout
+    assert_only_the_gate_ran(res)
 
 
 def test_site_yml_override_is_loud_and_recorded(home: Path, tmp_path: Path) -> None:
@@ -333,6 +353,7 @@ def test_site_yml_override_is_loud_and_recorded(home: Path, tmp_path: Path) -> N
                ROLE_TAGS)
     assert res.returncode == 0, res.stdout[-3000:]
     assert "THE PROMOTION GATE IS OVERRIDDEN" in res.stdout + res.stderr
+    assert_only_the_gate_ran(res)
     lines = (m.parent / "upgrade/.stacklock/ledger.jsonl").read_text().splitlines()
     bodies = [json.loads(x)["body"] for x in lines if json.loads(x)["kind"] == "gate-override"]
     assert [(b["environment"], b["reason"]) for b in bodies] == [("prod", "INC-9 by hand")]

@@ -3,6 +3,10 @@
 Every file of `tests/corpus/invalid/` has one mistake; `tests/corpus/README.md` names, for
 each, the text the output must contain (the field path of the error). Each must exit 2, name
 that field, print no traceback and write no file. The valid manifests must exit 0.
+
+Each file goes through the CLI's entry point in this process (tests/unit/clirun.py); a few,
+one of each kind of mistake (not a manifest at all, a field) and one valid manifest, also
+through the installed `stacklock` in a process of its own, with the same checks.
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ import os
 import re
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from clirun import Result, stacklock
 
 pytestmark = pytest.mark.unit
 
@@ -45,6 +51,10 @@ VALID = [
 ]
 
 
+# run as a process of their own too: each kind of mistake, and the first valid manifest
+IN_A_PROCESS = ["01-yaml-syntax-error.yaml", "05-unknown-top-level-key.yaml"]
+
+
 def _snapshot(*dirs: Path) -> dict[str, tuple[int, int]]:
     return {
         str(p): (p.stat().st_size, p.stat().st_mtime_ns)
@@ -61,15 +71,20 @@ def sandbox(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _validate(manifest: Path, sandbox: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run the installed CLI in the sandbox's empty directory with its own HOME."""
+def _validate(manifest: Path, sandbox: Path, *args: str,
+              process: bool = False) -> subprocess.CompletedProcess[str] | Result:
+    """`stacklock validate` in the sandbox's empty directory with its own HOME: through the
+    entry point in this process, or (PROCESS) the installed CLI in a process of its own."""
     home = sandbox / "home"
-    env = {**os.environ, "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"),
-           "NO_COLOR": "1", "COLUMNS": "300"}
-    env.pop("STACKLOCK_MANIFEST", None)
+    env: dict[str, str | None] = {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"),
+                                  "NO_COLOR": "1", "COLUMNS": "300", "STACKLOCK_MANIFEST": None}
+    argv = ["validate", "--manifest", str(manifest), *args]
+    if not process:
+        return stacklock(*argv, cwd=sandbox / "cwd", env=env)
     return subprocess.run(
-        [str(STACKLOCK), "validate", "--manifest", str(manifest), *args],
-        cwd=sandbox / "cwd", env=env, capture_output=True, text=True, timeout=120, check=False,
+        [str(STACKLOCK), *argv], cwd=sandbox / "cwd", capture_output=True, text=True,
+        env={k: v for k, v in {**os.environ, **env}.items() if v is not None},
+        timeout=120, check=False,
     )
 
 
@@ -82,42 +97,49 @@ def test_the_cli_is_installed() -> None:
     assert STACKLOCK.is_file(), f"{STACKLOCK}: install the project (pip install -e .)"
 
 
+def test_the_files_run_in_a_process_are_in_the_corpus() -> None:
+    assert set(IN_A_PROCESS) <= set(INVALID)
+    assert {" " in INDEXED[n] for n in IN_A_PROCESS} == {True, False}  # one of each kind
+
+
 @dataclass
 class Run:
-    result: subprocess.CompletedProcess[str]
+    result: subprocess.CompletedProcess[str] | Result
     sandbox_before: dict[str, tuple[int, int]]
     sandbox_after: dict[str, tuple[int, int]]
 
 
 @pytest.fixture(scope="module")
 def corpus_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Run], bool]:
-    """Every invalid manifest through the CLI, in parallel, each in its own sandbox.
+    """Every invalid manifest through the CLI, each in its own sandbox (those of IN_A_PROCESS
+    once more in a process of their own, under `NAME@process`).
 
     Returns the runs and whether the corpus folder was left exactly as it was."""
-    boxes = {}
-    for name in INVALID:
+    corpus_before = _snapshot(CORPUS)
+    runs = {}
+    for key in [*INVALID, *(f"{n}@process" for n in IN_A_PROCESS)]:
+        name, _, how = key.partition("@")
         box = tmp_path_factory.mktemp(name.removesuffix(".yaml"))
         (box / "cwd").mkdir()
         (box / "home").mkdir()
-        boxes[name] = box
-    corpus_before = _snapshot(CORPUS)
-    befores = {name: _snapshot(box) for name, box in boxes.items()}
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        results = dict(zip(INVALID, pool.map(
-            lambda n: _validate(CORPUS / "invalid" / n, boxes[n]), INVALID), strict=True))
-    runs = {n: Run(results[n], befores[n], _snapshot(boxes[n])) for n in INVALID}
+        before = _snapshot(box)
+        result = _validate(CORPUS / "invalid" / name, box, process=how == "process")
+        runs[key] = Run(result, before, _snapshot(box))
     return runs, _snapshot(CORPUS) == corpus_before
 
 
 @pytest.mark.parametrize(
     "name",
-    [pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN_BUGS[n], strict=True))
-     if n in KNOWN_BUGS else n for n in INVALID],
+    [pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN_BUGS[n.partition("@")[0]],
+                                               strict=True))
+     if n.partition("@")[0] in KNOWN_BUGS else n
+     for n in [*INVALID, *(f"{n}@process" for n in IN_A_PROCESS)]],
 )
 def test_invalid_manifest_is_rejected(name: str, corpus_runs: tuple[dict[str, Run], bool]) -> None:
     runs, corpus_unchanged = corpus_runs
     run = runs[name]
     result = run.result
+    name = name.partition("@")[0]
     expect = INDEXED[name]
     output = result.stdout + result.stderr
     assert result.returncode == 2, output
@@ -158,13 +180,15 @@ def test_invalid_manifest_json(
         assert any(p["path"] == expect for p in errors), errors
 
 
-@pytest.mark.parametrize("rel", VALID)
+@pytest.mark.parametrize("rel", [*VALID, f"{VALID[0]}@process"])
 def test_valid_manifest_passes(rel: str, sandbox: Path) -> None:
+    rel, _, how = rel.partition("@")
     manifest = ROOT / rel
     if not manifest.exists():
         pytest.skip(f"{rel} not in this tree")
     before = _snapshot(sandbox)
-    result = _validate(manifest, sandbox, "--format", "json")
+    result = _validate(manifest, sandbox, "--format", "json", process=how == "process")
+    assert "Traceback" not in result.stderr
     # the corpus is about the schema and the rules: its model archives and smoke inputs are
     # not in the tree (validate checks them too, and says only that they are missing)
     errors = [p for p in json.loads(result.stdout)["problems"] if p["severity"] == "error"]
@@ -175,7 +199,7 @@ def test_valid_manifest_passes(rel: str, sandbox: Path) -> None:
 
 def test_warnings_fail_only_under_strict(sandbox: Path) -> None:
     manifest = ROOT / "examples" / "lab.yaml"
-    plain = _validate(manifest, sandbox)
+    plain = _validate(manifest, sandbox, process=True)
     assert plain.returncode == 0
     assert re.search(r"^WARNING stacks\.lab-2026-11\.nvidia_driver\.version: ", plain.stderr,
                      re.M)

@@ -483,11 +483,20 @@ def _tree(*roots: Path) -> dict[str, tuple[int, int]]:
             for root in roots for p in sorted(root.rglob("*"))}
 
 
-def _cli(manifest: Path, *args: str) -> tuple[int, str]:
+def _cli(manifest: Path, *args: str, process: bool = False) -> tuple[int, str]:
+    """`stacklock -m MANIFEST ARGS` through the CLI's entry point here, or (PROCESS) the
+    installed CLI in a process of its own."""
     import os
     import subprocess
     import sys
 
+    if not process:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from clirun import stacklock
+
+        r = stacklock("-m", str(manifest), *args, cwd=manifest.parent,
+                      env={"NO_COLOR": "1", "COLUMNS": "400"})
+        return r.returncode, r.stdout + r.stderr
     exe = Path(sys.executable).parent / "stacklock"
     res = subprocess.run([str(exe), "-m", str(manifest), *args], cwd=manifest.parent,
                          capture_output=True, text=True, timeout=120, check=False,
@@ -543,8 +552,11 @@ def test_a_symbolic_link_leading_out_is_refused_by_every_command_and_nothing_is_
     _write(golden_case, data)
     outside = golden_case.parent.parent / "outside"
     before = _tree(golden_case.parent, outside)
-    for command in (["validate"], ["lock", "--offline"], ["render"], ["render", "--check"]):
-        code, out = _cli(golden_case, *command)
+    commands = (["validate"], ["lock", "--offline"], ["render"], ["render", "--check"])
+    # each case runs one command (each command at least once) as a process of its own
+    in_a_process = commands[LINK_CASES.index(how) % len(commands)]
+    for command in commands:
+        code, out = _cli(golden_case, *command, process=command is in_a_process)
         assert code == 2, (command, out)
         assert f"ERROR {field}: " in out, (command, out)
         assert str(outside.resolve()) in out, "the message names where the link leads"

@@ -17,11 +17,20 @@ ROOT = Path(__file__).resolve().parents[3]
 GOLDEN = ROOT / "tests" / "golden" / "static-lab"
 STACKLOCK = [sys.executable, "-m", "stacklock.cli"]
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from clirun import Result, stacklock  # noqa: E402
 
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, STACKLOCK_HOME=str(ROOT), NO_COLOR="1", COLUMNS="200")
+
+def run(*args: str, cwd: Path | None = None,
+        process: bool = False) -> subprocess.CompletedProcess[str] | Result:
+    """`stacklock ARGS` through the CLI's entry point in this process; with PROCESS, in a
+    process of its own (kept where the exit status, stderr or the files written are the
+    point, once per kind)."""
+    env = {"STACKLOCK_HOME": str(ROOT), "NO_COLOR": "1", "COLUMNS": "200"}
+    if not process:
+        return stacklock(*args, cwd=cwd, env=env)
     return subprocess.run([*STACKLOCK, *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=120, check=False)
+                          env={**os.environ, **env}, timeout=120, check=False)
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -38,10 +47,10 @@ def case(tmp_path: Path) -> Path:
 
 def test_lock_render_check_cycle(case: Path) -> None:
     m = str(case)
-    assert run("-m", m, "lock", "--check").returncode == 1  # no lock yet
-    r = run("-m", m, "render")
+    assert run("-m", m, "lock", "--check", process=True).returncode == 1  # no lock yet
+    r = run("-m", m, "render", process=True)
     assert r.returncode == 2 and f"stacklock -m {m} lock" in r.stderr  # needs a current lock
-    r = run("-m", m, "lock")
+    r = run("-m", m, "lock", process=True)
     assert r.returncode == 0, r.stderr
     assert "wrote manifest.lock" in r.stderr
     assert run("-m", m, "lock", "--check").returncode == 0
@@ -79,7 +88,7 @@ def test_bad_manifest_exit_2_nothing_written(case: Path) -> None:
     case.write_text(case.read_text().replace("count: 2", "count: two"))
     before = snapshot(case.parent)
     for cmd in (["validate"], ["lock"], ["render"], ["plan", "lab"]):
-        r = run("-m", str(case), *cmd)
+        r = run("-m", str(case), *cmd, process=cmd == ["lock"])
         assert r.returncode == 2, (cmd, r.stderr)
         assert "environments.lab.count" in r.stderr
         assert "Traceback" not in r.stderr + r.stdout
@@ -107,7 +116,7 @@ def test_unknown_environment_is_usage_error(case: Path) -> None:
 
 
 def test_missing_manifest() -> None:
-    r = run("-m", "/nonexistent/stacklock.yaml", "validate")
+    r = run("-m", "/nonexistent/stacklock.yaml", "validate", process=True)
     assert r.returncode == 2 and "no such" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -133,7 +142,7 @@ def test_validate_checks_the_model_archives(case: Path) -> None:
 
 def test_unknown_environment_once_with_did_you_mean(case: Path) -> None:
     """`verify lbb`: one line, naming the closest environment (issue #21)."""
-    r = run("-m", str(case), "verify", "lbb")
+    r = run("-m", str(case), "verify", "lbb", process=True)
     assert r.returncode == 2
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert lines == ["ERROR ENV: 'lbb' is not an environment of the manifest (fix: did you "
@@ -169,5 +178,5 @@ def test_a_summary_that_adds_something_is_kept(case: Path) -> None:
 def test_verbose_anywhere_on_the_line(case: Path, where: str) -> None:
     args = (["-m", str(case), "lock", "--check", "-v"] if where == "end"
             else ["lock", "--verbose", "-m", str(case), "--check"])
-    r = run(*args)
+    r = run(*args, process=True)
     assert "No such option" not in r.stderr and r.returncode == 1, r.stderr  # no lock yet

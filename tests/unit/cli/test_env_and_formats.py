@@ -13,6 +13,9 @@ from pathlib import Path
 import click
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from clirun import Result, stacklock
+
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -25,10 +28,16 @@ ENV_COMMANDS = ["plan", "apply", "destroy", "provision", "configure", "trust", "
                 "image push"]
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, STACKLOCK_HOME=str(ROOT), NO_COLOR="1", COLUMNS="200")
+#: these also run as a process of their own (the others through the CLI's entry point here)
+IN_A_PROCESS = {"verify", "image push", "rollout"}
+
+
+def run(*args: str, process: bool = False) -> subprocess.CompletedProcess[str] | Result:
+    env = {"STACKLOCK_HOME": str(ROOT), "NO_COLOR": "1", "COLUMNS": "200"}
+    if not process:
+        return stacklock(*args, env=env)
     return subprocess.run([sys.executable, "-m", "stacklock.cli", *args], capture_output=True,
-                          text=True, env=env, timeout=120, check=False)
+                          text=True, env={**os.environ, **env}, timeout=120, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +64,13 @@ def test_the_list_is_complete() -> None:
     assert sorted(_with_env(cli)) == sorted(ENV_COMMANDS)
 
 
-@pytest.mark.parametrize("command", [*ENV_COMMANDS, "audit history"])
+@pytest.mark.parametrize("command", [*ENV_COMMANDS, "audit history",
+                                     *(f"{c}@process" for c in sorted(IN_A_PROCESS))])
 def test_a_misspelt_environment_names_the_closest(case: Path, command: str) -> None:
+    command, _, how = command.partition("@")
     required = {"image push": ["--registry", "http://127.0.0.1:9"]}  # required options
-    r = run("-m", str(case), *command.split(), *required.get(command, []), "lbb")
+    r = run("-m", str(case), *command.split(), *required.get(command, []), "lbb",
+            process=how == "process")
     assert r.returncode == 2 and r.stdout == ""
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert lines == ["ERROR ENV: 'lbb' is not an environment of the manifest (fix: did you "

@@ -7,15 +7,17 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from stacklock import __version__
 from stacklock.console import use_manifest
-from stacklock.core.manifest import LoadedManifest, load_manifest
 from stacklock.errors import InvalidInput, Problem
-from stacklock.flows.run import Run, Target
+
+if TYPE_CHECKING:  # imported where used: `stacklock --help` needs neither the schema nor flows
+    from stacklock.core.manifest import LoadedManifest
+    from stacklock.flows.run import Run, Target
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -41,6 +43,8 @@ class Ctx:
 
     def loaded(self) -> LoadedManifest:
         if self._loaded is None:
+            from stacklock.core.manifest import load_manifest
+
             self._loaded = load_manifest(self.manifest_path)
         return self._loaded
 
@@ -167,6 +171,8 @@ def _lock_timeout(c: Ctx) -> float:
 def get_run(c: Ctx) -> Run:
     """This command's run (one per command): its run locks and lab resources are released
     when the command ends, however it ends."""
+    from stacklock.flows.run import Run
+
     ctx = click.get_current_context()
     run = ctx.meta.get("stacklock.run")
     if run is None:

@@ -20,7 +20,6 @@ import json
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -358,20 +357,14 @@ def test_enough_generated_cases() -> None:
 
 
 def test_every_hostile_manifest_is_refused_naming_its_field(tmp_path: Path) -> None:
-    started = time.monotonic()
     failures = []
-    slowest = 0.0
     for label, data, path in CASES:
-        t0 = time.monotonic()
         code, doc, err = _validate(tmp_path, yaml.safe_dump(data, allow_unicode=False))
-        slowest = max(slowest, time.monotonic() - t0)
         errors = [p for p in doc.get("problems", []) if p["severity"] == "error"]
         if code != 2 or "internal error" in err or not any(p["path"] == path for p in errors):
             failures.append((label, code, path, [(p["path"], p["message"][:90])
                                                  for p in errors][:4], err[-200:]))
     assert not failures, "\n".join(map(repr, failures[:30])) + f"\n{len(failures)} failed"
-    assert slowest < 5, f"one validate took {slowest:.1f} s"
-    assert time.monotonic() - started < 60
 
 
 @pytest.mark.parametrize(("label", "text", "path"), NAME_CASES, ids=[c[0] for c in NAME_CASES])
@@ -450,19 +443,28 @@ def test_nothing_crashes_or_hangs_validate(what: str, tmp_path: Path) -> None:
         path.write_text(yaml.safe_dump(data))
     import contextlib
     import io
+    import signal
 
+    def hung(signum: int, frame: object) -> None:
+        raise AssertionError(f"{what}: validate did not return within 120 s (it hangs)")
+
+    # a hang guard, not a speed measurement: a FIFO or a catastrophic regex must not block
+    # validate forever (speed is measured in benchmarks, never asserted)
     err = io.StringIO()
-    t0 = time.monotonic()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err), \
-            pytest.raises(SystemExit) as exited:
-        main(["validate", "--manifest", str(path)])
-    elapsed = time.monotonic() - t0
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(120)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err), \
+                pytest.raises(SystemExit) as exited:
+            main(["validate", "--manifest", str(path)])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
     if what == "unreadable" and path.is_file() and path.stat().st_mode and _root():
         pytest.skip("root reads a mode-000 file")
     assert exited.value.code == 2, err.getvalue()
     assert "internal error" not in err.getvalue() and "Traceback" not in err.getvalue()
     assert str(path) in err.getvalue() or "ERROR" in err.getvalue()
-    assert elapsed < 5, f"{what}: {elapsed:.1f} s"
 
 
 def _root() -> bool:

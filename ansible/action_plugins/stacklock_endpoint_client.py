@@ -23,10 +23,9 @@ from typing import Any
 from ansible.plugins.action import ActionBase
 
 try:
-    from stacklock.adapters import tls
+    import stacklock  # noqa: F401
 except ImportError:  # a checkout without `pip install -e .`: use its src/ directly
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-    from stacklock.adapters import tls
 
 
 class ActionModule(ActionBase):
@@ -41,6 +40,10 @@ class ActionModule(ActionBase):
             result["skipped"] = True
             result["msg"] = "the environment has no endpoint"
             return result
+        # imported here: Ansible runs this in a worker forked per host, and a host without an
+        # endpoint needs none of it (cryptography alone is 70 ms per host)
+        from stacklock.adapters import tls
+
         names = [k for k in tls.CLIENT_VARS if k in hv]
         # the secret store's variables the endpoint names (its certificate, its tokens)
         for ref in ("serving_endpoint_tls_secret", "serving_endpoint_tokens_secret"):

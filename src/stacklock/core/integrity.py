@@ -216,6 +216,23 @@ def store(trees: Iterable[Tree], where: Path | None = None) -> None:
                                  "utf-8")
 
 
+#: verified references already read in this process: (folder, digest) -> (lines by path,
+#: notes). Content-addressed and checked once, so a comparison of many nodes that deviate
+#: from one tree (a fleet that lost a package) reads and hashes its reference once.
+_LOADED: dict[tuple[str, str], tuple[dict[str, str], dict[str, str]]] = {}
+
+
+def _reference(digest: str, where: Path | None) -> tuple[dict[str, str], dict[str, str]] | None:
+    folder = where or default_store()
+    key = (str(folder), digest)
+    if key not in _LOADED:
+        found = load(digest, folder)
+        if found is None:
+            return None  # not kept: the store may get it later
+        _LOADED[key] = (_split(found[0]), found[1])
+    return _LOADED[key]
+
+
 def load(digest: str, where: Path | None = None) -> tuple[list[str], dict[str, str]] | None:
     """The stored lines of a tree hash, None when absent or when they do not hash to it."""
     folder = where or default_store()
@@ -319,13 +336,13 @@ def _tree_findings(tree: str, want: str, got: Mapping[str, Any] | None,
     actual = str(got.get("hash"))
     if actual == want:
         return [Finding(comp, want, actual, "match")]
-    ref = load(want, where)
+    ref = _reference(want, where)
     lines = got.get("lines")
     if ref is None or not isinstance(lines, list):
         why = ("no reference for this hash on this controller (run verify from the controller "
                "that holds the mirror)" if ref is None else "the node sent no lines")
         return [Finding(comp, want, actual, "deviation", why)]
-    exp, notes = _split(ref[0]), ref[1]
+    exp, notes = ref
     label = f"{'package' if kind == 'dpkg' else 'wheel' if kind == 'record' else 'role'}"
     if kind != "paths" and len(lines) == 1 and str(lines[0]).endswith("\tnot installed"):
         # the whole package or distribution is absent: one fact, not one per locked file (a

@@ -150,3 +150,14 @@ def test_json_round_trip() -> None:
     assert to_text(back, width=200) == to_text(rep, width=200)
     with pytest.raises(ValueError, match=r"stacklock\.parity/v1"):
         from_dict({"schema": "something/else"})
+
+
+def test_json_is_one_check_per_line_and_the_same_data() -> None:
+    rep = report(docker_on_prod_2, unreachable="dev/dev-1")
+    text = to_json(rep)
+    assert json.loads(text) == json.loads(json.dumps(report_dict(rep)))
+    lines = text.splitlines()
+    checks = [ln for ln in lines if ln.startswith('  {"environment"')]
+    assert len(checks) == len(rep.checks) + len(rep.deviations) + len(rep.nodes) \
+        + len(rep.unreachable_nodes)
+    assert lines[0] == "{" and lines[-1] == "}"

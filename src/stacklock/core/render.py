@@ -292,7 +292,7 @@ def group_vars(
             # the request verify sends and the answer it expects (verify.yml, parity.py)
             entry["smoke"] = dict(model["smoke"])
         models.append(entry)
-    out: dict[str, Any] = {
+    return {
         "stacklock_project": m.project,
         "stacklock_environment": env_name,
         "stacklock_provider": env.provider,
@@ -357,14 +357,9 @@ def group_vars(
         "torchserve_models": models,
         # the inference endpoint clients call (environments.ENV.endpoint; none: nothing here)
         **endpoint_vars(loaded, env_name, locked, inventory_dir),
+        # serving.runtime: container (the serving_container role; host mode: nothing here)
+        **serving.container_vars(env_name, env.stack, locked, gpu=env.gpu),
     }
-    # serving.runtime: container (the serving_container role; host mode: nothing here)
-    container = serving.container_vars(env_name, env.stack, locked, gpu=env.gpu)
-    if container:
-        # Java is in the image: the node gets no Java pins (no torchserve role runs there)
-        del out["torchserve_java_packages"]
-        out.update(container)
-    return out
 
 
 class AnsibleTemplate(str):

@@ -136,7 +136,6 @@ def test_push_records_the_image_and_render_writes_the_contract(tmp_path: Path) -
     assert all(set(m) >= {"type", "source", "target", "read_only"} for m in c["mounts"])
     assert gv["docker_daemon_options"] == {"insecure-registries": ["10.213.0.1:5000"]}
     assert gv["torchserve_state_dir"] == "/var/lib/stacklock-serving"
-    assert "torchserve_java_packages" not in gv  # Java is in the image, not pinned on the node
 
 
 def test_a_gpu_environment_runs_the_nvidia_runtime(tmp_path: Path) -> None:

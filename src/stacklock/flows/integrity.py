@@ -62,8 +62,9 @@ NO_WHEEL = "no locked wheel on the controller (build the mirror: python -m stack
 
 def container_mode(hv: Mapping[str, Any]) -> bool:
     """serving.runtime: container (core.serving): TorchServe runs from the image, the node has
-    no serving venv, config, model store or torchserve.service of the torchserve role, and no
-    Java from it; the serving_container role writes stacklock-serving.service instead."""
+    no serving venv, config, model store or torchserve.service of the torchserve role (Java
+    stays pinned and held as in host mode); the serving_container role writes
+    stacklock-serving.service instead."""
     return hv.get("serving_runtime") == "container"
 
 
@@ -188,7 +189,7 @@ def _role_files(hv: Mapping[str, Any]) -> dict[str, list[_Entry]]:
     # a path two roles write (the official nvidia-cuda.list) holds the last one's bytes
     apt: dict[str, _Entry] = {}
     for var, role in _APT_ROLES:
-        if host.get(var) is None or (role == "torchserve" and container_mode(host)):
+        if host.get(var) is None:
             continue
         pref = f"/etc/apt/preferences.d/stacklock-{role}.pref"
         unattended = f"/etc/apt/apt.conf.d/51stacklock-{role}-unattended-upgrades"
@@ -323,8 +324,6 @@ def trees(hv: Mapping[str, Any]) -> list[Tree]:
     official = aptrepo.OfficialDebs(host_vars(hv), [(role, str(p["name"]), str(p["version"]))
                                          for var, role in _APT_ROLES for p in hv.get(var) or []])
     for var, role in _APT_ROLES:
-        if role == "torchserve" and container_mode(hv):
-            continue  # Java is in the image
         for pin in hv.get(var) or []:
             name, version = str(pin["name"]), str(pin["version"])
             deb = debfiles.deb_files(name, version)

@@ -39,14 +39,15 @@ def test_the_unit_is_known_and_the_torchserve_role_files_are_not_expected() -> N
     paths = {f.path: f.sha256 for fs in files.values() for f in fs}
     assert paths[UNIT]
     assert "torchserve" not in files
-    assert not any(p.startswith("/etc/torchserve") or p.endswith("torchserve.service")
-                   or "stacklock-torchserve" in p for p in paths)
+    assert not any(p.startswith("/etc/torchserve") or p.endswith("/torchserve.service")
+                   for p in paths)
+    assert "/etc/apt/preferences.d/stacklock-torchserve.pref" in paths  # Java stays pinned
     dirs = dict(integrity.managed_dirs(hv))
     assert "/opt/torchserve/venv/bin" not in dirs
     assert UNIT in dirs and "/etc/systemd/system/torchserve.service" in dirs  # stale: caught
     ids = [t.id for t in integrity.trees(hv)]
     assert "role:serving_container" in ids or any("serving_container" in i for i in ids)
-    assert not [i for i in ids if i.startswith(("wheel:", "deb:openjdk", "venv"))]
+    assert not [i for i in ids if i.startswith(("wheel:", "venv"))]
 
 
 def test_the_unit_runs_the_contract() -> None:

@@ -197,6 +197,12 @@ def test_the_smoke_request_answers_over_tls_through_the_endpoint(node: Node) -> 
 def test_verify_and_verify_fast_pass_in_container_mode(node: Node) -> None:
     play = sl(node.manifest, "verify", "dev", timeout=900)
     fast = sl(node.manifest, "verify", "dev", "--fast", timeout=900)
+    if play.returncode != 0:  # what the collector's exec sees, for the failure message
+        diag = node.on_node("docker exec stacklock-serving /opt/torchserve/venv/bin/python -I "
+                            "-c 'import importlib.metadata as m, torch; "
+                            "print(len(list(m.distributions())), torch.version.cuda)'",
+                            check=False)
+        print(f"closure probe: rc {diag.returncode} {diag.stdout[-500:]} {diag.stderr[-1500:]}")
     assert play.returncode == 0, play.stdout[-5000:] + play.stderr[-3000:]
     assert fast.returncode == 0, fast.stdout[-5000:] + fast.stderr[-3000:]
 

@@ -28,7 +28,10 @@
 # Nodes can run containers of their own (docker run inside a node; docs/containers.md says
 # why each of these is needed and what was tried): CAP_SYS_ADMIN and seccomp=unconfined for
 # systemd and for runc's mounts and namespaces; CAP_NET_ADMIN for dockerd to set up a nested
-# container's network namespace (its loopback), even with --network none or host; a cgroup
+# container's network namespace (its loopback), even with --network none or host;
+# CAP_SYS_PTRACE for `docker exec` into a nested container that runs as another user (runc
+# joins its namespaces through /proc/PID/ns, which needs ptrace access to that process: verify
+# reads the serving image's Python closure that way); a cgroup
 # namespace of the node's own, whose cgroup v1 hierarchies the host remounts read-write in
 # the node's mount namespace (the node then writes only under its own cgroup, where nested
 # containers land, instead of seeing the host's whole hierarchy); and a volume
@@ -175,7 +178,8 @@ cmd_create() {
     say "$name: starting container from $image"
     "$DOCKER" volume create --label "stacklock.lab-node=$name" "${name}-docker" >/dev/null
     "$DOCKER" run -d --network none --name "$name" --hostname "$name" \
-        --cap-add SYS_ADMIN --cap-add NET_ADMIN --security-opt seccomp=unconfined \
+        --cap-add SYS_ADMIN --cap-add NET_ADMIN --cap-add SYS_PTRACE \
+        --security-opt seccomp=unconfined \
         --cgroupns private --tmpfs /run --tmpfs /run/lock \
         --mount "type=volume,src=${name}-docker,dst=/var/lib/docker" \
         "${labels[@]}" "$image" /lib/systemd/systemd >/dev/null

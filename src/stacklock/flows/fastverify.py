@@ -248,6 +248,21 @@ def _convert(name: str, value: Any, spec: Mapping[str, Any]) -> Any:
     if kind == "list":
         items = value if isinstance(value, list) else str(value).split(",")
         return [str(v) for v in items] if spec.get("elements", "str") == "str" else list(items)
+    if kind == "dict":  # as AnsibleModule: a mapping, or a string of JSON holding one
+        if isinstance(value, Mapping):
+            return dict(value)
+        try:
+            parsed = json.loads(str(value))
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            kind_of = type(value).__name__
+            raise OptionError(f"argument '{name}' is of type {kind_of} and we were unable to "
+                              f"convert to dict: dictionary requested, could not parse JSON "
+                              "or key=value")
+        return parsed
+    if kind == "raw":
+        return value
     return str(value)
 
 

@@ -620,3 +620,19 @@ def test_importing_the_adapter_prints_no_warning(flags: list[str]) -> None:
                         "warnings.warn('after the import', W)"],
                        capture_output=True, text=True, env=env, timeout=60, check=False)
     assert "after the import" in r.stderr  # the filter does not outlive the import
+
+
+def test_dict_options_reach_the_module_as_dicts_as_ansiblemodule_hands_them() -> None:
+    """The container option (type dict) was handed to the node as its str(): the container
+    collector saw no mapping and reported nothing in container mode, on the fast path only."""
+    spec = fastverify.module_spec(MODULE.read_text())
+    assert spec["container"]["type"] == "dict"
+    want = {"name": "stacklock-serving", "image": "r/s@sha256:" + "a" * 64,
+            "user": "10001:10001", "python": "/opt/torchserve/venv/bin/python"}
+    opts, _ = fastverify.module_opts({"container": want}, spec)
+    assert opts["container"] == want
+    opts, _ = fastverify.module_opts({"container": json.dumps(want)}, spec)
+    assert opts["container"] == want
+    assert fastverify.module_opts({}, spec)[0]["container"] is None
+    with pytest.raises(fastverify.OptionError, match="unable to convert to dict"):
+        fastverify.module_opts({"container": "not json"}, spec)

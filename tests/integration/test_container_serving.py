@@ -205,10 +205,6 @@ def test_verify_passes_in_container_mode(node: Node) -> None:
     assert play.returncode == 0, play.stdout[-5000:] + play.stderr[-3000:]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug (issue #23): on the lab, verify --fast in container mode reports every "
-    "container.* component missing while the play reads them; strict: the fix turns this "
-    "into a failure that says to remove the mark"))
 def test_verify_fast_passes_in_container_mode(node: Node) -> None:
     fast = sl(node.manifest, "verify", "dev", "--fast", timeout=900)
     assert fast.returncode == 0, fast.stdout[-5000:] + fast.stderr[-3000:]

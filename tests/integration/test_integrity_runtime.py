@@ -224,6 +224,24 @@ def test_clean_after_a_node_restart_and_with_renewed_keys(
             " headers={'Authorization': 'Bearer ' + k['API']['key']})\n"
             "urllib.request.urlopen(req, timeout=10)\n"
             "EOF")
+    # the model's worker starts after the management port answers: a node is clean once it
+    # serves again (as configure's handler waits for); verify before that rightly says
+    # "0/1 workers ready". Bounded: 90 tries, 2 s apart
+    on_node("python3 - <<'EOF'\n"
+            "import json, time, urllib.request\n"
+            "for _ in range(90):\n"
+            "    k = json.load(open('/var/lib/torchserve/key_file.json'))\n"
+            "    req = urllib.request.Request('http://127.0.0.1:8081/models/tiny-linear',"
+            " headers={'Authorization': 'Bearer ' + k['management']['key']})\n"
+            "    try:\n"
+            "        doc = json.load(urllib.request.urlopen(req, timeout=10))\n"
+            "        if all(w.get('status') == 'READY' for m in doc for w in m.get('workers')"
+            " or [{}]):\n"
+            "            break\n"
+            "    except OSError:\n"
+            "        pass\n"
+            "    time.sleep(2)\n"
+            "EOF")
     for how, code, rep in both(lab):
         assert code == 0, f"{how}: {rep.get('problems')}"
     code, rep = verify(lab, "--deep")  # the play in check mode on top: nothing to change

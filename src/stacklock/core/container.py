@@ -32,6 +32,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from stacklock.core.values import text as _s
+
 PREFIX = "container."
 
 #: the value of a name that must not be there (as the runtime class's)
@@ -51,14 +53,6 @@ _WEAKENING = re.compile(r"^(seccomp[=:]unconfined|apparmor[=:]unconfined|label[=
                         r"|systempaths[=:]unconfined)$")
 
 _NOT_READ = "set (value not read: not a name verify reads)"
-
-
-def _s(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 def _norm(name: object) -> str:

@@ -43,6 +43,7 @@ from typing import Any
 from stacklock.core import container, integrity, runtime
 from stacklock.core import endpoint as endpoint_client
 from stacklock.core import waivers as waiverlib
+from stacklock.core.values import text as _s
 from stacklock.errors import ExitCode
 
 FACTS_SCHEMA = "stacklock.facts/v1"
@@ -383,14 +384,6 @@ def may_differ_matches(component: str, may_differ: Sequence[str]) -> bool:
 
 
 # --------------------------------------------------------------------------- expectations
-
-
-def _s(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 def _major_minor(version: str | None) -> str | None:

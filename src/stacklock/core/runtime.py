@@ -32,6 +32,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from stacklock.core.values import text as _s
+
 #: every component of this class starts with one of these
 PREFIXES = ("unit.", "process.", "systemd.environment.", "docker.runtime.", "command.",
             "nvidia_driver.param.")
@@ -208,14 +210,6 @@ def commands_option() -> list[str]:
 
 
 # --------------------------------------------------------------------------- actual values
-
-
-def _s(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 def _when(epoch: float) -> str:

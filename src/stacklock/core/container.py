@@ -13,7 +13,8 @@ Components (each deviation names the container, the field, expected and actual):
 * `container.image.digest` (the manifest digest it was pulled by: one of the image's
   RepoDigests), `container.image.id` (the image id: the config digest);
 * `container.user`, `container.read_only`, `container.capabilities` (`add: none; drop: ALL`),
-  `container.privileged`, `container.security_opt` (entries that switch confinement off),
+  `container.privileged`, `container.security_opt` (`no-new-privileges`, as the unit sets it,
+  and any entry that switches confinement off),
   `container.runtime`, `container.network`, `container.pid_mode`, `container.devices`,
   `container.mounts`;
 * `container.env.NAME`: every name the container is given beyond the image's own ENV (a name
@@ -53,6 +54,20 @@ _WEAKENING = re.compile(r"^(seccomp[=:]unconfined|apparmor[=:]unconfined|label[=
                         r"|systempaths[=:]unconfined)$")
 
 _NOT_READ = "set (value not read: not a name verify reads)"
+
+#: what the serving unit sets (ansible/roles/serving_container: --security-opt
+#: no-new-privileges), in Docker's spellings of it (`:true`, `=true`; `:false` switches it off)
+_NO_NEW_PRIVILEGES = re.compile(r"^no-new-privileges([=:]true)?$")
+NO_NEW_PRIVILEGES = "no-new-privileges"
+
+
+def security_opt(options: Any) -> str:
+    """The confinement a container's `SecurityOpt` sets: `no-new-privileges` if set, then
+    every entry that switches confinement off; `none` for neither."""
+    opts = [str(o) for o in options or []]
+    kept = [NO_NEW_PRIVILEGES] if any(_NO_NEW_PRIVILEGES.match(o) for o in opts) else []
+    kept += sorted(o for o in opts if _WEAKENING.match(o))
+    return ", ".join(kept) or "none"
 
 
 def _norm(name: object) -> str:
@@ -122,7 +137,7 @@ def expected_from_vars(gv: Mapping[str, Any]) -> dict[str, str | None]:
         "container.read_only": _s(bool(spec.get("read_only"))),
         "container.capabilities": capabilities(spec.get("cap_add"), ["ALL"]),
         "container.privileged": "false",
-        "container.security_opt": "none",
+        "container.security_opt": NO_NEW_PRIVILEGES,
         "container.runtime": _s(spec.get("runtime")),
         "container.network": _s(spec.get("network")),
         "container.pid_mode": "private",
@@ -200,8 +215,7 @@ def actual_values(facts: Mapping[str, Any]) -> dict[str, str | None]:
     act["container.read_only"] = _s(bool(c.get("read_only")))
     act["container.capabilities"] = capabilities(c.get("cap_add"), c.get("cap_drop"))
     act["container.privileged"] = _s(bool(c.get("privileged")))
-    weak = [str(o) for o in c.get("security_opt") or [] if _WEAKENING.match(str(o))]
-    act["container.security_opt"] = ", ".join(weak) or "none"
+    act["container.security_opt"] = security_opt(c.get("security_opt"))
     act["container.runtime"] = _s(c.get("runtime"))
     act["container.network"] = _s(c.get("network"))
     act["container.pid_mode"] = _s(c.get("pid_mode")) or "private"

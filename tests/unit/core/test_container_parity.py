@@ -165,6 +165,11 @@ def test_the_serving_container_started_by_hand_with_other_settings() -> None:
     ("CapAdd", ["CAP_SYS_ADMIN"], "container.capabilities", "add: SYS_ADMIN; drop: ALL"),
     ("Devices", [{"PathOnHost": "/dev/mem", "PathInContainer": "/dev/mem",
                   "CgroupPermissions": "rwm"}], "container.devices", "/dev/mem:/dev/mem"),
+    # the unit's --security-opt no-new-privileges left out, or switched off
+    ("SecurityOpt", [], "container.security_opt", "none"),
+    ("SecurityOpt", ["no-new-privileges:false"], "container.security_opt", "none"),
+    ("SecurityOpt", ["no-new-privileges", "apparmor=unconfined"], "container.security_opt",
+     "no-new-privileges, apparmor=unconfined"),
 ])
 def test_one_setting_changed(field: str, value: Any, component: str, actual: str) -> None:
     serving = records()[0]
@@ -172,6 +177,14 @@ def test_one_setting_changed(field: str, value: Any, component: str, actual: str
     got = bad(facts([serving]))
     assert set(got) == {component}
     assert got[component].actual == actual
+
+
+@pytest.mark.parametrize("spelling", ["no-new-privileges", "no-new-privileges:true",
+                                      "no-new-privileges=true"])
+def test_no_new_privileges_in_any_spelling_is_clean(spelling: str) -> None:
+    serving = records()[0]
+    serving["HostConfig"]["SecurityOpt"] = [spelling]
+    assert "container.security_opt" not in bad(facts([serving]))
 
 
 def test_an_extra_mount_and_an_extra_variable() -> None:

@@ -16,7 +16,8 @@ Components (each deviation names the container, the field, expected and actual):
   `container.privileged`, `container.security_opt` (`no-new-privileges`, as the unit sets it,
   and any entry that switches confinement off),
   `container.runtime`, `container.network`, `container.pid_mode`, `container.devices`,
-  `container.mounts`;
+  `container.gpus` (Docker's device requests: `gpu: all` where the rendered spec asks for
+  `gpus: all`, the GPU nodes; else `none`), `container.mounts`;
 * `container.env.NAME`: every name the container is given beyond the image's own ENV (a name
   the rendered env does not set is expected absent; values only for names verify reads);
 * `container.extra.NAME`: any other running container on the node (expected absent);
@@ -109,6 +110,16 @@ def capabilities(add: Any, drop: Any) -> str:
     return f"add: {','.join(norm(add)) or 'none'}; drop: {','.join(norm(drop)) or 'none'}"
 
 
+def gpus_text(requests: Any) -> str:
+    """Docker's device requests as the collector reports them (`CAPS:COUNT`, e.g. `gpu:-1`
+    for `--gpus all`): `gpu: all`, `gpu: 2`; `none` for no request."""
+    items = []
+    for request in requests or []:
+        caps, _, count = str(request).rpartition(":")
+        items.append(f"{caps.lower() or '?'}: {'all' if count == '-1' else count}")
+    return "; ".join(sorted(items)) or "none"
+
+
 def mounts_text(mounts: Any) -> str:
     """`bind /var/lib/stacklock-serving -> /run/torchserve (rw); tmpfs -> /tmp (rw)`, sorted
     by target."""
@@ -142,6 +153,7 @@ def expected_from_vars(gv: Mapping[str, Any]) -> dict[str, str | None]:
         "container.network": _s(spec.get("network")),
         "container.pid_mode": "private",
         "container.devices": "none",
+        "container.gpus": "gpu: all" if spec.get("gpus") == "all" else "none",
         "container.mounts": mounts_text(spec.get("mounts")),
     }
     env = spec.get("env")
@@ -220,6 +232,7 @@ def actual_values(facts: Mapping[str, Any]) -> dict[str, str | None]:
     act["container.network"] = _s(c.get("network"))
     act["container.pid_mode"] = _s(c.get("pid_mode")) or "private"
     act["container.devices"] = ", ".join(c.get("devices") or []) or "none"
+    act["container.gpus"] = gpus_text(c.get("device_requests"))
     act["container.mounts"] = mounts_text(c.get("mounts"))
     for var, value in (c.get("env") or {}).items():
         act[f"container.env.{var}"] = _NOT_READ if value is None else str(value)

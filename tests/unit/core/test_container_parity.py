@@ -165,6 +165,10 @@ def test_the_serving_container_started_by_hand_with_other_settings() -> None:
     ("CapAdd", ["CAP_SYS_ADMIN"], "container.capabilities", "add: SYS_ADMIN; drop: ALL"),
     ("Devices", [{"PathOnHost": "/dev/mem", "PathInContainer": "/dev/mem",
                   "CgroupPermissions": "rwm"}], "container.devices", "/dev/mem:/dev/mem"),
+    # --gpus all where the spec asks for none (a CPU node)
+    ("DeviceRequests", [{"Driver": "", "Count": -1, "DeviceIDs": None,
+                         "Capabilities": [["gpu"]], "Options": {}}],
+     "container.gpus", "gpu: all"),
     # the unit's --security-opt no-new-privileges left out, or switched off
     ("SecurityOpt", [], "container.security_opt", "none"),
     ("SecurityOpt", ["no-new-privileges:false"], "container.security_opt", "none"),
@@ -177,6 +181,18 @@ def test_one_setting_changed(field: str, value: Any, component: str, actual: str
     got = bad(facts([serving]))
     assert set(got) == {component}
     assert got[component].actual == actual
+
+
+def test_a_gpu_node_expects_every_gpu_through_the_runtime() -> None:
+    from stacklock.core import container
+
+    gv = {"serving_runtime": "container",
+          "serving_container": {"name": "stacklock-serving", "gpus": "all", "runtime": "nvidia"}}
+    assert container.expected_from_vars(gv)["container.gpus"] == "gpu: all"
+    assert container.gpus_text([]) == "none"
+    assert container.gpus_text(["gpu:-1"]) == "gpu: all"
+    assert container.gpus_text(["gpu:2", "compute,utility:-1"]) == \
+        "compute,utility: all; gpu: 2"
 
 
 @pytest.mark.parametrize("spelling", ["no-new-privileges", "no-new-privileges:true",

@@ -154,22 +154,31 @@ def deb_tree(package: str, entries: Mapping[str, str], conffiles: Sequence[str] 
     return Tree(f"deb:{package}", "dpkg", spec, lines, notes=notes)
 
 
+#: the note of a file that may be absent (RoleFile.optional); present, it is compared
+OPTIONAL = "optional: may be absent; where present, as the role wrote it, else remove it"
+
+
 @dataclass(frozen=True)
 class RoleFile:
     """A file a role writes: sha256 when the controller knows its bytes, else None (then its
-    presence, owner, group and mode are compared)."""
+    presence, owner, group and mode are compared). `optional`: a file a role no longer writes
+    but left behind (container mode: the torchserve role's Java pins from host mode); owned and
+    compared where present, its absence no finding."""
 
     path: str
     owner: str
     group: str
     mode: str
     sha256: str | None = None
+    optional: bool = False
 
 
 def role_tree(role: str, files: Sequence[RoleFile], attrs: bool = True) -> Tree:
-    """`attrs`: compare owner, group and mode too (lines end `<TAB>OWNER:GROUP<TAB>MODE`)."""
+    """`attrs`: compare owner, group and mode too (lines end `<TAB>OWNER:GROUP<TAB>MODE`).
+    Optional files carry the note OPTIONAL (kept with the reference, read by the comparison)."""
     lines = []
     paths, names = [], []
+    notes = {f.path: OPTIONAL for f in files if f.optional}
     for f in files:
         tail = f"\t{f.owner}:{f.group}\t{int(f.mode, 8):04o}" if attrs else ""
         if f.sha256:
@@ -179,7 +188,7 @@ def role_tree(role: str, files: Sequence[RoleFile], attrs: bool = True) -> Tree:
             names.append(f.path)
             lines.append(f"{f.path}\t*{tail}")
     spec = {"paths": sorted(paths), "names": sorted(names), "attrs": attrs}
-    return Tree(f"role:{role}", "paths", spec, tuple(sorted(lines)))
+    return Tree(f"role:{role}", "paths", spec, tuple(sorted(lines)), notes=notes)
 
 
 def unchecked_tree(tree_id: str, kind: str, reason: str) -> Tree:
@@ -352,9 +361,13 @@ def _tree_findings(tree: str, want: str, got: Mapping[str, Any] | None,
                         f"({len(exp):,} locked file(s) absent)")]
     act = _split(lines)
     out: list[Finding] = []
+    absent: list[str] = []  # optional files that are not there: no finding
     for path in sorted(set(exp) | set(act)):
         e, a = exp.get(path), act.get(path)
         if e == a:
+            continue
+        if notes.get(path) == OPTIONAL and e is not None and a == "missing":
+            absent.append(path)
             continue
         note = f" ({notes[path]})" if path in notes else ""
         if e is None:
@@ -367,6 +380,9 @@ def _tree_findings(tree: str, want: str, got: Mapping[str, Any] | None,
         else:
             out.append(Finding(f"{FILE}{path}", _show(e), _show(a), "deviation",
                                f"{klass}.changed: {label} {owner}{note}"))
+    if not out and absent:
+        return [Finding(comp, want, actual, "match",
+                        f"absent, and optional: {', '.join(absent)}")]
     count = len(out)
     out.insert(0, Finding(comp, want, actual, "deviation",
                           f"{count} file(s) differ from the locked {owner}"))
@@ -410,6 +426,6 @@ def findings(expected: Mapping[str, str | None], facts: Mapping[str, Any],
     return out
 
 
-__all__ = ["Finding", "RoleFile", "Tree", "console_scripts", "deb_tree", "default_store",
+__all__ = ["OPTIONAL", "Finding", "RoleFile", "Tree", "console_scripts", "deb_tree", "default_store",
            "expected_components", "findings", "load", "option", "role_tree", "store",
            "tree_hash", "unchecked_tree", "wheel_tree"]

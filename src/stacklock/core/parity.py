@@ -475,8 +475,12 @@ def expected_from_vars(group_vars: Mapping[str, Any]) -> dict[str, str | None]:
     exp.update(integrity.expected_components(gv.get("stacklock_files")))  # the files class
     if container.spec_of(gv) is not None:
         # container mode: the serving venv, TorchServe's config, its model store and its unit
-        # are in the image (pinned by its digest) and the container, not on the host
-        exp = {c: v for c, v in exp.items() if not c.startswith(HOST_SERVING)}
+        # are in the image (pinned by its digest) and the container, not on the host; so is
+        # Java, at the lock's pin: the host needs none, and one left installed and held by
+        # host mode is neither required nor a deviation (its pin files: the files class)
+        java = host_java_packages(gv)
+        exp = {c: v for c, v in exp.items() if not c.startswith(HOST_SERVING)
+               and not (c.startswith(PIN_PREFIXES) and c.split(".", 1)[1] in java)}
         exp.update(container.expected_from_vars(gv))  # the container class
     return exp
 
@@ -485,6 +489,39 @@ def expected_from_vars(group_vars: Mapping[str, Any]) -> dict[str, str | None]:
 HOST_SERVING = ("pip.", "torch.", "torchserve.version", "torch-model-archiver.", "python.",
                 "venv.", "java.", "torchserve.config_sha256", "model_store.", "archive.",
                 "service.torchserve")
+
+#: the components of one apt pin (`package.NAME`, `hold.NAME`, `apt_pin.NAME`,
+#: `apt_blacklist.NAME`)
+PIN_PREFIXES = ("package.", "hold.", "apt_pin.", "apt_blacklist.")
+
+#: what the host still reports of host-mode serving in container mode: the torchserve unit's
+#: commands (the runtime class's `java=torchserve`, `python=torchserve`), besides HOST_SERVING
+_HOST_SERVING_COMMANDS = ("command.java.", "command.python.")
+
+
+def host_java_packages(gv: Mapping[str, Any]) -> frozenset[str]:
+    """The apt packages only the torchserve role pins on the host (Java:
+    torchserve_java_packages, less any name another role's list pins too). In container mode
+    they are in the image, not expected on the host."""
+    java = {str(p["name"]) for p in gv.get("torchserve_java_packages") or []}
+    others = {str(p["name"]) for var in APT_PIN_VARS if var != "torchserve_java_packages"
+              for p in gv.get(var) or []}
+    return frozenset(java - others)
+
+
+def container_mode(exp: Mapping[str, str | None]) -> bool:
+    """An environment's expectation is of container mode (it has the container class)."""
+    return any(c.startswith(container.PREFIX) for c in exp)
+
+
+def host_mode_leftover(component: str, exp: Mapping[str, str | None]) -> bool:
+    """In a container-mode expectation `exp` (`container_mode`), a component of host-mode
+    serving the node may still report (a venv, Java installed and held, kept from host mode
+    for a quick way back; none on a node that never was in host mode): not expected, and not
+    compared across nodes or environments either, so that nodes with and without such
+    leftovers agree."""
+    return component not in exp and component.startswith(
+        (*HOST_SERVING, *_HOST_SERVING_COMMANDS, *PIN_PREFIXES))
 
 
 # --------------------------------------------------------------------------- smoke tests
@@ -777,6 +814,7 @@ def compare(
 
     for env in envs:
         exp = dict(expected.get(env) or {})
+        cmode = container_mode(exp)  # host-mode leftovers are not compared (container mode)
         env_facts = facts.get(env) or {}
         actuals[env] = {}
         readable[env] = {}
@@ -805,7 +843,8 @@ def compare(
             actuals[env][node] = act
             errors = node_facts.get("errors") or {}
             blocked = node_facts.get("blocked") or {}
-            readable[env][node] = {c: v for c, v in act.items() if not _error_for(c, blocked)}
+            readable[env][node] = {c: v for c, v in act.items() if not _error_for(c, blocked)
+                                   and not (cmode and host_mode_leftover(c, exp))}
             node_exp = runtime.node_expected(exp, act, "units" in node_facts)  # runtime class
             node_exp = container.node_expected(node_exp, act)  # the container class
             for comp in sort_components(node_exp):

@@ -328,10 +328,14 @@ def group_vars(
         "cuda_components": comp["cuda"]["components"],
         "cuda_packages": locked["apt"]["cuda"],
         "docker_version": comp["docker"]["version"],
-        "docker_packages": locked["apt"]["docker"],
+        # the lock's Docker set (+ ECR's credential helper for an image in ECR: core.serving)
+        "docker_packages": serving.docker_packages(env_name, env.stack, locked),
         "nvidia_container_toolkit_version": comp["nvidia_container_toolkit"]["version"],
         "nvidia_container_toolkit_packages": locked["apt"]["nvidia_container_toolkit"],
         "torchserve_java_version": comp["java"]["version"],
+        # also in container mode, where Java is in the image and verify expects none on the
+        # host (core.parity.host_java_packages): stacklock_integrity keeps the java alternative
+        # of a Java that host mode left only while it is a pin (left out, /usr/bin/java went)
         "torchserve_java_packages": locked["apt"]["java"],
         # the families of the sets the lock holds whole (lock.FAMILY_ORDER): verify reports any
         # installed package of one that no set pins

@@ -60,11 +60,17 @@ NO_DEB = "no .deb on the controller (run lock with --apt-index / mirror)"
 NO_WHEEL = "no locked wheel on the controller (build the mirror: python -m stacklock.adapters.mirror)"
 
 
+#: container mode: the torchserve role's Java pin files that host mode left (role_files key)
+LEFT_JAVA_PINS = "stacklock_packages.torchserve"
+
+
 def container_mode(hv: Mapping[str, Any]) -> bool:
     """serving.runtime: container (core.serving): TorchServe runs from the image, the node has
-    no serving venv, config, model store or torchserve.service of the torchserve role (Java
-    stays pinned and held as in host mode); the serving_container role writes
-    stacklock-serving.service instead."""
+    no serving venv, config, model store or torchserve.service of the torchserve role, and
+    needs no Java (it is in the image, at the lock's pin); the serving_container role writes
+    stacklock-serving.service instead. Java that host mode left installed and held, and its
+    pin files, may stay (the way back is quick): not expected, and the pin files, where
+    present, still compared byte for byte (LEFT_JAVA_PINS, optional)."""
     return hv.get("serving_runtime") == "container"
 
 
@@ -138,7 +144,7 @@ _Entry = tuple[RoleFile, Source | None]
 
 
 def _rendered(path: str, owner: str, group: str, mode: str, source: Source,
-              host: Mapping[str, Any]) -> _Entry:
+              host: Mapping[str, Any], optional: bool = False) -> _Entry:
     try:
         if source.template:
             data = ansible_template.render(source.role, source.template,
@@ -149,8 +155,9 @@ def _rendered(path: str, owner: str, group: str, mode: str, source: Source,
     except ansible_template.RenderError as exc:
         # bytes the controller cannot know (a fact only the node has): presence, owner, mode
         log.debug("%s: compared without its sha256: %s", path, exc)
-        return RoleFile(path, owner, group, mode), None
-    return RoleFile(path, owner, group, mode, ansible_template.sha256(data)), source
+        return RoleFile(path, owner, group, mode, optional=optional), None
+    return RoleFile(path, owner, group, mode, ansible_template.sha256(data),
+                    optional=optional), source
 
 
 def _role_files(hv: Mapping[str, Any]) -> dict[str, list[_Entry]]:
@@ -193,6 +200,14 @@ def _role_files(hv: Mapping[str, Any]) -> dict[str, list[_Entry]]:
             continue
         pref = f"/etc/apt/preferences.d/stacklock-{role}.pref"
         unattended = f"/etc/apt/apt.conf.d/51stacklock-{role}-unattended-upgrades"
+        if role == "torchserve" and container_mode(host):
+            # the torchserve role does not run: Java's pins are what host mode left, if any
+            out[LEFT_JAVA_PINS] = [
+                _rendered(path, "root", "root", "0644",
+                          Source("stacklock_packages", template, caller=role), host, True)
+                for path, template in ((pref, "preferences.j2"),
+                                       (unattended, "unattended-upgrades.j2"))]
+            continue
         for path, template in ((pref, "preferences.j2"), (unattended, "unattended-upgrades.j2")):
             apt[path] = _rendered(path, "root", "root", "0644",
                                   Source("stacklock_packages", template, caller=role), host)
@@ -324,6 +339,8 @@ def trees(hv: Mapping[str, Any]) -> list[Tree]:
     official = aptrepo.OfficialDebs(host_vars(hv), [(role, str(p["name"]), str(p["version"]))
                                          for var, role in _APT_ROLES for p in hv.get(var) or []])
     for var, role in _APT_ROLES:
+        if role == "torchserve" and container_mode(hv):
+            continue  # Java is in the image; the host needs none (a leftover is not compared)
         for pin in hv.get(var) or []:
             name, version = str(pin["name"]), str(pin["version"])
             deb = debfiles.deb_files(name, version)
@@ -375,6 +392,7 @@ def files_option_for_run(hv: Mapping[str, Any], scope: str,
 
 __all__ = [
     "LAB_FACTS",
+    "LEFT_JAVA_PINS",
     "MANAGED_UNITS",
     "ROLES",
     "SECRET_PREFIXES",

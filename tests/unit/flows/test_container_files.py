@@ -41,13 +41,16 @@ def test_the_unit_is_known_and_the_torchserve_role_files_are_not_expected() -> N
     assert "torchserve" not in files
     assert not any(p.startswith("/etc/torchserve") or p.endswith("/torchserve.service")
                    for p in paths)
-    assert "/etc/apt/preferences.d/stacklock-torchserve.pref" in paths  # Java stays pinned
+    # Java is in the image: its pin files are only what host mode may have left (optional)
+    pref = "/etc/apt/preferences.d/stacklock-torchserve.pref"
+    assert [f.path for f in files["stacklock_packages"] if "stacklock-torchserve" in f.path] == []
+    assert pref in {f.path for f in files[integrity.LEFT_JAVA_PINS] if f.optional}
     dirs = dict(integrity.managed_dirs(hv))
     assert "/opt/torchserve/venv/bin" not in dirs
     assert UNIT in dirs and "/etc/systemd/system/torchserve.service" in dirs  # stale: caught
     ids = [t.id for t in integrity.trees(hv)]
     assert "role:serving_container" in ids or any("serving_container" in i for i in ids)
-    assert not [i for i in ids if i.startswith(("wheel:", "venv"))]
+    assert not [i for i in ids if i.startswith(("wheel:", "venv", "deb:openjdk"))]
 
 
 def test_the_unit_runs_the_contract() -> None:

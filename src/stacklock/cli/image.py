@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from stacklock.cli.base import Ctx, cli, pass_ctx, targets
+from stacklock.cli.base import Ctx, cli, get_run, pass_ctx, targets
 from stacklock.console import emit_json
 from stacklock.errors import ToolFailed
 
@@ -54,23 +54,31 @@ def image_build(c: Ctx, env: str, out_dir: Path | None, base_image: str | None,
 
 @image.command("push")
 @click.argument("env")
-@click.option("--registry", required=True, metavar="http://HOST:PORT",
-              help="The registry (the lab's: scripts/lab-registry.sh start ADDR PORT DIR).")
-@click.option("--repository", default=None, help="[default: <project>/serving]")
+@click.option("--registry", default=None, metavar="URL",
+              help="The registry: the lab's http://HOST:PORT (scripts/lab-registry.sh start "
+                   "ADDR PORT DIR), required for a lab or static environment; an aws "
+                   "environment's ECR registry [default there: the host of its Terraform "
+                   "output ecr_repository_url].")
+@click.option("--repository", default=None,
+              help="[default: <project>/serving; aws: <project>/<env>/serving, or the "
+                   "repository of ecr_repository_url without --registry]")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where `image build` wrote the image [default: <output_dir>/.stacklock/images].")
 @pass_ctx
-def image_push(c: Ctx, env: str, registry: str, repository: str | None,
+def image_push(c: Ctx, env: str, registry: str | None, repository: str | None,
                out_dir: Path | None) -> None:
     """Push ENV's built image to a registry and print what nodes pull: REGISTRY/REPO@DIGEST
     (the manifest read back by digest). For a stack with serving.runtime: container, the image
     must be built from the current lock, and the push records it in the lock
-    (stacks.STACK.image: registry, repository, digests, user), which `render` reads (exit 0,
-    2 nothing built or built from another lock, 3 the registry failed)."""
+    (stacks.STACK.image: registry, repository, digests, user), which `render` reads. An aws
+    environment pushes to its ECR repository, read from its Terraform outputs unless
+    --registry is given (exit 0, 2 nothing built or built from another lock, no --registry
+    for a lab or static environment, 3 the registry failed)."""
     from stacklock.flows import image as imageflow
 
     target = targets(c, [env])[0]
     loaded = c.loaded()
     where = out_dir or loaded.output_root / ".stacklock" / "images"
+    registry, repository = imageflow.push_target(get_run(c), target, registry, repository)
     repo, digest, _ = imageflow.push_and_record(loaded, target.name, where, registry, repository)
     click.echo(f"{registry.split('://', 1)[-1].rstrip('/')}/{repo}@{digest}")

@@ -60,6 +60,7 @@ from stacklock.core.lock import (
 )
 from stacklock.core.manifest import AwsEnvironment, LoadedManifest
 from stacklock.errors import InvalidInput, Problem, ToolFailed
+from stacklock.flows.run import Run, Target
 from stacklock.flows.sbom import source_date
 
 IMAGE_SCHEMA = "stacklock.image/v1"
@@ -401,6 +402,56 @@ def build(loaded: LoadedManifest, lock: Mapping[str, Any], env: str, out_dir: Pa
     info(f"{tag}: manifest {record.manifest_digest}, {record.size / 2**20:.0f} MiB in "
          f"{sum(record.seconds.values()):.0f} s; layout {record.layout}, SBOM {record.sbom}")
     return record
+
+
+#: the root output naming an aws environment's repository (templates/terraform/aws/outputs.tf.j2)
+ECR_OUTPUT = "ecr_repository_url"
+
+
+def ecr_from_outputs(env: str, region: str, outputs: Mapping[str, Any]) -> tuple[str, str]:
+    """(registry URL `https://ACCOUNT.dkr.ecr.REGION.amazonaws.com`, repository) from an aws
+    root's Terraform outputs (`ecr_repository_url`); exit 2 naming --registry when the root
+    has none (a host-mode stack: no repository; or never applied) or it is no ECR URL of the
+    environment's region."""
+    url = str(outputs.get(ECR_OUTPUT) or "").strip()
+    fix = (f"run: stacklock apply {env} (its root creates the repository for a stack with "
+           "serving.runtime: container), or give --registry https://ACCOUNT.dkr.ecr."
+           f"{region}.amazonaws.com")
+    if not url:
+        raise InvalidInput(
+            f"{env}: no --registry given and its Terraform outputs hold no {ECR_OUTPUT}",
+            problems=[Problem("--registry", f"the ECR repository of {env} is not known: no "
+                              f"{ECR_OUTPUT} in its Terraform outputs", fix)])
+    host, _, repository = url.split("://", 1)[-1].partition("/")
+    match = serving.ECR_REGISTRY.match(host)
+    if match is None or not repository or f".dkr.ecr.{region}." not in host:
+        raise InvalidInput(
+            f"{env}: Terraform output {ECR_OUTPUT} = {url!r} is not an ECR repository of "
+            f"{region}", problems=[Problem("--registry", f"{ECR_OUTPUT} {url!r} names no ECR "
+                                           f"repository in {region}", fix)])
+    return f"https://{host}", repository
+
+
+def push_target(run: Run, target: Target, registry: str | None,
+                repository: str | None) -> tuple[str, str | None]:
+    """Where `image push` goes: --registry (and --repository) as given; for an aws
+    environment without --registry, its ECR repository from its Terraform outputs (the
+    repository gpu_node_aws created: `terraform output`, as apply writes the inventory from
+    them); a lab or static environment needs --registry (exit 2)."""
+    if registry:
+        return registry, repository
+    if not isinstance(target.spec, AwsEnvironment):
+        raise InvalidInput(
+            f"{target.name} is a {target.provider} environment: image push needs --registry",
+            problems=[Problem("--registry", f"no registry for {target.name}: only an aws "
+                              "environment has one of its own (its ECR repository)",
+                              "give --registry http://HOST:PORT (the lab's: "
+                              "scripts/lab-registry.sh start ADDR PORT DIR)")])
+    tf = run.terraform(target)
+    tf.init()
+    url, found = ecr_from_outputs(target.name, target.spec.region, tf.output())
+    step(f"{target.name}: ECR repository {url.split('://', 1)[1]}/{found} (Terraform outputs)")
+    return url, repository or found
 
 
 def push_image(loaded: LoadedManifest, env: str, out_dir: Path, registry: str,

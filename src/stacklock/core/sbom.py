@@ -23,6 +23,30 @@ What a node's document holds (each a component; refs are prefixed by the node's 
   `java` and `python` (the venv's interpreter);
 * `file` TorchServe's config.properties with its sha256;
 * `machine-learning-model` per model archive in the model store, with its sha256.
+
+Container mode (the lock's `serving.runtime: container`; the facts then hold the `container`
+section, docs/facts.md): there is no serving venv, config or model store on the host. In their
+place the node's document holds the serving image as it runs, from the facts:
+
+* `container` named by its repository (`stacklock-lab/serving`), version the manifest digest it
+  was pulled by (one of the image's RepoDigests), that digest as its sha256 hash, purl
+  `pkg:oci/serving@sha256:...?repository_url=REGISTRY/REPOSITORY`; properties: the reference the
+  container was started with, every RepoDigest, the image id (config digest) it runs, whether
+  it runs (`stacklock:container:running`, verify's words: `true`, `false (exited, ...)`,
+  `not found (...)`), and `stacklock:lock` / `stacklock:image:id:lock`: `matches` or
+  `differs (locked ...)`, compared with the lock's `image`;
+* inside it (nested, and its dependencies): the Python closure read in the running container
+  (`docker exec`), each `pkg:pypi/...` with the same lock state as a venv's, and its `python`.
+  A stopped container's closure cannot be read: `stacklock:closure` says so and nothing is
+  listed; a missing container is a `container` component named after it, without a version.
+  The lock's values never stand in for what was not read;
+* every other running container (`stacklock:kind=other-container`), by the reference it was
+  started with and its image id.
+
+The config, the model archives and Java are in the image (the image's own document,
+`image_bom`, lists them with their sha256 under the same purl); the host's Java is listed only
+where one is still installed, and a venv left on the host from host mode is not the serving
+closure and is not listed. Host mode is unchanged.
 """
 
 from __future__ import annotations
@@ -43,11 +67,13 @@ from cyclonedx.schema import SchemaVersion
 from packageurl import PackageURL
 
 from stacklock import __version__
+from stacklock.core import container as containermod
 
 #: the fixed timestamp used when the caller gives none (reproducible output)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 SPEC_VERSION = "1.6"
 PROP = "stacklock"
+HOST, CONTAINER = "host", "container"
 
 
 class IncompleteFacts(ValueError):
@@ -133,6 +159,13 @@ def python_components(facts: Mapping[str, Any], locked: Mapping[str, Any],
         dists = venv.get("packages")
     if not isinstance(dists, Mapping):
         raise IncompleteFacts("the facts hold no distributions of the serving venv")
+    return distribution_components(dists, locked, ref, [("venv", venv.get("path"))])
+
+
+def distribution_components(dists: Mapping[str, Any], locked: Mapping[str, Any], ref: str,
+                            where: Sequence[tuple[str, Any]]) -> list[Component]:
+    """One `library` per distribution (`dists`: name -> version), with its state against the
+    lock; `where`: the properties saying where it was read (a venv, a container)."""
     pins = _locked_pip(locked)
     out = []
     for raw_name, version in sorted(dists.items()):
@@ -160,8 +193,7 @@ def python_components(facts: Mapping[str, Any], locked: Mapping[str, Any],
         out.append(Component(
             name=name, version=str(version), type=ComponentType.LIBRARY, purl=purl,
             bom_ref=f"{ref}/{purl.to_string()}", hashes=hashes, external_references=refs,
-            properties=_props([("kind", "python-distribution"), ("lock", state),
-                               ("venv", venv.get("path"))])))
+            properties=_props([("kind", "python-distribution"), ("lock", state), *where])))
     return out
 
 
@@ -212,7 +244,9 @@ def _simple(ref: str, name: str, ctype: ComponentType, version: Any,
 
 
 def stack_components(facts: Mapping[str, Any], locked: Mapping[str, Any],
-                     ref: str) -> list[Component]:
+                     ref: str, runtime: str = HOST) -> list[Component]:
+    """The pinned stack's components; in container mode without the host's python, config
+    and model archives, and Java only where the host still has one (they are in the image)."""
     cuda = _get(facts, "cuda") or {}
     docker = _get(facts, "docker") or {}
     toolkit = _get(facts, "nvidia_container_toolkit") or {}
@@ -230,11 +264,30 @@ def stack_components(facts: Mapping[str, Any], locked: Mapping[str, Any],
                  ("docker:package", docker_pkg.get("name"))]),
         _simple(ref, "nvidia-container-toolkit", ComponentType.APPLICATION,
                 toolkit.get("version"), [("source", toolkit.get("source"))]),
-        _simple(ref, "java", ComponentType.PLATFORM, java.get("version"),
-                [("source", java.get("source")), ("java:major", java.get("major"))]),
-        _simple(ref, "python", ComponentType.PLATFORM, venv.get("python"),
-                [("python:venv", venv.get("path"))]),
     ]
+    if runtime != CONTAINER or java.get("version"):  # container mode: Java is in the image
+        out.append(_simple(ref, "java", ComponentType.PLATFORM, java.get("version"),
+                           [("source", java.get("source")), ("java:major", java.get("major"))]))
+    if runtime != CONTAINER:
+        out.append(_simple(ref, "python", ComponentType.PLATFORM, venv.get("python"),
+                           [("python:venv", venv.get("path"))]))
+        out += _serving_files(facts, locked, ref)
+    osf = _get(facts, "os") or {}
+    dist, release = distro_of(facts, locked)
+    out.append(Component(
+        name=dist, version=release or None, type=ComponentType.OPERATING_SYSTEM,
+        bom_ref=f"{ref}/os", description=osf.get("pretty_name"),
+        properties=_props([("os:codename", osf.get("codename")),
+                           ("os:kernel", osf.get("kernel")),
+                           ("os:architecture", osf.get("architecture"))])))
+    return out
+
+
+def _serving_files(facts: Mapping[str, Any], locked: Mapping[str, Any],
+                   ref: str) -> list[Component]:
+    """TorchServe's config and the model archives of the store (host mode, and the image's
+    own document)."""
+    out = []
     ts = _get(facts, "torchserve") or {}
     config = _map(ts.get("config"))
     want = _get(locked, "torchserve", "config_sha256")
@@ -261,25 +314,180 @@ def stack_components(facts: Mapping[str, Any], locked: Mapping[str, Any],
                                ("lock", None if not pin else
                                 ("matches" if pin.get("sha256") == digest
                                  else f"differs (locked {pin.get('sha256')})"))])))
-    osf = _get(facts, "os") or {}
-    dist, release = distro_of(facts, locked)
-    out.append(Component(
-        name=dist, version=release or None, type=ComponentType.OPERATING_SYSTEM,
-        bom_ref=f"{ref}/os", description=osf.get("pretty_name"),
-        properties=_props([("os:codename", osf.get("codename")),
-                           ("os:kernel", osf.get("kernel")),
-                           ("os:architecture", osf.get("architecture"))])))
     return out
 
 
+# --------------------------------------------------------------------------- container mode
+
+
+def split_reference(reference: str) -> tuple[str, str]:
+    """(registry, repository) of an image reference: `127.0.0.1:5299/lab/serving@sha256:...`
+    -> (`127.0.0.1:5299`, `lab/serving`); Docker Hub's short names -> (`docker.io`,
+    `library/NAME`)."""
+    name = reference.partition("@")[0]
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    if colon > slash:  # a tag
+        name = name[:colon]
+    first, sep, rest = name.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first, rest
+    return "docker.io", name if sep else f"library/{name}"
+
+
+def oci_purl(repository_url: str | None, name: str, digest: str,
+             tag: str | None = None) -> PackageURL:
+    """`pkg:oci/NAME@sha256:...?repository_url=REGISTRY/REPOSITORY` (the purl spec's oci type:
+    the name is the repository's last segment, lowercased; the version the manifest digest)."""
+    qualifiers = {}
+    if repository_url:
+        qualifiers["repository_url"] = repository_url
+    if tag:
+        qualifiers["tag"] = tag
+    return PackageURL(type="oci", name=name.rsplit("/", 1)[-1].lower(), version=digest,
+                      qualifiers=qualifiers)
+
+
+def _digest_hash(digest: str | None) -> list[HashType]:
+    return _sha256(digest.partition(":")[2] if digest and digest.startswith("sha256:") else None)
+
+
+def _pulled_by(c: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(registry/repository, digest) of every RepoDigest, the one of the reference the
+    container was started with first."""
+    started = str(c.get("image") or "")
+    want = "/".join(split_reference(started)) if started else ""
+    pairs = []
+    for entry in c.get("repo_digests") or []:
+        repo, _, digest = str(entry).rpartition("@")
+        if repo and digest:
+            pairs.append(("/".join(split_reference(repo)), digest))
+    started_digest = started.rpartition("@")[2] if "@" in started else ""
+    return sorted(set(pairs), key=lambda p: (p != (want, started_digest), p[0] != want, p))
+
+
+def _lock_state(locked_value: Any, actual: Sequence[str]) -> str:
+    if not locked_value:
+        return "not in the lock (no image recorded for this stack)"
+    if str(locked_value) in actual:
+        return "matches"
+    return f"differs (locked {locked_value})"
+
+
+def container_components(facts: Mapping[str, Any], locked: Mapping[str, Any],
+                         ref: str) -> list[Component]:
+    """The serving image as it runs (with its closure nested) and every other running
+    container; IncompleteFacts when the facts hold no readable `container` section."""
+    c = facts.get("container")
+    if not isinstance(c, Mapping):
+        raise IncompleteFacts("this stack serves from a container and the facts hold no "
+                              "`container` section (gathered without the container option)")
+    if c.get("error"):
+        raise IncompleteFacts(f"the serving container could not be read: {c['error']}")
+    act = containermod.actual_values(facts)
+    image = _map(locked.get("image"))
+    out = [_serving_image(c, act, image, locked, ref)]
+    for other, entry in sorted(_map(c.get("others")).items()):
+        if f"container.extra.{other}" not in act or not isinstance(entry, Mapping):
+            continue  # verify's own GPU validation container
+        started = str(entry.get("image") or "")
+        out.append(Component(
+            name=started or str(other), type=ComponentType.CONTAINER,
+            bom_ref=f"{ref}/container/{other}",
+            description=f"a running container the serving role did not start ({other})",
+            properties=_props([("kind", "other-container"), ("container:name", other),
+                               ("image:id", entry.get("image_id"))])))
+    return out
+
+
+def _serving_image(c: Mapping[str, Any], act: Mapping[str, str | None],
+                   image: Mapping[str, Any], locked: Mapping[str, Any],
+                   ref: str) -> Component:
+    name = str(c.get("name") or "")
+    running = act.get("container.running")
+    common: list[tuple[str, Any]] = [("kind", "serving-image"), ("container:name", name),
+                                     ("container:running", running)]
+    if not c.get("found"):
+        return Component(
+            name=name, type=ComponentType.CONTAINER, bom_ref=f"{ref}/container/{name}",
+            description="the serving container: not on the node",
+            properties=_props([*common, ("lock", "not running (locked "
+                                         f"{image.get('digest') or 'no image'})")]))
+    pulled = _pulled_by(c)
+    digests = sorted({d for _, d in pulled})
+    started = str(c.get("image") or "")
+    if pulled:
+        repo_url, digest = pulled[0]
+    else:
+        repo_url, digest = "/".join(split_reference(started)) if started else "", ""
+    repository = repo_url.partition("/")[2] or started or name
+    py = _map(c.get("python"))
+    dists = py.get("distributions")
+    cref = f"{ref}/image"
+    children: list[Component] = []
+    if isinstance(dists, Mapping):
+        closure = "read in the running container"
+        children = distribution_components(
+            dists, locked, cref, [("container", name), ("python", py.get("executable"))])
+        children.append(_simple(cref, "python", ComponentType.PLATFORM, py.get("python"),
+                                [("python:executable", py.get("executable"))]))
+    else:
+        closure = f"not read: {py.get('error') or 'the facts hold none'}"
+    image_id = c.get("image_id")
+    return Component(
+        name=repository, version=digest or None, type=ComponentType.CONTAINER,
+        bom_ref=cref, hashes=_digest_hash(digest),
+        purl=oci_purl(repo_url, repository, digest) if digest else None,
+        description=f"the serving image, as container {name} runs it",
+        components=children,
+        properties=_props([
+            *common, ("image:reference", started),
+            ("image:repo_digests", ",".join(sorted(str(d) for d in c.get("repo_digests") or []))
+             or act.get("container.image.digest")),
+            ("image:error", c.get("image_error")),
+            ("image:id", image_id),
+            ("lock", _lock_state(image.get("digest"), digests)),
+            ("image:id:lock", _lock_state(image.get("config_digest"),
+                                          [str(image_id)] if image_id else [])),
+            ("closure", closure)]))
+
+
+# --------------------------------------------------------------------------- documents
+
+
+def runtime_of(facts: Mapping[str, Any], locked: Mapping[str, Any],
+               runtime: str | None = None) -> str:
+    """host or container: `runtime` when given (the flow gives the lock's), else container
+    when the facts hold a `container` section (the facts module reads one only then)."""
+    if runtime is not None:
+        return runtime
+    return CONTAINER if isinstance(facts.get("container"), Mapping) else HOST
+
+
+def locked_runtime(locked: Mapping[str, Any]) -> str:
+    """How the locked stack serves (core.lock.serving_runtime, for a mapping)."""
+    return str(_map(locked.get("serving")).get("runtime") or HOST)
+
+
 def node_components(facts: Mapping[str, Any], locked: Mapping[str, Any],
-                    node: str) -> list[Component]:
-    """Every component of one node (raises IncompleteFacts without the full inventory)."""
+                    node: str, runtime: str | None = None) -> list[Component]:
+    """Every component of one node (raises IncompleteFacts without the full inventory, or
+    in container mode without the container section). `runtime`: see runtime_of."""
     ref = f"node:{node}"
-    return [*os_package_components(facts, locked, ref),
-            *python_components(facts, locked, ref),
+    mode = runtime_of(facts, locked, runtime)
+    serving = (container_components(facts, locked, ref) if mode == CONTAINER
+               else python_components(facts, locked, ref))
+    return [*os_package_components(facts, locked, ref), *serving,
             driver_component(facts, ref), *gpu_components(facts, ref),
-            *stack_components(facts, locked, ref)]
+            *stack_components(facts, locked, ref, mode)]
+
+
+def _register(bom: Bom, parent: Component, children: Sequence[Component]) -> None:
+    """parent depends on its children, and each nested component on its own, down the tree."""
+    bom.register_dependency(parent, children)
+    for child in children:
+        if child.components:
+            _register(bom, child, list(child.components))
 
 
 def _tool() -> ToolRepository:
@@ -288,33 +496,35 @@ def _tool() -> ToolRepository:
         bom_ref="tool:stacklock")])
 
 
-def _node_props(facts: Mapping[str, Any]) -> list[tuple[str, Any]]:
+def _node_props(facts: Mapping[str, Any], runtime: str = HOST) -> list[tuple[str, Any]]:
     blocked = facts.get("blocked")
     return [("hostname", _get(facts, "os", "hostname")),
             ("could_not_look", ",".join(sorted(blocked)) if isinstance(blocked, Mapping)
-             and blocked else None)]
+             and blocked else None),
+            ("serving", CONTAINER if runtime == CONTAINER else None)]
 
 
 def node_bom(facts: Mapping[str, Any], locked: Mapping[str, Any], *, project: str,
              environment: str, node: str, stack: str,
-             timestamp: datetime = EPOCH) -> Bom:
-    """The SBOM of one node."""
-    components = node_components(facts, locked, node)
+             timestamp: datetime = EPOCH, runtime: str | None = None) -> Bom:
+    """The SBOM of one node (`runtime`: see runtime_of)."""
+    mode = runtime_of(facts, locked, runtime)
+    components = node_components(facts, locked, node, mode)
     root = Component(
         name=node, type=ComponentType.PLATFORM, bom_ref=f"node:{node}",
         description=f"GPU serving node {node} of environment {environment}",
         properties=_props([("project", project), ("environment", environment),
                            ("stack", stack), ("fingerprint", locked.get("fingerprint")),
-                           *_node_props(facts)]))
+                           *_node_props(facts, mode)]))
     bom = Bom(serial_number=UUID(int=0), metadata=BomMetaData(
         component=root, timestamp=timestamp, tools=_tool()), components=components)
-    bom.register_dependency(root, components)
+    _register(bom, root, components)
     return bom
 
 
 def environment_bom(nodes: Mapping[str, Mapping[str, Any]], locked: Mapping[str, Any], *,
                     project: str, environment: str, stack: str,
-                    timestamp: datetime = EPOCH) -> Bom:
+                    timestamp: datetime = EPOCH, runtime: str | None = None) -> Bom:
     """The SBOM of one environment: each node a `platform` component holding its own."""
     root = Component(
         name=environment, type=ComponentType.PLATFORM, bom_ref=f"environment:{environment}",
@@ -325,16 +535,51 @@ def environment_bom(nodes: Mapping[str, Mapping[str, Any]], locked: Mapping[str,
     node_comps = []
     for node in sorted(nodes):
         facts = nodes[node]
-        children = node_components(facts, locked, node)
+        mode = runtime_of(facts, locked, runtime)
+        children = node_components(facts, locked, node, mode)
         comp = Component(name=node, type=ComponentType.PLATFORM, bom_ref=f"node:{node}",
-                         components=children, properties=_props(_node_props(facts)))
+                         components=children, properties=_props(_node_props(facts, mode)))
         node_comps.append((comp, children))
     bom = Bom(serial_number=UUID(int=0), metadata=BomMetaData(
         component=root, timestamp=timestamp, tools=_tool()),
         components=[c for c, _ in node_comps])
     bom.register_dependency(root, [c for c, _ in node_comps])
     for comp, children in node_comps:
-        bom.register_dependency(comp, children)
+        _register(bom, comp, children)
+    return bom
+
+
+def image_bom(facts: Mapping[str, Any], locked: Mapping[str, Any], *, project: str,
+              environment: str, stack: str, tag: str, digest: str,
+              config_digest: str | None = None, repository_url: str | None = None,
+              timestamp: datetime = EPOCH) -> Bom:
+    """The SBOM of the serving image itself (`stacklock image build`), from facts read from
+    its files: the root is the image as a `container` component named and hashed by its
+    manifest digest, with the purl a node's document gives the image it runs (plus the
+    `tag` qualifier; `repository_url` once pushed), and inside it what a host-mode node's
+    document holds for the serving stack: every dpkg package, the venv's closure, Java, the
+    config and the model archives with their sha256. Its name: the repository of
+    `repository_url` when given, else of `tag`."""
+    ref = f"image:{digest}"
+    label = tag.rpartition(":")[2] if ":" in tag.rpartition("/")[2] else None
+    repository = tag.rpartition(":")[0] if label is not None else tag
+    if repository_url:  # pushed: named as a node's document names the image it runs
+        repository = split_reference(repository_url)[1]
+    components = [*os_package_components(facts, locked, ref),
+                  *python_components(facts, locked, ref),
+                  *stack_components(facts, locked, ref, HOST)]
+    root = Component(
+        name=repository, version=digest, type=ComponentType.CONTAINER, bom_ref=ref,
+        hashes=_digest_hash(digest),
+        purl=oci_purl(repository_url, repository, digest, tag=label),
+        description=f"the serving image of stack {stack} ({tag})",
+        properties=_props([("project", project), ("environment", environment),
+                           ("stack", stack), ("fingerprint", locked.get("fingerprint")),
+                           ("kind", "serving-image"), ("image:tag", tag),
+                           ("image:id", config_digest)]))
+    bom = Bom(serial_number=UUID(int=0), metadata=BomMetaData(
+        component=root, timestamp=timestamp, tools=_tool()), components=components)
+    _register(bom, root, components)
     return bom
 
 
@@ -370,5 +615,7 @@ def component_counts(text_or_bom: str | Bom) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-__all__ = ["EPOCH", "IncompleteFacts", "component_counts", "deb_purl", "environment_bom",
-           "node_bom", "node_components", "normalize_pypi", "pypi_purl", "to_json", "validate"]
+__all__ = ["CONTAINER", "EPOCH", "HOST", "IncompleteFacts", "component_counts",
+           "container_components", "deb_purl", "distribution_components", "environment_bom",
+           "image_bom", "locked_runtime", "node_bom", "node_components", "normalize_pypi",
+           "oci_purl", "pypi_purl", "runtime_of", "split_reference", "to_json", "validate"]

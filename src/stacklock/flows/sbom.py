@@ -5,6 +5,11 @@ builds the documents (pure); this flow writes them to `OUT/ENV/NODE.cdx.json` an
 `OUT/ENV.cdx.json` and prints what it wrote: a table, or with `--format json` the
 `stacklock.sbom/v1` summary (`SbomSummary`). A node that could not be looked at gets no
 document (nor does its environment): exit 3 naming it.
+
+How a node serves comes from the lock of its environment's stack (`serving.runtime`): in
+container mode its document holds the serving image by digest and the closure read inside the
+running container (stacklock.core.sbom), and facts without the `container` section are a node
+that could not be looked at, never a host-mode document.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ def write_sboms(facts_by_env: dict[str, dict[str, Any]], lock: dict[str, Any],
     problems: list[str] = []
     for env, nodes in facts_by_env.items():
         locked = lock["stacks"][stacks[env]]
+        runtime = sbommod.locked_runtime(locked)
         good: dict[str, dict[str, Any]] = {}
         for node, facts in sorted(nodes.items()):
             if isinstance(facts, Unreachable) or not isinstance(facts, dict):
@@ -55,7 +61,8 @@ def write_sboms(facts_by_env: dict[str, dict[str, Any]], lock: dict[str, Any],
                 continue
             try:
                 bom = sbommod.node_bom(facts, locked, project=project, environment=env,
-                                       node=node, stack=stacks[env], timestamp=timestamp)
+                                       node=node, stack=stacks[env], timestamp=timestamp,
+                                       runtime=runtime)
             except sbommod.IncompleteFacts as exc:
                 problems.append(f"{env}/{node}: could not look: {exc}")
                 continue
@@ -68,7 +75,7 @@ def write_sboms(facts_by_env: dict[str, dict[str, Any]], lock: dict[str, Any],
         elif len(good) == len(nodes):
             text = sbommod.to_json(sbommod.environment_bom(
                 good, locked, project=project, environment=env, stack=stacks[env],
-                timestamp=timestamp))
+                timestamp=timestamp, runtime=runtime))
             written.append((atomic_write(out_dir / f"{env}.cdx.json", text),
                             sbommod.component_counts(text)))
         else:

@@ -9,6 +9,16 @@ Each node's facts (gathered with `inventory: true`) are flattened into three gro
   installed for several architectures);
 * ``python`` — every distribution of the serving venv: normalized name -> version.
 
+Container mode (the facts hold a `container` section: the facts module reads one only for an
+environment that serves from a container): ``stack`` holds the container class too
+(`container.image.digest`, `container.image.id`, `container.running`, the settings; two
+environments that run different images differ there), and ``python`` is the closure read
+inside the running container (`container.python.*`, which therefore is not repeated in
+``stack``), so a host-mode and a container-mode environment compare on the same names. A
+serving container that is missing or stopped, or whose closure could not be read, makes the
+node incomplete (exit 3), as a host venv that could not be read does: nothing stands in for
+what was not read.
+
 Environments are compared with each other (the value set of each environment must be the
 same), and the nodes of one environment with each other. Names that match a glob of the
 manifest's `parity.diff_ignore` are left out (and counted). A node that could not be looked
@@ -32,6 +42,8 @@ STACK, OS, PYTHON = "stack", "os", "python"
 GROUPS = {STACK: "pinned stack", OS: "OS packages", PYTHON: "Python"}
 ABSENT = "(absent)"
 ENVIRONMENTS, NODES = "environments", "nodes"
+#: the container class's closure components: the ``python`` group in container mode
+CLOSURE = "container.python."
 
 
 class NotInventoried(ValueError):
@@ -48,7 +60,7 @@ def inventory(facts: Mapping[str, Any]) -> dict[str, dict[str, str]]:
     if blocked:
         raise NotInventoried("could not look at " + ", ".join(sorted(blocked)))
     stack = {k: v if v is not None else ABSENT for k, v in actual_values(facts).items()
-             if not k.startswith("pip.")}
+             if not k.startswith(("pip.", CLOSURE))}
     packages = facts.get("os_packages")
     if not isinstance(packages, list):
         raise NotInventoried("no OS package list (facts not gathered with inventory: true, "
@@ -59,16 +71,44 @@ def inventory(facts: Mapping[str, Any]) -> dict[str, dict[str, str]]:
         name = str(p.get("name"))
         key = name if names[name] == 1 else f"{name}:{p.get('architecture')}"
         os_pkgs[key] = str(p.get("version"))
-    venv = facts.get("torchserve", {}).get("venv") if isinstance(facts.get("torchserve"),
-                                                                  Mapping) else None
-    dists = (venv or {}).get("distributions")
-    if not isinstance(dists, Mapping):
-        dists = (venv or {}).get("packages")
-    if not isinstance(dists, Mapping) or (venv or {}).get("error"):
-        raise NotInventoried("the serving venv's distributions could not be read"
-                             + (f": {venv.get('error')}" if venv and venv.get("error") else ""))
+    dists: Mapping[str, Any] | None
+    if isinstance(facts.get("container"), Mapping):
+        dists = container_closure(facts["container"])
+    else:
+        venv = facts.get("torchserve", {}).get("venv") if isinstance(facts.get("torchserve"),
+                                                                      Mapping) else None
+        dists = (venv or {}).get("distributions")
+        if not isinstance(dists, Mapping):
+            dists = (venv or {}).get("packages")
+        if not isinstance(dists, Mapping) or (venv or {}).get("error"):
+            raise NotInventoried("the serving venv's distributions could not be read"
+                                 + (f": {venv.get('error')}" if venv and venv.get("error")
+                                    else ""))
     python = {_norm(str(n)): str(v) for n, v in dists.items() if v is not None}
     return {STACK: stack, OS: os_pkgs, PYTHON: python}
+
+
+def container_closure(c: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The distributions read inside the running serving container; NotInventoried (why)
+    when the container could not be read, is not there, is stopped, or its closure could
+    not be read."""
+    name = c.get("name") or "(unnamed)"
+    if c.get("error"):
+        raise NotInventoried(f"the serving container could not be read: {c['error']}")
+    if not c.get("found"):
+        raise NotInventoried(f"no serving container {name} on the node: no Python closure "
+                             "to read")
+    if not c.get("running"):
+        raise NotInventoried(f"the serving container {name} is not running "
+                             f"({c.get('status') or 'stopped'}, exit code {c.get('exit_code')}):"
+                             " its Python closure could not be read")
+    raw = c.get("python")
+    py: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+    dists = py.get("distributions")
+    if not isinstance(dists, Mapping) or py.get("error"):
+        raise NotInventoried("the Python closure in the serving container could not be read"
+                             + (f": {py['error']}" if py.get("error") else ""))
+    return dists
 
 
 def ignored(name: str, patterns: Sequence[str]) -> bool:
@@ -210,6 +250,6 @@ def compare(facts_by_env: Mapping[str, Mapping[str, Any]],
     )
 
 
-__all__ = ["ABSENT", "ENVIRONMENTS", "GROUPS", "NODES", "OS", "PYTHON", "SCHEMA", "STACK",
-           "DiffReport", "Difference", "Incomplete", "NotInventoried", "compare", "ignored",
-           "inventory"]
+__all__ = ["ABSENT", "CLOSURE", "ENVIRONMENTS", "GROUPS", "NODES", "OS", "PYTHON", "SCHEMA",
+           "STACK", "DiffReport", "Difference", "Incomplete", "NotInventoried", "compare",
+           "container_closure", "ignored", "inventory"]

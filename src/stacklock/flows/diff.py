@@ -1,6 +1,8 @@
 """`stacklock diff [ENV…]`: compare environments (and the nodes of each) on their full
 inventories — the pinned stack, every OS package, every Python distribution — and print what
-differs, grouped, as a table or as `stacklock.diff/v1` JSON."""
+differs, grouped, as a table or as `stacklock.diff/v1` JSON. In container mode the stack group
+holds the serving container (its image digest and id among them) and the Python group the
+closure read inside it (stacklock.core.diff)."""
 
 from __future__ import annotations
 

@@ -197,7 +197,8 @@ options:
           settings (C(docker inspect)), the image's RepoDigests, every other running container,
           the Python closure inside it (C(docker exec)), and on a node with an NVIDIA GPU the
           GPU validation container (C(docker run --rm --runtime nvidia --gpus all --network
-          none) of the image by digest). Reported in C(container); compared on the controller.
+          none) of the image by digest; not with C(validate_gpu: false), as the inventory
+          play asks). Reported in C(container); compared on the controller.
     type: dict
 attributes:
   check_mode:

@@ -283,6 +283,7 @@ def collect(run: Run) -> None:
     want = run.opts.get("container")
     if not isinstance(want, dict) or not want.get("name"):
         return
-    gpu = has_gpu(run.sy, run.facts)
+    # `validate_gpu: false` (the inventory play of sbom and diff): no validation container
+    gpu = want.get("validate_gpu") is not False and has_gpu(run.sy, run.facts)
     run.facts["container"] = run.section("container", probe_container, run.sy, want, gpu,
                                          run.opts.get("run_id"))

@@ -157,6 +157,14 @@ def test_the_gpu_validation_container_on_a_gpu_node() -> None:
         assert part in joined, part
 
 
+def test_the_inventory_play_asks_for_no_validation_container_on_a_gpu_node() -> None:
+    sy = node(gpu=True)
+    run = Run({"container": {**WANT, "validate_gpu": False}, "run_id": "43"}, sy)
+    containermod.collect(run)
+    assert run.facts["container"]["found"] and "gpu_validation" not in run.facts["container"]
+    assert not any(a[:2] == ["/usr/bin/docker", "run"] for a in sy.ran)
+
+
 def test_the_gpu_section_alone_says_gpu() -> None:
     sy = node()
     assert not containermod.has_gpu(sy, {})

@@ -25,8 +25,10 @@ from typing import Any
 
 import boto3
 import pytest
+import yaml
 
 from stacklock.adapters import ecr, oci
+from stacklock.core import serving
 from stacklock.errors import InvalidInput
 
 pytestmark = pytest.mark.integration
@@ -38,6 +40,7 @@ REGISTRY = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com"
 NAME = "acme-serving/dev/serving"
 FINGERPRINT = "sha256:" + "ab" * 32
 EPOCH = 1767225600
+HELPER_STAND_IN = {"name": "amazon-ecr-credential-helper", "version": "0.0-stand-in"}
 
 
 def _free_port() -> int:
@@ -221,11 +224,11 @@ def test_a_registry_that_is_not_the_accounts_is_exit_2(moto: str, tmp_path: Path
 # --------------------------------------------------------------------------- the command
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(Path(sys.executable).parent / "stacklock"),
-                           "-m", str(REPO_ROOT / "stacklock.yaml"), *args],
+def _cli(*args: str, manifest: bool = True) -> subprocess.CompletedProcess[str]:
+    default = ["-m", str(REPO_ROOT / "stacklock.yaml")] if manifest else []
+    return subprocess.run([str(Path(sys.executable).parent / "stacklock"), *default, *args],
                           capture_output=True, text=True, timeout=300, check=False,
-                          env=dict(os.environ, NO_COLOR="1"), cwd=REPO_ROOT)
+                          env=dict(os.environ, NO_COLOR="1", COLUMNS="300"), cwd=REPO_ROOT)
 
 
 def test_image_push_on_an_aws_environment(moto: str, lab_registry: str, tmp_path: Path) -> None:
@@ -251,6 +254,54 @@ def test_image_push_on_an_aws_environment(moto: str, lab_registry: str, tmp_path
 
     res = _cli("image", "push", "dev", "--registry", "http://127.0.0.1:5000", "--out", str(out))
     assert res.returncode == 2 and "--registry" in res.stderr and "Traceback" not in res.stderr
+
+
+def _outputs_root(case: Path, outputs: dict[str, str]) -> None:
+    """The dev root of a copy of the AWS example, standing in for the rendered one (whose
+    hashicorp/aws provider cannot be installed here): a real Terraform root with a local state
+    holding `outputs`, applied, so that `terraform output -json` reads them as it reads an
+    applied AWS root's."""
+    from stacklock.adapters.terraform import LibTerraformEngine, Terraform
+
+    root = case / "terraform" / "environments" / "dev"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    (root / "main.tf").write_text("".join(
+        f'output "{k}" {{\n  value = "{v}"\n}}\n' for k, v in outputs.items()) or
+        'output "hosts" {\n  value = "none"\n}\n', "utf-8")
+    tf = Terraform(root, engine=LibTerraformEngine(), timeout=180)
+    tf.init()
+    tf.apply(auto_approve=True)
+
+
+def test_image_push_without_registry_reads_the_ecr_repository_from_terraform(
+        moto: str, lab_registry: str, tmp_path: Path) -> None:
+    """`stacklock image push dev` of the AWS example without --registry: the repository is
+    the dev root's Terraform output ecr_repository_url (read with `terraform output -json`);
+    a root without it (host mode, never applied) is exit 2 naming --registry."""
+    _create()
+    case = tmp_path / "case"
+    case.mkdir()
+    for name in ("stacklock.yaml", "stacklock.lock", "stacklock.signers"):
+        if (REPO_ROOT / name).is_file():
+            shutil.copy(REPO_ROOT / name, case / name)
+    out = tmp_path / "images"
+    image = _image(out / "serving-2026-11", "model via terraform outputs\n")
+    ecr.push(image, REGION, NAME, endpoint=lab_registry)  # the blobs: see the module docstring
+    _outputs_root(case, {"ecr_repository_url": f"{REGISTRY}/{NAME}"})
+    res = _cli("-m", str(case / "stacklock.yaml"), "image", "push", "dev", "--out", str(out),
+               manifest=False)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == f"{REGISTRY}/{NAME}@{image.manifest_digest}"
+    assert f"ECR repository {REGISTRY}/{NAME} (Terraform outputs)" in res.stderr + res.stdout
+    assert "Basic " not in res.stderr + res.stdout
+
+    _outputs_root(case, {})
+    res = _cli("-m", str(case / "stacklock.yaml"), "image", "push", "dev", "--out", str(out),
+               manifest=False)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "--registry" in res.stderr and "ecr_repository_url" in res.stderr
+    assert "apply dev" in res.stderr and "Traceback" not in res.stderr
 
 
 # --------------------------------------------------------------------------- Terraform: ecr.tf
@@ -342,8 +393,6 @@ def container_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """stacklock.yaml with serving.runtime container, an image in the lock, rendered."""
     import hashlib
 
-    import yaml
-
     from stacklock.core.lock import build_lock
     from stacklock.core.manifest import load_manifest
     from stacklock.core.render import render_tree, write_tree
@@ -361,6 +410,10 @@ def container_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "stacklock.yaml").write_text(yaml.safe_dump(data, sort_keys=False), "utf-8")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("STACKLOCK_HOME", str(root))
+        # the AWS example runs Ubuntu 24.04, for which stacklock records no version of the
+        # ECR credential helper (render refuses an ECR image there: test_serving_ecr.py); a
+        # stand-in pin lets this Terraform test render the container-mode roots
+        mp.setitem(serving.ECR_LOGIN_PACKAGES, "ubuntu2404", (HELPER_STAND_IN,))
         loaded = load_manifest(root / "stacklock.yaml")
         lock = build_lock(loaded, {STACK: dict(FAKE_AMIS)})
         digest = "sha256:" + "cd" * 32
@@ -371,6 +424,16 @@ def container_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "registry_url": f"https://{REGISTRY}", "repository": NAME, "user": "10001:10001"}
         write_tree(loaded, render_tree(loaded, lock))
     return root
+
+
+def test_the_container_mode_group_vars_log_the_nodes_in_to_ecr(container_tree: Path) -> None:
+    gv = yaml.safe_load((container_tree / "inventories/dev/group_vars/dev/stacklock.yml")
+                        .read_text("utf-8"))
+    spec = gv["serving_container"]
+    assert (spec["registry"], spec["registry_auth"]) == (REGISTRY, "ecr")
+    assert spec["image"].startswith(f"{REGISTRY}/{NAME}@sha256:")
+    assert gv["docker_packages"][-1] == HELPER_STAND_IN
+    assert "docker_daemon_options" not in gv  # ECR is TLS: nothing insecure
 
 
 def test_a_container_mode_root_enables_ecr_and_outputs_its_url(container_tree: Path) -> None:

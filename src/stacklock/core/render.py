@@ -328,7 +328,8 @@ def group_vars(
         "cuda_components": comp["cuda"]["components"],
         "cuda_packages": locked["apt"]["cuda"],
         "docker_version": comp["docker"]["version"],
-        "docker_packages": locked["apt"]["docker"],
+        # the lock's Docker set (+ ECR's credential helper for an image in ECR: core.serving)
+        "docker_packages": serving.docker_packages(env_name, env.stack, locked),
         "nvidia_container_toolkit_version": comp["nvidia_container_toolkit"]["version"],
         "nvidia_container_toolkit_packages": locked["apt"]["nvidia_container_toolkit"],
         "torchserve_java_version": comp["java"]["version"],

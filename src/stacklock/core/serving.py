@@ -3,12 +3,14 @@ serving_container role, from the lock's recorded image (docs/containers.md).
 
 The variables are a contract with verify's container checks (the facts collectors and
 core/parity): `serving_runtime` (absent or `host`: host mode) and `serving_container`, with
-exactly the keys below. Host mode renders nothing here, so host-mode group_vars stay as
-they were.
+exactly the keys below (`registry` and `registry_auth: ecr` only for an image in Amazon ECR:
+the role then writes root's Docker config for the credential helper). Host mode renders
+nothing here, so host-mode group_vars stay as they were.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from stacklock.core.lock import serving_runtime
@@ -25,10 +27,58 @@ LOG_DIR = "/var/log/torchserve"
 #: the node by the endpoint's key service and by verify, as /var/lib/torchserve in host mode
 HOST_STATE_DIR = "/var/lib/stacklock-serving"
 
+#: an Amazon ECR registry host (ACCOUNT.dkr.ecr.REGION.amazonaws.com, .com.cn in China)
+ECR_REGISTRY = re.compile(r"^[0-9]{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$")
+#: root's Docker client config on the node, where an ECR image's registry gets its credential
+#: helper (the serving_container role writes it; verify's files class knows its bytes)
+DOCKER_CONFIG = "/root/.docker/config.json"
+#: Docker's credential helper for ECR (binary docker-credential-ecr-login): the exact version
+#: per OS, pinned and held with Docker's packages when the image is in ECR. Debian 12: bookworm
+#: main's amazon-ecr-credential-helper (Depends: libc6, ca-certificates, the OS's own). No
+#: other OS's version is recorded here (Ubuntu's universe package is per release and was not
+#: read): render refuses an ECR image there rather than install an unpinned package.
+ECR_LOGIN_PACKAGES: dict[str, tuple[dict[str, str], ...]] = {
+    "debian12": ({"name": "amazon-ecr-credential-helper", "version": "0.6.0-1+b2"},),
+}
+
 
 def _fix(env_name: str) -> str:
     return (f"run: stacklock image build {env_name}, then stacklock image push {env_name} "
             "--registry URL (it records the image in the lock), then stacklock render")
+
+
+def ecr_registry(locked: dict[str, Any]) -> str | None:
+    """The ECR registry host of a container-mode stack's image; None in host mode, without an
+    image, or for another registry (the lab's: no login)."""
+    if serving_runtime(locked) != "container":
+        return None
+    image = locked.get("image")
+    host = str(image.get("registry") or "") if isinstance(image, dict) else ""
+    return host if ECR_REGISTRY.match(host) else None
+
+
+def docker_packages(env_name: str, stack_name: str, locked: dict[str, Any]) -> list[dict[str, str]]:
+    """The docker role's exact pins: the lock's Docker set, and for an image in ECR Docker's
+    credential helper for ECR (installed, held, pinned and verified as Docker's own packages);
+    exit 2 for an ECR image on an OS whose helper version is not recorded here."""
+    pins = [dict(p) for p in locked["apt"]["docker"]]
+    if ecr_registry(locked) is None:
+        return pins
+    os_ = locked.get("os") or {}
+    key = f"{os_.get('distribution', '')}{str(os_.get('release', '')).replace('.', '')}"
+    helper = ECR_LOGIN_PACKAGES.get(key)
+    if helper is None:
+        known = ", ".join(f"{k}: {p['name']} {p['version']}" for k, ps in
+                          sorted(ECR_LOGIN_PACKAGES.items()) for p in ps)
+        raise InvalidInput(
+            f"environment {env_name} pulls its serving image from ECR, and no version of "
+            f"amazon-ecr-credential-helper is recorded for {key}",
+            problems=[Problem(f"stacks.{stack_name}.os", f"the nodes log in to ECR with "
+                              f"amazon-ecr-credential-helper, pinned and held; stacklock "
+                              f"records its version only for {known}",
+                              "serve this stack from Debian 12 nodes (os: {distribution: "
+                              "debian, release: \"12\"}), or host mode (serving.runtime: host)")])
+    return pins + [dict(p) for p in helper]
 
 
 def container_vars(env_name: str, stack_name: str, locked: dict[str, Any], *,
@@ -73,11 +123,17 @@ def container_vars(env_name: str, stack_name: str, locked: dict[str, Any], *,
         # where TorchServe's key file is on the node (the endpoint's key service reads it)
         "torchserve_state_dir": HOST_STATE_DIR,
     }
+    registry = ecr_registry(locked)
+    if registry is not None:
+        # the nodes log in with the instance role through Docker's credential helper for ECR
+        # (docker_packages pins it): root's Docker config names it for this registry
+        out["serving_container"] |= {"registry": registry, "registry_auth": "ecr"}
     if str(image.get("registry_url", "")).startswith("http://"):
         # a plain-HTTP registry on a lab address: the nodes' dockerd must be told about it
         out["docker_daemon_options"] = {"insecure-registries": [str(image["registry"])]}
     return out
 
 
-__all__ = ["CONTAINER_NAME", "HOST_STATE_DIR", "LOG_DIR", "STATE_DIR", "UNIT",
-           "container_vars"]
+__all__ = ["CONTAINER_NAME", "DOCKER_CONFIG", "ECR_LOGIN_PACKAGES", "ECR_REGISTRY",
+           "HOST_STATE_DIR", "LOG_DIR", "STATE_DIR", "UNIT", "container_vars", "docker_packages",
+           "ecr_registry"]

@@ -172,6 +172,10 @@ def _role_files(hv: Mapping[str, Any]) -> dict[str, list[_Entry]]:
         out["serving_container"] = [_rendered(
             "/etc/systemd/system/stacklock-serving.service", "root", "root", "0644",
             Source("serving_container", "stacklock-serving.service.j2"), host)]
+        if val("_serving_container_ecr | bool"):  # an image in ECR: the credential helper
+            out["serving_container"].append(_rendered(
+                str(val("_serving_container_docker_config")), "root", "root", "0600",
+                Source("serving_container", "docker-config.json.j2"), host))
     elif "torchserve_models" in host:
         home, group = str(val("torchserve_home")), str(val("torchserve_group"))
         config, store = str(val("torchserve_config_path")), str(val("torchserve_model_store"))

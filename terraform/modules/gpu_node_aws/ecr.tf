@@ -56,7 +56,10 @@ resource "aws_ecr_lifecycle_policy" "serving" {
   })
 }
 
-# The nodes pull by digest from this repository and no other.
+# The nodes pull by digest from this repository and no other. On the node, Docker's credential
+# helper for ECR (docker-credential-ecr-login, set up by the serving_container role) calls
+# GetAuthorizationToken with these instance-role credentials (IMDSv2) at each pull; dockerd then
+# reads the manifest (BatchGetImage) and the layers (GetDownloadUrlForLayer). Nothing else.
 data "aws_iam_policy_document" "ecr_pull" {
   count = var.ecr_enabled ? 1 : 0
 

@@ -116,6 +116,9 @@ def container_vars(env_name: str, stack_name: str, locked: dict[str, Any], *,
             "read_only": True,
             "cap_add": [],
             "runtime": "nvidia" if gpu else "runc",
+            # the NVIDIA runtime hands a container the GPUs it is asked for (--gpus): all of
+            # them on a GPU node, none elsewhere
+            "gpus": "all" if gpu else "none",
             "network": "host",
             "mounts": sorted(mounts, key=lambda m: m["target"]),
             "env": {},

@@ -126,6 +126,7 @@ def test_push_records_the_image_and_render_writes_the_contract(tmp_path: Path) -
         "read_only": True,
         "cap_add": [],
         "runtime": "runc",
+        "gpus": "none",
         "network": "host",
         "mounts": c["mounts"],
         "env": {},
@@ -146,6 +147,7 @@ def test_a_gpu_environment_runs_the_nvidia_runtime(tmp_path: Path) -> None:
         "config_digest": DIGEST, "user": "10001:10001", "registry_url": "https://r:5000"}}
     gv = container_vars("prod", STACK, locked, gpu=True)
     assert gv["serving_container"]["runtime"] == "nvidia"
+    assert gv["serving_container"]["gpus"] == "all"  # --gpus all in the unit
     assert "docker_daemon_options" not in gv  # TLS: nothing insecure
     assert container_vars("prod", STACK, {"fingerprint": "x"}, gpu=True) == {}
 

@@ -67,6 +67,17 @@ def test_the_unit_runs_the_contract() -> None:
         f" 10.213.0.1:5000/stacklock-lab/serving@{DIGEST}")
 
 
+def test_a_gpu_node_runs_the_nvidia_runtime_with_every_gpu() -> None:
+    hv = _container_hv()
+    spec = dict(hv["serving_container"])
+    hv = {**hv, "serving_container": {**spec, "runtime": "nvidia", "gpus": "all"}}
+    source = integrity.role_file_sources(hv)[UNIT]
+    text = ansible_template.render(source.role, source.template,
+                                   source.variables(integrity.host_vars(hv)), dest=UNIT).decode()
+    start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+    assert " --runtime nvidia --gpus all --mount " in start, start
+
+
 def test_daemon_json_trusts_the_lab_registry_in_container_mode_only() -> None:
     hv = _container_hv()
     source = integrity.role_file_sources(hv)["/etc/docker/daemon.json"]

@@ -102,7 +102,12 @@ def test_the_image_says_what_the_lock_says(
 
     bom_text = (work / "a" / f"{STACK}.cdx.json").read_text()
     assert sbommod.validate(bom_text) == []
-    comps = {c["name"]: c for c in json.loads(bom_text)["components"]}
+    doc = json.loads(bom_text)
+    root = doc["metadata"]["component"]  # the image itself, by its manifest digest
+    assert (root["type"], root["version"]) == ("container", record["manifest_digest"])
+    assert root["hashes"] == [{"alg": "SHA-256", "content": record["manifest_digest"][7:]}]
+    assert root["purl"].startswith("pkg:oci/") and record["manifest_digest"][7:] in root["purl"]
+    comps = {c["name"]: c for c in doc["components"]}
     pins = {p["name"]: p for p in lock["pip"]}
     for name, pin in pins.items():
         comp = comps[sbommod.normalize_pypi(name)]

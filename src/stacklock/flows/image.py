@@ -386,9 +386,12 @@ def build(loaded: LoadedManifest, lock: Mapping[str, Any], env: str, out_dir: Pa
         record.layout = str(layout)
         with _timed(record, "sbom"):
             facts = image_facts(rootfs, venv_dir / VENV.lstrip("/"), app_dir, locked)
-            bom = sbommod.node_bom(facts, locked, project=project, environment=env,
-                                   node=f"{tag}@{image.manifest_digest}", stack=stack,
-                                   timestamp=datetime.fromtimestamp(epoch, tz=UTC))
+            # the image itself is the document's root (a container named and hashed by its
+            # manifest digest, with the purl a node's document gives the image it runs)
+            bom = sbommod.image_bom(facts, locked, project=project, environment=env,
+                                    stack=stack, tag=tag, digest=image.manifest_digest,
+                                    config_digest=image.config_digest,
+                                    timestamp=datetime.fromtimestamp(epoch, tz=UTC))
             sbom_path = atomic_write(out_dir / f"{stack}.cdx.json", sbommod.to_json(bom))
             record.sbom = str(sbom_path)
         if load:

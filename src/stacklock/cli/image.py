@@ -70,7 +70,8 @@ def image_push(c: Ctx, env: str, registry: str | None, repository: str | None,
     """Push ENV's built image to a registry and print what nodes pull: REGISTRY/REPO@DIGEST
     (the manifest read back by digest). For a stack with serving.runtime: container, the image
     must be built from the current lock, and the push records it in the lock
-    (stacks.STACK.image: registry, repository, digests, user), which `render` reads. An aws
+    (stacks.STACK.image: registry, repository, digests, user; stacks.STACK.image.pushed.ENV:
+    where ENV pulls that digest, its own ECR repository on aws), which `render` reads. An aws
     environment pushes to its ECR repository, read from its Terraform outputs unless
     --registry is given (exit 0, 2 nothing built or built from another lock, no --registry
     for a lab or static environment, 3 the registry failed)."""

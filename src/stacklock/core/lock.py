@@ -820,8 +820,9 @@ def example_reason(lock: dict[str, Any] | None) -> str | None:
     return str(value) if value else None
 
 
-#: the keys of a locked stack's `image` (written by `stacklock image push`, flows/image.py)
-IMAGE_KEYS = ("config_digest", "digest", "fingerprint", "reference", "registry",
+#: the keys of a locked stack's `image` (written by `stacklock image push`, flows/image.py;
+#: `pushed`: environment -> where it pulls the digest, core.serving.pull_location)
+IMAGE_KEYS = ("config_digest", "digest", "fingerprint", "pushed", "reference", "registry",
               "registry_url", "repository", "user")
 
 

@@ -6,6 +6,13 @@ core/parity): `serving_runtime` (absent or `host`: host mode) and `serving_conta
 exactly the keys below (`registry` and `registry_auth: ecr` only for an image in Amazon ECR:
 the role then writes root's Docker config for the credential helper). Host mode renders
 nothing here, so host-mode group_vars stay as they were.
+
+Where an environment pulls from (`pull_location`): the lock's `stacks.STACK.image` holds one
+digest, and under `pushed` where each environment it was pushed for pulls it from (an AWS
+environment has its own ECR repository, maybe in its own account, and its nodes may pull only
+from that one). An environment without its own entry pulls from the entry's top-level
+registry/repository (the latest push), unless that is an ECR registry: then render is exit 2
+naming `stacklock image push ENV`. A lock written before `pushed` existed renders as it did.
 """
 
 from __future__ import annotations
@@ -47,13 +54,54 @@ def _fix(env_name: str) -> str:
             "--registry URL (it records the image in the lock), then stacklock render")
 
 
+#: what `stacks.STACK.image.pushed.ENV` holds: where ENV's nodes pull the image's digest
+PULL_KEYS = ("registry", "registry_url", "repository")
+
+
 def ecr_registry(locked: dict[str, Any]) -> str | None:
-    """The ECR registry host of a container-mode stack's image; None in host mode, without an
-    image, or for another registry (the lab's: no login)."""
+    """The ECR registry host of a container-mode stack's image as last pushed (the entry's
+    top-level registry); None in host mode, without an image, or for another registry (the
+    lab's: no login). What one environment pulls from: `pull_location`."""
     if serving_runtime(locked) != "container":
         return None
     image = locked.get("image")
     host = str(image.get("registry") or "") if isinstance(image, dict) else ""
+    return host if ECR_REGISTRY.match(host) else None
+
+
+def pull_location(env_name: str, stack_name: str, locked: dict[str, Any]) -> dict[str, str] | None:
+    """Where ENV's nodes pull the stack's recorded image from (`registry` host,
+    `registry_url`, `repository`; the digest is the entry's): ENV's own `pushed` entry; else
+    the entry's top-level location (the latest push, or a lock without `pushed`). None in
+    host mode or without a recorded digest. Exit 2 when ENV has no entry of its own and the
+    image was pushed to ECR for other environments: ECR repositories are per environment
+    (gpu_node_aws), and ENV's nodes may not pull from another one."""
+    if serving_runtime(locked) != "container":
+        return None
+    image = locked.get("image")
+    if not isinstance(image, dict) or not image.get("digest"):
+        return None
+    pushed = image.get("pushed")
+    own = pushed.get(env_name) if isinstance(pushed, dict) else None
+    if isinstance(own, dict):
+        return {k: str(own.get(k) or "") for k in PULL_KEYS}
+    where = {k: str(image.get(k) or "") for k in PULL_KEYS}
+    if isinstance(pushed, dict) and ECR_REGISTRY.match(where["registry"]):
+        others = ", ".join(sorted(str(e) for e in pushed)) or "no environment"
+        raise InvalidInput(
+            f"environment {env_name} pulls its serving image from ECR, and the lock records "
+            f"no push of it for {env_name} (pushed for {others})",
+            problems=[Problem(
+                f"stacks.{stack_name}.image",
+                f"{image['digest']} is recorded in {where['registry']}/{where['repository']} "
+                f"for {others}; an environment's nodes pull only from its own ECR repository",
+                f"run: stacklock image push {env_name} (the same digest into {env_name}'s "
+                "repository, recorded in the lock), then stacklock render")])
+    return where
+
+
+def _ecr_host(where: dict[str, str] | None) -> str | None:
+    host = (where or {}).get("registry", "")
     return host if ECR_REGISTRY.match(host) else None
 
 
@@ -62,7 +110,7 @@ def docker_packages(env_name: str, stack_name: str, locked: dict[str, Any]) -> l
     credential helper for ECR (installed, held, pinned and verified as Docker's own packages);
     exit 2 for an ECR image on an OS whose helper version is not recorded here."""
     pins = [dict(p) for p in locked["apt"]["docker"]]
-    if ecr_registry(locked) is None:
+    if _ecr_host(pull_location(env_name, stack_name, locked)) is None:
         return pins
     os_ = locked.get("os") or {}
     key = f"{os_.get('distribution', '')}{str(os_.get('release', '')).replace('.', '')}"
@@ -95,6 +143,8 @@ def container_vars(env_name: str, stack_name: str, locked: dict[str, Any], *,
             f"for stack {stack_name}",
             problems=[Problem(f"stacks.{stack_name}.image", "no image digest in the lock "
                               "(none pushed for this stack's fingerprint)", _fix(env_name))])
+    where = pull_location(env_name, stack_name, locked)
+    assert where is not None
     user = str(image["user"])
     uid, gid = user.split(":")
     owned = f"uid={uid},gid={gid},mode=0750"
@@ -109,7 +159,7 @@ def container_vars(env_name: str, stack_name: str, locked: dict[str, Any], *,
         "serving_runtime": "container",
         "serving_container": {
             "name": CONTAINER_NAME,
-            "image": f"{image['registry']}/{image['repository']}@{image['digest']}",
+            "image": f"{where['registry']}/{where['repository']}@{image['digest']}",
             "digest": image["digest"],
             "config_digest": image["config_digest"],
             "user": user,
@@ -126,17 +176,17 @@ def container_vars(env_name: str, stack_name: str, locked: dict[str, Any], *,
         # where TorchServe's key file is on the node (the endpoint's key service reads it)
         "torchserve_state_dir": HOST_STATE_DIR,
     }
-    registry = ecr_registry(locked)
+    registry = _ecr_host(where)
     if registry is not None:
         # the nodes log in with the instance role through Docker's credential helper for ECR
         # (docker_packages pins it): root's Docker config names it for this registry
         out["serving_container"] |= {"registry": registry, "registry_auth": "ecr"}
-    if str(image.get("registry_url", "")).startswith("http://"):
+    if where["registry_url"].startswith("http://"):
         # a plain-HTTP registry on a lab address: the nodes' dockerd must be told about it
-        out["docker_daemon_options"] = {"insecure-registries": [str(image["registry"])]}
+        out["docker_daemon_options"] = {"insecure-registries": [where["registry"]]}
     return out
 
 
 __all__ = ["CONTAINER_NAME", "DOCKER_CONFIG", "ECR_LOGIN_PACKAGES", "ECR_REGISTRY",
-           "HOST_STATE_DIR", "LOG_DIR", "STATE_DIR", "UNIT", "container_vars", "docker_packages",
-           "ecr_registry"]
+           "HOST_STATE_DIR", "LOG_DIR", "PULL_KEYS", "STATE_DIR", "UNIT", "container_vars",
+           "docker_packages", "ecr_registry", "pull_location"]

@@ -534,13 +534,42 @@ def check_image_for_lock(loaded: LoadedManifest, env: str, out_dir: Path) -> str
     return fingerprint
 
 
+def merge_push(old: Mapping[str, Any] | None, env: str,
+               record: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The lock's `stacks.STACK.image` after `record` was pushed for ENV, and the environments
+    whose own entries it drops. The entry holds one digest: its top-level registry/repository
+    are the latest push (what an environment without an entry of its own pulls, outside ECR:
+    core.serving.pull_location), and `pushed.ENV` where ENV pulls it. The entries of other
+    environments are kept for the same image (digest and config digest); another image
+    replaces the entry as before, and their entries go with it: their repositories hold the
+    other digest (`render` then asks for their push again)."""
+    pushed: dict[str, Any] = {}
+    dropped: list[str] = []
+    old = old if isinstance(old, Mapping) else {}
+    before = old.get("pushed")
+    if isinstance(before, Mapping):
+        if all(old.get(k) == record.get(k) for k in ("digest", "config_digest")):
+            pushed = {str(e): dict(w) for e, w in before.items() if isinstance(w, Mapping)}
+        else:
+            dropped = sorted(str(e) for e in before if e != env)
+    pushed[env] = {k: str(record[k]) for k in serving.PULL_KEYS}
+    entry = {**record, "pushed": dict(sorted(pushed.items()))}
+    return dict(sorted(entry.items())), dropped
+
+
 def record_in_lock(loaded: LoadedManifest, env: str, record: Mapping[str, Any]) -> Path:
-    """Write `record` as the lock's `stacks.STACK.image` (the rest of the lock byte for byte:
-    the image is outside the fingerprint, core.lock.UNFINGERPRINTED)."""
+    """Write `record`, pushed for ENV, into the lock's `stacks.STACK.image` (`merge_push`;
+    the rest of the lock byte for byte: the image is outside the fingerprint,
+    core.lock.UNFINGERPRINTED)."""
     stack = loaded.manifest.environments[env].stack
     lock = read_lock(loaded.lock_path)
     assert lock is not None
-    lock["stacks"][stack]["image"] = dict(sorted(record.items()))
+    entry, dropped = merge_push(lock["stacks"][stack].get("image"), env, record)
+    if dropped:
+        info(f"stacks.{stack}.image: {record['digest']} replaces the image recorded before; "
+             f"{', '.join(dropped)} pulled that one from their own repositories: run "
+             + "; ".join(f"stacklock image push {e}" for e in dropped))
+    lock["stacks"][stack]["image"] = entry
     return atomic_write(loaded.lock_path, dump_lock(lock))
 
 
@@ -563,5 +592,6 @@ def push_and_record(loaded: LoadedManifest, env: str, out_dir: Path, registry: s
         return repository, digest, False
     record = image_record(out_dir / stack / "oci", registry, repository, digest)
     path = record_in_lock(loaded, env, record)
-    info(f"{path.name}: stacks.{stack}.image = {record['reference']} (run: stacklock render)")
+    info(f"{path.name}: stacks.{stack}.image.pushed.{env} = {record['reference']} "
+         "(run: stacklock render)")
     return repository, digest, True

@@ -490,3 +490,87 @@ def test_checkov_passes_the_repository_and_catches_mutable_tags(container_tree: 
     report = _scan(tmp_path / "terraform" / "environments" / "dev")
     assert ("CKV_AWS_51", repo) in {(c["check_id"], c["resource"])
                                     for c in report["results"]["failed_checks"]}
+
+
+# --------------------------------------------------------------------------- per environment
+
+WEST = "us-west-2"  # prod's region in the AWS example: another registry host, same account
+
+
+def test_one_digest_pushed_to_each_environments_repository_renders_each_its_own(
+        moto: str, lab_registry: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The AWS example in container mode: `stacklock image push dev` and `image push prod`
+    (us-west-2) into their own repositories (`<project>/<env>/serving`, as gpu_node_aws makes
+    them), each recorded in the lock under stacks.STACK.image.pushed.ENV with the one digest;
+    render refuses staging (not pushed, exit 2 naming its push) until it is pushed too, and
+    then writes every environment its own repository, registry and ECR login."""
+    import hashlib
+
+    from stacklock.core.lock import build_lock, dump_lock, fingerprint_of, read_lock
+    from stacklock.core.manifest import load_manifest
+    from stacklock.core.render import render_tree
+
+    case = tmp_path / "case"
+    archive = case / "examples" / "models" / "tiny-linear.mar"
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(b"a stand-in model archive for the ECR push test\n")
+    data = yaml.safe_load((REPO_ROOT / "stacklock.yaml").read_text("utf-8"))
+    for stack in data["stacks"].values():
+        stack["serving"] = {"runtime": "container"}
+        for model in stack.get("models", []):
+            model["sha256"] = hashlib.sha256(archive.read_bytes()).hexdigest()
+    (case / "stacklock.yaml").write_text(yaml.safe_dump(data, sort_keys=False), "utf-8")
+    monkeypatch.setenv("STACKLOCK_HOME", str(REPO_ROOT))
+    monkeypatch.setitem(serving.ECR_LOGIN_PACKAGES, "ubuntu2404", (HELPER_STAND_IN,))
+    loaded = load_manifest(case / "stacklock.yaml")
+    (case / "stacklock.lock").write_text(dump_lock(build_lock(loaded, {STACK: dict(FAKE_AMIS)})))
+    fingerprint = (read_lock(loaded.lock_path) or {})["stacks"][STACK]["fingerprint"]
+
+    out = tmp_path / "images"
+    image = _image(out / STACK, "one image, every environment\n", fingerprint=fingerprint)
+    hosts = {"dev": REGISTRY, "staging": REGISTRY, "prod": f"{ACCOUNT}.dkr.ecr.{WEST}.amazonaws.com"}
+    regions = {"dev": REGION, "staging": REGION, "prod": WEST}
+
+    def push(env: str) -> None:
+        name = f"acme-serving/{env}/serving"
+        boto3.client("ecr", region_name=regions[env]).create_repository(
+            repositoryName=name, imageTagMutability="IMMUTABLE",
+            imageScanningConfiguration={"scanOnPush": True},
+            encryptionConfiguration={"encryptionType": "AES256"})
+        ecr.push(image, regions[env], name, endpoint=lab_registry)  # the blobs: module docstring
+        res = _cli("-m", str(case / "stacklock.yaml"), "image", "push", env, "--registry",
+                   f"https://{hosts[env]}", "--out", str(out), manifest=False)
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert res.stdout.strip() == f"{hosts[env]}/{name}@{image.manifest_digest}"
+        assert f"stacks.{STACK}.image.pushed.{env} = " in res.stderr
+
+    push("dev")
+    push("prod")
+    lock = read_lock(loaded.lock_path)
+    assert lock is not None
+    entry = lock["stacks"][STACK]["image"]
+    assert entry["digest"] == image.manifest_digest and entry["fingerprint"] == fingerprint
+    assert entry["pushed"] == {
+        env: {"registry": hosts[env], "registry_url": f"https://{hosts[env]}",
+              "repository": f"acme-serving/{env}/serving"} for env in ("dev", "prod")}
+    assert fingerprint_of(lock["stacks"][STACK]) == fingerprint  # outside the fingerprint
+    for env in ("dev", "prod"):  # ECR: each repository's tag names the one digest
+        assert ecr.tag_digest(regions[env], f"acme-serving/{env}/serving",
+                              ecr.image_tag(fingerprint)) == image.manifest_digest
+    with pytest.raises(InvalidInput) as err:
+        render_tree(loaded, lock)
+    (problem,) = err.value.problems
+    assert problem.path == f"stacks.{STACK}.image" and err.value.exit_code == 2
+    assert problem.hint.startswith("run: stacklock image push staging ")
+
+    push("staging")
+    lock = read_lock(loaded.lock_path)
+    assert lock is not None
+    tree = render_tree(loaded, lock)
+    for env in ("dev", "staging", "prod"):
+        gv = yaml.safe_load(tree[f"inventories/{env}/group_vars/{env}/stacklock.yml"])
+        spec = gv["serving_container"]
+        assert spec["image"] == (f"{hosts[env]}/acme-serving/{env}/serving"
+                                 f"@{image.manifest_digest}"), env
+        assert (spec["registry"], spec["registry_auth"]) == (hosts[env], "ecr")
+        assert spec["digest"] == image.manifest_digest

@@ -4,11 +4,19 @@ On the shared integrity node (conftest's `integrity_lab`: project slint, network
 environment dev), LAST in its lane (tests/conftest.py SHARED_NODE): it switches the node to
 container mode and back. One image build from the node's container-mode lock, pushed to the
 lab registry (scripts/lab-registry.sh) on the lab's mirror address 10.231.0.1, recorded in the
-lock by `image push`; then `stacklock rollout dev` from host mode to container mode: the
-node's Docker pulls by digest and runs the image as stacklock-serving.service, read-only,
-non-root, without capabilities, on the host network; the smoke request answers over TLS
-through the endpoint; verify (the play) and verify --fast exit 0; then back to host mode by
-rollout again: no container, no unit, TorchServe from the venv answering through the endpoint.
+lock by `image push`. The manifest gains a second stack, the same pins with
+`serving.runtime: container`, and dev names it; `stacklock rollout dev` goes from host mode to
+container mode: the node's Docker pulls by digest and runs the image as
+stacklock-serving.service, read-only, non-root, without capabilities, on the host network; the
+smoke request answers over TLS through the endpoint; verify (the play) and verify --fast exit 0.
+Then real changes on the node, each caught by both and put back: another image digest run in
+the container's place, a container started by hand with other settings (and a second one
+beside it), the NVIDIA runtime removed from Docker's daemon.json; `stacklock sbom` names the
+image by its digest with the closure inside; the host's Java purged (as on a node that never
+was in host mode) is no deviation. Last, `stacklock rollback dev` returns the node to the
+host-mode revision it verified first: Java installed and held again, no container, no unit,
+no stale image running, TorchServe from the venv answering through the endpoint. (The NVIDIA runtime
+removed in host mode: test_integrity_runtime.)
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 STACK = "lab-2026-11"
+CSTACK = "lab-2026-11-container"  # the same pins, serving.runtime: container
 EPOCH = "1767225600"
 REGISTRY_ADDR, REGISTRY_PORT = "10.231.0.1", 5231  # the integrity lab's mirror address
 PREDICT = "/predictions/tiny-linear/1.0"
@@ -60,6 +69,7 @@ class Node:
     manifest: Path
     host_text: str
     name: str = ""
+    host: str = ""  # its inventory name
     address: str = ""
     image: dict[str, Any] = field(default_factory=dict)
     back_in_host_mode: bool = False
@@ -93,38 +103,96 @@ class Node:
             return exc.code, exc.read()
 
 
-def _with_runtime(text: str, runtime: str | None) -> str:
+def _with_container_stack(text: str) -> str:
+    """The manifest with a second stack, STACK's pins served from a container, named by dev."""
     data = yaml.safe_load(text)
-    if runtime is None:
-        return text
-    data["stacks"][STACK]["serving"] = {"runtime": runtime}
+    data["stacks"][CSTACK] = {**data["stacks"][STACK], "serving": {"runtime": "container"}}
+    data["environments"]["dev"]["stack"] = CSTACK
     return yaml.safe_dump(data, sort_keys=False)
 
 
-def _to_host(node: Node) -> None:
+def _restore(node: Node) -> None:
+    """The manifest, lock and files as before the module; rolled out if still in container
+    mode (the host-mode stack locks to the same revision as before)."""
     node.manifest.write_text(node.host_text)
     _ok(sl(node.manifest, "lock"))
     _ok(sl(node.manifest, "render"))
-    _ok(sl(node.manifest, "rollout", "dev", timeout=2400))
+    if not node.back_in_host_mode:
+        _ok(sl(node.manifest, "rollout", "dev", timeout=2400))
+
+
+def verify(node: Node, *extra: str) -> tuple[int, dict[str, Any]]:
+    res = sl(node.manifest, "verify", "dev", "--format", "json", *extra, timeout=900)
+    try:
+        return res.returncode, json.loads(res.stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(f"verify printed no JSON (exit {res.returncode}):\n"
+                             f"{res.stdout[-3000:]}\n{res.stderr[-3000:]}") from None
+
+
+def findings(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["component"]: c for c in report["checks"] if c["status"] == "deviation"}
+
+
+def assert_caught(node: Node, caught: dict[str, str | None]) -> None:
+    """The play and --fast each exit 1 naming every component of `caught` (with a part of its
+    actual value where given), and name the same components."""
+    seen: dict[str, set[str]] = {}
+    for how, extra in (("play", ()), ("fast", ("--fast",))):
+        code, rep = verify(node, *extra)
+        found = findings(rep)
+        assert code == 1, f"{how}: exit {code}; {rep.get('problems')}"
+        for component, actual in caught.items():
+            assert component in found, f"{how}: {component} not named: {sorted(found)}"
+            if actual is not None:
+                assert actual in str(found[component]["actual"]), (how, found[component])
+        seen[how] = set(found)
+    assert seen["play"] == seen["fast"], f"the play and --fast disagree: {seen}"
+
+
+def wait_serving(node: Node) -> None:
+    """Bounded: the model answers through the endpoint again (after a restart)."""
+    for _ in range(90):
+        try:
+            if node.call(PREDICT)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(2)
+    raise AssertionError("the model did not answer through the endpoint within 180 s")
+
+
+def put_back_the_unit(node: Node, *others: str) -> None:
+    """Whatever runs as stacklock-serving (and the named containers) removed, the unit
+    started again; the model answers and verify --fast is clean."""
+    node.on_node("systemctl stop stacklock-serving.service; "
+                 f"docker rm -f stacklock-serving {' '.join(others)} >/dev/null 2>&1 || true; "
+                 "systemctl reset-failed stacklock-serving.service || true; "
+                 "systemctl start stacklock-serving.service")
+    wait_serving(node)
+    code, rep = verify(node, "--fast")
+    assert code == 0, f"not clean after putting it back: {sorted(findings(rep))}"
 
 
 @pytest.fixture(scope="module")
 def node(integrity_lab: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    """The integrity node's manifest in container mode, its image built once and pushed to the
-    lab registry (recorded in the lock), rendered; put back in host mode at the end."""
+    """The integrity node verified in host mode (evidence for the rollback), then its manifest
+    with the container-mode stack, its image built once and pushed to the lab registry
+    (recorded in the lock), rendered; the manifest put back (and the node too) at the end."""
     manifest = integrity_lab
     lab = Node(manifest, manifest.read_text())
     hosts = yaml.safe_load((lab.out / "inventories/dev/hosts.yml").read_text())
-    (_, entry), = hosts["all"]["children"]["dev"]["hosts"].items()
+    (lab.host, entry), = hosts["all"]["children"]["dev"]["hosts"].items()
     lab.name = str(entry.get("stacklock_container", "slint-dev-1"))
     lab.address = str(entry["ansible_host"])
+    _ok(sl(manifest, "verify", "dev", timeout=900))  # host mode: the revision to roll back to
     registry = tmp_path_factory.mktemp("slint-registry")
     script = str(ROOT / "scripts/lab-registry.sh")
     url = subprocess.run([script, "start", REGISTRY_ADDR, str(REGISTRY_PORT), str(registry)],
                          capture_output=True, text=True, timeout=300, check=True).stdout.strip()
     images = tmp_path_factory.mktemp("slint-images")
     try:
-        manifest.write_text(_with_runtime(lab.host_text, "container"))
+        manifest.write_text(_with_container_stack(lab.host_text))
         _ok(sl(manifest, "lock"))
         render = sl(manifest, "render")
         assert render.returncode == 2, render.stdout + render.stderr
@@ -135,14 +203,14 @@ def node(integrity_lab: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         print(f"image build: {time.monotonic() - start:.0f} s")
         _ok(sl(manifest, "image", "push", "dev", "--registry", url, "--out", str(images)))
         lock = json.loads(manifest.with_suffix(".lock").read_text())
-        lab.image = lock["stacks"][STACK]["image"]
+        lab.image = lock["stacks"][CSTACK]["image"]
+        assert "image" not in lock["stacks"][STACK]  # host mode: no image
         _ok(sl(manifest, "lock", "--check"))
         _ok(sl(manifest, "render"))
         yield lab
     finally:
         try:
-            if not lab.back_in_host_mode:
-                _to_host(lab)
+            _restore(lab)
         finally:
             lab.on_node(f"docker rmi -f {lab.image.get('reference', 'none')} || true", check=False)
             subprocess.run([script, "stop", str(registry)], capture_output=True, timeout=120,
@@ -210,23 +278,132 @@ def test_verify_fast_passes_in_container_mode(node: Node) -> None:
     assert fast.returncode == 0, fast.stdout[-5000:] + fast.stderr[-3000:]
 
 
-def test_back_to_host_mode_leaves_no_stale_container(node: Node) -> None:
-    # first the node's pull time by digest, measured by itself (the container stopped, the
-    # image removed; daemon.json still trusts the lab registry)
+def test_sbom_names_the_running_image_by_its_digest_with_the_closure_inside(
+        node: Node, tmp_path: Path) -> None:
+    _ok(sl(node.manifest, "sbom", "dev", "--out", str(tmp_path), timeout=900))
+    doc = json.loads((tmp_path / "dev" / f"{node.host}.cdx.json").read_text())
+    images = [c for c in doc["components"] if c["type"] == "container"]
+    assert len(images) == 1, [c["name"] for c in images]  # nothing else runs
+    image, = images
+    props = {p["name"]: p["value"] for p in image.get("properties", [])}
+    assert image["version"] == node.image["digest"]
+    assert image["hashes"] == [{"alg": "SHA-256", "content": node.image["digest"][7:]}]
+    assert image["purl"].startswith("pkg:oci/") and node.image["digest"][7:] in image["purl"]
+    assert props["stacklock:lock"] == "matches" and props["stacklock:image:id:lock"] == "matches"
+    assert props["stacklock:image:id"] == node.image["config_digest"]
+    inside = {c["name"]: c for c in image.get("components", [])}
+    assert {"torch", "torchserve", "torch-model-archiver", "python"} <= set(inside), inside
+    lock = json.loads(node.manifest.with_suffix(".lock").read_text())
+    assert inside["torch"]["version"] in json.dumps(lock["stacks"][CSTACK])
+    # container mode: no host venv in the document
+    assert not any(c["name"] == "torch" for c in doc["components"]), "torch on the host"
+
+
+def test_another_image_digest_on_the_node_is_caught(node: Node) -> None:
+    """The serving container run with every setting of the unit but another image: one made
+    on the node from the running container (one label more), pushed to the same registry and
+    pulled by its own digest."""
+    other = f"{REGISTRY_ADDR}:{REGISTRY_PORT}/slint/serving"
+    node.on_node(f"docker commit --change 'LABEL tampered=1' stacklock-serving {other}:other "
+                 f">/dev/null && docker push --quiet {other}:other >/dev/null")
+    digest = node.on_node(f"docker image inspect --format '{{{{index .RepoDigests 0}}}}' "
+                          f"{other}:other").stdout.strip().split("@")[-1]
+    assert digest.startswith("sha256:") and digest != node.image["digest"], digest
+    start = node.on_node(f"sed -n 's/^ExecStart=//p' {UNIT}").stdout.strip()
+    assert node.image["reference"] in start, start
+    by_hand = start.replace(" run --rm ", " run -d --rm ", 1).replace(
+        node.image["reference"], f"{other}@{digest}")
+    try:
+        node.on_node(f"systemctl stop stacklock-serving.service && {by_hand} >/dev/null")
+        wait_serving(node)  # the play and --fast then see the same (serving) container
+        assert_caught(node, {"container.image.digest": digest,
+                             "container.image.id": None})
+    finally:
+        put_back_the_unit(node)
+        node.on_node(f"docker rmi -f {other}:other {other}@{digest} >/dev/null 2>&1 || true",
+                     check=False)
+
+
+def test_a_container_started_by_hand_with_other_settings_is_caught(node: Node) -> None:
+    """The locked image by its digest, but started by hand as root, writable, with a
+    capability and an environment variable more; and a second container beside it."""
+    ref = node.image["reference"]
+    try:
+        node.on_node(
+            "systemctl stop stacklock-serving.service && "
+            f"docker run -d --name stacklock-serving --network host --user 0:0 "
+            f"--cap-add NET_ADMIN --env DEBUG_BY_HAND=1 --entrypoint /bin/sleep {ref} infinity"
+            f" >/dev/null && docker run -d --name by-hand --network none "
+            f"--entrypoint /bin/sleep {ref} infinity >/dev/null")
+        assert_caught(node, {"container.user": "0:0", "container.read_only": "false",
+                             "container.capabilities": "NET_ADMIN",
+                             "container.security_opt": "none",
+                             "container.env.DEBUG_BY_HAND": None,
+                             "container.extra.by-hand": None})
+    finally:
+        put_back_the_unit(node, "by-hand")
+
+
+def test_the_nvidia_runtime_removed_from_docker_is_caught_in_container_mode(node: Node) -> None:
+    node.on_node("cp -p /etc/docker/daemon.json /root/daemon.json.saved && python3 - <<'EOF'\n"
+                 "import json\n"
+                 "p = '/etc/docker/daemon.json'\n"
+                 "d = json.load(open(p))\n"
+                 "assert 'nvidia' in d.get('runtimes', {}), d\n"
+                 "del d['runtimes']['nvidia']\n"
+                 "json.dump(d, open(p, 'w'))\n"
+                 "EOF\n"
+                 "systemctl restart docker.service")
+    try:
+        wait_serving(node)  # the unit starts the container again (with runc) after dockerd
+        assert_caught(node, {"docker.runtime.nvidia": None})
+    finally:
+        node.on_node("cp -p /root/daemon.json.saved /etc/docker/daemon.json && "
+                     "systemctl restart docker.service")
+        put_back_the_unit(node)
+
+
+def test_no_java_on_the_host_in_container_mode(node: Node) -> None:
+    """As on a node provisioned in container mode from the start: Java is in the image, the
+    host needs none (the rollback below installs and holds it again)."""
+    gv = yaml.safe_load((node.out / "inventories/dev/group_vars/dev/stacklock.yml").read_text())
+    java = " ".join(p["name"] for p in gv["torchserve_java_packages"])
+    node.on_node("DEBIAN_FRONTEND=noninteractive apt-get purge -y -q "
+                 f"--allow-change-held-packages {java} >/dev/null")
+    assert node.on_node("command -v java", check=False).returncode != 0
+    for extra in ((), ("--fast",)):
+        code, rep = verify(node, *extra)
+        assert code == 0, f"{extra}: {sorted(findings(rep))}"
+
+
+def test_pull_by_digest_on_the_node(node: Node) -> None:
+    """The node's pull time by digest, measured by itself (the container stopped, the image
+    removed; daemon.json trusts the lab registry), then the unit started again."""
     ref = node.image["reference"]
     node.on_node(f"systemctl stop stacklock-serving.service && docker rmi {ref}")
     start = time.monotonic()
     node.on_node(f"docker pull --quiet {ref}")
     print(f"docker pull by digest on the node: {time.monotonic() - start:.1f} s")
+    put_back_the_unit(node)
+
+
+def test_rollback_to_the_host_mode_revision_leaves_no_stale_container(node: Node) -> None:
     start = time.monotonic()
-    _to_host(node)
+    res = sl(node.manifest, "rollback", "dev", timeout=2400)
+    print(f"rollback to host mode: {time.monotonic() - start:.0f} s")
+    _ok(res)
     node.back_in_host_mode = True
-    print(f"rollout back to host mode: {time.monotonic() - start:.0f} s")
+    data = yaml.safe_load(node.manifest.read_text())
+    assert data["environments"]["dev"]["stack"] == STACK
     gv = (node.out / "inventories/dev/group_vars/dev/stacklock.yml").read_text()
     assert "serving_runtime" not in gv and "serving_container" not in gv
-    assert node.on_node("docker ps -aq --filter name=stacklock-serving").stdout.strip() == ""
+    assert node.on_node("docker ps -aq").stdout.strip() == ""  # nothing runs, none stopped
     assert node.on_node(f"test -e {UNIT}", check=False).returncode == 1
     assert node.on_node("systemctl is-active torchserve.service").stdout.strip() == "active"
+    assert node.on_node("java -version 2>&1").stdout.strip()  # installed again, held
+    assert "openjdk" in node.on_node("apt-mark showhold").stdout
     status, body = node.call(PREDICT)
     assert status == 200, body
-    _ok(sl(node.manifest, "verify", "dev", timeout=900))
+    for extra in ((), ("--fast",)):
+        code, rep = verify(node, *extra)
+        assert code == 0, f"{extra}: {sorted(findings(rep))}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +18,8 @@ import pytest
 import yaml
 
 from stacklock.core import integrity as core_integrity
-from stacklock.core import lock as lockmod
 from stacklock.core import parity
 from stacklock.core import render as rendermod
-from stacklock.core.manifest import load_manifest
 from stacklock.core.serving import container_vars
 from stacklock.flows import integrity
 
@@ -30,6 +28,10 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[3]
 LAB = ROOT / "examples/lab/inventories/dev/group_vars/dev/stacklock.yml"
 STACK = "lab-2026-11"
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/unit
+from containerlab import container_lab  # noqa: E402
+
 DIGEST = "sha256:" + "c" * 64
 IMAGE = {"registry": "10.213.0.1:5000", "repository": "stacklock-lab/serving", "digest": DIGEST,
          "config_digest": "sha256:" + "d" * 64, "user": "10001:10001",
@@ -67,15 +69,7 @@ def _java_components(exp: dict[str, Any]) -> list[str]:
 
 
 def test_render_keeps_the_locks_java_pins_in_container_mode(tmp_path: Path) -> None:
-    data = yaml.safe_load((ROOT / "examples/lab.yaml").read_text())
-    data["stacks"][STACK]["serving"] = {"runtime": "container"}
-    (tmp_path / "lab.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    shutil.copy(ROOT / "examples/lab.lock", tmp_path / "lab.lock")
-    shutil.copytree(ROOT / "examples/models", tmp_path / "models")
-    loaded = load_manifest(tmp_path / "lab.yaml")
-    existing = lockmod.read_lock(loaded.lock_path)
-    lock = lockmod.build_lock(loaded, {}, lockmod.closures_from_lock(existing, loaded),
-                              lockmod.apt_sets_from_lock(existing, loaded))
+    loaded, lock = container_lab(tmp_path)
     lock["stacks"][STACK]["image"] = dict(IMAGE, fingerprint=lock["stacks"][STACK]["fingerprint"])
     tree = rendermod.render_tree(loaded, lock)
     gv = yaml.safe_load(tree["inventories/dev/group_vars/dev/stacklock.yml"])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from stacklock.adapters import oci
 from stacklock.core import lock as lockmod
 from stacklock.core import render as rendermod
 from stacklock.core import serving
-from stacklock.core.manifest import LoadedManifest, load_manifest
+from stacklock.core.manifest import LoadedManifest
 from stacklock.errors import ExitCode, InvalidInput
 from stacklock.flows import image as imageflow
 
@@ -37,6 +36,7 @@ HELPER = {"name": "amazon-ecr-credential-helper", "version": "0.6.0-1+b2"}
 
 sys.path.insert(0, str(ROOT / "tests/unit"))
 from clirun import stacklock  # noqa: E402
+from containerlab import container_lab  # noqa: E402
 
 
 def _gv(tree: dict[str, str], env: str) -> dict[str, Any]:
@@ -48,15 +48,7 @@ def _gv(tree: dict[str, str], env: str) -> dict[str, Any]:
 def lab(tmp_path: Path) -> tuple[LoadedManifest, Path]:
     """examples/lab.yaml (dev, staging, prod on one stack) in container mode, locked, and a
     tiny OCI layout of that lock's fingerprint, as `image build` writes one."""
-    data = yaml.safe_load((ROOT / "examples/lab.yaml").read_text())
-    data["stacks"][STACK]["serving"] = {"runtime": "container"}
-    (tmp_path / "lab.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    shutil.copy(ROOT / "examples/lab.lock", tmp_path / "lab.lock")
-    shutil.copytree(ROOT / "examples/models", tmp_path / "models")
-    loaded = load_manifest(tmp_path / "lab.yaml")
-    existing = lockmod.read_lock(loaded.lock_path)
-    lock = lockmod.build_lock(loaded, {}, lockmod.closures_from_lock(existing, loaded),
-                              lockmod.apt_sets_from_lock(existing, loaded))
+    loaded, lock = container_lab(tmp_path)
     loaded.lock_path.write_text(lockmod.dump_lock(lock))
     tree = tmp_path / "rootfs"
     (tree / "etc").mkdir(parents=True)

@@ -7,7 +7,7 @@ files class expects; the lab registry path unchanged."""
 from __future__ import annotations
 
 import json
-import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,6 @@ from stacklock.adapters import ansible_template
 from stacklock.core import lock as lockmod
 from stacklock.core import render as rendermod
 from stacklock.core import serving
-from stacklock.core.manifest import load_manifest
 from stacklock.errors import ExitCode, InvalidInput
 from stacklock.flows import integrity
 
@@ -26,6 +25,10 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[3]
 STACK = "lab-2026-11"
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/unit
+from containerlab import container_lab  # noqa: E402
+
 DIGEST = "sha256:" + "a" * 64
 ECR_HOST = "111122223333.dkr.ecr.us-east-1.amazonaws.com"
 HELPER = {"name": "amazon-ecr-credential-helper", "version": "0.6.0-1+b2"}
@@ -105,15 +108,7 @@ def test_the_helper_pin_is_debian_12s_package() -> None:
 
 def _lab_container(tmp_path: Path, registry: str, scheme: str) -> tuple[Any, dict[str, Any]]:
     """examples/lab.yaml in container mode, its lock holding an image pushed to `registry`."""
-    data = yaml.safe_load((ROOT / "examples/lab.yaml").read_text())
-    data["stacks"][STACK]["serving"] = {"runtime": "container"}
-    (tmp_path / "lab.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    shutil.copy(ROOT / "examples/lab.lock", tmp_path / "lab.lock")
-    shutil.copytree(ROOT / "examples/models", tmp_path / "models")
-    loaded = load_manifest(tmp_path / "lab.yaml")
-    existing = lockmod.read_lock(loaded.lock_path)
-    lock = lockmod.build_lock(loaded, {}, lockmod.closures_from_lock(existing, loaded),
-                              lockmod.apt_sets_from_lock(existing, loaded))
+    loaded, lock = container_lab(tmp_path)
     lock["stacks"][STACK]["image"] = dict(_image(registry, scheme),
                                           fingerprint=lock["stacks"][STACK]["fingerprint"])
     return loaded, lock

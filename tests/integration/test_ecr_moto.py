@@ -11,6 +11,7 @@ request; everything else of the push is moto's ECR. Nothing here is mocked.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -388,26 +389,30 @@ def test_the_lifecycle_policy_is_one_ecr_takes(moto: str) -> None:
     assert got["rules"][0]["selection"]["tagStatus"] == "untagged"
 
 
+def _container_manifest(folder: Path, test: str) -> None:
+    """The AWS example (stacklock.yaml) in container mode in `folder`, its models' archive a
+    stand-in file whose sha256 the manifest pins."""
+    archive = folder / "examples" / "models" / "tiny-linear.mar"
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(f"a stand-in model archive for the ECR {test} test\n".encode())
+    data = yaml.safe_load((REPO_ROOT / "stacklock.yaml").read_text("utf-8"))
+    for stack in data["stacks"].values():
+        stack["serving"] = {"runtime": "container"}
+        for model in stack.get("models", []):
+            model["sha256"] = hashlib.sha256(archive.read_bytes()).hexdigest()
+    (folder / "stacklock.yaml").write_text(yaml.safe_dump(data, sort_keys=False), "utf-8")
+
+
 @pytest.fixture(scope="module")
 def container_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """stacklock.yaml with serving.runtime container, an image in the lock, rendered."""
-    import hashlib
-
     from stacklock.core.lock import build_lock
     from stacklock.core.manifest import load_manifest
     from stacklock.core.render import render_tree, write_tree
 
     root = tmp_path_factory.mktemp("ecr-render")
     shutil.copytree(MODULE, root / "terraform" / "modules" / "gpu_node_aws")
-    archive = root / "examples" / "models" / "tiny-linear.mar"
-    archive.parent.mkdir(parents=True)
-    archive.write_bytes(b"a stand-in model archive for the ECR render test\n")
-    data = yaml.safe_load((REPO_ROOT / "stacklock.yaml").read_text("utf-8"))
-    for stack in data["stacks"].values():
-        stack["serving"] = {"runtime": "container"}
-        for model in stack.get("models", []):
-            model["sha256"] = hashlib.sha256(archive.read_bytes()).hexdigest()
-    (root / "stacklock.yaml").write_text(yaml.safe_dump(data, sort_keys=False), "utf-8")
+    _container_manifest(root, "render")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("STACKLOCK_HOME", str(root))
         # the AWS example runs Ubuntu 24.04, for which stacklock records no version of the
@@ -504,22 +509,13 @@ def test_one_digest_pushed_to_each_environments_repository_renders_each_its_own(
     them), each recorded in the lock under stacks.STACK.image.pushed.ENV with the one digest;
     render refuses staging (not pushed, exit 2 naming its push) until it is pushed too, and
     then writes every environment its own repository, registry and ECR login."""
-    import hashlib
 
     from stacklock.core.lock import build_lock, dump_lock, fingerprint_of, read_lock
     from stacklock.core.manifest import load_manifest
     from stacklock.core.render import render_tree
 
     case = tmp_path / "case"
-    archive = case / "examples" / "models" / "tiny-linear.mar"
-    archive.parent.mkdir(parents=True)
-    archive.write_bytes(b"a stand-in model archive for the ECR push test\n")
-    data = yaml.safe_load((REPO_ROOT / "stacklock.yaml").read_text("utf-8"))
-    for stack in data["stacks"].values():
-        stack["serving"] = {"runtime": "container"}
-        for model in stack.get("models", []):
-            model["sha256"] = hashlib.sha256(archive.read_bytes()).hexdigest()
-    (case / "stacklock.yaml").write_text(yaml.safe_dump(data, sort_keys=False), "utf-8")
+    _container_manifest(case, "push")
     monkeypatch.setenv("STACKLOCK_HOME", str(REPO_ROOT))
     monkeypatch.setitem(serving.ECR_LOGIN_PACKAGES, "ubuntu2404", (HELPER_STAND_IN,))
     loaded = load_manifest(case / "stacklock.yaml")

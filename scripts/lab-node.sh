@@ -74,7 +74,7 @@ check_ipv4() {
 ensure_mirror_address() { # MIRROR_ADDR: one host address every node reaches via its veth
     local mirror=$1
     ensure_lab_unreachable "$mirror"
-    if ip -o addr show | grep -qF " inet ${mirror}/"; then
+    if [[ $(ip -o -4 addr show) == *" inet ${mirror}/"* ]]; then # read whole: no SIGPIPE
         return 0
     fi
     # concurrent creates may race here: every step below is idempotent

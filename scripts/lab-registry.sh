@@ -14,11 +14,11 @@
 # No authentication and plain HTTP: it is reachable only on the lab network (nodes pull by
 # digest, so what they get is checked by Docker against the digest whatever the transport).
 # Environment: REGISTRY (the binary, default docker-registry; installed with apt when missing),
-# LAB_REGISTRY_WAIT (seconds to wait for /v2/, default 30).
+# LAB_REGISTRY_WAIT (seconds to wait for /v2/, default 60).
 set -euo pipefail
 
 REGISTRY=${REGISTRY:-docker-registry}
-WAIT=${LAB_REGISTRY_WAIT:-30}
+WAIT=${LAB_REGISTRY_WAIT:-60}
 
 die() {
     echo "lab-registry.sh: error: $*" >&2
@@ -26,14 +26,13 @@ die() {
 }
 say() { echo "lab-registry.sh: $*" >&2; }
 
-answers() { # URL: /v2/ answers 200
-    local code
-    code=$(timeout 3 python3 -c 'import sys, urllib.request
-try:
-    print(urllib.request.urlopen(sys.argv[1] + "/v2/", timeout=2).status)
-except Exception:
-    print(0)' "$1" 2>/dev/null || echo 0)
-    [[ $code == 200 ]]
+answers() { # URL: GET /v2/ answers 200 (bash's /dev/tcp: no interpreter to start under load,
+    # no proxy from the environment in the way; the address is a lab or loopback address)
+    local hostport=${1#http://} line
+    line=$(timeout 5 bash -c 'exec 3<>"/dev/tcp/${1%:*}/${1##*:}" || exit 1
+printf "GET /v2/ HTTP/1.0\r\nHost: %s\r\nConnection: close\r\n\r\n" "$1" >&3
+head -n 1 <&3' _ "$hostport" 2>/dev/null || true)
+    [[ $line =~ ^HTTP/[0-9.]+\ 200 ]]
 }
 
 cmd_start() {
@@ -42,7 +41,9 @@ cmd_start() {
     [[ $addr =~ ^([0-9]{1,3}\.){3}[0-9]{1,3}$ ]] || die "ADDR must be an IPv4 address, got '$addr'"
     [[ $addr != 0.0.0.0 ]] || die "the lab registry listens on one lab or loopback address, never 0.0.0.0"
     [[ $port =~ ^[0-9]+$ ]] || die "PORT must be a number, got '$port'"
-    if [[ $addr != 127.* ]] && ! ip -o addr show | grep -qF " inet ${addr}/"; then
+    # (the address list read whole first: `ip | grep -q` under pipefail is exit 141 when grep
+    # finds the address before ip has written its last line, i.e. with many lab interfaces)
+    if [[ $addr != 127.* ]] && [[ $(ip -o -4 addr show) != *" inet ${addr}/"* ]]; then
         die "$addr is not an address of this machine (for the lab's mirror address: scripts/lab-node.sh mirror $addr)"
     fi
     url="http://${addr}:${port}"
@@ -55,7 +56,8 @@ cmd_start() {
     fi
     if ! command -v "$REGISTRY" >/dev/null; then
         say "installing docker-registry"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends docker-registry >&2
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -q \
+            --no-install-recommends docker-registry >&2
     fi
     cat >"$dir/config.yml" <<EOF
 # written by scripts/lab-registry.sh - the stacklock lab's registry

@@ -2,20 +2,21 @@
 
 On the shared integrity node (conftest's `integrity_lab`: project slint, network 10.231,
 environment dev), LAST in its lane (tests/conftest.py SHARED_NODE): it switches the node to
-container mode and back. One image build from the node's container-mode lock, pushed to the
-lab registry (scripts/lab-registry.sh) on the lab's mirror address 10.231.0.1, recorded in the
-lock by `image push`. The manifest gains a second stack, the same pins with
-`serving.runtime: container`, and dev names it; `stacklock rollout dev` goes from host mode to
-container mode: the node's Docker pulls by digest and runs the image as
-stacklock-serving.service, read-only, non-root, without capabilities, on the host network; the
-smoke request answers over TLS through the endpoint; verify (the play) and verify --fast exit 0.
-Then real changes on the node, each caught by both and put back: another image digest run in
-the container's place, a container started by hand with other settings (and a second one
-beside it), the NVIDIA runtime removed from Docker's daemon.json; `stacklock sbom` names the
-image by its digest with the closure inside; the host's Java purged (as on a node that never
-was in host mode) is no deviation. Last, `stacklock rollback dev` returns the node to the
-host-mode revision it verified first: Java installed and held again, no container, no unit,
-no stale image running, TorchServe from the venv answering through the endpoint. (The NVIDIA runtime
+container mode and back. One image build from the node's container-mode lock, pushed to the lab
+registry (scripts/lab-registry.sh) on the lab's mirror address 10.231.0.1, recorded in the lock
+by `image push`. The manifest gains a second stack, the same pins with `serving.runtime:
+container`, and dev names it; `stacklock rollout dev` goes from host mode to container mode:
+the node's Docker pulls by digest and runs the image as stacklock-serving.service, read-only,
+non-root, without capabilities, on the host network; the smoke request answers over TLS through
+the endpoint; verify (the play) and verify --fast exit 0. Then real changes on the node, each
+caught by both and put back: another image digest run in the container's place (put back with
+the locked image removed and pulled again by its digest, timed; a digest the registry lacks is
+refused), a container started by hand with other settings (and a second one beside it), the
+NVIDIA runtime removed from Docker's daemon.json; `stacklock sbom` names the image by its
+digest with the closure inside; the host's Java purged (as on a node that never was in host
+mode) is no deviation. Last, `stacklock rollback dev` returns the node to the host-mode
+revision it verified first: Java installed and held again, no container, no unit, no stale
+image running, TorchServe from the venv answering through the endpoint. (The NVIDIA runtime
 removed in host mode: test_integrity_runtime.)
 """
 
@@ -162,13 +163,23 @@ def wait_serving(node: Node) -> None:
     raise AssertionError("the model did not answer through the endpoint within 180 s")
 
 
-def put_back_the_unit(node: Node, *others: str) -> None:
+def put_back_the_unit(node: Node, *others: str, pull: bool = False) -> None:
     """Whatever runs as stacklock-serving (and the named containers) removed, the unit
-    started again; the model answers and verify --fast is clean."""
+    started again; the model answers and verify --fast is clean. `pull`: the locked image
+    removed first and pulled again by its digest, timed (the node's pull time by itself)."""
     node.on_node("systemctl stop stacklock-serving.service; "
                  f"docker rm -f stacklock-serving {' '.join(others)} >/dev/null 2>&1 || true; "
-                 "systemctl reset-failed stacklock-serving.service || true; "
-                 "systemctl start stacklock-serving.service")
+                 "systemctl reset-failed stacklock-serving.service || true")
+    if pull:
+        ref = node.image["reference"]
+        node.on_node(f"docker rmi {ref} >/dev/null")
+        start = time.monotonic()
+        node.on_node(f"docker pull --quiet {ref}")
+        print(f"docker pull by digest on the node: {time.monotonic() - start:.1f} s")
+        repo, _, digest = ref.partition("@")
+        missing = node.on_node(f"docker pull --quiet {repo}@sha256:{'0' * 64}", check=False)
+        assert missing.returncode != 0 and digest.startswith("sha256:"), missing.stdout
+    node.on_node("systemctl start stacklock-serving.service")
     wait_serving(node)
     code, rep = verify(node, "--fast")
     assert code == 0, f"not clean after putting it back: {sorted(findings(rep))}"
@@ -190,6 +201,10 @@ def node(integrity_lab: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     script = str(ROOT / "scripts/lab-registry.sh")
     url = _ok(subprocess.run([script, "start", REGISTRY_ADDR, str(REGISTRY_PORT), str(registry)],
                              capture_output=True, text=True, timeout=300, check=False)).strip()
+    listening = subprocess.run(["ss", "-Hltn", f"sport = :{REGISTRY_PORT}"], capture_output=True,
+                               text=True, check=True).stdout
+    assert [line.split()[3] for line in listening.splitlines()] == [
+        f"{REGISTRY_ADDR}:{REGISTRY_PORT}"]  # the lab's mirror address only
     images = tmp_path_factory.mktemp("slint-images")
     try:
         manifest.write_text(_with_container_stack(lab.host_text))
@@ -319,7 +334,8 @@ def test_another_image_digest_on_the_node_is_caught(node: Node) -> None:
         assert_caught(node, {"container.image.digest": digest,
                              "container.image.id": None})
     finally:
-        put_back_the_unit(node)
+        # put back with the locked image pulled again by its digest: the node's pull time
+        put_back_the_unit(node, pull=True)
         node.on_node(f"docker rmi -f {other}:other {other}@{digest} >/dev/null 2>&1 || true",
                      check=False)
 
@@ -358,9 +374,14 @@ def test_the_nvidia_runtime_removed_from_docker_is_caught_in_container_mode(node
         wait_serving(node)  # the unit starts the container again (with runc) after dockerd
         assert_caught(node, {"docker.runtime.nvidia": None})
     finally:
+        # put back: dockerd restarted with the runtime again, and the unit starts the
+        # container again by itself (as above); clean once the model answers
         node.on_node("cp -p /root/daemon.json.saved /etc/docker/daemon.json && "
                      "systemctl restart docker.service")
-        put_back_the_unit(node)
+    wait_serving(node)
+    assert node.on_node("systemctl is-active stacklock-serving.service").stdout.strip() == "active"
+    code, rep = verify(node, "--fast")
+    assert code == 0, f"not clean after putting the runtime back: {sorted(findings(rep))}"
 
 
 def test_no_java_on_the_host_in_container_mode(node: Node) -> None:
@@ -374,17 +395,6 @@ def test_no_java_on_the_host_in_container_mode(node: Node) -> None:
     for extra in ((), ("--fast",)):
         code, rep = verify(node, *extra)
         assert code == 0, f"{extra}: {sorted(findings(rep))}"
-
-
-def test_pull_by_digest_on_the_node(node: Node) -> None:
-    """The node's pull time by digest, measured by itself (the container stopped, the image
-    removed; daemon.json trusts the lab registry), then the unit started again."""
-    ref = node.image["reference"]
-    node.on_node(f"systemctl stop stacklock-serving.service && docker rmi {ref}")
-    start = time.monotonic()
-    node.on_node(f"docker pull --quiet {ref}")
-    print(f"docker pull by digest on the node: {time.monotonic() - start:.1f} s")
-    put_back_the_unit(node)
 
 
 def test_rollback_to_the_host_mode_revision_leaves_no_stale_container(node: Node) -> None:

@@ -86,7 +86,7 @@ SHARED_NODE = ("tests/integration/test_integrity_files.py",
 #: lanes end at about the same time.
 LONGEST_FIRST = ("tests/integration/test_lab_e2e.py", "tests/integration/test_roles.py",
                  *SHARED_NODE, "tests/integration/test_onprem_e2e.py",
-                 "tests/integration/test_interrupt.py", "tests/integration/test_image.py",
+                 "tests/integration/test_interrupt.py",
                  "tests/integration/test_install.py", "tests/integration/test_host_keys.py")
 
 

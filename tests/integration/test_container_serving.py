@@ -2,31 +2,35 @@
 
 On the shared integrity node (conftest's `integrity_lab`: project slint, network 10.231,
 environment dev), LAST in its lane (tests/conftest.py SHARED_NODE): it switches the node to
-container mode and back. One image build from the node's container-mode lock, pushed to the lab
-registry (scripts/lab-registry.sh) on the lab's mirror address 10.231.0.1, recorded in the lock
-by `image push`. The manifest gains a second stack, the same pins with `serving.runtime:
-container`, and dev names it; `stacklock rollout dev` goes from host mode to container mode:
-the node's Docker pulls by digest and runs the image as stacklock-serving.service, read-only,
-non-root, without capabilities, on the host network; the smoke request answers over TLS through
-the endpoint; verify (the play) and verify --fast exit 0. Then real changes on the node, each
-caught by both and put back: another image digest run in the container's place (put back with
-the locked image removed and pulled again by its digest, timed; a digest the registry lacks is
-refused), a container started by hand with other settings (and a second one beside it), the
-NVIDIA runtime removed from Docker's daemon.json; `stacklock sbom` names the image by its
-digest with the closure inside; the host's Java purged (as on a node that never was in host
-mode) is no deviation. Last, `stacklock rollback dev` returns the node to the host-mode
-revision it verified first: Java installed and held again, no container, no unit, no stale
-image running, TorchServe from the venv answering through the endpoint. (The NVIDIA runtime
-removed in host mode: test_integrity_runtime.)
+container mode and back. One image build from the node's container-mode lock (built a second
+time from scratch to show one digest; its config, layers and SBOM checked against the lock),
+pushed to the lab registry (scripts/lab-registry.sh) on the lab's mirror address 10.231.0.1,
+recorded in the lock by `image push`. The manifest gains a second stack, the same pins with
+`serving.runtime: container`, and dev names it; `stacklock rollout dev` goes from host mode to
+container mode: the node's Docker pulls by digest and runs the image as stacklock-
+serving.service, read-only, non-root, without capabilities, on the host network; the smoke
+request answers over TLS through the endpoint; verify (the play) and verify --fast exit 0. Then
+real changes on the node, each caught by both and put back: another image digest run in the
+container's place (put back with the locked image removed and pulled again by its digest,
+timed; a digest the registry lacks is refused), a container started by hand with other settings
+(and a second one beside it), the NVIDIA runtime removed from Docker's daemon.json; `stacklock
+sbom` names the image by its digest with the closure inside; the host's Java purged (as on a
+node that never was in host mode) is no deviation. Last, `stacklock rollback dev` returns the
+node to the host-mode revision it verified first: Java installed and held again, no container,
+no unit, no stale image running, TorchServe from the venv answering through the endpoint. (The
+NVIDIA runtime removed in host mode: test_integrity_runtime.)
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import os
 import ssl
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.error
 import urllib.request
@@ -74,6 +78,9 @@ class Node:
     address: str = ""
     image: dict[str, Any] = field(default_factory=dict)
     back_in_host_mode: bool = False
+    build: dict[str, Any] = field(default_factory=dict)  # `image build --format json`'s record
+    images: Path = Path()  # its --out folder
+    base: str = ""  # the lab image the build's base layer comes from
 
     @property
     def out(self) -> Path:
@@ -163,6 +170,17 @@ def wait_serving(node: Node) -> None:
     raise AssertionError("the model did not answer through the endpoint within 180 s")
 
 
+def _build(manifest: Path, out: Path) -> dict[str, Any]:
+    """`stacklock image build dev` into `out`; its JSON record."""
+    start = time.monotonic()
+    res = sl(manifest, "image", "build", "dev", "--out", str(out), "--format", "json",
+             timeout=1800, env={"SOURCE_DATE_EPOCH": EPOCH})
+    record: dict[str, Any] = json.loads(_ok(res))
+    print(f"image build: {time.monotonic() - start:.0f} s, steps {record['seconds']}, "
+          f"{record['size'] / 2**20:.0f} MiB compressed")
+    return record
+
+
 def put_back_the_unit(node: Node, *others: str, pull: bool = False) -> None:
     """Whatever runs as stacklock-serving (and the named containers) removed, the unit
     started again; the model answers and verify --fast is clean. `pull`: the locked image
@@ -186,7 +204,8 @@ def put_back_the_unit(node: Node, *others: str, pull: bool = False) -> None:
 
 
 @pytest.fixture(scope="module")
-def node(integrity_lab: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+def node(integrity_lab: Path, lab_docker: str,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     """The integrity node verified in host mode (evidence for the rollback), then its manifest
     with the container-mode stack, its image built once and pushed to the lab registry
     (recorded in the lock), rendered; the manifest put back (and the node too) at the end."""
@@ -212,10 +231,7 @@ def node(integrity_lab: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         render = sl(manifest, "render")
         assert render.returncode == 2, render.stdout + render.stderr
         assert "image push dev" in render.stdout + render.stderr
-        start = time.monotonic()
-        _ok(sl(manifest, "image", "build", "dev", "--out", str(images), timeout=1800,
-               env={"SOURCE_DATE_EPOCH": EPOCH}))
-        print(f"image build: {time.monotonic() - start:.0f} s")
+        lab.build, lab.images, lab.base = _build(manifest, images), images, lab_docker
         _ok(sl(manifest, "image", "push", "dev", "--registry", url, "--out", str(images)))
         lock = json.loads(manifest.with_suffix(".lock").read_text())
         lab.image = lock["stacks"][CSTACK]["image"]
@@ -243,6 +259,85 @@ def test_the_lock_holds_the_image_and_render_writes_the_contract(node: Node) -> 
     assert (c["user"], c["read_only"], c["cap_add"], c["runtime"], c["network"]) == (
         "10001:10001", True, [], "runc", "host")
     assert gv["stacklock_fingerprint"] == image["fingerprint"]
+
+
+def _blob(node: Node, digest: str) -> Path:
+    return node.images / CSTACK / "oci/blobs/sha256" / digest.split(":", 1)[1]
+
+
+def test_two_builds_from_one_lock_give_one_digest(node: Node, tmp_path: Path) -> None:
+    """A second build from the same lock, from scratch in another folder: the same manifest
+    and config digests, the same layers and blobs, the same SBOM byte for byte."""
+    first, second = node.build, _build(node.manifest, tmp_path / "again")
+    assert first["manifest_digest"] == second["manifest_digest"] == node.image["digest"]
+    assert first["config_digest"] == second["config_digest"]
+    assert [la["digest"] for la in first["layers"]] == [la["digest"] for la in second["layers"]]
+    blobs = [sorted(p.name for p in (out / CSTACK / "oci/blobs/sha256").iterdir())
+             for out in (node.images, tmp_path / "again")]
+    assert blobs[0] == blobs[1]
+    sboms = [(out / f"{CSTACK}.cdx.json").read_bytes() for out in (node.images, tmp_path / "again")]
+    assert sboms[0] == sboms[1]
+    print(f"manifest {first['manifest_digest']}, {first['size'] / 2**20:.0f} MiB compressed")
+
+
+def test_the_image_says_what_the_lock_says(node: Node) -> None:
+    from stacklock.core import sbom as sbommod
+
+    record = node.build
+    lock = json.loads(node.manifest.with_suffix(".lock").read_text())["stacks"][CSTACK]
+    raw = _blob(node, record["config_digest"]).read_bytes()
+    assert hashlib.sha256(raw).hexdigest() == record["config_digest"].split(":", 1)[1]
+    config = json.loads(raw)
+    run = config["config"]
+    assert run["User"] == "10001:10001"
+    assert run["Entrypoint"][:2] == ["/opt/torchserve/venv/bin/torchserve", "--start"]
+    assert "--ts-config" in run["Entrypoint"]
+    assert run["Labels"]["stacklock.fingerprint"] == lock["fingerprint"]
+    assert config["created"] == "2026-01-01T00:00:00Z"
+    # the base is the lab image's own layer, byte for byte (its diff_id as Docker has it)
+    docker_layers = json.loads(subprocess.run(
+        ["docker", "image", "inspect", "-f", "{{json .RootFS.Layers}}", node.base],
+        capture_output=True, text=True, check=True).stdout)
+    assert config["rootfs"]["diff_ids"][0] == docker_layers[0] == record["base_diff_id"]
+
+    bom_text = (node.images / f"{CSTACK}.cdx.json").read_text()
+    assert sbommod.validate(bom_text) == []
+    doc = json.loads(bom_text)
+    root = doc["metadata"]["component"]  # the image itself, by its manifest digest
+    assert (root["type"], root["version"]) == ("container", record["manifest_digest"])
+    assert root["hashes"] == [{"alg": "SHA-256", "content": record["manifest_digest"][7:]}]
+    assert root["purl"].startswith("pkg:oci/") and record["manifest_digest"][7:] in root["purl"]
+    comps = {c["name"]: c for c in doc["components"]}
+    for pin in lock["pip"]:
+        comp = comps[sbommod.normalize_pypi(pin["name"])]
+        assert comp["version"] == pin["version"], pin["name"]
+        assert {"name": "stacklock:lock", "value": "locked"} in comp["properties"], pin["name"]
+    java = lock["apt"]["java"][0]
+    assert comps[java["name"]]["version"] == java["version"]
+    model = lock["models"][0]
+    assert comps[model["name"]]["hashes"] == [{"alg": "SHA-256", "content": model["sha256"]}]
+    cfg = comps["/etc/torchserve/config.properties"]
+    assert cfg["hashes"][0]["content"] == lock["torchserve"]["config_sha256"]
+
+
+def test_layers_are_timeless_and_pyc_are_hash_based(node: Node) -> None:
+    epoch = int(EPOCH)
+    kinds: dict[int, int] = {}
+    for layer in node.build["layers"][1:]:  # the base is the lab image's, as it is
+        with gzip.open(_blob(node, layer["digest"])) as gz, \
+                tarfile.open(fileobj=gz, mode="r|") as tar:
+            names = []
+            for member in tar:
+                assert member.mtime == epoch, member.name
+                assert (member.uname, member.gname) == ("", ""), member.name
+                names.append(member.name)
+                if member.name.endswith(".pyc"):
+                    fh = tar.extractfile(member)
+                    assert fh is not None
+                    flags = int.from_bytes(fh.read(8)[4:8], "little")
+                    kinds[flags] = kinds.get(flags, 0) + 1
+            assert names == sorted(names, key=lambda n: [os.fsencode(p) for p in n.split("/")])
+    assert kinds and set(kinds) == {3}, f"pyc flags seen: {kinds} (3 = checked hash)"
 
 
 def test_rollout_from_host_mode_to_container_mode(node: Node) -> None:

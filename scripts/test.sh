@@ -14,9 +14,9 @@ LANES=${LANES:-2}
 echo "==> pytest ($LANES lanes)"
 set +e
 if [ "$LANES" -gt 1 ]; then
-  pytest -p no:cacheprovider --durations=10 -n "$LANES" --dist loadscope --no-loadscope-reorder "$@"
+  pytest -p no:cacheprovider --durations=25 -n "$LANES" --dist loadscope --no-loadscope-reorder "$@"
 else
-  pytest -p no:cacheprovider --durations=10 "$@"
+  pytest -p no:cacheprovider --durations=25 "$@"
 fi
 rc=$?
 set -e

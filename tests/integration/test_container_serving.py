@@ -181,16 +181,22 @@ def _build(manifest: Path, out: Path) -> dict[str, Any]:
     return record
 
 
-def put_back_the_unit(node: Node, *others: str, pull: bool = False) -> None:
+def put_back_the_unit(node: Node, *others: str, pull: bool = False,
+                      images: tuple[str, ...] = ()) -> None:
     """Whatever runs as stacklock-serving (and the named containers) removed, the unit
-    started again; the model answers and verify --fast is clean. `pull`: the locked image
-    removed first and pulled again by its digest, timed (the node's pull time by itself)."""
+    started again; the model answers and verify --fast is clean. `images`: removed once no
+    container uses them. `pull`: the locked image removed too (none of its layers left) and
+    pulled again by its digest, timed (the node's pull time by itself)."""
     node.on_node("systemctl stop stacklock-serving.service; "
                  f"docker rm -f stacklock-serving {' '.join(others)} >/dev/null 2>&1 || true; "
                  "systemctl reset-failed stacklock-serving.service || true")
+    if images:
+        node.on_node(f"docker rmi -f {' '.join(images)} >/dev/null 2>&1 || true")
     if pull:
         ref = node.image["reference"]
         node.on_node(f"docker rmi {ref} >/dev/null")
+        gone = node.on_node(f"docker image inspect {node.image['config_digest']}", check=False)
+        assert gone.returncode != 0, "the image is still in the node's store: the pull is no pull"
         start = time.monotonic()
         node.on_node(f"docker pull --quiet {ref}")
         print(f"docker pull by digest on the node: {time.monotonic() - start:.1f} s")
@@ -430,9 +436,8 @@ def test_another_image_digest_on_the_node_is_caught(node: Node) -> None:
                              "container.image.id": None})
     finally:
         # put back with the locked image pulled again by its digest: the node's pull time
-        put_back_the_unit(node, pull=True)
-        node.on_node(f"docker rmi -f {other}:other {other}@{digest} >/dev/null 2>&1 || true",
-                     check=False)
+        # (the committed image goes first: it holds the locked image's layers)
+        put_back_the_unit(node, pull=True, images=(f"{other}:other", f"{other}@{digest}"))
 
 
 def test_a_container_started_by_hand_with_other_settings_is_caught(node: Node) -> None:
